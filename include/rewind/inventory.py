@@ -1,0 +1,309 @@
+"""The inventory: one YAML file describing every PostgreSQL cluster Rewind manages.
+
+Shape (see config/inventory.example.yaml for a commented example)::
+
+    defaults:        # deep-merged under every cluster; the cluster's own values win
+      ...
+    clusters:
+      <name>:
+        stanza, queue, postgres{...}, pgbackrest{...}, repo{...}, credentials{...},
+        schedules{full, diff, incr}, connections{...}
+
+Loading validates every cluster on its own: a bad cluster is reported (file, cluster, field) and
+left out, the others load. A broken file (missing, unreadable, not YAML, wrong top level) raises.
+
+Every string that ends up in pgbackrest.conf, an argv item or a unit name is constrained here, so
+no inventory value can smuggle a second config line, an extra option or a shell word anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rewind.errors import InventoryError, UnknownClusterError
+
+INVENTORY_ENV = "REWIND_INVENTORY"
+# An Airflow Variable set through the environment or a secrets backend; DAG files must not read
+# the metadata database at parse time, so a Variable stored only in the metastore is not consulted.
+INVENTORY_AIRFLOW_VAR_ENV = "AIRFLOW_VAR_REWIND_INVENTORY"
+DEFAULT_INVENTORY_PATH = Path("/etc/rewind/inventory.yaml")
+
+BACKUP_TYPES = ("full", "diff", "incr")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control_chars(value: str) -> str:
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters (newline, tab, NUL)")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit"
+        )
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    _no_control_chars(value)
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute path")
+    if value != value.strip():
+        raise ValueError(f"{value!r} must not start or end with spaces")
+    return value
+
+
+def _cron(value: str) -> str:
+    from croniter import croniter
+
+    _no_control_chars(value)
+    if value.startswith("@"):
+        if value not in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}:
+            raise ValueError(f"{value!r} is not a cron preset (@hourly, @daily, @weekly, @monthly, @yearly)")
+        return value
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a valid 5-field cron expression (e.g. '0 2 * * 0')")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_control_chars)]
+Name = Annotated[str, AfterValidator(_identifier)]
+AbsPath = Annotated[str, AfterValidator(_absolute_path)]
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+def _unit(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}$", value):
+        raise ValueError(f"{value!r} is not a systemd unit name (e.g. postgresql@15-main)")
+    return value
+
+
+UnitName = Annotated[str, AfterValidator(_unit)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresSettings(_Model):
+    version: int = Field(15, ge=12, le=18)
+    bin_dir: AbsPath = "/usr/lib/postgresql/15/bin"
+    data_dir: AbsPath
+    port: int = Field(5432, ge=1, le=65535)
+    socket_dir: AbsPath = "/var/run/postgresql"
+    os_user: Name = "postgres"
+    # How PostgreSQL is stopped, started and reloaded: systemd in production, pg_ctl where no
+    # service manager owns the cluster (the local stack, tests).
+    control: Literal["systemd", "pg_ctl"] = "systemd"
+    systemd_unit: UnitName | None = None
+    log_file: AbsPath | None = None  # pg_ctl -l; defaults to <data_dir>/../postgresql.log
+
+    def unit_name(self) -> str:
+        return self.systemd_unit or f"postgresql@{self.version}-main"
+
+    def pg_ctl_log(self) -> str:
+        return self.log_file or str(Path(self.data_dir).parent / "postgresql.log")
+
+
+class PgBackRestSettings(_Model):
+    bin: AbsPath = "/usr/bin/pgbackrest"
+    # One file per stanza, always passed as --config; archive_command must name the same file.
+    config_path: AbsPath | None = None
+    log_path: AbsPath = "/var/log/pgbackrest"
+    lock_path: AbsPath = "/tmp/pgbackrest"
+    spool_path: AbsPath = "/var/spool/pgbackrest"
+    process_max: int = Field(2, ge=1, le=64)
+    start_fast: bool = True
+    archive_async: bool = False
+    log_level_console: Literal["off", "error", "warn", "info", "detail", "debug"] = "info"
+    backup_timeout_s: int = Field(6 * 3600, ge=60)
+    command_timeout_s: int = Field(600, ge=10)
+
+
+class RepoSettings(_Model):
+    type: Literal["s3"] = "s3"
+    bucket: Name
+    endpoint: Annotated[str, AfterValidator(_no_control_chars)]
+    region: Name
+    path: AbsPath
+    port: int = Field(443, ge=1, le=65535)
+    uri_style: Literal["host", "path"] = "host"
+    ca_file: AbsPath | None = None
+    verify_tls: bool = True
+    cipher_type: Literal["none", "aes-256-cbc"] = "aes-256-cbc"
+    retention_full: int = Field(4, ge=1, le=9999)
+    retention_diff: int = Field(6, ge=1, le=9999)
+    compress_type: Literal["none", "gz", "lz4", "zst", "bz2"] = "zst"
+    compress_level: int = Field(3, ge=0, le=22)
+    bundle: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_only(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]*$", value):
+            raise ValueError(f"{value!r} must be a host name without scheme, port or path (e.g. s3.eu-west-1.amazonaws.com)")
+        return value
+
+
+class CredentialSettings(_Model):
+    # env: the worker's environment holds <env_prefix>S3_KEY, ..._S3_KEY_SECRET, ..._S3_TOKEN
+    # (optional) and ..._CIPHER_PASS. auto: an instance role (repo1-s3-key-type=auto) and the
+    # cipher passphrase from the environment. Vault-leased credentials arrive with issue 5.
+    source: Literal["env", "auto"] = "env"
+    env_prefix: Annotated[str, AfterValidator(_no_control_chars)] = "REWIND_"
+
+    @field_validator("env_prefix")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Z][A-Z0-9_]*$", value):
+            raise ValueError(f"{value!r} must be an upper-case environment variable prefix like REWIND_DEMO_")
+        return value
+
+
+class Schedules(_Model):
+    full: Cron = "0 2 * * 0"
+    diff: Cron = "0 2 * * 1-6"
+    incr: Cron = "0 * * * *"
+
+
+class Connections(_Model):
+    postgres: Name | None = None  # Airflow connection id used for SQL checks
+    servicenow: Name = "servicenow_default"
+
+
+class Cluster(_Model):
+    name: Name
+    stanza: Name
+    queue: Name = "default"
+    description: SafeStr = ""
+    postgres: PostgresSettings
+    pgbackrest: PgBackRestSettings = PgBackRestSettings()
+    repo: RepoSettings
+    credentials: CredentialSettings = CredentialSettings()
+    schedules: Schedules = Schedules()
+    connections: Connections = Connections()
+
+    @property
+    def config_path(self) -> str:
+        return self.pgbackrest.config_path or f"/etc/pgbackrest/rewind/{self.stanza}.conf"
+
+    @property
+    def pool(self) -> str:
+        """The one-slot Airflow pool that serialises every repository-writing task of the stanza."""
+        return f"rewind_{self.stanza}"
+
+    @property
+    def postgres_conn_id(self) -> str:
+        return self.connections.postgres or f"rewind_pg_{self.name}"
+
+
+@dataclass
+class Inventory:
+    path: Path
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Cluster:
+        if name in self.clusters:
+            return self.clusters[name]
+        if name in self.errors:
+            raise InventoryError(self.errors[name])
+        known = ", ".join(sorted(self.clusters)) or "none"
+        raise UnknownClusterError(f"inventory {self.path}: no cluster named {name!r} (known: {known})")
+
+
+def inventory_path() -> Path:
+    """Where the inventory lives: $REWIND_INVENTORY, else the Airflow Variable rewind_inventory."""
+    for var in (INVENTORY_ENV, INVENTORY_AIRFLOW_VAR_ENV):
+        value = os.environ.get(var)
+        if value:
+            return Path(value)
+    return DEFAULT_INVENTORY_PATH
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_error(path: Path, cluster: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(cluster)"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"inventory {path}: cluster {cluster!r}: field {loc}: {msg}{more}"
+
+
+def parse_inventory(text: str, path: Path) -> Inventory:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InventoryError(f"inventory {path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("clusters"), dict):
+        raise InventoryError(f"inventory {path}: top level must be a mapping with a 'clusters' mapping")
+    unknown = set(data) - {"defaults", "clusters"}
+    if unknown:
+        raise InventoryError(f"inventory {path}: unknown top-level key(s) {sorted(unknown)}: only 'defaults' and 'clusters'")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise InventoryError(f"inventory {path}: 'defaults' must be a mapping")
+
+    inventory = Inventory(path=path)
+    for name, raw in data["clusters"].items():
+        name = str(name)
+        if not isinstance(raw, dict):
+            inventory.errors[name] = f"inventory {path}: cluster {name!r}: must be a mapping"
+            continue
+        merged = _deep_merge(defaults, raw)
+        merged.setdefault("stanza", name)
+        try:
+            inventory.clusters[name] = Cluster.model_validate({**merged, "name": name})
+        except ValidationError as exc:
+            inventory.errors[name] = _format_error(path, name, exc)
+
+    # Two clusters writing one stanza into one repository would destroy each other's backups.
+    seen: dict[tuple[str, str, str], str] = {}
+    for name, cluster in list(inventory.clusters.items()):
+        key = (cluster.repo.bucket, cluster.repo.path, cluster.stanza)
+        if key in seen:
+            other = seen[key]
+            msg = (
+                f"inventory {path}: cluster {name!r}: field stanza: {cluster.stanza!r} in "
+                f"s3://{key[0]}{key[1]} is already used by cluster {other!r}"
+            )
+            inventory.errors[name] = msg
+            del inventory.clusters[name]
+        else:
+            seen[key] = name
+    return inventory
+
+
+def load_inventory(path: Path | str | None = None) -> Inventory:
+    path = Path(path) if path else inventory_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InventoryError(
+            f"inventory {path}: file not found: set ${INVENTORY_ENV} or create it (see config/inventory.example.yaml)"
+        ) from None
+    except OSError as exc:
+        raise InventoryError(f"inventory {path}: cannot read: {exc.strerror}") from None
+    return parse_inventory(text, path)

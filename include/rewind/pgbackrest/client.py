@@ -1,0 +1,64 @@
+"""pgBackRest for one cluster: argv from `commands`, execution by `CommandRunner`, failures as the
+typed exceptions of `errors`."""
+
+from __future__ import annotations
+
+import re
+
+from rewind.inventory import Cluster
+from rewind.pgbackrest.commands import BackupType, PgBackRestCommands
+from rewind.pgbackrest.errors import CommandTimeoutError, PgBackRestError, error_from_exit
+from rewind.pgbackrest.info import StanzaInfo, parse_info
+from rewind.runner import CommandResult, CommandRunner, CommandTimeout
+
+MIN_VERSION = (2, 45)
+
+
+class PgBackRest:
+    def __init__(self, cluster: Cluster, runner: CommandRunner):
+        self.cluster = cluster
+        self.runner = runner
+        self.commands = PgBackRestCommands(cluster)
+
+    def run(self, argv: list[str], *, timeout: float | None = None, log_stdout: bool = True) -> CommandResult:
+        command = argv[-1]
+        timeout = timeout or self.cluster.pgbackrest.command_timeout_s
+        try:
+            result = self.runner.run(argv, timeout=timeout, check=False, log_stdout=log_stdout)
+        except CommandTimeout as exc:
+            raise CommandTimeoutError(str(exc), code=-1, command=command) from None
+        if result.returncode != 0:
+            raise error_from_exit(result.returncode, result.output, command=command)
+        return result
+
+    def version(self) -> tuple[int, int]:
+        out = self.run(self.commands.version(), timeout=30).stdout
+        match = re.search(r"pgBackRest (\d+)\.(\d+)", out)
+        if not match:
+            raise PgBackRestError(f"unexpected version output {out.strip()!r}", command="version")
+        return int(match.group(1)), int(match.group(2))
+
+    def info(self) -> StanzaInfo:
+        result = self.run(self.commands.info(), log_stdout=False)
+        return parse_info(result.stdout, self.cluster.stanza)
+
+    def stanza_create(self) -> CommandResult:
+        return self.run(self.commands.stanza_create())
+
+    def check(self) -> CommandResult:
+        return self.run(self.commands.check())
+
+    def verify(self) -> CommandResult:
+        return self.run(self.commands.verify(), timeout=self.cluster.pgbackrest.backup_timeout_s)
+
+    def expire(self) -> CommandResult:
+        return self.run(self.commands.expire())
+
+    def backup(self, backup_type: BackupType, *, annotations: dict[str, str]) -> CommandResult:
+        return self.run(
+            self.commands.backup(backup_type, annotations=annotations),
+            timeout=self.cluster.pgbackrest.backup_timeout_s,
+        )
+
+    def restore(self, **options) -> CommandResult:
+        return self.run(self.commands.restore(**options), timeout=self.cluster.pgbackrest.backup_timeout_s)

@@ -1,0 +1,116 @@
+"""argv for every pgBackRest command Rewind runs.
+
+Every option travels as one argv item `--name=value`: a value can never be parsed as a second
+option, even one starting with `--`, and no shell ever sees it. Option names come from this module
+only, never from user input. Values are checked for control characters (pgBackRest would read a
+newline-separated value from its own config, never from argv, but a log line must stay one line).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from rewind.inventory import Cluster
+
+BackupType = Literal["full", "diff", "incr"]
+RestoreType = Literal["default", "immediate", "time", "xid", "name", "lsn", "standby", "preserve", "none"]
+
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_ANNOTATION_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _option(name: str, value: str | int | bool | None = None) -> str:
+    if not _OPTION_NAME.match(name):
+        raise ValueError(f"invalid pgBackRest option name {name!r}")
+    if value is None or value is True:
+        return f"--{name}"
+    if value is False:
+        return f"--no-{name}"
+    text = str(value)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError(f"--{name} value must not contain control characters")
+    return f"--{name}={text}"
+
+
+@dataclass(frozen=True)
+class PgBackRestCommands:
+    """Builds argv lists for one cluster's stanza with its rendered --config."""
+
+    cluster: Cluster
+
+    def _argv(self, command: str, *options: str, stanza: bool = True) -> list[str]:
+        argv = [self.cluster.pgbackrest.bin, _option("config", self.cluster.config_path)]
+        if stanza:
+            argv.append(_option("stanza", self.cluster.stanza))
+        argv.extend(options)
+        argv.append(command)
+        return argv
+
+    def version(self) -> list[str]:
+        return [self.cluster.pgbackrest.bin, "version"]
+
+    def stanza_create(self) -> list[str]:
+        return self._argv("stanza-create")
+
+    def check(self) -> list[str]:
+        return self._argv("check")
+
+    def info(self, *, backup_set: str | None = None) -> list[str]:
+        options = [_option("output", "json")]
+        if backup_set:
+            options.append(_option("set", backup_set))
+        return self._argv("info", *options)
+
+    def verify(self) -> list[str]:
+        return self._argv("verify")
+
+    def expire(self) -> list[str]:
+        return self._argv("expire")
+
+    def backup(self, backup_type: BackupType, *, annotations: dict[str, str] | None = None) -> list[str]:
+        if backup_type not in ("full", "diff", "incr"):
+            raise ValueError(f"backup type must be full, diff or incr, not {backup_type!r}")
+        options = [_option("type", backup_type)]
+        for key, value in sorted((annotations or {}).items()):
+            if not _ANNOTATION_KEY.match(key):
+                raise ValueError(f"annotation key {key!r} must match {_ANNOTATION_KEY.pattern}")
+            options.append(_option("annotation", f"{key}={value}"))
+        return self._argv("backup", *options)
+
+    def restore(
+        self,
+        *,
+        restore_type: RestoreType = "default",
+        target: str | None = None,
+        target_exclusive: bool = False,
+        target_action: Literal["pause", "promote", "shutdown"] | None = None,
+        target_timeline: str | None = None,
+        backup_set: str | None = None,
+        delta: bool = True,
+        pg_path: str | None = None,
+        archive_mode: Literal["preserve", "off"] | None = None,
+    ) -> list[str]:
+        options: list[str] = []
+        if delta:
+            options.append(_option("delta"))
+        if pg_path:
+            options.append(_option("pg1-path", pg_path))
+        if backup_set:
+            options.append(_option("set", backup_set))
+        if restore_type != "default":
+            options.append(_option("type", restore_type))
+        if restore_type in ("time", "xid", "name", "lsn"):
+            if not target:
+                raise ValueError(f"restore type {restore_type} needs a target")
+            options.append(_option("target", target))
+            if target_exclusive:
+                options.append(_option("target-exclusive"))
+        if target_action and restore_type not in ("default", "none", "standby", "preserve"):
+            options.append(_option("target-action", target_action))
+        if target_timeline:
+            options.append(_option("target-timeline", target_timeline))
+        if archive_mode:
+            options.append(_option("archive-mode", archive_mode))
+        return self._argv("restore", *options)
