@@ -1,0 +1,112 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rewind.errors import InventoryError, UnknownClusterError
+from rewind.inventory import inventory_path, load_inventory, parse_inventory
+
+GOOD = {
+    "postgres": {"data_dir": "/var/lib/postgresql/15/main"},
+    "repo": {"bucket": "backups", "endpoint": "s3.eu-west-1.amazonaws.com", "region": "eu-west-1", "path": "/pg/ledger"},
+}
+
+
+def inv(clusters: dict, defaults: dict | None = None, path: str = "/etc/rewind/inventory.yaml"):
+    doc = {"clusters": clusters}
+    if defaults is not None:
+        doc["defaults"] = defaults
+    return parse_inventory(yaml.safe_dump(doc), Path(path))
+
+
+def test_defaults_are_the_guides_rotation():
+    cluster = inv({"ledger": GOOD}).get("ledger")
+    assert cluster.stanza == "ledger"
+    assert (cluster.schedules.full, cluster.schedules.diff, cluster.schedules.incr) == ("0 2 * * 0", "0 2 * * 1-6", "0 * * * *")
+    assert (cluster.repo.compress_type, cluster.repo.compress_level, cluster.repo.bundle) == ("zst", 3, True)
+    assert (cluster.repo.retention_full, cluster.repo.retention_diff, cluster.repo.cipher_type) == (4, 6, "aes-256-cbc")
+    assert cluster.postgres.control == "systemd" and cluster.postgres.unit_name() == "postgresql@15-main"
+    assert cluster.config_path == "/etc/pgbackrest/rewind/ledger.conf"
+    assert cluster.pool == "rewind_ledger"
+
+
+def test_defaults_merge_under_cluster_and_cluster_wins():
+    defaults = {"repo": {"bucket": "shared", "endpoint": "s3.example.com", "region": "eu-west-1", "retention_full": 2}}
+    clusters = {
+        "a": {"postgres": GOOD["postgres"], "repo": {"path": "/a"}},
+        "b": {"postgres": GOOD["postgres"], "repo": {"path": "/b", "retention_full": 8}, "schedules": {"incr": "30 * * * *"}},
+    }
+    loaded = inv(clusters, defaults)
+    assert loaded.get("a").repo.retention_full == 2 and loaded.get("a").repo.bucket == "shared"
+    assert loaded.get("b").repo.retention_full == 8 and loaded.get("b").schedules.incr == "30 * * * *"
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"schedules": {"full": "0 2 * *"}}, "schedules.full", "cron"),
+        ({"schedules": {"incr": "61 * * * *"}}, "schedules.incr", "cron"),
+        ({"repo": {"endpoint": "s3.example.com", "region": "r", "path": "/p"}}, "repo.bucket", "required"),
+        ({"repo": {**GOOD["repo"], "endpoint": "https://s3.example.com/"}}, "repo.endpoint", "host name"),
+        ({"repo": {**GOOD["repo"], "path": "relative/path"}}, "repo.path", "absolute"),
+        ({"repo": {**GOOD["repo"], "cipher_type": "rot13"}}, "repo.cipher_type", "aes-256-cbc"),
+        ({"stanza": "--delete"}, "stanza", "not a valid name"),
+        ({"stanza": "x;rm -rf /"}, "stanza", "not a valid name"),
+        ({"postgres": {"data_dir": "/data\nrepo1-path=/evil"}}, "postgres.data_dir", "control characters"),
+        ({"postgres": {"data_dir": "/d", "port": 70000}}, "postgres.port", "less than"),
+        ({"postgres": {"data_dir": "/d", "systemd_unit": "x; reboot"}}, "postgres.systemd_unit", "systemd unit"),
+        ({"credentials": {"env_prefix": "lower_"}}, "credentials.env_prefix", "upper-case"),
+        ({"unknown_key": 1}, "unknown_key", "Extra inputs"),
+    ],
+)
+def test_bad_cluster_is_reported_with_file_cluster_field_and_others_still_load(change, field, words):
+    bad = {**GOOD, **change}
+    loaded = inv({"good": GOOD, "bad": bad})
+    assert list(loaded.clusters) == ["good"]
+    message = loaded.errors["bad"]
+    assert message.startswith(f"inventory /etc/rewind/inventory.yaml: cluster 'bad': field {field}:"), message
+    assert words in message
+    assert "\n" not in message
+    with pytest.raises(InventoryError, match="cluster 'bad'"):
+        loaded.get("bad")
+
+
+def test_two_clusters_with_one_stanza_in_one_repo_are_refused():
+    loaded = inv({"a": {**GOOD, "stanza": "main"}, "b": {**GOOD, "stanza": "main"}})
+    assert list(loaded.clusters) == ["a"]
+    assert "already used by cluster 'a'" in loaded.errors["b"]
+
+
+def test_unknown_cluster_names_the_known_ones():
+    with pytest.raises(UnknownClusterError, match=r"no cluster named 'nope' \(known: ledger\)"):
+        inv({"ledger": GOOD}).get("nope")
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(InventoryError, match="file not found: set \\$REWIND_INVENTORY"):
+        load_inventory(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("clusters:\n  a: [unclosed\n")
+    with pytest.raises(InventoryError, match=r"broken.yaml: line \d+: not valid YAML"):
+        load_inventory(broken)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("- just\n- a list\n")
+    with pytest.raises(InventoryError, match="'clusters' mapping"):
+        load_inventory(wrong)
+
+
+def test_inventory_path_from_env_then_airflow_variable_then_default(monkeypatch):
+    monkeypatch.delenv("REWIND_INVENTORY", raising=False)
+    monkeypatch.delenv("AIRFLOW_VAR_REWIND_INVENTORY", raising=False)
+    assert inventory_path() == Path("/etc/rewind/inventory.yaml")
+    monkeypatch.setenv("AIRFLOW_VAR_REWIND_INVENTORY", "/srv/var.yaml")
+    assert inventory_path() == Path("/srv/var.yaml")
+    monkeypatch.setenv("REWIND_INVENTORY", "/srv/env.yaml")
+    assert inventory_path() == Path("/srv/env.yaml")
+
+
+def test_example_inventory_is_valid():
+    example = Path(__file__).resolve().parents[2] / "config" / "inventory.example.yaml"
+    loaded = load_inventory(example)
+    assert loaded.errors == {}
+    assert loaded.clusters
