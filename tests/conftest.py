@@ -82,6 +82,15 @@ def load_dags(dag_file: str = "rewind_backup.py"):
     """Import a DAG file the way the DAG processor does and return its DAGs by id."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / dag_file), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags" / dag_file))
     assert not bag.import_errors, bag.import_errors
     return bag.dags
+
+
+def run_once(dag, **kwargs):
+    """dag.test() without retries: dag.test() honours retry delays, and a failure test wants the
+    first failure's message, not three of them minutes apart. Retry policy is checked separately
+    (tests/dags)."""
+    for task in dag.tasks:
+        task.retries = 0
+    return dag.test(**kwargs)
