@@ -26,7 +26,18 @@ from rewind.runner import CommandRunner
 from rewind.stack.net import free_port
 from rewind.stack.s3tls import S3OverTLS
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+def _pg_bin() -> Path:
+    """PostgreSQL 15 where installed (these machines), else the newest installed major version."""
+    if os.environ.get("REWIND_PG_BIN"):
+        return Path(os.environ["REWIND_PG_BIN"])
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    preferred = [p for p in installed if p.parent.parent.name == "15"]
+    if not (preferred or installed):
+        raise RuntimeError("PostgreSQL is not installed: run scripts/install.sh")
+    return (preferred or installed)[-1].parent
+
+
+PG_BIN = _pg_bin()
 
 
 @dataclass
@@ -85,6 +96,7 @@ class DemoStack:
                     "description": "Rewind demo cluster (local stack)",
                     "queue": "default",
                     "postgres": {
+                        "version": int(PG_BIN.parent.name),
                         "bin_dir": str(PG_BIN),
                         "data_dir": str(self.data_dir),
                         "port": self.pg_port,

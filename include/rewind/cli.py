@@ -1,0 +1,74 @@
+"""`rewind`: the operator's command line for what happens outside a DAG run.
+
+    rewind conf render  --cluster NAME     print the pgbackrest.conf the inventory renders
+    rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
+    rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
+    rewind pools                            Airflow pools JSON for `airflow pools import`
+    rewind check                            validate the inventory; exit 1 listing every error
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rewind.errors import RewindError
+from rewind.inventory import inventory_path, load_inventory
+from rewind.pgbackrest.config import config_drift, install_config, render_config
+
+
+def pools_json(inventory) -> dict:
+    return {
+        cluster.pool: {
+            "slots": 1,
+            "description": f"Rewind: one repository-writing task at a time for stanza {cluster.stanza}",
+            "include_deferred": False,
+        }
+        for cluster in inventory.clusters.values()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rewind", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inventory", help="inventory file (default: $REWIND_INVENTORY or /etc/rewind/inventory.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conf = sub.add_parser("conf", help="pgbackrest.conf rendering, drift and installation")
+    conf.add_argument("action", choices=["render", "diff", "install"])
+    conf.add_argument("--cluster", required=True)
+    sub.add_parser("pools", help="print Airflow pools JSON")
+    sub.add_parser("check", help="validate the inventory")
+    args = parser.parse_args(argv)
+
+    try:
+        path = args.inventory or inventory_path()
+        inventory = load_inventory(path)
+        if args.command == "check":
+            for error in inventory.errors.values():
+                print(error, file=sys.stderr)
+            print(f"{len(inventory.clusters)} cluster(s) valid, {len(inventory.errors)} invalid")
+            return 1 if inventory.errors else 0
+        if args.command == "pools":
+            print(json.dumps(pools_json(inventory), indent=2, sort_keys=True))
+            return 0
+        cluster = inventory.get(args.cluster)
+        if args.action == "render":
+            sys.stdout.write(render_config(cluster, inventory_path=path))
+            return 0
+        if args.action == "diff":
+            drift = config_drift(cluster, inventory_path=path)
+            if drift.drifted:
+                sys.stdout.write(drift.diff() or f"{drift.path} does not exist\n")
+                return 1
+            print(f"{drift.path} matches the inventory")
+            return 0
+        changed = install_config(cluster, inventory_path=path)
+        print(f"{cluster.config_path} {'installed' if changed else 'already up to date'}")
+        return 0
+    except RewindError as exc:
+        print(f"rewind: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

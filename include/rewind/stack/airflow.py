@@ -1,0 +1,156 @@
+"""`airflow standalone` as a child process: the real scheduler, DAG processor, triggerer and API
+server on 127.0.0.1, plus a tiny REST client for it. Used by the local stack and the end-to-end
+tests; nothing here imports Airflow (it talks to it over HTTP like a person's browser would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from rewind.stack.net import wait_for_port
+from rewind.stack.s3tls import _terminate
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def airflow_bin() -> str:
+    candidate = Path(sys.executable).parent / "airflow"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("airflow")
+    if not found:
+        raise RuntimeError("airflow is not installed in this environment: run scripts/install.sh")
+    return found
+
+
+@dataclass
+class AirflowStandalone:
+    home: Path
+    port: int
+    env: dict[str, str] = field(default_factory=dict)  # REWIND_INVENTORY, worker secrets, ...
+    username: str = "admin"
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        bin_dir = str(Path(airflow_bin()).parent)
+        return {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",  # standalone runs `airflow ...`
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            **self.env,
+        }
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [airflow_bin(), *args], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True
+        )
+
+    def start(self, *, pools: dict | None = None, timeout: float = 180) -> "AirflowStandalone":
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.cli("db", "migrate")
+        if pools:
+            pools_file = self.home / "rewind-pools.json"
+            pools_file.write_text(json.dumps(pools))
+            self.cli("pools", "import", str(pools_file))
+        log = open(self.home / "standalone.log", "ab")
+        self._proc = subprocess.Popen(
+            [airflow_bin(), "standalone"],
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(self.home),
+        )
+        wait_for_port(self.port, timeout=timeout, process=self._proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).ok and self.password():
+                    return self
+            except requests.RequestException:
+                pass
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited with {self._proc.returncode}: see {self.home}/standalone.log")
+            time.sleep(1)
+        raise TimeoutError(f"airflow standalone not healthy within {timeout:.0f}s: see {self.home}/standalone.log")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def password(self) -> str | None:
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        try:
+            return json.loads(path.read_text()).get(self.username)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def token(self) -> str:
+        if self._token is None:
+            response = requests.post(
+                f"{self.url}/auth/token", json={"username": self.username, "password": self.password()}, timeout=30
+            )
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        return requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.api("GET", f"/dags/{dag_id}").status_code == 200:
+                return
+            time.sleep(2)
+        errors = self.api("GET", "/importErrors").json()
+        raise TimeoutError(f"DAG {dag_id} did not appear within {timeout:.0f}s; import errors: {errors}")
+
+    def trigger(self, dag_id: str, *, conf: dict | None = None, note: str | None = None) -> requests.Response:
+        body = {"logical_date": None, "conf": conf or {}}
+        if note:
+            body["note"] = note
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            if run.get("state") in ("success", "failed"):
+                return run
+            time.sleep(2)
+        raise TimeoutError(f"run {run_id} of {dag_id} not finished within {timeout:.0f}s")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        items = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        return {item["task_id"]: item["state"] for item in items}
+
+    def stop(self) -> None:
+        _terminate(self._proc, timeout=30)
+        self._proc = None

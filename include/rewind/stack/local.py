@@ -1,0 +1,162 @@
+"""The local stack: `python -m rewind.stack.local up|down|status`.
+
+up:   a demo PostgreSQL cluster with a ledger table, archiving into an S3 API over TLS, and Airflow
+      (standalone) with Rewind's DAGs on http://127.0.0.1:8080. Prints how to log in.
+down: stops every process the stack started (files stay in $REWIND_LOCAL_HOME for inspection).
+
+The demo's S3 keys and cipher passphrase are generated at `up` and exist only in the environments
+of the processes that need them (PostgreSQL's archive_command and the Airflow workers), never in
+a file. moto keeps the repository in memory, so every `up` starts a fresh stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from rewind.cli import pools_json
+from rewind.inventory import load_inventory
+from rewind.postgres import postmaster_pid, stop_argv
+from rewind.runner import CommandRunner
+from rewind.stack.airflow import AirflowStandalone
+from rewind.stack.demo import DemoStack
+
+HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
+PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
+STATE = HOME / "state.json"
+
+DEMO_DATA_SQL = """
+create table if not exists ledger_entry (
+    id bigint generated always as identity primary key,
+    account text not null,
+    amount numeric(12,2) not null,
+    status text not null default 'posted',
+    created_at timestamptz not null default now()
+);
+insert into ledger_entry (account, amount)
+select 'ACC-' || (g % 50), round((random() * 1000)::numeric, 2) from generate_series(1, 5000) g;
+"""
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _state() -> dict:
+    try:
+        return json.loads(STATE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def status() -> int:
+    state = _state()
+    if not state:
+        print("local stack: not running")
+        return 1
+    for name in ("moto", "stunnel", "airflow"):
+        print(f"{name:8} pid {state.get(name)}: {'running' if _alive(state.get(name)) else 'stopped'}")
+    print(f"postgres data {state.get('data_dir')}: {'running' if state.get('data_dir') and _pg_running(state) else 'stopped'}")
+    return 0
+
+
+def _pg_running(state: dict) -> bool:
+    pid_file = Path(state["data_dir"]) / "postmaster.pid"
+    try:
+        return _alive(int(pid_file.read_text().splitlines()[0]))
+    except (FileNotFoundError, ValueError, IndexError):
+        return False
+
+
+def up() -> int:
+    state = _state()
+    if state and _alive(state.get("airflow")):
+        print(f"local stack already running: {state['url']} (user admin, password {state['password']})")
+        return 0
+    down(quiet=True)
+    shutil.rmtree(HOME / "stack", ignore_errors=True)
+    HOME.mkdir(parents=True, exist_ok=True)
+    HOME.chmod(0o755)
+
+    print("starting PostgreSQL 15 + pgBackRest + S3 over TLS ...", flush=True)
+    stack = DemoStack(HOME / "stack")
+    stack.start()
+    stack.psql(DEMO_DATA_SQL)
+    print("starting Airflow (standalone) ...", flush=True)
+    airflow = AirflowStandalone(
+        home=HOME / "airflow",
+        port=PORT,
+        env={"REWIND_INVENTORY": str(stack.inventory_path), **stack.worker_env()},
+    )
+    airflow.start(pools=pools_json(load_inventory(stack.inventory_path)))
+    password = airflow.password()
+    STATE.write_text(
+        json.dumps(
+            {
+                "moto": stack.s3._moto.pid,
+                "stunnel": stack.s3._stunnel.pid,
+                "airflow": airflow.pid,
+                "data_dir": str(stack.data_dir),
+                "inventory": str(stack.inventory_path),
+                "url": airflow.url,
+                "password": password,
+            },
+            indent=2,
+        )
+    )
+    STATE.chmod(0o600)
+    print(
+        f"""
+Rewind local stack is up.
+  Airflow UI   {airflow.url}   user: admin   password: {password}
+  DAGs         rewind_backup_full__demo, rewind_backup_diff__demo, rewind_backup_incr__demo
+  PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
+  S3 over TLS  {stack.s3.url} bucket {stack.s3.bucket}, CA {stack.s3.ca_file}
+  Inventory    {stack.inventory_path}
+  Logs         {HOME}/airflow/standalone.log, {stack.pg_home}/postgresql.log
+Trigger rewind_backup_full__demo in the UI to take the first full backup.
+Stop everything: sudo scripts/local-stack.sh down
+"""
+    )
+    return 0
+
+
+def down(quiet: bool = False) -> int:
+    state = _state()
+    for name in ("airflow", "stunnel", "moto"):
+        pid = state.get(name)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    if state.get("inventory") and Path(state["inventory"]).exists():
+        cluster = load_inventory(state["inventory"]).get("demo")
+        if postmaster_pid(cluster):
+            CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=120, check=False)
+    STATE.unlink(missing_ok=True)
+    if not quiet:
+        print("local stack stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rewind-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status"], nargs="?", default="up")
+    args = parser.parse_args(argv)
+    return {"up": up, "down": down, "status": status}[args.action]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
