@@ -28,8 +28,13 @@ WHAT = {
 
 
 def backup_asset(cluster: Cluster) -> Asset:
-    """Updated after every successful backup of the stanza; verify DAGs schedule on it."""
-    return Asset(name=f"rewind_backup__{cluster.name}", uri=f"pgbackrest://{cluster.stanza}/backups", group="rewind")
+    """Updated after every successful backup of the stanza; verify DAGs schedule on it.
+
+    The URI is where the stanza's backups live, which is unique per cluster (the inventory refuses
+    two clusters writing one stanza into one repository); the stanza name alone is not.
+    """
+    repo = cluster.repo
+    return Asset(name=f"rewind_backup__{cluster.name}", uri=f"s3://{repo.bucket}{repo.path}/backup/{cluster.stanza}", group="rewind")
 
 
 def doc_md(cluster: Cluster, backup_type: str) -> str:

@@ -92,6 +92,18 @@ def test_backup_dags_follow_the_inventory(monkeypatch, example_inventory):
         assert dag.get_task("expire").pool == f"rewind_{cluster}"
         assert {t.queue for t in dag.tasks} == {f"pg-{cluster}-01"}
         assert [a.name for a in dag.get_task("backup").outlets] == [f"rewind_backup__{cluster}"]
+        assert [a.uri for a in dag.get_task("backup").outlets] == [f"s3://acme-pg-backups/pgbackrest/{cluster}/backup/{cluster}"]
+
+
+def test_asset_names_and_uris_are_unique_per_cluster_even_with_one_stanza_name(monkeypatch, example_inventory):
+    """Airflow deactivates assets whose name or URI collides; two clusters may share a stanza
+    name in different repositories."""
+    path, doc = example_inventory
+    doc["clusters"]["crm"]["stanza"] = "ledger"  # same stanza name, other repo path
+    path.write_text(yaml.safe_dump(doc))
+    bag = import_dag_files(monkeypatch)
+    assets = {a for dag in bag.dags.values() for t in dag.tasks for a in t.outlets}
+    assert len({a.name for a in assets}) == len({a.uri for a in assets}) == 2
 
 
 def test_a_bad_cluster_is_an_import_error_and_the_others_keep_their_dags(monkeypatch, example_inventory):
