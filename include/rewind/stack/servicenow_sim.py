@@ -1,0 +1,385 @@
+"""A ServiceNow simulator for tests and the local stack, on loopback.
+
+Speaks the Table API subset Rewind uses, with ServiceNow's JSON shapes: `{"result": ...}`, every
+field value a string, errors as `{"error": {"message", "detail"}, "status": "failure"}`;
+`sysparm_query` (`field=value`, `field!=value`, joined by `^`), `sysparm_fields`, `sysparm_limit`;
+tables change_request, change_task, incident and the journal table sys_journal_field (work notes
+written through `work_notes` land there, as in ServiceNow); numbers CHG0010001, CTASK0010001,
+INC0010001; basic auth and OAuth client credentials (`/oauth_token.do`); the data policy that
+closing a change needs close_code and close_notes.
+
+For people and tests:
+    GET  /                              a page listing changes with Approve / Reject buttons
+    POST /sim/changes/<number>/approve  approve (approval=approved, state=Scheduled)
+    POST /sim/changes/<number>/reject   reject (approval=rejected, state=New)
+    POST /sim/faults   {"status": 503, "count": 2, "delay_s": 0}   next N requests fail or are slow
+    GET  /sim/requests                  every Table API request seen (method, path, query)
+
+    python -m rewind.stack.servicenow_sim serve --port 8091 [--user rewind --password ...]
+    python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:8091
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import json
+import secrets
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import requests
+
+PREFIXES = {"change_request": "CHG", "change_task": "CTASK", "incident": "INC"}
+TABLES = set(PREFIXES) | {"sys_journal_field"}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class Fault:
+    status: int = 503
+    count: int = 1
+    delay_s: float = 0.0
+
+
+@dataclass
+class SimState:
+    username: str = "rewind"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    client_id: str = "rewind-client"
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    records: dict[str, dict[str, dict]] = field(default_factory=lambda: {t: {} for t in TABLES})
+    counters: dict[str, int] = field(default_factory=lambda: {t: 10000 for t in PREFIXES})
+    tokens: set[str] = field(default_factory=set)
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # ---- records --------------------------------------------------------------------------------
+    def create(self, table: str, fields: dict) -> dict:
+        with self.lock:
+            record = {k: "" if v is None else str(v) for k, v in fields.items()}
+            record["sys_id"] = uuid.uuid4().hex
+            if table in PREFIXES:
+                self.counters[table] += 1
+                record["number"] = f"{PREFIXES[table]}{self.counters[table]:07d}"
+            record.setdefault("sys_created_on", _now())
+            record["sys_updated_on"] = record["sys_created_on"]
+            if table == "change_request":
+                record.setdefault("state", "-5")
+                record.setdefault("approval", "not requested")
+            if table == "incident":
+                record.setdefault("state", "1")
+            notes = record.pop("work_notes", "")
+            record["work_notes"] = ""
+            self.records[table][record["sys_id"]] = record
+            if notes:
+                self._journal(table, record["sys_id"], notes)
+            return dict(record)
+
+    def update(self, table: str, sys_id: str, fields: dict) -> dict:
+        with self.lock:
+            record = self.records[table][sys_id]
+            fields = {k: "" if v is None else str(v) for k, v in fields.items()}
+            if table == "change_request" and fields.get("state") == "3":
+                missing = [f for f in ("close_code", "close_notes") if not (fields.get(f) or record.get(f))]
+                if missing:
+                    raise PolicyError("The following fields are mandatory: " + ", ".join(m.replace("_", " ").capitalize() for m in missing))
+            notes = fields.pop("work_notes", "")
+            record.update(fields)
+            record["sys_updated_on"] = _now()
+            if notes:
+                self._journal(table, sys_id, notes)
+            return dict(record)
+
+    def _journal(self, table: str, sys_id: str, value: str) -> None:
+        entry = {"sys_id": uuid.uuid4().hex, "name": table, "element": "work_notes", "element_id": sys_id, "value": value,
+                 "sys_created_on": _now(), "sys_created_by": self.username}
+        # keep creation order stable within one second
+        entry["sys_created_on"] += f".{len(self.records['sys_journal_field']):06d}"
+        self.records["sys_journal_field"][entry["sys_id"]] = entry
+
+    def query(self, table: str, query: str) -> list[dict]:
+        conditions = [c for c in query.split("^") if c]
+        def matches(record: dict) -> bool:
+            for condition in conditions:
+                if "!=" in condition:
+                    key, value = condition.split("!=", 1)
+                    if record.get(key, "") == value:
+                        return False
+                elif "=" in condition:
+                    key, value = condition.split("=", 1)
+                    if record.get(key, "") != value:
+                        return False
+                else:
+                    raise PolicyError(f"unsupported query condition {condition!r}")
+            return True
+        with self.lock:
+            return [dict(r) for r in self.records[table].values() if matches(r)]
+
+    def find_change(self, number: str) -> dict | None:
+        with self.lock:
+            return next((r for r in self.records["change_request"].values() if r["number"] == number), None)
+
+    def decide(self, number: str, verdict: str) -> dict:
+        change = self.find_change(number)
+        if change is None:
+            raise KeyError(number)
+        if verdict == "approve":
+            return self.update("change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": "Approved in the simulator"})
+        return self.update("change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": "Rejected in the simulator"})
+
+
+class PolicyError(Exception):
+    pass
+
+
+def make_handler(state: SimState):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "ServiceNowSim/1.0"
+
+        def log_message(self, *_args):  # quiet
+            pass
+
+        # ---- plumbing -----------------------------------------------------------------------
+        def _send(self, status: int, body: dict | str, content_type: str = "application/json") -> None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str, detail: str = "") -> None:
+            self._send(status, {"error": {"message": message, "detail": detail}, "status": "failure"})
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+            return json.loads(raw or b"{}")
+
+        def _authenticated(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            if header.startswith("Basic "):
+                user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                return user == state.username and password == state.password
+            if header.startswith("Bearer "):
+                return header[7:] in state.tokens
+            return False
+
+        def _fault(self) -> bool:
+            with state.lock:
+                fault = state.faults[0] if state.faults else None
+                if fault:
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        state.faults.pop(0)
+            if fault is None:
+                return False
+            if fault.delay_s:
+                time.sleep(fault.delay_s)
+            if fault.status >= 400:
+                self._error(fault.status, "Simulated failure", f"HTTP {fault.status} injected by the simulator")
+                return True
+            return False
+
+        def _route(self, method: str) -> None:
+            url = urlparse(self.path)
+            parts = [p for p in url.path.split("/") if p]
+            params = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if parts[:1] == ["sim"] or url.path == "/":
+                return self._sim(method, parts, url)
+            if url.path == "/oauth_token.do" and method == "POST":
+                body = self._body()
+                if body.get("client_id") == state.client_id and body.get("client_secret") == state.client_secret:
+                    token = secrets.token_urlsafe(16)
+                    state.tokens.add(token)
+                    return self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": 1799})
+                return self._send(401, {"error": "access_denied", "error_description": "invalid client"})
+            if parts[:3] != ["api", "now", "table"] or len(parts) < 4:
+                return self._error(400, "Invalid URL", url.path)
+            with state.lock:
+                state.requests.append({"method": method, "path": url.path, "query": params.get("sysparm_query", "")})
+            if self._fault():
+                return None
+            if not self._authenticated():
+                return self._error(401, "User Not Authenticated", "Required to provide Auth information")
+            table = parts[3]
+            if table not in TABLES:
+                return self._error(403, "Operation Failed", f"ACL exception: no access to table {table}")
+            sys_id = parts[4] if len(parts) > 4 else None
+            try:
+                if method == "GET" and sys_id is None:
+                    records = state.query(table, params.get("sysparm_query", ""))
+                    records = records[: int(params.get("sysparm_limit", "10000"))]
+                    if params.get("sysparm_fields"):
+                        wanted = params["sysparm_fields"].split(",")
+                        records = [{k: r.get(k, "") for k in wanted} for r in records]
+                    return self._send(200, {"result": records})
+                if method == "GET":
+                    record = state.records[table].get(sys_id)
+                    if record is None:
+                        return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
+                    return self._send(200, {"result": dict(record)})
+                if method == "POST" and sys_id is None:
+                    return self._send(201, {"result": state.create(table, self._body())})
+                if method in ("PATCH", "PUT") and sys_id:
+                    if sys_id not in state.records[table]:
+                        return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
+                    return self._send(200, {"result": state.update(table, sys_id, self._body())})
+            except PolicyError as exc:
+                return self._error(400, "Data Policy Exception", str(exc))
+            return self._error(405, "Method not supported", f"{method} {url.path}")
+
+        def _sim(self, method: str, parts: list[str], url) -> None:
+            if url.path == "/" and method == "GET":
+                return self._send(200, _page(state), "text/html; charset=utf-8")
+            if parts[1:2] == ["changes"] and len(parts) == 4 and method == "POST" and parts[3] in ("approve", "reject"):
+                try:
+                    record = state.decide(parts[2], parts[3])
+                except KeyError:
+                    return self._error(404, "No Record found", parts[2])
+                if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                    self.send_response(303)
+                    self.send_header("Location", "/")
+                    self.end_headers()
+                    return None
+                return self._send(200, {"result": record})
+            if parts[1:] == ["faults"] and method == "POST":
+                body = self._body()
+                with state.lock:
+                    state.faults.append(Fault(int(body.get("status", 503)), int(body.get("count", 1)), float(body.get("delay_s", 0))))
+                return self._send(200, {"result": "ok"})
+            if parts[1:] == ["requests"] and method == "GET":
+                with state.lock:
+                    return self._send(200, {"result": list(state.requests)})
+            return self._error(404, "Not found", url.path)
+
+        def do_GET(self):
+            self._route("GET")
+
+        def do_POST(self):
+            self._route("POST")
+
+        def do_PATCH(self):
+            self._route("PATCH")
+
+        def do_PUT(self):
+            self._route("PUT")
+
+    return Handler
+
+
+def _page(state: SimState) -> str:
+    with state.lock:
+        changes = sorted(state.records["change_request"].values(), key=lambda r: r["number"], reverse=True)
+    rows = []
+    for change in changes:
+        buttons = ""
+        if change.get("approval") == "requested":
+            buttons = "".join(
+                f'<form method="post" action="/sim/changes/{html.escape(change["number"])}/{verdict}" style="display:inline">'
+                f'<button type="submit">{verdict.capitalize()}</button></form> '
+                for verdict in ("approve", "reject")
+            )
+        rows.append(
+            "<tr>" + "".join(f"<td>{html.escape(change.get(k, ''))}</td>" for k in ("number", "short_description", "state", "approval", "start_date", "end_date", "close_code"))
+            + f"<td>{buttons}</td></tr>"
+        )
+    return (
+        "<!doctype html><html><head><title>ServiceNow simulator</title><meta http-equiv='refresh' content='10'>"
+        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
+        "<h1>ServiceNow simulator: change requests</h1><p>state: -5 New, -3 Authorize, -2 Scheduled, -1 Implement, 3 Closed, 4 Canceled</p>"
+        "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th></th></tr>"
+        + "".join(rows) + "</table></body></html>"
+    )
+
+
+class ServiceNowSimulator:
+    """Runs the simulator in a background thread of this process."""
+
+    def __init__(self, port: int = 0, state: SimState | None = None):
+        self.state = state or SimState()
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(self.state))
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def airflow_connection(self) -> str:
+        """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) pointing at this simulator."""
+        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
+                           "login": self.state.username, "password": self.state.password})
+
+    def start(self) -> "ServiceNowSimulator":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def approve(self, number: str) -> dict:
+        return self.state.decide(number, "approve")
+
+    def reject(self, number: str) -> dict:
+        return self.state.decide(number, "reject")
+
+    def fail_next(self, count: int, status: int = 503, delay_s: float = 0.0) -> None:
+        with self.state.lock:
+            self.state.faults.append(Fault(status, count, delay_s))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="servicenow-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("--port", type=int, default=8091)
+    serve.add_argument("--user", default="rewind")
+    serve.add_argument("--password", default=None, help="default: $SERVICENOW_SIM_PASSWORD or generated")
+    for verdict in ("approve", "reject"):
+        decide = sub.add_parser(verdict)
+        decide.add_argument("number")
+        decide.add_argument("--url", default="http://127.0.0.1:8091")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        import os
+
+        state = SimState(username=args.user)
+        state.password = args.password or os.environ.get("SERVICENOW_SIM_PASSWORD") or state.password
+        sim = ServiceNowSimulator(args.port, state)
+        print(f"ServiceNow simulator on {sim.url} (user {state.username})", flush=True)
+        try:
+            sim.server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return 0
+    response = requests.post(f"{args.url}/sim/changes/{args.number}/{args.command}", timeout=10)
+    if response.status_code != 200:
+        print(f"servicenow-sim: {args.command} {args.number}: HTTP {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+    record = response.json()["result"]
+    print(f"{record['number']}: approval={record['approval']} state={record['state']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
