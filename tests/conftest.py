@@ -94,3 +94,17 @@ def run_once(dag, **kwargs):
     for task in dag.tasks:
         task.retries = 0
     return dag.test(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def servicenow():
+    """The ServiceNow simulator on loopback, wired as Airflow connection servicenow_default."""
+    from rewind.stack.servicenow_sim import ServiceNowSimulator
+
+    simulator = ServiceNowSimulator().start()
+    os.environ["AIRFLOW_CONN_SERVICENOW_DEFAULT"] = simulator.airflow_connection()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+        os.environ.pop("AIRFLOW_CONN_SERVICENOW_DEFAULT", None)

@@ -35,6 +35,29 @@ def status_argv(cluster: Cluster) -> list[str]:
     return [pg_ctl(cluster), "status", "-D", cluster.postgres.data_dir]
 
 
+def start_nowait_argv(cluster: Cluster) -> list[str]:
+    """Start without waiting for connections: a server doing archive recovery may take far longer
+    than any fixed wait; Rewind watches recovery itself."""
+    if cluster.postgres.control == "systemd":
+        return ["systemctl", "start", "--no-block", cluster.postgres.unit_name()]
+    return [pg_ctl(cluster), "start", "-D", cluster.postgres.data_dir, "-l", cluster.postgres.pg_ctl_log(), "-W"]
+
+
+def log_file(cluster: Cluster) -> Path | None:
+    """Where PostgreSQL's server log is read from (pg_ctl -l file, or postgres.log_file)."""
+    if cluster.postgres.log_file:
+        return Path(cluster.postgres.log_file)
+    return Path(cluster.postgres.pg_ctl_log()) if cluster.postgres.control == "pg_ctl" else None
+
+
+def run_sql(runner, cluster: Cluster, sql: str, *, read_only: bool = False, database: str = "postgres", timeout: float = 60) -> str:
+    """One statement through psql as the OS user over the socket; read_only is enforced by the
+    server (default_transaction_read_only), not by inspecting the SQL."""
+    extra_env = {"PGOPTIONS": "-c default_transaction_read_only=on -c statement_timeout=300000"} if read_only else None
+    result = runner.run(psql_argv(cluster, sql, database=database), timeout=timeout, log_stdout=False, extra_env=extra_env)
+    return result.stdout.strip()
+
+
 def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres") -> list[str]:
     """psql as the OS user over the socket; one statement, unaligned tuples-only output."""
     return [

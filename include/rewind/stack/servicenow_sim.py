@@ -63,6 +63,7 @@ class SimState:
     tokens: set[str] = field(default_factory=set)
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
+    auto_approve: bool = False  # approve every change as soon as its approval is requested
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # ---- records --------------------------------------------------------------------------------
@@ -85,6 +86,9 @@ class SimState:
             self.records[table][record["sys_id"]] = record
             if notes:
                 self._journal(table, record["sys_id"], notes)
+            if table == "change_request" and self.auto_approve and record["approval"] == "requested":
+                record.update(approval="approved", state="-2")
+                self._journal(table, record["sys_id"], "Approved automatically (simulator auto-approve)")
             return dict(record)
 
     def update(self, table: str, sys_id: str, fields: dict) -> dict:

@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from rewind.backup import RUN_ID_ANNOTATION, take_backup
+from rewind.guard import require_no_restore
 from rewind.preflight import run_repository_preflight
 from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 
@@ -38,6 +39,7 @@ class PgBackRestPreflightOperator(_ClusterOperator):
 
     def execute(self, context) -> dict:
         hook = self.hook
+        require_no_restore(hook.cluster)
         info = run_repository_preflight(
             hook.cluster, inventory_path=hook.inventory_file, pgbackrest=hook.get_conn(), allow_no_backup=True
         )
@@ -60,17 +62,31 @@ class PgBackRestBackupOperator(_ClusterOperator):
     second one; a backup lock held by another process is waited for, never raced.
     """
 
-    template_fields: Sequence[str] = ("cluster", "backup_type")
+    template_fields: Sequence[str] = ("cluster", "backup_type", "extra_annotations", "restore_run_id")
     ui_color = "#d4edda"
 
-    def __init__(self, *, backup_type: str, lock_wait_s: float = 600.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        backup_type: str,
+        lock_wait_s: float = 600.0,
+        extra_annotations: dict[str, str] | None = None,
+        restore_run_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_type = backup_type
         self.lock_wait_s = lock_wait_s
+        self.extra_annotations = extra_annotations or {}
+        # A PITR run passes its own run id: its full backup on the new timeline is the one backup
+        # allowed while its restore guard is up.
+        self.restore_run_id = restore_run_id
 
     def execute(self, context) -> dict:
         ti = context["ti"]
+        require_no_restore(self.hook.cluster, allowed_run_id=self.restore_run_id)
         annotations = {
+            **{str(k): str(v) for k, v in self.extra_annotations.items()},
             "airflow_dag_id": ti.dag_id,
             RUN_ID_ANNOTATION: context["run_id"],
             "airflow_try": str(ti.try_number),

@@ -1,0 +1,184 @@
+"""Live-cluster steps of a PITR: archive the current WAL before stopping, watch recovery reach the
+target (and fail loudly when PostgreSQL says it did not), check data, promote, describe state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from rewind.errors import RewindError
+from rewind.inventory import Cluster
+from rewind.pitr.request import DataCheck
+from rewind.postgres import log_file, postmaster_pid, run_sql
+from rewind.runner import CommandFailed, CommandRunner
+
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+class RecoveryError(RewindError):
+    pass
+
+
+class RecoveryTargetNotReached(RecoveryError):
+    pass
+
+
+class DataCheckFailed(RewindError):
+    pass
+
+
+def is_running(cluster: Cluster) -> bool:
+    return postmaster_pid(cluster) is not None
+
+
+def archive_current_wal(runner: CommandRunner, cluster: Cluster, *, timeout_s: float = 120, log: Callable[[str], None] = print) -> str | None:
+    """Switch WAL and wait until the segment is archived, so every commit up to now is in the
+    repository before PostgreSQL stops. Returns the segment, or None when PostgreSQL is down
+    or a standby (nothing to switch)."""
+    if not is_running(cluster):
+        log("PostgreSQL is not running: only WAL already archived can be recovered")
+        return None
+    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
+        log("PostgreSQL is in recovery: no WAL switch")
+        return None
+    segment = run_sql(runner, cluster, "select pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + timeout_s
+    query = f"select count(*) from pg_ls_archive_statusdir() where name = '{segment}.ready'"
+    while run_sql(runner, cluster, query) != "0":
+        if time.monotonic() > deadline:
+            failed = run_sql(runner, cluster, "select coalesce(last_failed_wal, '-') || ' at ' || coalesce(last_failed_time::text, '-') from pg_stat_archiver")
+            raise RecoveryError(
+                f"WAL segment {segment} was not archived within {timeout_s:.0f}s (last failure {failed}): fix archiving before a PITR"
+            )
+        time.sleep(0.5)
+    log(f"WAL up to segment {segment} is archived")
+    return segment
+
+
+def current_timeline(runner: CommandRunner, cluster: Cluster) -> int:
+    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
+        return int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
+    return int(run_sql(runner, cluster, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def log_offset(cluster: Cluster) -> int:
+    path = log_file(cluster)
+    try:
+        return path.stat().st_size if path else 0
+    except FileNotFoundError:
+        return 0
+
+
+def new_log_lines(cluster: Cluster, offset: int) -> list[str]:
+    path = log_file(cluster)
+    if path is None or not path.exists():
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace").splitlines()
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    state: str  # "promoted" | "paused"
+    replay_lsn: str | None
+    stop_record: str | None  # PostgreSQL's "recovery stopping ..." line, when it logged one
+    timeline: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def wait_for_recovery(
+    runner: CommandRunner,
+    cluster: Cluster,
+    *,
+    action: str,
+    since_offset: int,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> RecoveryResult:
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    last_note = ""
+    while True:
+        lines = new_log_lines(cluster, since_offset)
+        if any(NOT_REACHED in line for line in lines):
+            raise RecoveryTargetNotReached(
+                f"PostgreSQL reported '{NOT_REACHED}': the target is beyond the archived WAL; the cluster is stopped, not promoted"
+            )
+        if not is_running(cluster) and time.monotonic() - started > 3:
+            fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
+            raise RecoveryError(f"PostgreSQL exited during recovery: {fatal[-1].strip() if fatal else 'see its log'}")
+        try:
+            in_recovery = run_sql(runner, cluster, "select pg_is_in_recovery()", timeout=30) == "t"
+        except CommandFailed as exc:
+            note = str(exc)
+            if note != last_note:
+                log(f"waiting for PostgreSQL: {note}")
+                last_note = note
+            in_recovery = None
+        if in_recovery is not None:
+            stop_record = next((line.split("LOG:", 1)[-1].strip() for line in lines if "recovery stopping" in line), None)
+            if action == "promote" and not in_recovery:
+                lsn = run_sql(runner, cluster, "select pg_current_wal_lsn()")
+                return RecoveryResult("promoted", lsn, stop_record, current_timeline(runner, cluster))
+            if in_recovery:
+                pause = run_sql(runner, cluster, "select pg_get_wal_replay_pause_state()")
+                if action == "pause" and pause == "paused":
+                    lsn = run_sql(runner, cluster, "select pg_last_wal_replay_lsn()")
+                    return RecoveryResult("paused", lsn, stop_record, None)
+        if time.monotonic() > deadline:
+            raise RecoveryError(f"recovery did not reach the target within {timeout_s:.0f}s: check PostgreSQL's log")
+        time.sleep(poll_s)
+
+
+def run_data_checks(runner: CommandRunner, cluster: Cluster, checks: list[DataCheck], *, log: Callable[[str], None] = print) -> list[dict]:
+    results = []
+    for number, check in enumerate(checks, 1):
+        try:
+            got = run_sql(runner, cluster, check.sql, read_only=True, timeout=330)
+        except CommandFailed as exc:
+            got = f"error: {exc}"
+        passed = got == check.expect
+        results.append({"sql": check.sql, "expect": check.expect, "got": got, "passed": passed})
+        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {check.sql!r} -> {got!r} (expected {check.expect!r})")
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        first = failed[0]
+        raise DataCheckFailed(
+            f"{len(failed)} of {len(results)} data check(s) failed; first: {first['sql']!r} returned {first['got']!r}, expected {first['expect']!r}"
+        )
+    return results
+
+
+def promote(runner: CommandRunner, cluster: Cluster, *, timeout_s: int = 300) -> int:
+    """Promote if still in recovery, then CHECKPOINT: PostgreSQL only requests the end-of-recovery
+    checkpoint, and until it completes pg_control still names the old timeline, which pgBackRest
+    rejects for the new timeline's full backup ("WAL timeline does not match pg_control")."""
+    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
+        if run_sql(runner, cluster, f"select pg_promote(true, {int(timeout_s)})", timeout=timeout_s + 30) != "t":
+            raise RecoveryError(f"pg_promote did not finish within {timeout_s}s")
+    run_sql(runner, cluster, "checkpoint", timeout=timeout_s)
+    timeline = current_timeline(runner, cluster)
+    control = int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
+    if control != timeline:
+        raise RecoveryError(f"pg_control is on timeline {control} after a checkpoint, WAL on {timeline}")
+    return timeline
+
+
+def describe_state(runner: CommandRunner, cluster: Cluster) -> str:
+    """One line for a work note: is PostgreSQL up, in recovery, paused, on which timeline."""
+    if not is_running(cluster):
+        return "PostgreSQL is stopped"
+    try:
+        in_recovery = run_sql(runner, cluster, "select pg_is_in_recovery()", timeout=15) == "t"
+        if in_recovery:
+            pause = run_sql(runner, cluster, "select pg_get_wal_replay_pause_state()", timeout=15)
+            lsn = run_sql(runner, cluster, "select pg_last_wal_replay_lsn()", timeout=15)
+            return f"PostgreSQL is running in recovery (replay {pause}) at LSN {lsn}"
+        return f"PostgreSQL is running, promoted, on timeline {current_timeline(runner, cluster)}"
+    except CommandFailed as exc:
+        return f"PostgreSQL is running but not answering queries ({exc})"

@@ -1,0 +1,217 @@
+"""The PITR request: the DAG run's params, validated across fields before anything is touched.
+
+Every error is one line naming the param to fix. Every value that reaches pgBackRest or
+PostgreSQL is constrained here: a restore-point name cannot carry a shell metacharacter or start
+with '-', an xid is digits, an LSN is X/Y hex, a time carries its time zone, and each data check is
+a single SQL statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rewind.errors import RewindError
+from rewind.servicenow import CHANGE_NUMBER_RE
+
+TARGET_TYPES = ("time", "xid", "name", "lsn", "immediate", "latest")
+LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .:@+-]{0,62}$")
+BACKUP_LABEL_RE = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
+MAX_XID = 2**63 - 1
+
+
+class PitrParamError(RewindError):
+    pass
+
+
+def lsn_value(lsn: str) -> int:
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def parse_target_time(text: str) -> dt.datetime:
+    cleaned = text.strip()
+    if re.search(r"[+-]\d{2}$", cleaned):  # PostgreSQL style "+00" -> "+00:00"
+        cleaned += ":00"
+    try:
+        value = dt.datetime.fromisoformat(cleaned.replace(" UTC", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a timestamp: use e.g. 2026-11-24 02:13:30+00") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: add one, e.g. 2026-11-24 02:13:30+00")
+    return value.astimezone(dt.timezone.utc)
+
+
+def _single_statement(sql: str) -> str:
+    """Reject a second statement: no ';' outside quotes except one at the very end."""
+    body = sql.strip()
+    if body.endswith(";"):
+        body = body[:-1].rstrip()
+    quote: str | None = None
+    for index, char in enumerate(body):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in ("'", '"'):
+            quote = char
+        elif char == ";":
+            raise ValueError("must be a single SQL statement (found ';' before the end)")
+        elif body.startswith("--", index) or body.startswith("/*", index):
+            raise ValueError("must not contain SQL comments")
+        elif char == "\\":
+            raise ValueError("must not contain backslashes (psql meta-commands)")
+    if quote:
+        raise ValueError("has an unterminated quote")
+    if not body:
+        raise ValueError("is empty")
+    return body
+
+
+class DataCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str = Field(max_length=4000)
+    expect: str
+
+    @field_validator("expect", mode="before")
+    @classmethod
+    def _as_text(cls, value):
+        if isinstance(value, bool):
+            return "t" if value else "f"  # how psql prints booleans
+        return value if isinstance(value, str) else str(value)
+
+    @field_validator("sql")
+    @classmethod
+    def _one_statement(cls, value: str) -> str:
+        return _single_statement(value)
+
+
+class PitrRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_type: Literal["time", "xid", "name", "lsn", "immediate", "latest"]
+    target: str = ""
+    target_exclusive: bool = False
+    target_action: Literal["promote", "pause"] = "promote"
+    target_timeline: str = "current"
+    backup_set: str | None = None
+    change_number: str | None = None
+    validation_sql: list[DataCheck] = []
+    reason: str = Field(min_length=10, max_length=2000)
+
+    @field_validator("target", "target_timeline", "reason", mode="before")
+    @classmethod
+    def _strip(cls, value):
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("backup_set", "change_number", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        if isinstance(value, str):
+            value = value.strip()
+        return value or None
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(ord(c) < 32 and c not in "\n\t" for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("target_timeline")
+    @classmethod
+    def _timeline(cls, value: str) -> str:
+        if value not in ("current", "latest") and not re.fullmatch(r"[1-9][0-9]{0,8}", value):
+            raise ValueError(f"{value!r} must be current, latest or a timeline number")
+        return value
+
+    @field_validator("backup_set")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and not BACKUP_LABEL_RE.match(value):
+            raise ValueError(f"{value!r} is not a pgBackRest backup label like 20261124-020000F or 20261124-020000F_20261124-030000I")
+        return value
+
+    @field_validator("change_number")
+    @classmethod
+    def _change(cls, value: str | None) -> str | None:
+        if value is not None and not CHANGE_NUMBER_RE.match(value):
+            raise ValueError(f"{value!r} is not a change number like CHG0010001")
+        return value
+
+    @model_validator(mode="after")
+    def _target_matches_type(self) -> "PitrRequest":
+        kind, target = self.target_type, self.target
+        if kind in ("immediate", "latest"):
+            if target:
+                raise ValueError(f"target: must be empty for target_type {kind}")
+            if self.target_exclusive:
+                raise ValueError(f"target_exclusive: has no meaning for target_type {kind}")
+        elif not target:
+            raise ValueError(f"target: required for target_type {kind}")
+        if kind == "latest" and self.target_action == "pause":
+            raise ValueError("target_action: pause needs a recovery target; recovery to latest always promotes")
+        if kind == "time":
+            try:
+                parse_target_time(target)
+            except ValueError as exc:
+                raise ValueError(f"target: {exc}") from None
+        elif kind == "xid":
+            if not re.fullmatch(r"[1-9][0-9]{0,18}", target) or int(target) > MAX_XID:
+                raise ValueError(f"target: {target!r} is not a transaction id (a positive integer)")
+        elif kind == "lsn":
+            if not LSN_RE.match(target):
+                raise ValueError(f"target: {target!r} is not an LSN like 0/3000060")
+        elif kind == "name":
+            if not NAME_RE.match(target):
+                raise ValueError(
+                    f"target: {target!r} is not a restore point name Rewind accepts: letters, digits, space and _ . : @ + -, "
+                    "starting with a letter, digit or _, at most 63 characters"
+                )
+            if self.target_exclusive:
+                raise ValueError("target_exclusive: not supported for restore point names")
+        return self
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def target_time(self) -> dt.datetime | None:
+        return parse_target_time(self.target) if self.target_type == "time" else None
+
+    @property
+    def pgbackrest_type(self) -> str:
+        return "default" if self.target_type == "latest" else self.target_type
+
+    @property
+    def pgbackrest_target(self) -> str | None:
+        if self.target_type == "time":
+            return self.target_time.strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        if self.target_type == "lsn":
+            return lsn_text(lsn_value(self.target))
+        return self.target or None
+
+    def describe(self) -> str:
+        if self.target_type in ("immediate", "latest"):
+            return f"{self.target_type} (action {self.target_action})"
+        inclusive = "exclusive" if self.target_exclusive else "inclusive"
+        return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {self.target_action}, timeline {self.target_timeline})"
+
+
+def parse_request(params: dict) -> PitrRequest:
+    """Validate DAG params; raise PitrParamError with one line naming the param."""
+    try:
+        return PitrRequest.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        if not loc and ":" in msg:  # cross-field errors name their param themselves
+            loc, _, msg = msg.partition(": ")
+        raise PitrParamError(f"param {loc or 'params'}: {msg}") from None

@@ -1,0 +1,74 @@
+"""ChangeApprovalTrigger: waits in the triggerer, holding no worker slot, until a change may
+proceed, is rejected, or the wait times out. Lives in an installed package (not the DAG folder)
+so the real triggerer can import it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from rewind.servicenow import ChangeStatus, ServiceNowError, ServiceNowUnavailable, change_gate
+
+
+class ChangeApprovalTrigger(BaseTrigger):
+    def __init__(
+        self,
+        *,
+        change_number: str,
+        servicenow_conn_id: str = "servicenow_default",
+        poll_interval: float = 60.0,
+        timeout_at: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.change_number = change_number
+        self.servicenow_conn_id = servicenow_conn_id
+        self.poll_interval = poll_interval
+        self.timeout_at = timeout_at  # ISO 8601, UTC
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "rewind_airflow.triggers.servicenow.ChangeApprovalTrigger",
+            {
+                "change_number": self.change_number,
+                "servicenow_conn_id": self.servicenow_conn_id,
+                "poll_interval": self.poll_interval,
+                "timeout_at": self.timeout_at,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from rewind_airflow.hooks.servicenow import ServiceNowHook
+
+        deadline = dt.datetime.fromisoformat(self.timeout_at) if self.timeout_at else None
+        try:
+            conn = await ServiceNowHook.aget_connection(self.servicenow_conn_id)
+            client = ServiceNowHook.client_from_connection(conn, retries=1)
+        except Exception as exc:  # a missing connection is a configuration error: report, do not hang
+            yield TriggerEvent({"status": "error", "change": self.change_number, "reason": f"ServiceNow connection {self.servicenow_conn_id!r}: {exc}"})
+            return
+        while True:
+            now = dt.datetime.now(dt.timezone.utc)
+            try:
+                record = await asyncio.to_thread(client.get_by_number, "change_request", self.change_number)
+                change = ChangeStatus.from_record(record)
+                decision, reason = change_gate(change, now)
+                if decision == "proceed":
+                    yield TriggerEvent({"status": "approved", "change": change.number, "sys_id": change.sys_id, "reason": reason})
+                    return
+                if decision == "reject":
+                    yield TriggerEvent({"status": "rejected", "change": change.number, "sys_id": change.sys_id, "reason": reason})
+                    return
+                self.log.info(reason)
+            except ServiceNowUnavailable as exc:
+                self.log.warning("ServiceNow unavailable, retrying in %ss: %s", self.poll_interval, exc)
+            except ServiceNowError as exc:
+                yield TriggerEvent({"status": "error", "change": self.change_number, "reason": str(exc)})
+                return
+            if deadline and now >= deadline:
+                yield TriggerEvent({"status": "timeout", "change": self.change_number, "reason": f"{self.change_number} not approved by {self.timeout_at}"})
+                return
+            await asyncio.sleep(self.poll_interval)

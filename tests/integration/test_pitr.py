@@ -1,0 +1,307 @@
+"""The PITR DAG against the real stack and the ServiceNow simulator: the guide's incident, every
+target type, the change gate, bad params, and a restore killed midway."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from rewind.guard import read_guard
+from rewind.postgres import postmaster_pid
+from rewind.servicenow import Auth, ServiceNowClient
+from tests.conftest import load_dags, run_once
+
+pytestmark = pytest.mark.integration
+
+REASON = "migration 42 ran UPDATE ledger_entry SET status='void' without WHERE"
+VOID_CHECK = {"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0}
+
+
+@pytest.fixture(scope="module")
+def pitr(demo_stack, airflow_db, servicenow):
+    """The demo cluster's PITR DAG with a short approval poll, and a full backup to restore from."""
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "pitr-base"})
+    dag = load_dags("rewind_pitr.py")["rewind_pitr__demo"]
+    dag.get_task("wait_for_approval").poll_interval = 1
+    return dag
+
+
+@pytest.fixture
+def approve_all(servicenow):
+    servicenow.state.auto_approve = True
+    yield
+    servicenow.state.auto_approve = False
+
+
+def client(servicenow) -> ServiceNowClient:
+    return ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
+
+
+def fresh_ledger(stack) -> None:
+    stack.psql("drop table if exists ledger_entry")
+    stack.psql("create table ledger_entry (id bigint primary key, amount numeric(12,2), status text not null)")
+
+
+def write(stack, first: int, rows: int) -> None:
+    stack.psql(
+        f"insert into ledger_entry select g, g * 1.5, 'posted' from generate_series({first}, {first + rows - 1}) g"
+    )
+
+
+def ledger(stack) -> tuple[int, int, int]:
+    """(rows, void rows, max id)"""
+    rows, void, top = stack.psql(
+        "select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || coalesce(max(id), 0) from ledger_entry"
+    ).split()
+    return int(rows), int(void), int(top)
+
+
+def timeline(stack) -> int:
+    return int(stack.psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def the_incident(stack) -> None:
+    """The migration's UPDATE without WHERE, then more work committed after it."""
+    stack.psql("update ledger_entry set status = 'void'")
+    write(stack, 10_001, 50)
+
+
+FORM_DEFAULTS = {
+    "target": "", "target_exclusive": False, "target_action": "promote", "target_timeline": "current",
+    "backup_set": None, "change_number": None, "validation_sql": [], "reason": REASON,
+}
+
+
+def run_pitr(dag, **conf):
+    """Trigger with the whole form, as the UI does (dag.test() would otherwise reuse the values of
+    an earlier run on the same DAG object for params left out)."""
+    return run_once(dag, run_conf={**FORM_DEFAULTS, **conf})
+
+
+def assert_success(run):
+    from airflow.utils.state import DagRunState
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == DagRunState.SUCCESS, states
+
+
+def closed_change(servicenow, run) -> dict:
+    [change] = client(servicenow).query("change_request", f"correlation_id=rewind:{run.dag_id}:{run.run_id}")
+    return change
+
+
+def test_the_guides_incident_rewound_by_time(demo_stack, pitr, servicenow, approve_all):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 100)
+    time.sleep(1.2)
+    write(demo_stack, 101, 100)
+    time.sleep(1.2)
+    target = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # "02:13:30"
+    time.sleep(1.2)
+    the_incident(demo_stack)  # "02:14"
+    assert ledger(demo_stack) == (250, 200, 10_050)
+    timeline_before = timeline(demo_stack)
+
+    run = run_pitr(
+        pitr, target_type="time", target=target.strftime("%Y-%m-%d %H:%M:%S+00"),
+        validation_sql=[VOID_CHECK, {"sql": "select count(*) from ledger_entry", "expect": 200}],
+    )
+
+    assert_success(run)
+    assert ledger(demo_stack) == (200, 0, 200)  # everything before the target, nothing after it
+    assert timeline(demo_stack) == timeline_before + 1
+    change = closed_change(servicenow, run)
+    assert (change["state"], change["close_code"]) == ("3", "successful")
+    assert "Target: time" in change["close_notes"] and run.run_id in change["close_notes"]
+    info = demo_stack.pgbackrest().info()
+    full = info.find_annotated("airflow_run_id", run.run_id)
+    assert full.type == "full" and full.annotations["rewind_change"] == change["number"]
+    assert full.timeline == timeline_before + 1
+    assert read_guard(demo_stack.cluster) is None
+    # the cluster archives and backs up normally on its new timeline
+    demo_stack.pgbackrest().check()
+
+
+def test_rewind_by_xid_exclusive_of_the_bad_transaction(demo_stack, pitr, approve_all):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 120)
+    xid = demo_stack.psql("begin; update ledger_entry set status = 'void'; select pg_current_xact_id(); commit;").split()[-1]
+    write(demo_stack, 5_001, 10)
+    run = run_pitr(pitr, target_type="xid", target=xid, target_exclusive=True, validation_sql=[VOID_CHECK])
+    assert_success(run)
+    assert ledger(demo_stack) == (120, 0, 120)
+
+
+def test_rewind_to_a_named_restore_point_with_pause_then_promote(demo_stack, pitr, approve_all):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 80)
+    demo_stack.psql("select pg_create_restore_point('before-migration-42')")
+    the_incident(demo_stack)
+    run = run_pitr(pitr, target_type="name", target="before-migration-42", target_action="pause", validation_sql=[VOID_CHECK])
+    assert_success(run)
+    assert ledger(demo_stack) == (80, 0, 80)
+    assert demo_stack.psql("select pg_is_in_recovery()") == "f"
+
+
+def test_rewind_to_an_lsn(demo_stack, pitr, approve_all):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 60)
+    lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
+    the_incident(demo_stack)
+    run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK])
+    assert_success(run)
+    assert ledger(demo_stack) == (60, 0, 60)
+
+
+def test_rewind_to_latest_loses_nothing(demo_stack, pitr, approve_all):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 70)
+    write(demo_stack, 71, 30)  # committed moments before the stop: still archived and replayed
+    run = run_pitr(pitr, target_type="latest", validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 100}])
+    assert_success(run)
+    assert ledger(demo_stack) == (100, 0, 100)
+
+
+def _decide_in_background(servicenow, verdict: str, *, after_trigger_polls: int = 0) -> dict:
+    """The approver: waits for the run's change to request approval (and, optionally, for the
+    trigger to have polled it), then approves or rejects it. dag.test() itself must run in the
+    main thread."""
+    outcome: dict = {}
+
+    def approver() -> None:
+        change = _requested_change(servicenow)
+        deadline = time.monotonic() + 60
+        while sum(1 for r in servicenow.state.requests if change["number"] in r["query"]) < after_trigger_polls:
+            if time.monotonic() > deadline:
+                outcome["error"] = "the trigger never polled the change"
+                return
+            time.sleep(0.2)
+        outcome["running_when_decided"] = postmaster_pid_of.get("cluster") and postmaster_pid(postmaster_pid_of["cluster"])
+        getattr(servicenow, verdict)(change["number"])
+        outcome["change"] = change
+
+    threading.Thread(target=approver, daemon=True).start()
+    return outcome
+
+
+postmaster_pid_of: dict = {}
+
+
+def _requested_change(servicenow, timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = client(servicenow).query("change_request", "approval=requested")
+        if waiting:
+            return waiting[0]
+        time.sleep(0.3)
+    raise AssertionError("no change requested approval")
+
+
+def test_rejected_change_never_touches_postgres(demo_stack, pitr, servicenow, capfd):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 40)
+    pid = postmaster_pid(demo_stack.cluster)
+    decision = _decide_in_background(servicenow, "reject")
+    run = run_pitr(pitr, target_type="latest")
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["wait_for_approval"] == TaskInstanceState.FAILED
+    assert states["stop_postgres"] == TaskInstanceState.UPSTREAM_FAILED
+    assert postmaster_pid(demo_stack.cluster) == pid
+    assert ledger(demo_stack) == (40, 0, 40)
+    number = decision["change"]["number"]
+    assert f"{number} (state New, approval rejected) was rejected" in capfd.readouterr().out
+
+
+def test_approval_given_after_the_sensor_deferred(demo_stack, pitr, servicenow):
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 30)
+    postmaster_pid_of["cluster"] = demo_stack.cluster
+    # the sensor checks once before deferring; three queries means the trigger has polled too
+    decision = _decide_in_background(servicenow, "approve", after_trigger_polls=3)
+    run = run_pitr(pitr, target_type="latest")
+    assert "error" not in decision, decision
+    assert decision["running_when_decided"], "PostgreSQL was touched before the approval"
+    assert_success(run)
+    assert ledger(demo_stack) == (30, 0, 30)
+
+
+@pytest.mark.parametrize(
+    "conf, task, message",
+    [
+        ({"target_type": "time", "target": "2099-01-01 00:00:00+00"}, "preflight", "is in the future"),
+        ({"target_type": "time", "target": "2001-01-01 00:00:00+00"}, "preflight", "is before the oldest usable backup"),
+        ({"target_type": "time", "target": "2026-11-24 02:13:30"}, "validate_params", "has no time zone"),
+        ({"target_type": "xid", "target": "12a"}, "validate_params", "is not a transaction id"),
+        ({"target_type": "lsn", "target": "0/XYZ"}, "validate_params", "is not an LSN like 0/3000060"),
+        ({"target_type": "name", "target": "x; rm -rf /"}, "validate_params", "is not a restore point name Rewind accepts"),
+        ({"target_type": "name", "target": "--type=immediate"}, "validate_params", "is not a restore point name Rewind accepts"),
+        ({"target_type": "name", "target": "never-created-point"}, "preflight", "restore point 'never-created-point' is not in the archived WAL"),
+        ({"target_type": "latest", "validation_sql": [{"sql": "select 1; drop table ledger_entry", "expect": 1}]}, "validate_params", "single SQL statement"),
+        ({"target_type": "latest", "backup_set": "20990101-000000F"}, "preflight", "backup_set: 20990101-000000F is not in the repository"),
+    ],
+)
+def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow, capfd, conf, task, message):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 10)
+    pid = postmaster_pid(demo_stack.cluster)
+    changes_before = len(client(servicenow).query("change_request", ""))
+    run = run_pitr(pitr, **conf)
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states[task] == TaskInstanceState.FAILED
+    errors = [line for line in capfd.readouterr().out.splitlines() if "Error: " in line]
+    assert any(message in line for line in errors), errors
+    assert postmaster_pid(demo_stack.cluster) == pid
+    assert ledger(demo_stack) == (10, 0, 10)
+    assert len(client(servicenow).query("change_request", "")) == changes_before
+
+
+def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
+    """What the restore task's retry does after a kill: --delta on a half-written data directory."""
+    from rewind.scratch import ScratchCluster
+    from rewind.stack.net import free_port
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    fresh_ledger(demo_stack)
+    demo_stack.psql("create table ballast as select g, repeat(md5(g::text), 8) as pad from generate_series(1, 300000) g")
+    write(demo_stack, 1, 500)
+    pgbackrest = demo_stack.pgbackrest()
+    pgbackrest.backup("full", annotations={"airflow_run_id": "kill-test"})
+    expected = demo_stack.psql("select count(*) || ' ' || md5(string_agg(id::text || status, ',' order by id)) from ledger_entry")
+
+    directory = Path(tempfile.mkdtemp(prefix="rewind-kill-", dir="/tmp"))
+    directory.chmod(0o755)
+    killer = {"armed": True}
+
+    def kill_once_copying(line: str) -> None:
+        if killer["armed"] and "restore backup set" in line:
+            killer["armed"] = False
+            threading.Timer(0.2, scratch.pgbackrest.runner.terminate).start()
+
+    from rewind.runner import CommandRunner
+    from rewind.credentials import repository_secrets
+    from rewind.pgbackrest.client import PgBackRest
+
+    runner = CommandRunner(os_user="postgres", secrets=repository_secrets(demo_stack.cluster), line_logger=kill_once_copying)
+    scratch = ScratchCluster(PgBackRest(demo_stack.cluster, runner), directory / "pg", port=free_port())
+    try:
+        with pytest.raises(Exception) as killed:
+            scratch.restore(backup_set=pgbackrest.info().find_annotated("airflow_run_id", "kill-test").label)
+        assert not killer["armed"], f"the restore was not killed midway: {killed.value}"
+        scratch.restore(backup_set=pgbackrest.info().find_annotated("airflow_run_id", "kill-test").label)  # the retry
+        scratch.start()
+        assert scratch.psql("select count(*) || ' ' || md5(string_agg(id::text || status, ',' order by id)) from ledger_entry") == expected
+    finally:
+        scratch.remove()
+        shutil.rmtree(directory, ignore_errors=True)
+        demo_stack.psql("drop table ballast")
