@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import secrets
+
 import requests
 
+from rewind.airflow_rest import AirflowRestClient
 from rewind.stack.net import wait_for_port
 from rewind.stack.s3tls import _terminate
 
@@ -39,7 +42,7 @@ class AirflowStandalone:
     env: dict[str, str] = field(default_factory=dict)  # REWIND_INVENTORY, worker secrets, ...
     username: str = "admin"
     _proc: subprocess.Popen | None = field(default=None, repr=False)
-    _token: str | None = field(default=None, repr=False)
+    _rest: AirflowRestClient | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -60,6 +63,12 @@ class AirflowStandalone:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            # Lets a task set its own run's note through the REST API (the execution API cannot).
+            "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
+                {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
+                 "login": self.username, "password": self.password()}
+            ),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             **self.env,
@@ -70,8 +79,15 @@ class AirflowStandalone:
             [airflow_bin(), *args], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True
         )
 
+    @property
+    def passwords_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json"
+
     def start(self, *, pools: dict | None = None, timeout: float = 180) -> "AirflowStandalone":
         self.home.mkdir(parents=True, exist_ok=True)
+        if not self.passwords_file.exists():  # known before start, so connections can carry it
+            self.passwords_file.write_text(json.dumps({self.username: secrets.token_urlsafe(12)}))
+            self.passwords_file.chmod(0o600)
         self.cli("db", "migrate")
         if pools:
             pools_file = self.home / "rewind-pools.json"
@@ -104,24 +120,19 @@ class AirflowStandalone:
         return self._proc.pid if self._proc else None
 
     def password(self) -> str | None:
-        path = self.home / "simple_auth_manager_passwords.json.generated"
         try:
-            return json.loads(path.read_text()).get(self.username)
+            return json.loads(self.passwords_file.read_text()).get(self.username)
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def token(self) -> str:
-        if self._token is None:
-            response = requests.post(
-                f"{self.url}/auth/token", json={"username": self.username, "password": self.password()}, timeout=30
-            )
-            response.raise_for_status()
-            self._token = response.json()["access_token"]
-        return self._token
+    @property
+    def rest(self) -> AirflowRestClient:
+        if self._rest is None:
+            self._rest = AirflowRestClient(self.url, self.username, self.password())
+        return self._rest
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.token()}"}
-        return requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+        return self.rest.api(method, path, **kwargs)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
