@@ -66,6 +66,14 @@ def test_the_guard_really_catches_io_at_import(monkeypatch, tmp_path):
     assert "subprocess during DAG import" in next(iter(bag.import_errors.values()))
 
 
+# Steps deliberately not retried, and why.
+NOT_RETRIED = {
+    "validate_params": "bad params do not get better on a second try",
+    "wait_for_target": "a second wait cannot change what recovery did; the failure must be read",
+    "validate_data": "a failed data check must stop the run, not be asked again",
+}
+
+
 def test_every_dag_has_docs_tags_owner_retries_and_one_active_run(monkeypatch, example_inventory):
     bag = import_dag_files(monkeypatch)
     for dag_id, dag in bag.dags.items():
@@ -75,7 +83,35 @@ def test_every_dag_has_docs_tags_owner_retries_and_one_active_run(monkeypatch, e
         assert not dag.catchup, dag_id
         for task in dag.tasks:
             assert task.owner == "dba", (dag_id, task.task_id)
-            assert task.retries >= 1, (dag_id, task.task_id)
+            assert task.retries >= 1 or task.task_id in NOT_RETRIED, (dag_id, task.task_id)
+
+
+def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inventory):
+    from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
+
+    bag = import_dag_files(monkeypatch)
+    dag = bag.dags["rewind_pitr__ledger"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand only
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "validate_params", "preflight", "ensure_change", "wait_for_approval", "stop_postgres", "restore",
+        "start_postgres", "wait_for_target", "validate_data", "promote", "full_backup_new_timeline",
+        "release_restore_guard", "close_change",
+    ]
+    assert set(dag.params) == {
+        "target_type", "target", "target_exclusive", "target_action", "target_timeline", "backup_set",
+        "change_number", "validation_sql", "reason",
+    }
+    gate = dag.get_task("wait_for_approval")
+    assert gate.deferrable
+    classpath, kwargs = ChangeApprovalTrigger(change_number="CHG0010001", poll_interval=5).serialize()
+    assert classpath.startswith("rewind_airflow.") and kwargs["change_number"] == "CHG0010001"
+    before_gate = {"validate_params", "preflight", "ensure_change", "wait_for_approval"}
+    for task in dag.tasks:
+        has_note = bool(task.on_failure_callback)
+        assert has_note == (task.task_id not in before_gate), task.task_id
+    for task_id in ("stop_postgres", "restore", "full_backup_new_timeline"):
+        assert dag.get_task(task_id).pool == "rewind_ledger"
+    assert "destructive" in dag.tags
 
 
 def test_backup_dags_follow_the_inventory(monkeypatch, example_inventory):
