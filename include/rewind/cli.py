@@ -3,6 +3,7 @@
     rewind conf render  --cluster NAME     print the pgbackrest.conf the inventory renders
     rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
     rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
+    rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
     rewind pools                            Airflow pools JSON for `airflow pools import`
     rewind check                            validate the inventory; exit 1 listing every error
 """
@@ -14,6 +15,7 @@ import json
 import sys
 
 from rewind.errors import RewindError
+from rewind.guard import clear_guard, read_guard
 from rewind.inventory import inventory_path, load_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config
 
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     conf = sub.add_parser("conf", help="pgbackrest.conf rendering, drift and installation")
     conf.add_argument("action", choices=["render", "diff", "install"])
     conf.add_argument("--cluster", required=True)
+    guard = sub.add_parser("guard", help="the restore guard a PITR raises (backups wait while it is up)")
+    guard.add_argument("action", choices=["show", "clear"])
+    guard.add_argument("--cluster", required=True)
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     args = parser.parse_args(argv)
@@ -52,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(pools_json(inventory), indent=2, sort_keys=True))
             return 0
         cluster = inventory.get(args.cluster)
+        if args.command == "guard":
+            current = read_guard(cluster)
+            if args.action == "show" or current is None:
+                print(json.dumps(current) if current else f"no restore guard for stanza {cluster.stanza}")
+                return 0
+            clear_guard(cluster)
+            print(f"restore guard of stanza {cluster.stanza} cleared (was run {current.get('run_id')}, change {current.get('change')})")
+            return 0
         if args.action == "render":
             sys.stdout.write(render_config(cluster, inventory_path=path))
             return 0

@@ -146,14 +146,50 @@ def test_rewind_to_a_named_restore_point_with_pause_then_promote(demo_stack, pit
     assert demo_stack.psql("select pg_is_in_recovery()") == "f"
 
 
-def test_rewind_to_an_lsn(demo_stack, pitr, approve_all):
+def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
+    """change_number given: Rewind uses that change (already approved by the CAB) and closes it."""
     fresh_ledger(demo_stack)
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK])
+    change = client(servicenow).create("change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved"})
+    run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)
+    closed = client(servicenow).get("change_request", change["sys_id"])
+    assert (closed["state"], closed["close_code"]) == ("3", "successful")
+    assert "Target: lsn" in closed["close_notes"]
+    assert any(run.run_id in note for note in client(servicenow).work_notes("change_request", change["sys_id"]))
+
+
+def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backups_blocked(demo_stack, pitr, servicenow, approve_all, capfd):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    from rewind.cli import main as rewind_cli
+
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 25)
+    backups_before = {b.label for b in demo_stack.pgbackrest().info().backup}
+    run = run_pitr(pitr, target_type="latest", validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}])
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["validate_data"] == TaskInstanceState.FAILED
+    assert states["full_backup_new_timeline"] == TaskInstanceState.UPSTREAM_FAILED
+    assert {b.label for b in demo_stack.pgbackrest().info().backup} == backups_before  # no new full backup
+    change = closed_change(servicenow, run)
+    assert change["state"] == "-1"  # left in Implement: not closed as if it had worked
+    [note] = [n for n in client(servicenow).work_notes("change_request", change["sys_id"]) if "failed" in n]
+    assert "step validate_data failed" in note and "returned '25', expected '999'" in note
+    assert "PostgreSQL is running" in note and "Restore guard is up" in note and "No new full backup" in note
+
+    # Backups of the stanza wait until a DBA has looked at the cluster and cleared the guard.
+    capfd.readouterr()
+    backup_run = run_once(load_dags()["rewind_backup_incr__demo"])
+    assert backup_run.state == DagRunState.FAILED
+    assert "a PITR restore is in progress or failed" in capfd.readouterr().out
+    assert rewind_cli(["--inventory", str(demo_stack.inventory_path), "guard", "clear", "--cluster", "demo"]) == 0
+    assert read_guard(demo_stack.cluster) is None
+    assert run_once(load_dags()["rewind_backup_incr__demo"]).state == DagRunState.SUCCESS
 
 
 def test_rewind_to_latest_loses_nothing(demo_stack, pitr, approve_all):
