@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import shutil
+import secrets
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from rewind.postgres import postmaster_pid, stop_argv
 from rewind.runner import CommandRunner
 from rewind.stack.airflow import AirflowStandalone
 from rewind.stack.demo import DemoStack
+from rewind.stack.net import wait_for_port
 
 HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
 PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
+SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
 STATE = HOME / "state.json"
 
 DEMO_DATA_SQL = """
@@ -65,7 +69,7 @@ def status() -> int:
     if not state:
         print("local stack: not running")
         return 1
-    for name in ("moto", "stunnel", "airflow"):
+    for name in ("moto", "stunnel", "servicenow", "airflow"):
         print(f"{name:8} pid {state.get(name)}: {'running' if _alive(state.get(name)) else 'stopped'}")
     print(f"postgres data {state.get('data_dir')}: {'running' if state.get('data_dir') and _pg_running(state) else 'stopped'}")
     return 0
@@ -93,11 +97,21 @@ def up() -> int:
     stack = DemoStack(HOME / "stack")
     stack.start()
     stack.psql(DEMO_DATA_SQL)
+    print("starting the ServiceNow simulator ...", flush=True)
+    servicenow_password = secrets.token_urlsafe(12)
+    servicenow = subprocess.Popen(
+        [sys.executable, "-m", "rewind.stack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
+        env={**os.environ, "SERVICENOW_SIM_PASSWORD": servicenow_password},
+        stdout=open(HOME / "servicenow.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_for_port(SERVICENOW_PORT, timeout=30, process=servicenow)
+    servicenow_conn = json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": SERVICENOW_PORT, "schema": "http",
+                                  "login": "rewind", "password": servicenow_password})
     print("starting Airflow (standalone) ...", flush=True)
     airflow = AirflowStandalone(
         home=HOME / "airflow",
         port=PORT,
-        env={"REWIND_INVENTORY": str(stack.inventory_path), **stack.worker_env()},
+        env={"REWIND_INVENTORY": str(stack.inventory_path), "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn, **stack.worker_env()},
     )
     airflow.start(pools=pools_json(load_inventory(stack.inventory_path)))
     password = airflow.password()
@@ -106,6 +120,7 @@ def up() -> int:
             {
                 "moto": stack.s3._moto.pid,
                 "stunnel": stack.s3._stunnel.pid,
+                "servicenow": servicenow.pid,
                 "airflow": airflow.pid,
                 "data_dir": str(stack.data_dir),
                 "inventory": str(stack.inventory_path),
@@ -120,12 +135,16 @@ def up() -> int:
         f"""
 Rewind local stack is up.
   Airflow UI   {airflow.url}   user: admin   password: {password}
-  DAGs         rewind_backup_full__demo, rewind_backup_diff__demo, rewind_backup_incr__demo
+  DAGs         rewind_backup_full__demo, rewind_backup_diff__demo, rewind_backup_incr__demo, rewind_pitr__demo
+  ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
+               .venv/bin/python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
   S3 over TLS  {stack.s3.url} bucket {stack.s3.bucket}, CA {stack.s3.ca_file}
   Inventory    {stack.inventory_path}
   Logs         {HOME}/airflow/standalone.log, {stack.pg_home}/postgresql.log
-Trigger rewind_backup_full__demo in the UI to take the first full backup.
+Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
+trigger rewind_pitr__demo with target_type "time" and a time before your mistake, approve the
+change on the simulator page, and watch the restore complete and the change close.
 Stop everything: sudo scripts/local-stack.sh down
 """
     )
@@ -134,7 +153,7 @@ Stop everything: sudo scripts/local-stack.sh down
 
 def down(quiet: bool = False) -> int:
     state = _state()
-    for name in ("airflow", "stunnel", "moto"):
+    for name in ("airflow", "servicenow", "stunnel", "moto"):
         pid = state.get(name)
         if _alive(pid):
             try:
