@@ -16,19 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from rewind.stack.airflow import REPO, hermetic_env  # imports no airflow
+
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rewind-airflow-home-"))
-os.environ.update(
-    {
-        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    }
-)
+os.environ.update({**hermetic_env(_AIRFLOW_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
 os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
 
 

@@ -30,6 +30,25 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE_S = 10.0
 
 
+def kill_process_group(proc: subprocess.Popen | None, grace: float = KILL_GRACE_S) -> None:
+    """SIGTERM a child started with start_new_session=True and its whole group; SIGKILL after `grace`."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 class CommandFailed(RewindError):
     def __init__(self, result: "CommandResult"):
         self.result = result
@@ -180,19 +199,4 @@ class CommandRunner:
 
     def terminate(self, grace: float = KILL_GRACE_S) -> None:
         """SIGTERM the child's process group, SIGKILL it after `grace` seconds."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        kill_process_group(self._proc, grace)

@@ -3,29 +3,9 @@ with this repo's DAGs and plugins, driven only through the REST API, against the
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 
-from rewind.cli import pools_json
-from rewind.inventory import load_inventory
-from rewind.stack.airflow import AirflowStandalone
-from rewind.stack.net import free_port
-
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def standalone(demo_stack):
-    home = Path(tempfile.mkdtemp(prefix="rewind-standalone-"))
-    env = {"REWIND_INVENTORY": str(demo_stack.inventory_path), **demo_stack.worker_env()}
-    airflow = AirflowStandalone(home=home, port=free_port(), env=env)
-    try:
-        airflow.start(pools=pools_json(load_inventory(demo_stack.inventory_path)))
-        yield airflow
-    finally:
-        airflow.stop()
 
 
 def test_full_backup_triggered_through_the_rest_api(standalone, demo_stack):

@@ -5,35 +5,13 @@ held), and the change and the run note must carry the summary afterwards."""
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from rewind.cli import pools_json
-from rewind.inventory import load_inventory
 from rewind.servicenow import Auth, ServiceNowClient
-from rewind.stack.airflow import AirflowStandalone
-from rewind.stack.net import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def standalone(demo_stack, servicenow):
-    home = Path(tempfile.mkdtemp(prefix="rewind-standalone-pitr-"))
-    env = {
-        "REWIND_INVENTORY": str(demo_stack.inventory_path),
-        "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow.airflow_connection(),
-        **demo_stack.worker_env(),
-    }
-    airflow = AirflowStandalone(home=home, port=free_port(), env=env)
-    try:
-        airflow.start(pools=pools_json(load_inventory(demo_stack.inventory_path)))
-        yield airflow
-    finally:
-        airflow.stop()
 
 
 def wait_for_task_state(airflow, dag_id, run_id, task_id, state, timeout=180):

@@ -20,9 +20,22 @@ import requests
 
 from rewind.airflow_rest import AirflowRestClient
 from rewind.stack.net import wait_for_port
-from rewind.stack.s3tls import _terminate
+from rewind.runner import kill_process_group
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+def hermetic_env(home: Path) -> dict[str, str]:
+    """An Airflow of its own: home and SQLite database under `home`, this repo's DAGs and plugins,
+    no examples. Must be in os.environ before anything imports airflow."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    }
 
 
 def airflow_bin() -> str:
@@ -53,11 +66,7 @@ class AirflowStandalone:
         return {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",  # standalone runs `airflow ...`
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            **hermetic_env(self.home),
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -69,7 +78,6 @@ class AirflowStandalone:
                 {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
                  "login": self.username, "password": self.password()}
             ),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             **self.env,
         }
@@ -163,5 +171,5 @@ class AirflowStandalone:
         return {item["task_id"]: item["state"] for item in items}
 
     def stop(self) -> None:
-        _terminate(self._proc, timeout=30)
+        kill_process_group(self._proc, grace=30)
         self._proc = None

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewind.runner import kill_process_group
 from rewind.stack.net import free_port, wait_for_port
 
 
@@ -146,7 +145,7 @@ class S3OverTLS:
 
     def stop_tls(self) -> None:
         """Stop the TLS front only: S3 is unreachable, moto keeps every object."""
-        _terminate(self._stunnel)
+        kill_process_group(self._stunnel)
         self._stunnel = None
 
     def client(self):
@@ -169,7 +168,7 @@ class S3OverTLS:
 
     def stop(self) -> None:
         self.stop_tls()
-        _terminate(self._moto)
+        kill_process_group(self._moto)
         self._moto = None
 
     def __enter__(self) -> "S3OverTLS":
@@ -178,17 +177,3 @@ class S3OverTLS:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 15)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.killpg(proc.pid, 9)
-        proc.wait()
