@@ -1,4 +1,5 @@
-"""One real Airflow (scheduler, DAG processor, triggerer, API server) for every e2e test."""
+"""One real Airflow (scheduler, DAG processor, triggerer, API server) for the e2e tests, stopped
+when they are done: its scheduler must not keep running DAGs during other tests."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rewind.stack.airflow import AirflowStandalone
 from rewind.stack.net import free_port
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def standalone(demo_stack, servicenow):
     home = Path(tempfile.mkdtemp(prefix="rewind-standalone-"))
     env = {
@@ -21,7 +22,7 @@ def standalone(demo_stack, servicenow):
         "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow.airflow_connection(),
         **demo_stack.worker_env(),
     }
-    airflow = AirflowStandalone(home=home, port=free_port(), env=env)
+    airflow = AirflowStandalone(home=home, port=free_port(), env=env, paused_at_creation=True)
     try:
         airflow.start(pools=pools_json(load_inventory(demo_stack.inventory_path)))
         yield airflow

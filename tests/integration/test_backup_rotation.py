@@ -46,6 +46,7 @@ def run_dag(dag):
 @pytest.fixture(scope="module")
 def rotation(demo_stack, airflow_db):
     """Full, diff and incr DAG runs with a batch of ledger rows written before each."""
+    demo_stack.psql("drop table if exists ledger_entry")
     demo_stack.psql("create table ledger_entry (id bigint primary key, amount numeric(12,2), status text)")
     dags = load_dags()
     snapshots, runs = {}, {}

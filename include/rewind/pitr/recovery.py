@@ -97,7 +97,7 @@ def wait_for_recovery(
     action: str,
     since_offset: int,
     timeout_s: float,
-    poll_s: float = 1.0,
+    poll_s: float = 0.25,
     log: Callable[[str], None] = print,
 ) -> RecoveryResult:
     deadline = time.monotonic() + timeout_s

@@ -54,6 +54,8 @@ class AirflowStandalone:
     port: int
     env: dict[str, str] = field(default_factory=dict)  # REWIND_INVENTORY, worker secrets, ...
     username: str = "admin"
+    # Tests want only the runs they trigger; the local stack wants schedules live.
+    paused_at_creation: bool = False
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _rest: AirflowRestClient | None = field(default=None, repr=False)
 
@@ -68,6 +70,7 @@ class AirflowStandalone:
             "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",  # standalone runs `airflow ...`
             **hermetic_env(self.home),
             "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.paused_at_creation),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
@@ -152,6 +155,8 @@ class AirflowStandalone:
         raise TimeoutError(f"DAG {dag_id} did not appear within {timeout:.0f}s; import errors: {errors}")
 
     def trigger(self, dag_id: str, *, conf: dict | None = None, note: str | None = None) -> requests.Response:
+        """Unpause (a paused DAG's run never starts) and trigger a manual run."""
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         body = {"logical_date": None, "conf": conf or {}}
         if note:
             body["note"] = note

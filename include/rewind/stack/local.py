@@ -151,19 +151,26 @@ Stop everything: sudo scripts/local-stack.sh down
     return 0
 
 
+def _kill(state: dict, name: str) -> None:
+    pid = state.get(name)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 def down(quiet: bool = False) -> int:
+    """Airflow first (no new task starts), then PostgreSQL while the repository is still reachable
+    (its shutdown archives the last WAL), then the simulators."""
     state = _state()
-    for name in ("airflow", "servicenow", "stunnel", "moto"):
-        pid = state.get(name)
-        if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    _kill(state, "airflow")
     if state.get("inventory") and Path(state["inventory"]).exists():
         cluster = load_inventory(state["inventory"]).get("demo")
         if postmaster_pid(cluster):
-            CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=120, check=False)
+            CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=330, check=False)
+    for name in ("servicenow", "stunnel", "moto"):
+        _kill(state, name)
     STATE.unlink(missing_ok=True)
     if not quiet:
         print("local stack stopped")
