@@ -49,6 +49,7 @@ def test_rejection_and_timeout_end_the_wait(servicenow):
     soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).isoformat()
     payload = asyncio.run(first_event(ChangeApprovalTrigger(change_number=waiting["number"], poll_interval=0.3, timeout_at=soon)))
     assert payload["status"] == "timeout"
+    servicenow.reject(waiting["number"])  # leave no change pending for other tests
 
 
 def test_a_missing_change_is_an_error_not_a_wait(servicenow):

@@ -25,7 +25,9 @@ def pitr(demo_stack, airflow_db, servicenow):
     """The demo cluster's PITR DAG with a short approval poll, and a full backup to restore from."""
     demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "pitr-base"})
     dag = load_dags("rewind_pitr.py")["rewind_pitr__demo"]
-    dag.get_task("wait_for_approval").poll_interval = 1
+    gate = dag.get_task("wait_for_approval")
+    gate.poll_interval = 1
+    gate.timeout = 120  # a test that never decides fails instead of waiting a day
     return dag
 
 
@@ -206,9 +208,10 @@ def _decide_in_background(servicenow, verdict: str, *, after_trigger_polls: int 
     trigger to have polled it), then approves or rejects it. dag.test() itself must run in the
     main thread."""
     outcome: dict = {}
+    known = {c["number"] for c in client(servicenow).query("change_request", "")}
 
     def approver() -> None:
-        change = _requested_change(servicenow)
+        change = _requested_change(servicenow, exclude=known)
         deadline = time.monotonic() + 60
         while sum(1 for r in servicenow.state.requests if change["number"] in r["query"]) < after_trigger_polls:
             if time.monotonic() > deadline:
@@ -226,10 +229,11 @@ def _decide_in_background(servicenow, verdict: str, *, after_trigger_polls: int 
 postmaster_pid_of: dict = {}
 
 
-def _requested_change(servicenow, timeout=120) -> dict:
+def _requested_change(servicenow, *, exclude: set[str], timeout=120) -> dict:
+    """The change this run opened: requesting approval and not among those that existed before."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting = client(servicenow).query("change_request", "approval=requested")
+        waiting = [c for c in client(servicenow).query("change_request", "approval=requested") if c["number"] not in exclude]
         if waiting:
             return waiting[0]
         time.sleep(0.3)
