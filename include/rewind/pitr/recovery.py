@@ -14,6 +14,11 @@ from rewind.postgres import log_file, postmaster_pid, run_sql
 from rewind.runner import CommandFailed, CommandRunner
 
 NOT_REACHED = "recovery ended before configured recovery target was reached"
+STATE_SQL = (
+    "select case when pg_is_in_recovery() "
+    "then 't|' || pg_get_wal_replay_pause_state() || '|' || coalesce(pg_last_wal_replay_lsn()::text, '-') "
+    "else 'f|-|' || pg_current_wal_lsn()::text end"
+)
 
 
 class RecoveryError(RewindError):
@@ -112,24 +117,23 @@ def wait_for_recovery(
         if not is_running(cluster) and time.monotonic() - started > 3:
             fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
             raise RecoveryError(f"PostgreSQL exited during recovery: {fatal[-1].strip() if fatal else 'see its log'}")
+        # One statement, and any failure while PostgreSQL changes state (starting up, promoting
+        # between two calls: "recovery is not in progress") means: look again.
         try:
-            in_recovery = run_sql(runner, cluster, "select pg_is_in_recovery()", timeout=30) == "t"
+            state = run_sql(runner, cluster, STATE_SQL, timeout=30)
         except CommandFailed as exc:
             note = str(exc)
             if note != last_note:
                 log(f"waiting for PostgreSQL: {note}")
                 last_note = note
-            in_recovery = None
-        if in_recovery is not None:
+            state = None
+        if state is not None:
+            in_recovery, pause, lsn = state.split("|")
             stop_record = next((line.split("LOG:", 1)[-1].strip() for line in lines if "recovery stopping" in line), None)
-            if action == "promote" and not in_recovery:
-                lsn = run_sql(runner, cluster, "select pg_current_wal_lsn()")
+            if action == "promote" and in_recovery == "f":
                 return RecoveryResult("promoted", lsn, stop_record, current_timeline(runner, cluster))
-            if in_recovery:
-                pause = run_sql(runner, cluster, "select pg_get_wal_replay_pause_state()")
-                if action == "pause" and pause == "paused":
-                    lsn = run_sql(runner, cluster, "select pg_last_wal_replay_lsn()")
-                    return RecoveryResult("paused", lsn, stop_record, None)
+            if action == "pause" and in_recovery == "t" and pause == "paused":
+                return RecoveryResult("paused", lsn, stop_record, None)
         if time.monotonic() > deadline:
             raise RecoveryError(f"recovery did not reach the target within {timeout_s:.0f}s: check PostgreSQL's log")
         time.sleep(poll_s)
