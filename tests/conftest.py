@@ -49,6 +49,7 @@ def demo_stack():
     try:
         stack.start()
         os.environ["REWIND_INVENTORY"] = str(stack.inventory_path)
+        os.environ["AIRFLOW_CONN_REWIND_PG_DEMO"] = stack.postgres_connection()
         os.environ.update(stack.worker_env())
         yield stack
     finally:

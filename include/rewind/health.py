@@ -19,6 +19,24 @@ class Finding:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def load_watch_state(path) -> dict:
+    """What the previous check saw, kept beside the stanza's lock files on the database host."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_watch_state(path, state: dict) -> None:
+    import json
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps(state))
+
+
 @dataclass(frozen=True)
 class ArchiverState:
     """pg_stat_archiver plus the WAL waiting in archive_status (.ready files)."""
@@ -61,8 +79,10 @@ def parse_archiver_row(row: list) -> ArchiverState:
 
 
 def check_archiving(state: ArchiverState, *, previous_failed_count: int | None, stale_factor: float = 3.0) -> Finding:
-    """Failing: the last attempt failed after the last success, the failure count rose since the
-    previous check, or WAL has waited for archiving longer than stale_factor x archive_timeout."""
+    """Failing: the last attempt failed after the last success, WAL has waited for archiving longer
+    than stale_factor x archive_timeout, or failures happened since the previous check although it
+    was healthy (previous_failed_count: the count at the previous check, only when that check
+    found archiving healthy; a failure that recovered between two checks is still reported)."""
     metrics = {
         "archive.failed_count": state.failed_count,
         "archive.ready_segments": state.ready_count,

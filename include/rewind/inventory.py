@@ -127,6 +127,7 @@ class PgBackRestSettings(_Model):
     start_fast: bool = True
     archive_async: bool = False
     log_level_console: Literal["off", "error", "warn", "info", "detail", "debug"] = "info"
+    io_timeout_s: int = Field(60, ge=1, le=3600)  # pgBackRest io-timeout: how long one S3 request may stall
     backup_timeout_s: int = Field(6 * 3600, ge=60)
     command_timeout_s: int = Field(600, ge=10)
 
@@ -175,6 +176,15 @@ class Schedules(_Model):
     full: Cron = "0 2 * * 0"
     diff: Cron = "0 2 * * 1-6"
     incr: Cron = "0 * * * *"
+    health: Cron = "15 * * * *"
+    verify: Cron = "30 3 * * *"  # besides after every backup
+
+
+class Alerts(_Model):
+    max_backup_age_hours: float = Field(26.0, gt=0)
+    stale_archive_factor: float = Field(3.0, gt=0)  # x archive_timeout before waiting WAL is an alert
+    impact: int = Field(2, ge=1, le=3)
+    urgency: int = Field(2, ge=1, le=3)
 
 
 class Connections(_Model):
@@ -192,6 +202,7 @@ class Cluster(_Model):
     repo: RepoSettings
     credentials: CredentialSettings = CredentialSettings()
     schedules: Schedules = Schedules()
+    alerts: Alerts = Alerts()
     connections: Connections = Connections()
 
     @property

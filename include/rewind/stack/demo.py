@@ -80,6 +80,13 @@ class DemoStack:
             f"{self.env_prefix}CIPHER_PASS": self.cipher_pass,
         }
 
+    def postgres_connection(self) -> str:
+        """The Airflow connection (JSON, for AIRFLOW_CONN_REWIND_PG_<NAME>) to this cluster's socket."""
+        import json
+
+        return json.dumps({"conn_type": "postgres", "host": str(self.pg_home), "port": self.pg_port,
+                           "login": self.os_user, "schema": "postgres"})
+
     def runner(self, **kwargs) -> CommandRunner:
         return CommandRunner(os_user=self.os_user, secrets=repository_secrets(self.cluster, self.worker_env()), **kwargs)
 
@@ -111,6 +118,7 @@ class DemoStack:
                         "lock_path": str(pgb / "lock"),
                         "spool_path": str(pgb / "spool"),
                         "process_max": 2,
+                        "io_timeout_s": 5,  # a stopped S3 shows as a failed archive-push within a minute
                     },
                     "repo": {
                         "bucket": self.s3.bucket,

@@ -1,0 +1,77 @@
+"""The watchdog: WAL archiving, backup age, stanza status and backup locks of one cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+from rewind import metrics
+from rewind.health import (
+    ARCHIVER_SQL,
+    Finding,
+    check_archiving,
+    check_backup_age,
+    check_backup_lock,
+    check_stanza,
+    load_watch_state,
+    parse_archiver_row,
+    save_watch_state,
+)
+from rewind.pgbackrest.errors import PgBackRestError
+from rewind_airflow.notifiers.alerts import clear_alert, raise_alert
+from rewind_airflow.operators.pgbackrest import _ClusterOperator
+
+
+def lock_held_since(lock_path: str, stanza: str) -> dt.datetime | None:
+    # pgBackRest 2.45 names the lock <stanza>-backup.lock; newer releases add the repo key.
+    for name in (f"{stanza}-backup.lock", f"{stanza}-backup-1.lock"):
+        path = Path(lock_path) / name
+        if path.exists():
+            return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+    return None
+
+
+class HealthCheckOperator(_ClusterOperator):
+    """Runs every check, opens/updates/resolves one incident per failing/passing problem, sends
+    metrics, and returns the findings. The task fails only when a check cannot run at all."""
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        cluster = self.hook.cluster
+        now = dt.datetime.now(dt.timezone.utc)
+        state_file = Path(cluster.pgbackrest.lock_path) / f"{cluster.stanza}.rewind-health.json"
+        last = load_watch_state(state_file)
+        previous = last.get("failed_count") if last.get("archive_ok") else None
+
+        row = PostgresHook(postgres_conn_id=cluster.postgres_conn_id).get_first(ARCHIVER_SQL)
+        archiver = parse_archiver_row(list(row))
+        findings: list[Finding] = [check_archiving(archiver, previous_failed_count=previous, stale_factor=cluster.alerts.stale_archive_factor)]
+        try:
+            info = self.hook.get_conn().info()
+        except PgBackRestError as exc:
+            findings.append(Finding("repository", False, "repository unreadable", str(exc)))
+        else:
+            findings.append(Finding("repository", True, "repository readable"))
+            findings.append(check_stanza(info))
+            # An unreadable stanza (S3 down, wrong passphrase) lists no backups: backup age and
+            # locks cannot be judged then, and are neither raised nor cleared.
+            if info.ok:
+                findings.append(check_backup_age(info, now=now, max_age_hours=cluster.alerts.max_backup_age_hours))
+                held_since = lock_held_since(cluster.pgbackrest.lock_path, cluster.stanza)
+                findings.append(check_backup_lock(info, held_since=held_since, now=now))
+
+        for finding in findings:
+            self.log.info("%-16s %s  %s", finding.problem, "ok  " if finding.ok else "FAIL", finding.summary)
+            if finding.ok:
+                clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
+                            servicenow_conn_id=cluster.connections.servicenow, log=self.log.info)
+            else:
+                raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
+                            servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
+                            urgency=cluster.alerts.urgency, log=self.log.info)
+        values = {k: v for f in findings for k, v in f.metrics.items()}
+        metrics.emit(cluster.name, values)
+        save_watch_state(state_file, {"failed_count": archiver.failed_count, "archive_ok": findings[0].ok, "at": now.isoformat()})
+        return [{"problem": f.problem, "ok": f.ok, "summary": f.summary, "details": f.details} for f in findings]
