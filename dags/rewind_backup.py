@@ -11,9 +11,11 @@ import textwrap
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG
 
 from rewind.inventory import BACKUP_TYPES, Cluster, load_inventory
+from rewind_airflow.assets import backup_asset
+from rewind_airflow.notifiers.alerts import RewindAlertNotifier
 from rewind_airflow.operators.pgbackrest import (
     PgBackRestBackupOperator,
     PgBackRestExpireOperator,
@@ -25,16 +27,6 @@ WHAT = {
     "diff": "a **differential** backup: files changed since the last full backup",
     "incr": "an **incremental** backup: files changed since the last backup of any type",
 }
-
-
-def backup_asset(cluster: Cluster) -> Asset:
-    """Updated after every successful backup of the stanza; verify DAGs schedule on it.
-
-    The URI is where the stanza's backups live, which is unique per cluster (the inventory refuses
-    two clusters writing one stanza into one repository); the stanza name alone is not.
-    """
-    repo = cluster.repo
-    return Asset(name=f"rewind_backup__{cluster.name}", uri=f"s3://{repo.bucket}{repo.path}/backup/{cluster.stanza}", group="rewind")
 
 
 def doc_md(cluster: Cluster, backup_type: str) -> str:
@@ -87,6 +79,7 @@ for cluster in inventory.clusters.values():
                 "queue": cluster.queue,
                 "retries": 1,
                 "retry_delay": timedelta(minutes=5),
+                "on_failure_callback": RewindAlertNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow),
             },
         ):
             preflight = PgBackRestPreflightOperator(

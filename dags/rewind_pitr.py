@@ -18,6 +18,7 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from rewind.inventory import Cluster, load_inventory
+from rewind_airflow.notifiers.alerts import RewindAlertNotifier
 from rewind_airflow.notifiers.servicenow import ChangeWorkNoteNotifier
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 from rewind_airflow.operators.pitr import (
@@ -92,10 +93,13 @@ inventory = load_inventory()
 
 for cluster in inventory.clusters.values():
     # From the first destructive step on, a failure is reported on the change.
+    alert = RewindAlertNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow)
     after_approval = {
-        "on_failure_callback": ChangeWorkNoteNotifier(
-            cluster=cluster.name, change_sys_id="{{ ti.xcom_pull(task_ids='ensure_change')['sys_id'] }}"
-        )
+        "on_failure_callback": [
+            ChangeWorkNoteNotifier(cluster=cluster.name, change_sys_id="{{ ti.xcom_pull(task_ids='ensure_change')['sys_id'] }}",
+                                   servicenow_conn_id=cluster.connections.servicenow),
+            alert,
+        ]
     }
     with DAG(
         dag_id=f"rewind_pitr__{cluster.name}",
@@ -108,7 +112,8 @@ for cluster in inventory.clusters.values():
         params=PARAMS,
         render_template_as_native_obj=True,
         tags=["rewind", "pitr", "destructive", f"cluster:{cluster.name}"],
-        default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(seconds=30),
+                      "on_failure_callback": alert},
     ):
         validate_params = PitrValidateParamsOperator(task_id="validate_params", cluster=cluster.name, retries=0)
         preflight = PitrPreflightOperator(task_id="preflight", cluster=cluster.name, request=REQUEST)

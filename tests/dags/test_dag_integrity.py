@@ -76,6 +76,9 @@ NOT_RETRIED = {
 
 def test_every_dag_has_docs_tags_owner_retries_and_one_active_run(monkeypatch, example_inventory):
     bag = import_dag_files(monkeypatch)
+    assert {dag_id.split("__")[0] for dag_id in bag.dag_ids} == {
+        "rewind_backup_full", "rewind_backup_diff", "rewind_backup_incr", "rewind_pitr", "rewind_health", "rewind_verify",
+    }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
         assert "rewind" in dag.tags, dag_id
@@ -105,10 +108,15 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     assert gate.deferrable
     classpath, kwargs = ChangeApprovalTrigger(change_number="CHG0010001", poll_interval=5).serialize()
     assert classpath.startswith("rewind_airflow.") and kwargs["change_number"] == "CHG0010001"
+    from rewind_airflow.notifiers.alerts import RewindAlertNotifier
+    from rewind_airflow.notifiers.servicenow import ChangeWorkNoteNotifier
+
     before_gate = {"validate_params", "preflight", "ensure_change", "wait_for_approval"}
     for task in dag.tasks:
-        has_note = bool(task.on_failure_callback)
-        assert has_note == (task.task_id not in before_gate), task.task_id
+        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+        kinds = {type(cb) for cb in callbacks}
+        assert RewindAlertNotifier in kinds, task.task_id
+        assert (ChangeWorkNoteNotifier in kinds) == (task.task_id not in before_gate), task.task_id
     for task_id in ("stop_postgres", "restore", "full_backup_new_timeline"):
         assert dag.get_task(task_id).pool == "rewind_ledger"
     assert "destructive" in dag.tags

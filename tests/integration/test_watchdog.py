@@ -145,3 +145,32 @@ def test_stale_backup_opens_an_incident_and_a_good_backup_resolves_it(watched, s
     health(watched)
     [incident] = new_incidents(servicenow, "backup_age", before)
     assert incident["state"] == "6"
+
+
+def test_verify_passes_then_a_corrupted_backup_file_fails_it_and_alerts(watched, servicenow, statsd_listener, capfd):
+    from airflow.utils.state import DagRunState
+
+    dag = load_dags("rewind_verify.py")["rewind_verify__watched"]
+    assert run_once(dag).state == DagRunState.SUCCESS
+    sent = statsd_listener()
+    assert sent["rewind.watched.verify.ok"] == 1 and sent["rewind.watched.check.ok"] == 1
+    assert sent["rewind.watched.wal.gaps"] == 0
+
+    s3 = watched.s3.client()
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=watched.s3.bucket, Prefix="rewind/watched/backup/watched/")
+        for obj in page.get("Contents", [])
+        if "/bundle/" in obj["Key"] or "/pg_data/" in obj["Key"]
+    ]
+    assert keys, "no backup file found to corrupt"
+    victim = keys[0]
+    size = s3.head_object(Bucket=watched.s3.bucket, Key=victim)["ContentLength"]
+    s3.put_object(Bucket=watched.s3.bucket, Key=victim, Body=os.urandom(max(size, 64)))
+
+    capfd.readouterr()
+    assert run_once(dag).state == DagRunState.FAILED
+    assert "pgbackrest verify failed" in capfd.readouterr().out
+    [incident] = [i for i in incidents(servicenow, "verify") if i["state"] == "1"]
+    assert "verify failed" in incident["short_description"]
+    assert statsd_listener()["rewind.watched.verify.ok"] == 0

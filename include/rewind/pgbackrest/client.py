@@ -7,7 +7,7 @@ import re
 
 from rewind.inventory import Cluster
 from rewind.pgbackrest.commands import BackupType, PgBackRestCommands
-from rewind.pgbackrest.errors import CommandTimeoutError, PgBackRestError, error_from_exit
+from rewind.pgbackrest.errors import CommandTimeoutError, PgBackRestError, VerifyFailedError, error_from_exit
 from rewind.pgbackrest.info import StanzaInfo, parse_info
 from rewind.runner import CommandResult, CommandRunner, CommandTimeout
 
@@ -49,7 +49,16 @@ class PgBackRest:
         return self.run(self.commands.check())
 
     def verify(self) -> CommandResult:
-        return self.run(self.commands.verify(), timeout=self.cluster.pgbackrest.backup_timeout_s)
+        """Raises VerifyFailedError when the summary says `status: error` (the exit code is 0)."""
+        result = self.run(self.commands.verify(), timeout=self.cluster.pgbackrest.backup_timeout_s)
+        if re.search(r"^\s*status: error", result.output, re.MULTILINE):
+            problems = [
+                line.strip() for line in result.output.splitlines()
+                if re.search(r"status: invalid|checksum invalid|missing|size invalid|other", line) and "INFO: invalid" not in line
+            ]
+            raise VerifyFailedError("; ".join(problems[:6]) or "verify reported status: error", command="verify",
+                                    output_tail="\n".join(result.output.splitlines()[-20:]))
+        return result
 
     def expire(self) -> CommandResult:
         return self.run(self.commands.expire())

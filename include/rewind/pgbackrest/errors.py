@@ -120,6 +120,13 @@ class AccessError(PgBackRestError):
     code, hint = 105, "access denied: check the S3 credentials and bucket policy"
 
 
+class VerifyFailedError(PgBackRestError):
+    """`pgbackrest verify` found invalid or missing files. It exits 0 regardless (2.45): Rewind
+    reads its summary instead of trusting the exit code."""
+
+    code, hint = 0, "the repository holds files that do not read back with their checksum"
+
+
 class CommandTimeoutError(PgBackRestError):
     """Rewind stopped pgBackRest because it ran longer than its timeout (not a pgBackRest code)."""
 
@@ -127,7 +134,7 @@ class CommandTimeoutError(PgBackRestError):
 EXIT_CODES: dict[int, type[PgBackRestError]] = {
     cls.code: cls
     for cls in PgBackRestError.__subclasses__()
-    if cls.code and cls is not CommandTimeoutError
+    if cls.code and cls not in (CommandTimeoutError, VerifyFailedError)
 }
 
 _ERROR_LINE = re.compile(r"(?:ERROR|ASSERT): \[(\d+)\]: (.*)")

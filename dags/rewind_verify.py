@@ -1,0 +1,51 @@
+"""Post-backup verification: after every backup of a cluster (its backup asset) and daily."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
+
+from rewind.inventory import load_inventory
+from rewind_airflow.assets import backup_asset
+from rewind_airflow.operators.verify import VerifyRepositoryOperator
+
+inventory = load_inventory()
+
+for cluster in inventory.clusters.values():
+    with DAG(
+        dag_id=f"rewind_verify__{cluster.name}",
+        description=f"Verify the pgBackRest repository of {cluster.name}",
+        doc_md=textwrap.dedent(
+            f"""
+            # Verification of `{cluster.name}` (stanza `{cluster.stanza}`)
+
+            Runs after every backup (asset `rewind_backup__{cluster.name}`) and at `{cluster.schedules.verify}` UTC:
+
+            | check | what it proves |
+            |---|---|
+            | `pgbackrest check` | a WAL switch makes the round trip into the repository; config and cipher agree |
+            | `pgbackrest verify` | every backup file and archived WAL segment reads back with its checksum |
+            | stanza status | `pgbackrest info` reports the stanza ok |
+            | WAL continuity | no segment is missing from each retained backup's first WAL to the end of the archive |
+
+            Each failing check opens (or updates) its own ServiceNow incident
+            `rewind:{cluster.name}:<check>` and the task fails; a passing check resolves it.
+            Results are also sent as metrics (`rewind.{cluster.name}.check.ok`, `verify.ok`, `wal.gaps`).
+            """
+        ),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(cluster.schedules.verify, timezone="UTC"), assets=[backup_asset(cluster)]
+        ),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["rewind", "verify", f"cluster:{cluster.name}"],
+        default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(minutes=5)},
+    ):
+        VerifyRepositoryOperator(
+            task_id="verify_repository", cluster=cluster.name, pool=cluster.pool,
+            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s),
+        )

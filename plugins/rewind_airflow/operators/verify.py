@@ -1,0 +1,50 @@
+"""VerifyRepositoryOperator: trust nothing not tested. check, verify, stanza status, WAL continuity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from rewind import metrics
+from rewind.health import Finding, check_stanza
+from rewind.pgbackrest.errors import PgBackRestError
+from rewind.verify import continuity_finding, wal_gaps
+from rewind_airflow.notifiers.alerts import clear_alert, raise_alert
+from rewind_airflow.operators.pgbackrest import _ClusterOperator
+
+
+class VerifyRepositoryOperator(_ClusterOperator):
+    """Each result is a finding with its own deduplicated incident; the task fails when any does,
+    so the run history shows red where the repository could not be trusted."""
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        cluster, client = self.hook.cluster, self.hook.get_conn()
+        findings: list[Finding] = []
+        for problem, run in (("check", client.check), ("verify", client.verify)):
+            try:
+                run()
+                findings.append(Finding(problem, True, f"pgbackrest {problem} ok", metrics={f"{problem}.ok": 1}))
+            except PgBackRestError as exc:
+                findings.append(Finding(problem, False, f"pgbackrest {problem} failed", str(exc), {f"{problem}.ok": 0}))
+        info = client.info()
+        findings.append(check_stanza(info))
+        if info.ok:
+            findings.append(continuity_finding(wal_gaps(client, info)))
+            findings[-1].metrics["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
+
+        self.log.info("verification of %s (stanza %s):", cluster.name, cluster.stanza)
+        for finding in findings:
+            self.log.info("  %-15s %s  %s %s", finding.problem, "ok  " if finding.ok else "FAIL", finding.summary, finding.details)
+            if finding.ok:
+                clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
+                            servicenow_conn_id=cluster.connections.servicenow, log=self.log.info)
+            else:
+                raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
+                            servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
+                            urgency=cluster.alerts.urgency, log=self.log.info)
+        metrics.emit(cluster.name, {k: v for f in findings for k, v in f.metrics.items()})
+        failed = [f for f in findings if not f.ok]
+        if failed:
+            raise AirflowFailException("; ".join(f"{f.summary}: {f.details}" if f.details else f.summary for f in failed)[:2000])
+        return [{"problem": f.problem, "ok": f.ok, "summary": f.summary} for f in findings]
