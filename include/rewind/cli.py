@@ -4,6 +4,7 @@
     rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
     rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
     rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
+    rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
     rewind pools                            Airflow pools JSON for `airflow pools import`
     rewind check                            validate the inventory; exit 1 listing every error
 """
@@ -31,6 +32,22 @@ def pools_json(inventory) -> dict:
     }
 
 
+def cluster_metrics(cluster, fmt: str) -> str:
+    import datetime as dt
+
+    from rewind.credentials import repository_secrets
+    from rewind.health import check_backup_age, check_stanza
+    from rewind.metrics import as_json, as_prometheus
+    from rewind.pgbackrest.client import PgBackRest
+    from rewind.runner import CommandRunner
+
+    runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=repository_secrets(cluster), line_logger=lambda _line: None)
+    info = PgBackRest(cluster, runner).info()
+    values = {**check_stanza(info).metrics, **check_backup_age(info, now=dt.datetime.now(dt.timezone.utc)).metrics}
+    values["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
+    return (as_json if fmt == "json" else as_prometheus)(cluster.name, cluster.stanza, values)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rewind", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inventory", help="inventory file (default: $REWIND_INVENTORY or /etc/rewind/inventory.yaml)")
@@ -41,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     guard = sub.add_parser("guard", help="the restore guard a PITR raises (backups wait while it is up)")
     guard.add_argument("action", choices=["show", "clear"])
     guard.add_argument("--cluster", required=True)
+    export = sub.add_parser("metrics", help="backup metrics of one cluster (run on its host, credentials in the environment)")
+    export.add_argument("--cluster", required=True)
+    export.add_argument("--format", choices=["json", "prometheus"], default="prometheus")
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     args = parser.parse_args(argv)
@@ -57,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(pools_json(inventory), indent=2, sort_keys=True))
             return 0
         cluster = inventory.get(args.cluster)
+        if args.command == "metrics":
+            print(cluster_metrics(cluster, args.format), end="")
+            return 0
         if args.command == "guard":
             current = read_guard(cluster)
             if args.action == "show" or current is None:

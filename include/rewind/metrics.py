@@ -31,6 +31,7 @@ PROMETHEUS = {
     "verify.ok": ("rewind_verify_ok", {}),
     "wal.gaps": ("rewind_wal_gaps", {}),
     "pitr.duration_seconds": ("rewind_pitr_duration_seconds", {}),
+    "pitr.downtime_seconds": ("rewind_pitr_downtime_seconds", {}),
     "rehearsal.duration_seconds": ("rewind_rehearsal_duration_seconds", {}),
 }
 

@@ -131,7 +131,7 @@ class DemoStack:
                         "cipher_type": "aes-256-cbc",
                     },
                     "credentials": {"source": "env", "env_prefix": self.env_prefix},
-                    "schedules": self.schedules or {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *"},
+                    "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
                 }
             }
         }

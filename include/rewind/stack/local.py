@@ -94,7 +94,8 @@ def up() -> int:
     HOME.chmod(0o755)
 
     print("starting PostgreSQL 15 + pgBackRest + S3 over TLS ...", flush=True)
-    stack = DemoStack(HOME / "stack")
+    # The watchdog runs every 5 minutes here so an S3 outage shows (and clears) while you watch.
+    stack = DemoStack(HOME / "stack", schedules={"health": "*/5 * * * *"})
     stack.start()
     stack.psql(DEMO_DATA_SQL)
     print("starting the ServiceNow simulator ...", flush=True)
@@ -111,7 +112,12 @@ def up() -> int:
     airflow = AirflowStandalone(
         home=HOME / "airflow",
         port=PORT,
-        env={"REWIND_INVENTORY": str(stack.inventory_path), "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn, **stack.worker_env()},
+        env={
+            "REWIND_INVENTORY": str(stack.inventory_path),
+            "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn,
+            "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
+            **stack.worker_env(),
+        },
     )
     airflow.start(pools=pools_json(load_inventory(stack.inventory_path)))
     password = airflow.password()
@@ -135,7 +141,7 @@ def up() -> int:
         f"""
 Rewind local stack is up.
   Airflow UI   {airflow.url}   user: admin   password: {password}
-  DAGs         rewind_backup_full__demo, rewind_backup_diff__demo, rewind_backup_incr__demo, rewind_pitr__demo
+  DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
                .venv/bin/python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
@@ -145,6 +151,8 @@ Rewind local stack is up.
 Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
 trigger rewind_pitr__demo with target_type "time" and a time before your mistake, approve the
 change on the simulator page, and watch the restore complete and the change close.
+Simulate an S3 outage: sudo scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
+open an incident on the ServiceNow page and resolve it once S3 is back.
 Stop everything: sudo scripts/local-stack.sh down
 """
     )
@@ -177,11 +185,34 @@ def down(quiet: bool = False) -> int:
     return 0
 
 
+def s3_down() -> int:
+    """Simulate an S3 outage: stop the TLS front (moto keeps every object)."""
+    state = _state()
+    _kill(state, "stunnel")
+    print("S3 API unreachable: archive-push fails, PostgreSQL keeps its WAL; the watchdog opens an incident")
+    return 0
+
+
+def s3_up() -> int:
+    state = _state()
+    if _alive(state.get("stunnel")):
+        print("S3 API already up")
+        return 0
+    conf = HOME / "stack" / "s3" / "stunnel.conf"
+    from rewind.stack.s3tls import stunnel_binary
+
+    proc = subprocess.Popen([stunnel_binary(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state["stunnel"] = proc.pid
+    STATE.write_text(json.dumps(state, indent=2))
+    print("S3 API back: archiving catches up; the next watchdog run resolves the incident")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rewind-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status"], nargs="?", default="up")
+    parser.add_argument("action", choices=["up", "down", "status", "s3-down", "s3-up"], nargs="?", default="up")
     args = parser.parse_args(argv)
-    return {"up": up, "down": down, "status": status}[args.action]()
+    return {"up": up, "down": down, "status": status, "s3-down": s3_down, "s3-up": s3_up}[args.action]()
 
 
 if __name__ == "__main__":

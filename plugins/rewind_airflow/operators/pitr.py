@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
 from rewind.guard import clear_guard, set_guard
 from rewind.pitr.change import TABLE, ensure_change, summary
@@ -248,6 +249,10 @@ class CloseChangeOperator(_PitrOperator):
             recovery=steps["recovery"], checks=steps.get("checks") or [], timeline=(steps.get("promote") or steps["recovery"]).get("timeline"),
             backup=steps["backup"], timings=timings,
         )
+        metrics.emit(self.hook.cluster.name, {
+            "pitr.duration_seconds": seconds(steps["stop"]["started_at"], _now()),
+            "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
+        })
         client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
         client.update(TABLE, self.change["sys_id"], {"state": 3, "close_code": "successful", "close_notes": text})
         self.log.info("closed %s:\n%s", self.change["number"], text)
