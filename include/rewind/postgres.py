@@ -31,6 +31,13 @@ def stop_argv(cluster: Cluster, *, mode: str = "fast") -> list[str]:
     return [pg_ctl(cluster), "stop", "-D", cluster.postgres.data_dir, "-m", mode, "-w", "-t", "300"]
 
 
+def reload_argv(cluster: Cluster) -> list[str]:
+    """Reload configuration (e.g. after archive_command changes during onboarding)."""
+    if cluster.postgres.control == "systemd":
+        return ["systemctl", "reload", cluster.postgres.unit_name()]
+    return [pg_ctl(cluster), "reload", "-D", cluster.postgres.data_dir]
+
+
 def status_argv(cluster: Cluster) -> list[str]:
     return [pg_ctl(cluster), "status", "-D", cluster.postgres.data_dir]
 

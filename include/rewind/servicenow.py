@@ -90,7 +90,7 @@ class ServiceNowClient:
         )
         body = response.json()
         if "access_token" not in body:
-            raise ServiceNowError(f"ServiceNow OAuth token response has no access_token: check client_id/client_secret")
+            raise ServiceNowError("ServiceNow OAuth token response has no access_token: check client_id/client_secret")
         self._token = body["access_token"]
         self._token_expires = time.monotonic() + float(body.get("expires_in", 1800))
         return self._token

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml

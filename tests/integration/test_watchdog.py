@@ -15,7 +15,6 @@ import yaml
 
 from rewind.servicenow import Auth, ServiceNowClient
 from rewind.stack.demo import DemoStack
-from rewind.stack.net import free_port
 from tests.conftest import load_dags, run_once
 
 pytestmark = pytest.mark.integration

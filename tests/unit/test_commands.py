@@ -5,7 +5,7 @@ import yaml
 
 from rewind.inventory import parse_inventory
 from rewind.pgbackrest.commands import PgBackRestCommands
-from rewind.postgres import psql_argv, start_argv, stop_argv
+from rewind.postgres import psql_argv, reload_argv, start_argv, stop_argv
 
 
 @pytest.fixture
@@ -96,9 +96,11 @@ def test_postgres_control_argv(commands):
     cluster = commands.cluster
     assert start_argv(cluster) == ["systemctl", "start", "postgresql@15-main"]
     assert stop_argv(cluster) == ["systemctl", "stop", "postgresql@15-main"]
+    assert reload_argv(cluster) == ["systemctl", "reload", "postgresql@15-main"]
     pg_ctl_cluster = cluster.model_copy(update={"postgres": cluster.postgres.model_copy(update={"control": "pg_ctl"})})
     assert stop_argv(pg_ctl_cluster, mode="immediate")[:2] == ["/usr/lib/postgresql/15/bin/pg_ctl", "stop"]
     assert "-m" in stop_argv(pg_ctl_cluster) and "fast" in stop_argv(pg_ctl_cluster)
+    assert reload_argv(pg_ctl_cluster) == ["/usr/lib/postgresql/15/bin/pg_ctl", "reload", "-D", "/var/lib/postgresql/15/main"]
     with pytest.raises(ValueError):
         stop_argv(cluster, mode="now")
     assert psql_argv(cluster, "select 1")[-2:] == ["-c", "select 1"]

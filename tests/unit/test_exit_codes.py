@@ -1,6 +1,5 @@
 """Exit-code mapping through the real runner, with a fake pgbackrest that exits as told."""
 
-import os
 import tempfile
 from pathlib import Path
 

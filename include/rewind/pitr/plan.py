@@ -22,7 +22,7 @@ from pathlib import Path
 from rewind.errors import PreflightError
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.info import Backup, StanzaInfo
-from rewind.pitr.request import PitrRequest, lsn_text, lsn_value
+from rewind.pitr.request import PitrRequest, lsn_value
 
 SEGMENT_SIZE = 16 * 1024 * 1024  # wal_segment_size; Rewind supports the default only
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
