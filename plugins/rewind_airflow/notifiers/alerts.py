@@ -54,6 +54,19 @@ def clear_alert(*, cluster: str, problem: str, note: str, servicenow_conn_id: st
     return action
 
 
+def report_findings(cluster, findings, *, log: Callable[[str], None] = print) -> None:
+    """Raise an alert for every failing finding and clear it for every passing one."""
+    for finding in findings:
+        log(f"{finding.problem:<16} {'ok  ' if finding.ok else 'FAIL'}  {finding.summary} {finding.details if not finding.ok else ''}")
+        if finding.ok:
+            clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
+                        servicenow_conn_id=cluster.connections.servicenow, log=log)
+        else:
+            raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
+                        servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
+                        urgency=cluster.alerts.urgency, log=log)
+
+
 class RewindAlertNotifier(BaseNotifier):
     """on_failure_callback: one incident per cluster and failing task, deduplicated."""
 

@@ -21,7 +21,7 @@ from rewind.health import (
     save_watch_state,
 )
 from rewind.pgbackrest.errors import PgBackRestError
-from rewind_airflow.notifiers.alerts import clear_alert, raise_alert
+from rewind_airflow.notifiers.alerts import report_findings
 from rewind_airflow.operators.pgbackrest import _ClusterOperator
 
 
@@ -62,15 +62,7 @@ class HealthCheckOperator(_ClusterOperator):
                 held_since = lock_held_since(cluster.pgbackrest.lock_path, cluster.stanza)
                 findings.append(check_backup_lock(info, held_since=held_since, now=now))
 
-        for finding in findings:
-            self.log.info("%-16s %s  %s", finding.problem, "ok  " if finding.ok else "FAIL", finding.summary)
-            if finding.ok:
-                clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
-                            servicenow_conn_id=cluster.connections.servicenow, log=self.log.info)
-            else:
-                raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
-                            servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
-                            urgency=cluster.alerts.urgency, log=self.log.info)
+        report_findings(cluster, findings, log=self.log.info)
         values = {k: v for f in findings for k, v in f.metrics.items()}
         metrics.emit(cluster.name, values)
         save_watch_state(state_file, {"failed_count": archiver.failed_count, "archive_ok": findings[0].ok, "at": now.isoformat()})

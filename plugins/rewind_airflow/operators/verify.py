@@ -10,7 +10,7 @@ from rewind import metrics
 from rewind.health import Finding, check_stanza
 from rewind.pgbackrest.errors import PgBackRestError
 from rewind.verify import continuity_finding, wal_gaps
-from rewind_airflow.notifiers.alerts import clear_alert, raise_alert
+from rewind_airflow.notifiers.alerts import report_findings
 from rewind_airflow.operators.pgbackrest import _ClusterOperator
 
 
@@ -34,15 +34,7 @@ class VerifyRepositoryOperator(_ClusterOperator):
             findings[-1].metrics["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
 
         self.log.info("verification of %s (stanza %s):", cluster.name, cluster.stanza)
-        for finding in findings:
-            self.log.info("  %-15s %s  %s %s", finding.problem, "ok  " if finding.ok else "FAIL", finding.summary, finding.details)
-            if finding.ok:
-                clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
-                            servicenow_conn_id=cluster.connections.servicenow, log=self.log.info)
-            else:
-                raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
-                            servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
-                            urgency=cluster.alerts.urgency, log=self.log.info)
+        report_findings(cluster, findings, log=self.log.info)
         metrics.emit(cluster.name, {k: v for f in findings for k, v in f.metrics.items()})
         failed = [f for f in findings if not f.ok]
         if failed:
