@@ -109,6 +109,9 @@ def test_s3_outage_opens_one_incident_keeps_wal_and_resolves_when_archiving_catc
         health(watched)
         [incident] = incidents(servicenow, "archive_failing")
         assert incident["state"] == "1" and incident["cmdb_ci"] == "watched"
+        # one outage, one incident: the unreadable repository is in its details, not a second page
+        open_for_cluster = [i for i in sn(servicenow).query("incident", "cmdb_ci=watched") if i["state"] == "1"]
+        assert [i["number"] for i in open_for_cluster] == [incident["number"]]
         notes = sn(servicenow).work_notes("incident", incident["sys_id"])
         assert len([n for n in notes if n.startswith("Still failing")]) == 1
         sent = statsd_listener()

@@ -124,7 +124,7 @@ class VerifyFailedError(PgBackRestError):
     """`pgbackrest verify` found invalid or missing files. It exits 0 regardless (2.45): Rewind
     reads its summary instead of trusting the exit code."""
 
-    code, hint = 0, "the repository holds files that do not read back with their checksum"
+    code, hint = 0, "files failed verification: checksum, size, missing or unreadable (see the verify summary)"
 
 
 class CommandTimeoutError(PgBackRestError):

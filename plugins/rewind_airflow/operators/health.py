@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,19 @@ def lock_held_since(lock_path: str, stanza: str) -> dt.datetime | None:
     return None
 
 
+def merge_outage(findings: list[Finding]) -> list[Finding]:
+    """One outage, one incident: when archiving fails and the stanza is unreadable too (S3 down,
+    credentials revoked), the stanza problem goes into the archive incident's details and is judged
+    again on the next run, instead of paging twice for one cause."""
+    archive = next(f for f in findings if f.problem == "archive_failing")
+    stanza = next((f for f in findings if f.problem == "stanza_status"), None)
+    if archive.ok or stanza is None or stanza.ok:
+        return findings
+    merged = replace(archive, details=f"{archive.details} The repository is unreadable too: {stanza.summary}.",
+                     metrics={**archive.metrics, **stanza.metrics})
+    return [merged if f is archive else f for f in findings if f is not stanza]
+
+
 class HealthCheckOperator(_ClusterOperator):
     """Runs every check, opens/updates/resolves one incident per failing/passing problem, sends
     metrics, and returns the findings. The task fails only when a check cannot run at all."""
@@ -62,8 +76,10 @@ class HealthCheckOperator(_ClusterOperator):
                 held_since = lock_held_since(cluster.pgbackrest.lock_path, cluster.stanza)
                 findings.append(check_backup_lock(info, held_since=held_since, now=now))
 
+        findings = merge_outage(findings)
         report_findings(cluster, findings, log=self.log.info)
         values = {k: v for f in findings for k, v in f.metrics.items()}
         metrics.emit(cluster.name, values)
-        save_watch_state(state_file, {"failed_count": archiver.failed_count, "archive_ok": findings[0].ok, "at": now.isoformat()})
+        archive_ok = next(f.ok for f in findings if f.problem == "archive_failing")
+        save_watch_state(state_file, {"failed_count": archiver.failed_count, "archive_ok": archive_ok, "at": now.isoformat()})
         return [{"problem": f.problem, "ok": f.ok, "summary": f.summary, "details": f.details} for f in findings]
