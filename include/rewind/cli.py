@@ -36,7 +36,8 @@ def cluster_metrics(cluster, fmt: str) -> str:
     import datetime as dt
 
     from rewind.credentials import repository_secrets
-    from rewind.health import check_backup_age, check_stanza
+    from rewind.health import ARCHIVER_SQL, check_archiving, check_backup_age, check_stanza, parse_archiver_row
+    from rewind.postgres import postmaster_pid, run_sql
     from rewind.metrics import as_json, as_prometheus
     from rewind.pgbackrest.client import PgBackRest
     from rewind.runner import CommandRunner
@@ -45,6 +46,9 @@ def cluster_metrics(cluster, fmt: str) -> str:
     info = PgBackRest(cluster, runner).info()
     values = {**check_stanza(info).metrics, **check_backup_age(info, now=dt.datetime.now(dt.timezone.utc)).metrics}
     values["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
+    if postmaster_pid(cluster):  # archiver figures need the live cluster
+        archiver = parse_archiver_row(run_sql(runner, cluster, ARCHIVER_SQL).split("|"))
+        values.update(check_archiving(archiver, previous_failed_count=None).metrics)
     return (as_json if fmt == "json" else as_prometheus)(cluster.name, cluster.stanza, values)
 
 

@@ -133,6 +133,21 @@ def test_s3_outage_opens_one_incident_keeps_wal_and_resolves_when_archiving_catc
     assert sent["rewind.watched.stanza.status"] == 0
 
 
+def test_metrics_export_as_prometheus_and_json(watched, capsys):
+    import json
+
+    from rewind.cli import main
+
+    assert main(["--inventory", str(watched.inventory_path), "metrics", "--cluster", "watched"]) == 0
+    text = capsys.readouterr().out
+    assert 'pgbackrest_backup_since_last_completion_seconds{cluster="watched",stanza="watched",backup_type="full"}' in text
+    assert 'pgbackrest_stanza_status{cluster="watched",stanza="watched"} 0' in text
+    assert "rewind_archive_failed_count{" in text and "rewind_repo_size_bytes{" in text
+    assert main(["--inventory", str(watched.inventory_path), "metrics", "--cluster", "watched", "--format", "json"]) == 0
+    exported = json.loads(capsys.readouterr().out)["metrics"]
+    assert exported["archive.ready_segments"] == 0 and exported["repo.size_bytes"] > 0
+
+
 def test_stale_backup_opens_an_incident_and_a_good_backup_resolves_it(watched, servicenow):
     inventory = yaml.safe_load(watched.inventory_path.read_text())
     inventory["clusters"]["watched"]["alerts"] = {"max_backup_age_hours": 0.001}  # 3.6 s
