@@ -56,3 +56,13 @@ def test_exports_use_pgbackrest_exporter_names():
     assert 'pgbackrest_stanza_status{cluster="ledger",stanza="ledger"} 0' in text
     assert "# TYPE rewind_archive_failed_count gauge" in text
     assert json.loads(as_json("ledger", "ledger", values))["metrics"]["archive.failed_count"] == 2
+
+
+def test_no_backup_yet_is_a_backup_age_problem_not_a_stanza_one():
+    from rewind.health import check_stanza
+
+    empty = parse_info(json.dumps([{"name": "demo", "status": {"code": 2, "message": "no valid backups"}, "backup": [], "archive": [], "db": []}]), "demo")
+    assert check_stanza(empty).ok
+    assert check_backup_age(empty, now=NOW).summary == "no good backup at all"
+    unreadable = parse_info(json.dumps([{"name": "demo", "status": {"code": 99, "message": "other"}, "backup": [], "archive": [], "db": []}]), "demo")
+    assert not check_stanza(unreadable).ok

@@ -22,6 +22,7 @@ from rewind.health import (
     save_watch_state,
 )
 from rewind.pgbackrest.errors import PgBackRestError
+from rewind.pgbackrest.info import STATUS_NO_BACKUP
 from rewind_airflow.notifiers.alerts import report_findings
 from rewind_airflow.operators.pgbackrest import _ClusterOperator
 
@@ -71,7 +72,7 @@ class HealthCheckOperator(_ClusterOperator):
             findings.append(check_stanza(info))
             # An unreadable stanza (S3 down, wrong passphrase) lists no backups: backup age and
             # locks cannot be judged then, and are neither raised nor cleared.
-            if info.ok:
+            if info.ok or info.status.code == STATUS_NO_BACKUP:
                 findings.append(check_backup_age(info, now=now, max_age_hours=cluster.alerts.max_backup_age_hours))
                 held_since = lock_held_since(cluster.pgbackrest.lock_path, cluster.stanza)
                 findings.append(check_backup_lock(info, held_since=held_since, now=now))
