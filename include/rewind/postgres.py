@@ -38,10 +38,6 @@ def reload_argv(cluster: Cluster) -> list[str]:
     return [pg_ctl(cluster), "reload", "-D", cluster.postgres.data_dir]
 
 
-def status_argv(cluster: Cluster) -> list[str]:
-    return [pg_ctl(cluster), "status", "-D", cluster.postgres.data_dir]
-
-
 def start_nowait_argv(cluster: Cluster) -> list[str]:
     """Start without waiting for connections: a server doing archive recovery may take far longer
     than any fixed wait; Rewind watches recovery itself."""

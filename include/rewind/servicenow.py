@@ -22,7 +22,6 @@ import requests
 from rewind.errors import RewindError
 
 CHANGE_STATES = {-5: "New", -4: "Assess", -3: "Authorize", -2: "Scheduled", -1: "Implement", 0: "Review", 3: "Closed", 4: "Canceled"}
-INCIDENT_STATES = {1: "New", 2: "In Progress", 3: "On Hold", 6: "Resolved", 7: "Closed", 8: "Canceled"}
 CHANGE_NUMBER_RE = re.compile(r"^CHG\d{7,}$")
 SN_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
