@@ -100,3 +100,45 @@ def servicenow():
     finally:
         simulator.stop()
         os.environ.pop("AIRFLOW_CONN_SERVICENOW_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def vault(demo_stack):
+    """The Vault simulator holding the demo cluster's secrets, as a Vault admin would set it up: KV v2
+    secret/rewind/demo {cipher_pass}, AWS engine role rewind-demo (IAM users limited to the bucket,
+    created in the S3 stack's IAM), a least-privilege policy and an AppRole for the Airflow workers.
+    Wired as the Airflow connection vault_default (AppRole auth)."""
+    from rewind.stack.vault_sim import VaultSimulator, VaultState, rewind_policy_paths, s3_bucket_policy
+
+    state = VaultState(iam=demo_stack.s3.client("iam"))
+    state.put_kv("secret", "rewind/demo", {"cipher_pass": demo_stack.cipher_pass})
+    state.add_aws_role("aws", "rewind-demo", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=600)
+    state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+    simulator = VaultSimulator(state).start()
+    simulator.approle = state.add_approle(["rewind-demo"])
+    os.environ["AIRFLOW_CONN_VAULT_DEFAULT"] = simulator.airflow_connection(approle=simulator.approle)
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+        os.environ.pop("AIRFLOW_CONN_VAULT_DEFAULT", None)
+
+
+VAULT_CREDENTIALS = {
+    "source": "vault",
+    "env_prefix": "REWIND_DEMO_",
+    "vault": {"conn_id": "vault_default", "aws_mount": "aws", "aws_role": "rewind-demo", "kv_mount": "secret", "kv_path": "rewind/demo"},
+    # PostgreSQL's own archive-push/archive-get keep the stack's static key (no instance role here).
+    "postmaster_s3_keys": "env",
+}
+
+
+@pytest.fixture
+def vault_credentials(demo_stack, vault):
+    """The demo cluster takes its repository secrets from Vault for the length of one test."""
+    demo_stack.use_credentials(VAULT_CREDENTIALS)
+    try:
+        yield vault
+    finally:
+        demo_stack.use_credentials(None)
+        vault.set_mode("ok")

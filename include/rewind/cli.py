@@ -32,18 +32,35 @@ def pools_json(inventory) -> dict:
     }
 
 
+def _vault_client_from_environment():
+    """Outside Airflow, Vault is reached the way the vault CLI does: VAULT_ADDR and VAULT_TOKEN
+    (or VAULT_ROLE_ID + VAULT_SECRET_ID for AppRole), VAULT_CACERT for a private CA."""
+    import os
+
+    import hvac
+
+    client = hvac.Client(url=os.environ.get("VAULT_ADDR"), verify=os.environ.get("VAULT_CACERT", True))
+    if not client.token and os.environ.get("VAULT_ROLE_ID"):
+        client.auth.approle.login(role_id=os.environ["VAULT_ROLE_ID"], secret_id=os.environ.get("VAULT_SECRET_ID", ""))
+    return client
+
+
 def cluster_metrics(cluster, fmt: str) -> str:
     import datetime as dt
 
-    from rewind.credentials import repository_secrets
+    from rewind.credentials import RepositoryCredentials
     from rewind.health import ARCHIVER_SQL, check_archiving, check_backup_age, check_stanza, parse_archiver_row
     from rewind.postgres import postmaster_pid, run_sql
     from rewind.metrics import as_json, as_prometheus
     from rewind.pgbackrest.client import PgBackRest
     from rewind.runner import CommandRunner
 
-    runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=repository_secrets(cluster), line_logger=lambda _line: None)
-    info = PgBackRest(cluster, runner).info()
+    credentials = RepositoryCredentials(cluster, vault_client=_vault_client_from_environment)
+    try:
+        runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=credentials.secrets(), line_logger=lambda _line: None)
+        info = PgBackRest(cluster, runner).info()
+    finally:
+        credentials.release()
     values = {**check_stanza(info).metrics, **check_backup_age(info, now=dt.datetime.now(dt.timezone.utc)).metrics}
     values["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
     if postmaster_pid(cluster):  # archiver figures need the live cluster

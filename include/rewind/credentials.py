@@ -1,31 +1,45 @@
 """Repository credentials for one cluster, as the environment of the pgbackrest child process.
 
 The values go into `PGBACKREST_REPO1_*` variables and nowhere else: not pgbackrest.conf, not argv,
-not a log line. Sources: `env` (the worker's own environment, under the cluster's prefix) and
-`auto` (S3 keys from the instance role via repo1-s3-key-type=auto; only the cipher passphrase from
-the environment). Vault-leased credentials are a further source (issue 5).
+not a log line. Where they come from is the inventory's `credentials.source`:
+
+  env    the worker's own environment, under the cluster's prefix (<prefix>S3_KEY, ...);
+  auto   S3 keys from the instance role (repo1-s3-key-type=auto), passphrase from the environment;
+  vault  S3 keys leased from Vault's AWS engine for the length of one task, passphrase from KV v2.
+
+Two consumers with different lifetimes:
+  - `secrets()`: Rewind's own pgBackRest commands (backup, restore, info, ...), for one task;
+    `release()` revokes a Vault lease when the task ends, whether it succeeded or failed;
+  - `postmaster_secrets()`: what PostgreSQL itself needs for archive_command / restore_command when
+    Rewind starts it with pg_ctl. It outlives the task, so never a per-task lease: S3 keys from
+    `credentials.postmaster_s3_keys` (env, or the instance role), passphrase from the source.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from rewind.errors import CredentialsError
 from rewind.inventory import Cluster
 
+S3_KEY = "PGBACKREST_REPO1_S3_KEY"
+S3_KEY_SECRET = "PGBACKREST_REPO1_S3_KEY_SECRET"
+S3_TOKEN = "PGBACKREST_REPO1_S3_TOKEN"
+S3_KEY_TYPE = "PGBACKREST_REPO1_S3_KEY_TYPE"
+CIPHER_PASS = "PGBACKREST_REPO1_CIPHER_PASS"
 
-def repository_secrets(cluster: Cluster, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    environ = os.environ if environ is None else environ
+
+def _from_environment(cluster: Cluster, environ: Mapping[str, str], *, s3_keys: bool, cipher: bool) -> dict[str, str]:
     prefix = cluster.credentials.env_prefix
     wanted: dict[str, tuple[str, bool]] = {}  # pgbackrest variable -> (source variable, required)
-    if cluster.credentials.source == "env":
-        wanted["PGBACKREST_REPO1_S3_KEY"] = (f"{prefix}S3_KEY", True)
-        wanted["PGBACKREST_REPO1_S3_KEY_SECRET"] = (f"{prefix}S3_KEY_SECRET", True)
-        wanted["PGBACKREST_REPO1_S3_TOKEN"] = (f"{prefix}S3_TOKEN", False)
-    if cluster.repo.cipher_type != "none":
-        wanted["PGBACKREST_REPO1_CIPHER_PASS"] = (f"{prefix}CIPHER_PASS", True)
-
+    if s3_keys:
+        wanted[S3_KEY] = (f"{prefix}S3_KEY", True)
+        wanted[S3_KEY_SECRET] = (f"{prefix}S3_KEY_SECRET", True)
+        wanted[S3_TOKEN] = (f"{prefix}S3_TOKEN", False)
+    if cipher and cluster.repo.cipher_type != "none":
+        wanted[CIPHER_PASS] = (f"{prefix}CIPHER_PASS", True)
     secrets: dict[str, str] = {}
     missing = []
     for target, (source, required) in wanted.items():
@@ -40,3 +54,102 @@ def repository_secrets(cluster: Cluster, environ: Mapping[str, str] | None = Non
             f"set {', '.join(missing)} (credentials.source={cluster.credentials.source})"
         )
     return secrets
+
+
+def repository_secrets(cluster: Cluster, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Secrets for a cluster whose source is env or auto (no lease to manage)."""
+    if cluster.credentials.source == "vault":
+        raise CredentialsError(f"cluster {cluster.name!r}: credentials.source is vault: use RepositoryCredentials with a Vault client")
+    environ = os.environ if environ is None else environ
+    return _from_environment(cluster, environ, s3_keys=cluster.credentials.source == "env", cipher=True)
+
+
+class RepositoryCredentials:
+    """One task's repository secrets for one cluster, from the inventory's source.
+
+    `vault_client` is called (once, lazily) for an authenticated hvac client; the Airflow hook passes
+    the hashicorp provider's VaultHook, the CLI a client from VAULT_ADDR/VAULT_TOKEN.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        environ: Mapping[str, str] | None = None,
+        vault_client: Callable[[], Any] | None = None,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.cluster = cluster
+        self.environ = os.environ if environ is None else environ
+        self._vault_client_factory = vault_client
+        self._vault_client: Any = None
+        self._secrets: dict[str, str] | None = None
+        self._cipher_pass: str | None = None
+        self.lease = None  # rewind.vault.S3Lease while one is held
+        self.log = log
+
+    @property
+    def source(self) -> str:
+        return self.cluster.credentials.source
+
+    def _vault(self) -> Any:
+        if self._vault_client is None:
+            if self._vault_client_factory is None:
+                raise CredentialsError(f"cluster {self.cluster.name!r}: credentials.source is vault but no Vault client is configured")
+            self._vault_client = self._vault_client_factory()
+        return self._vault_client
+
+    def _vault_cipher_pass(self) -> str | None:
+        from rewind.vault import read_cipher_pass
+
+        if self.cluster.repo.cipher_type == "none":
+            return None
+        if self._cipher_pass is None:
+            self._cipher_pass = read_cipher_pass(self._vault(), self.cluster, self.cluster.credentials.vault)
+        return self._cipher_pass
+
+    def secrets(self) -> dict[str, str]:
+        """The environment for Rewind's own pgbackrest commands (leases S3 keys once per instance)."""
+        if self._secrets is not None:
+            return dict(self._secrets)
+        if self.source != "vault":
+            self._secrets = repository_secrets(self.cluster, self.environ)
+            return dict(self._secrets)
+        from rewind.vault import lease_s3_keys
+
+        cipher_pass = self._vault_cipher_pass()  # read first: a failure here leaves no lease behind
+        self.lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
+        self.log(f"leased S3 credentials from Vault: lease {self.lease.lease_id}, {self.lease.lease_duration_s}s")
+        secrets = {S3_KEY: self.lease.access_key, S3_KEY_SECRET: self.lease.secret_key}
+        if self.lease.security_token:
+            secrets[S3_TOKEN] = self.lease.security_token
+        if cipher_pass:
+            secrets[CIPHER_PASS] = cipher_pass
+        self._secrets = secrets
+        return dict(secrets)
+
+    def postmaster_secrets(self) -> dict[str, str]:
+        """The environment PostgreSQL gets when Rewind starts it (archive_command, restore_command)."""
+        keys = self.cluster.credentials.postmaster_keys
+        secrets = _from_environment(self.cluster, self.environ, s3_keys=keys == "env", cipher=self.source != "vault")
+        if keys == "auto":
+            secrets[S3_KEY_TYPE] = "auto"
+        if self.source == "vault":
+            cipher_pass = self._vault_cipher_pass()
+            if cipher_pass:
+                secrets[CIPHER_PASS] = cipher_pass
+        return secrets
+
+    def release(self) -> None:
+        """Revoke the S3 lease, if one is held. A failed revocation is logged, not raised: the task's
+        own outcome stands, and Vault revokes the lease itself when its TTL runs out."""
+        lease, self.lease, self._secrets = self.lease, None, None
+        if lease is None:
+            return
+        from rewind.vault import revoke_lease
+
+        try:
+            revoke_lease(self._vault(), self.cluster, lease.lease_id)
+            self.log(f"revoked Vault lease {lease.lease_id}")
+        except CredentialsError as exc:
+            self.log(f"WARNING: {exc}; the lease expires by itself after {lease.lease_duration_s}s")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewind.errors import InventoryError, UnknownClusterError
 
@@ -157,12 +157,42 @@ class RepoSettings(_Model):
         return value
 
 
+def _vault_path(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$", value) or ".." in value:
+        raise ValueError(f"{value!r} must be a Vault path like 'rewind/prod-ledger' (letters, digits, _ . - and /)")
+    return value
+
+
+VaultPath = Annotated[str, AfterValidator(_vault_path)]
+
+
+class VaultSettings(_Model):
+    """Where a cluster's repository secrets live in Vault (credentials.source=vault)."""
+
+    conn_id: Name = "vault_default"  # Airflow connection (hashicorp provider): URL, token or AppRole
+    aws_mount: VaultPath = "aws"  # AWS secrets engine: <aws_mount>/creds/<aws_role> leases S3 keys
+    aws_role: VaultPath
+    kv_mount: VaultPath = "secret"  # KV v2 engine holding the cipher passphrase
+    kv_path: VaultPath
+    cipher_pass_key: Name = "cipher_pass"
+
+
 class CredentialSettings(_Model):
-    # env: the worker's environment holds <env_prefix>S3_KEY, ..._S3_KEY_SECRET, ..._S3_TOKEN
-    # (optional) and ..._CIPHER_PASS. auto: an instance role (repo1-s3-key-type=auto) and the
-    # cipher passphrase from the environment. Vault-leased credentials arrive with issue 5.
-    source: Literal["env", "auto"] = "env"
+    # Where Rewind's own pgBackRest commands get the repository secrets:
+    #   env:   the worker's environment holds <env_prefix>S3_KEY, ..._S3_KEY_SECRET, ..._S3_TOKEN
+    #          (optional) and ..._CIPHER_PASS;
+    #   auto:  S3 keys from the instance role (repo1-s3-key-type=auto), passphrase from the environment;
+    #   vault: S3 keys leased per task from Vault's AWS engine (revoked when the task ends), passphrase
+    #          from Vault KV v2.
+    source: Literal["env", "auto", "vault"] = "env"
     env_prefix: Annotated[str, AfterValidator(_no_control_chars)] = "REWIND_"
+    vault: VaultSettings | None = None
+    # PostgreSQL runs pgBackRest itself (archive_command, restore_command), outside any task, so a
+    # per-task lease cannot serve it. When Rewind starts PostgreSQL with pg_ctl, the postmaster gets
+    # the passphrase from the source above and S3 keys from: env (as source env) or auto (instance
+    # role). Default: env for source env, auto otherwise. Under systemd the unit's own environment
+    # provides them (see the README).
+    postmaster_s3_keys: Literal["env", "auto"] | None = None
 
     @field_validator("env_prefix")
     @classmethod
@@ -170,6 +200,18 @@ class CredentialSettings(_Model):
         if not re.match(r"^[A-Z][A-Z0-9_]*$", value):
             raise ValueError(f"{value!r} must be an upper-case environment variable prefix like REWIND_DEMO_")
         return value
+
+    @model_validator(mode="after")
+    def _vault_settings(self) -> "CredentialSettings":
+        if self.source == "vault" and self.vault is None:
+            raise ValueError("source is 'vault' but the vault section (aws_role, kv_path, ...) is missing")
+        if self.source != "vault" and self.vault is not None:
+            raise ValueError(f"a vault section is set but source is {self.source!r}: set source: vault or remove it")
+        return self
+
+    @property
+    def postmaster_keys(self) -> str:
+        return self.postmaster_s3_keys or ("env" if self.source == "env" else "auto")
 
 
 class Schedules(_Model):

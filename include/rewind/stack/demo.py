@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rewind.credentials import repository_secrets
+from rewind.credentials import CIPHER_PASS, S3_KEY, S3_KEY_SECRET
 from rewind.inventory import Cluster, load_inventory
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.config import install_config
@@ -49,6 +49,7 @@ class DemoStack:
     s3: S3OverTLS | None = None
     cipher_pass: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     schedules: dict | None = None
+    credentials: dict | None = None  # the inventory's credentials section; default: source env
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -87,8 +88,13 @@ class DemoStack:
         return json.dumps({"conn_type": "postgres", "host": str(self.pg_home), "port": self.pg_port,
                            "login": self.os_user, "schema": "postgres"})
 
+    def repository_secrets(self) -> dict[str, str]:
+        """The stack's own static credentials (the S3 admin key), whatever source the inventory names."""
+        assert self.s3 is not None
+        return {S3_KEY: self.s3.access_key, S3_KEY_SECRET: self.s3.secret_key, CIPHER_PASS: self.cipher_pass}
+
     def runner(self, **kwargs) -> CommandRunner:
-        return CommandRunner(os_user=self.os_user, secrets=repository_secrets(self.cluster, self.worker_env()), **kwargs)
+        return CommandRunner(os_user=self.os_user, secrets=self.repository_secrets(), **kwargs)
 
     def pgbackrest(self) -> PgBackRest:
         return PgBackRest(self.cluster, self.runner())
@@ -130,11 +136,20 @@ class DemoStack:
                         "path": f"/rewind/{self.name}",
                         "cipher_type": "aes-256-cbc",
                     },
-                    "credentials": {"source": "env", "env_prefix": self.env_prefix},
+                    "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
                 }
             }
         }
+
+    def write_inventory(self) -> None:
+        self.inventory_path.write_text(yaml.safe_dump(self.inventory(), sort_keys=False))
+
+    def use_credentials(self, credentials: dict | None) -> None:
+        """Switch where the cluster's repository secrets come from (None: back to the environment).
+        Every hook reads the inventory afresh, so the next task uses the new source."""
+        self.credentials = credentials
+        self.write_inventory()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "DemoStack":
@@ -144,7 +159,7 @@ class DemoStack:
         self.s3 = S3OverTLS(self.base / "s3")
         self.s3.start()
         (self.base / "s3").chmod(0o755)
-        self.inventory_path.write_text(yaml.safe_dump(self.inventory(), sort_keys=False))
+        self.write_inventory()
         install_config(self.cluster, inventory_path=self.inventory_path)
         self._initdb()
         self.start_postgres()

@@ -53,7 +53,7 @@ class HealthCheckOperator(_ClusterOperator):
     """Runs every check, opens/updates/resolves one incident per failing/passing problem, sends
     metrics, and returns the findings. The task fails only when a check cannot run at all."""
 
-    def execute(self, context) -> list[dict[str, Any]]:
+    def execute_on_cluster(self, context) -> list[dict[str, Any]]:
         cluster = self.hook.cluster
         now = dt.datetime.now(dt.timezone.utc)
         state_file = Path(cluster.pgbackrest.lock_path) / f"{cluster.stanza}.rewind-health.json"

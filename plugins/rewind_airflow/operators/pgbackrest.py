@@ -15,6 +15,9 @@ from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 
 
 class _ClusterOperator(BaseOperator):
+    """One runbook step on one inventory cluster. Subclasses implement `execute_on_cluster`; the
+    task's repository credentials are released (a Vault lease revoked) when it ends, however."""
+
     template_fields: Sequence[str] = ("cluster",)
 
     def __init__(self, *, cluster: str, inventory_file: str | None = None, **kwargs: Any) -> None:
@@ -26,8 +29,18 @@ class _ClusterOperator(BaseOperator):
     def hook(self) -> PgBackRestHook:
         return PgBackRestHook(cluster=self.cluster, inventory_file=self.inventory_file)
 
+    def execute(self, context) -> Any:
+        try:
+            return self.execute_on_cluster(context)
+        finally:
+            self.hook.release()
+
+    def execute_on_cluster(self, context) -> Any:
+        raise NotImplementedError
+
     def on_kill(self) -> None:
         self.hook.terminate()
+        self.hook.release()
 
 
 class PgBackRestPreflightOperator(_ClusterOperator):
@@ -37,7 +50,7 @@ class PgBackRestPreflightOperator(_ClusterOperator):
 
     ui_color = "#e8f4fd"
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         hook = self.hook
         require_no_restore(hook.cluster)
         info = run_repository_preflight(
@@ -82,7 +95,7 @@ class PgBackRestBackupOperator(_ClusterOperator):
         # allowed while its restore guard is up.
         self.restore_run_id = restore_run_id
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         ti = context["ti"]
         require_no_restore(self.hook.cluster, allowed_run_id=self.restore_run_id)
         annotations = {
@@ -110,7 +123,7 @@ class PgBackRestBackupOperator(_ClusterOperator):
 class PgBackRestExpireOperator(_ClusterOperator):
     """Apply the repository retention (`pgbackrest expire`) and log which backups it removed."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         client = self.hook.get_conn()
         before = {b.label for b in client.info().backup}
         client.expire()

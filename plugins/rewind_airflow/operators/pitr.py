@@ -58,13 +58,14 @@ class _PitrOperator(_ClusterOperator):
 
     @property
     def runner(self):
-        return self.hook.get_conn().runner
+        """psql and pg_ctl as the OS user, without repository secrets."""
+        return self.hook.os_runner()
 
 
 class PitrValidateParamsOperator(_ClusterOperator):
     """Cross-field validation of the run's params; one line naming the param on error."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         self.hook.cluster  # the cluster must exist in the inventory
         request = parse_request(dict(context["params"]))
         self.log.info("PITR request: %s; reason: %s", request.describe(), request.reason)
@@ -74,7 +75,7 @@ class PitrValidateParamsOperator(_ClusterOperator):
 class PitrPreflightOperator(_PitrOperator):
     """Read-only checks and the restore plan (backup set, target position), before any change."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         plan = pitr_preflight(
             self.hook.get_conn(), self.pitr_request, inventory_path=self.hook.inventory_file, log=self.log.info
         ).as_dict()
@@ -92,7 +93,7 @@ class EnsureChangeOperator(_PitrOperator):
         super().__init__(**kwargs)
         self.servicenow_conn_id = servicenow_conn_id
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
         change = ensure_change(
             client, self.hook.cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_url=run_url(context)
@@ -111,9 +112,13 @@ class StopPostgresOperator(_PitrOperator):
         self.change = change
         self.servicenow_conn_id = servicenow_conn_id
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         started = _now()
         cluster, runner = self.hook.cluster, self.runner
+        # Nothing is stopped unless the restore and the restart can get their credentials: the
+        # repository secrets (a Vault lease, revoked when this task ends) and PostgreSQL's own.
+        self.hook.secrets()
+        self.hook.postmaster_secrets()
         client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
         client.update(TABLE, self.change["sys_id"], {"state": -1, "work_notes": f"Implementation started by {context['run_id']}: stopping PostgreSQL of {cluster.name}"})
         set_guard(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], change=self.change["number"])
@@ -141,7 +146,7 @@ class PgBackRestRestoreOperator(_PitrOperator):
         super().__init__(**kwargs)
         self.plan = plan
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         started = _now()
         request = self.pitr_request
         cluster = self.hook.cluster
@@ -162,10 +167,10 @@ class PgBackRestRestoreOperator(_PitrOperator):
 class StartPostgresOperator(_PitrOperator):
     """Start PostgreSQL without waiting: recovery is watched by the next step."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         cluster = self.hook.cluster
         offset = log_offset(cluster)
-        self.runner.run(start_nowait_argv(cluster), timeout=120)
+        self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
         return {"log_offset": offset, "started_at": _now()}
 
 
@@ -180,7 +185,7 @@ class WaitForRecoveryTargetOperator(_PitrOperator):
         self.started = started
         self.recovery_timeout_s = recovery_timeout_s
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         request = self.pitr_request
         action = "promote" if request.target_type == "latest" else request.target_action
         result = wait_for_recovery(
@@ -194,14 +199,14 @@ class WaitForRecoveryTargetOperator(_PitrOperator):
 class ValidateDataOperator(_PitrOperator):
     """Run the request's data checks read-only against the restored cluster."""
 
-    def execute(self, context) -> list[dict]:
+    def execute_on_cluster(self, context) -> list[dict]:
         return run_data_checks(self.runner, self.hook.cluster, list(self.pitr_request.validation_sql), log=self.log.info)
 
 
 class PromoteOperator(_PitrOperator):
     """Promote when recovery paused at the target; returns the timeline PostgreSQL is on."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         timeline = promote(self.runner, self.hook.cluster)
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
         return {"timeline": timeline, "finished_at": _now()}
@@ -210,7 +215,7 @@ class PromoteOperator(_PitrOperator):
 class ReleaseRestoreGuardOperator(_ClusterOperator):
     """Lift the restore guard once the new timeline has its full backup: backups may resume."""
 
-    def execute(self, context) -> dict:
+    def execute_on_cluster(self, context) -> dict:
         return {"cleared": clear_guard(self.hook.cluster, run_id=context["run_id"])}
 
 
@@ -234,7 +239,7 @@ class CloseChangeOperator(_PitrOperator):
         self.servicenow_conn_id = servicenow_conn_id
         self.airflow_api_conn_id = airflow_api_conn_id
 
-    def execute(self, context) -> str:
+    def execute_on_cluster(self, context) -> str:
         steps = self.steps
         seconds = lambda a, b: (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()  # noqa: E731
         promoted_at = (steps.get("promote") or {}).get("finished_at") or steps["recovery"]["finished_at"]

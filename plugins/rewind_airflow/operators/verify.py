@@ -18,7 +18,7 @@ class VerifyRepositoryOperator(_ClusterOperator):
     """Each result is a finding with its own deduplicated incident; the task fails when any does,
     so the run history shows red where the repository could not be trusted."""
 
-    def execute(self, context) -> list[dict[str, Any]]:
+    def execute_on_cluster(self, context) -> list[dict[str, Any]]:
         cluster, client = self.hook.cluster, self.hook.get_conn()
         findings: list[Finding] = []
         for problem, run in (("check", client.check), ("verify", client.verify)):

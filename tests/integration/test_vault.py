@@ -1,0 +1,241 @@
+"""Repository credentials from Vault (the simulator), against the real stack: S3 keys leased from
+the AWS engine for one task and revoked when it ends, the cipher passphrase from KV v2, and
+nothing secret in a task log, a process's argv or a file. Vault sealed, denying, failing or down
+fails the run before PostgreSQL or the repository is touched."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewind.postgres import postmaster_pid
+from rewind.stack.airflow import REPO
+from tests.conftest import load_dags, run_once
+from tests.integration.test_pitr import FORM_DEFAULTS, assert_success, fresh_ledger, ledger, write
+
+pytestmark = pytest.mark.integration
+
+
+class ArgvSampler(threading.Thread):
+    """Reads every process's /proc/<pid>/cmdline every few milliseconds while a run goes on, and
+    keeps each distinct argv it saw; counts the pgbackrest ones to prove it saw the commands run."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        self.seen.add((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                    except OSError:
+                        pass
+            time.sleep(0.005)
+
+    def pgbackrest_commands(self) -> list[str]:
+        return [argv for argv in self.seen if "pgbackrest" in argv and "--stanza" in argv]
+
+    def __enter__(self) -> "ArgvSampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
+
+
+def files_containing(roots: list[Path], values: list[str], *, skip: tuple[str, ...] = ()) -> list[str]:
+    needles = [v.encode() for v in values if v]
+    hits = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if any(part in skip for part in path.parts) or not path.is_file() or path.is_symlink():
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            hits += [f"{path}" for needle in needles if needle in data]
+    return hits
+
+
+def leases_since(vault, count_before: int):
+    return vault.leases()[count_before:]
+
+
+def vault_iam_users(demo_stack) -> list[str]:
+    return [u["UserName"] for u in demo_stack.s3.client("iam").list_users()["Users"] if u["UserName"].startswith("vault-")]
+
+
+def test_a_backup_with_leased_credentials_revokes_its_leases_and_leaks_nothing(
+    demo_stack, airflow_db, vault_credentials, capfd
+):
+    from airflow.utils.state import DagRunState
+
+    vault = vault_credentials
+    before = len(vault.leases())
+    with ArgvSampler() as sampler:
+        run = run_once(load_dags()["rewind_backup_full__demo"])
+    output = capfd.readouterr()
+    assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+    backup = demo_stack.pgbackrest().info().find_annotated("airflow_run_id", run.run_id)
+    assert backup is not None and backup.type == "full"
+    # One lease per task that ran pgBackRest (preflight, backup, expire), each revoked at task end.
+    leases = leases_since(vault, before)
+    assert len(leases) == 3, [l.public() for l in leases]
+    assert all(l.revoked_at is not None and l.revoked_by == "request" for l in leases)
+    assert vault_iam_users(demo_stack) == []  # Vault's revocation deleted the IAM users and keys
+    assert "revoked Vault lease" in output.out
+
+    secrets = [*vault.state.issued_values, demo_stack.cipher_pass, vault.approle[1]]
+    assert len(sampler.pgbackrest_commands()) >= 3, "the sampler never saw pgbackrest run"
+    assert not [argv for argv in sampler.seen for s in secrets if s in argv]
+    assert not [s for s in secrets if s in output.out or s in output.err]
+    assert files_containing(
+        [Path(os.environ["AIRFLOW_HOME"]), demo_stack.base, REPO], secrets, skip=(".venv", ".git")
+    ) == []
+
+
+def test_a_leased_key_stops_working_once_revoked(demo_stack, vault_credentials):
+    """The leased keys are real: they sign S3 requests moto accepts, until Vault revokes the lease."""
+    import botocore.exceptions
+
+    from rewind.stack.vault_sim import VaultState  # noqa: F401 (the simulator under test)
+
+    vault = vault_credentials
+    issued = vault.state.issue_aws_credentials("aws", "rewind-demo")
+    key, secret = issued["data"]["access_key"], issued["data"]["secret_key"]
+    s3 = demo_stack.s3.client(access_key=key, secret_key=secret)
+    assert s3.list_objects_v2(Bucket=demo_stack.s3.bucket, MaxKeys=1)["KeyCount"] == 1
+    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+        s3.list_buckets()  # the role's policy grants its bucket, nothing else
+    vault.state.revoke(issued["lease_id"])
+    with pytest.raises(botocore.exceptions.ClientError, match="InvalidAccessKeyId"):
+        s3.list_objects_v2(Bucket=demo_stack.s3.bucket, MaxKeys=1)
+
+
+@pytest.mark.parametrize(
+    "failure, message",
+    [
+        ("sealed", "is sealed (authentication): unseal Vault, then re-run the task"),
+        ("forbidden", "denied KV v2 read of secret/data/rewind/demo (permission denied)"),
+        ("error", "with an internal error (internal error): check the Vault server"),
+        ("down", "is unreachable (authentication: ConnectionError): check that Vault is running"),
+    ],
+)
+def test_vault_sealed_denying_failing_or_down_fails_the_backup_before_anything_is_touched(
+    demo_stack, airflow_db, vault_credentials, monkeypatch, capfd, failure, message
+):
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    from rewind.stack.net import free_port
+
+    vault = vault_credentials
+    if failure == "down":
+        monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", vault.airflow_connection(approle=vault.approle).replace(str(vault.port), str(free_port())))
+    elif failure == "forbidden":  # authentication works, the token's policy does not cover the path
+        vault.state.add_policy("rewind-demo", [])
+    else:
+        vault.set_mode(failure)
+    pgbackrest = demo_stack.pgbackrest()
+    backups_before = [b.label for b in pgbackrest.info().backup]
+    pid_before = postmaster_pid(demo_stack.cluster)
+    leases_before = len(vault.leases())
+    try:
+        run = run_once(load_dags()["rewind_backup_incr__demo"])
+    finally:
+        from rewind.stack.vault_sim import rewind_policy_paths
+
+        vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["preflight"] == TaskInstanceState.FAILED and states["backup"] == TaskInstanceState.UPSTREAM_FAILED
+    errors = [line for line in capfd.readouterr().out.splitlines() if "CredentialsError: " in line]
+    assert any(f"cluster 'demo': Vault at http://127.0.0.1:" in line and message in line for line in errors), errors
+    assert [b.label for b in pgbackrest.info().backup] == backups_before
+    assert postmaster_pid(demo_stack.cluster) == pid_before
+    assert len(vault.leases()) == leases_before  # nothing leased, nothing left to revoke
+
+
+@pytest.fixture
+def pitr_dag(demo_stack, airflow_db, servicenow):
+    dag = load_dags("rewind_pitr.py")["rewind_pitr__demo"]
+    gate = dag.get_task("wait_for_approval")
+    gate.poll_interval = 1
+    gate.timeout = 120
+    servicenow.state.auto_approve = True
+    yield dag
+    servicenow.state.auto_approve = False
+    from rewind.guard import clear_guard
+
+    clear_guard(demo_stack.cluster)
+
+
+def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials, capfd):
+    import datetime as dt
+
+    vault = vault_credentials
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 100)
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "vault-pitr-base"})
+    write(demo_stack, 101, 100)
+    time.sleep(1.2)
+    target = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    time.sleep(1.2)
+    demo_stack.psql("update ledger_entry set status = 'void'")
+    before = len(vault.leases())
+
+    with ArgvSampler() as sampler:
+        run = run_once(pitr_dag, run_conf={**FORM_DEFAULTS, "target_type": "time", "target": target.isoformat()})
+    output = capfd.readouterr()
+    assert_success(run)
+    assert ledger(demo_stack) == (200, 0, 200)
+    leases = leases_since(vault, before)
+    assert len(leases) >= 4  # preflight, stop (credential check), restore, full backup, ...
+    assert all(l.revoked_by == "request" for l in leases), [l.public() for l in leases]
+    assert vault_iam_users(demo_stack) == []
+    secrets = [*vault.state.issued_values, demo_stack.cipher_pass, vault.approle[1]]
+    assert any("restore" in argv for argv in sampler.pgbackrest_commands())
+    assert not [argv for argv in sampler.seen for s in secrets if s in argv]
+    assert not [s for s in secrets if s in output.out or s in output.err]
+
+
+def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack, pitr_dag, vault_credentials, servicenow, capfd):
+    """Vault checked again right before the destructive step: sealed between approval and stop ->
+    the stop task fails with the reason and PostgreSQL keeps running (same postmaster)."""
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    vault = vault_credentials
+    servicenow.state.auto_approve = False
+    pid_before = postmaster_pid(demo_stack.cluster)
+    rows_before = ledger(demo_stack)
+
+    def seal_then_approve():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            requested = [c for c in servicenow.state.records["change_request"].values() if c.get("approval") == "requested"]
+            if requested:
+                vault.set_mode("sealed")
+                servicenow.approve(requested[0]["number"])
+                return
+            time.sleep(0.2)
+
+    approver = threading.Thread(target=seal_then_approve, daemon=True)
+    approver.start()
+    run = run_once(pitr_dag, run_conf={**FORM_DEFAULTS, "target_type": "immediate"})
+    approver.join()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == DagRunState.FAILED
+    assert states["wait_for_approval"] == TaskInstanceState.SUCCESS
+    assert states["stop_postgres"] == TaskInstanceState.FAILED, states
+    assert "is sealed" in capfd.readouterr().out
+    assert postmaster_pid(demo_stack.cluster) == pid_before
+    assert ledger(demo_stack) == rows_before
