@@ -51,10 +51,16 @@ def parse_target_time(text: str) -> dt.datetime:
 
 
 def _single_statement(sql: str) -> str:
-    """Reject a second statement: no ';' outside quotes except one at the very end."""
+    """Reject a second statement: no ';' outside quotes except one at the very end.
+
+    The scan is only as good as its model of PostgreSQL's lexer, so what it cannot model is refused
+    outright: backslashes anywhere (an E-string's backslash escapes a quote; psql meta-commands) and dollar quoting
+    ($$...$$ hides a quote from a scanner that does not track it)."""
     body = sql.strip()
     if body.endswith(";"):
         body = body[:-1].rstrip()
+    if "\\" in body:
+        raise ValueError("must not contain backslashes (escape strings, psql meta-commands)")
     quote: str | None = None
     for index, char in enumerate(body):
         if quote:
@@ -66,8 +72,8 @@ def _single_statement(sql: str) -> str:
             raise ValueError("must be a single SQL statement (found ';' before the end)")
         elif body.startswith("--", index) or body.startswith("/*", index):
             raise ValueError("must not contain SQL comments")
-        elif char == "\\":
-            raise ValueError("must not contain backslashes (psql meta-commands)")
+        elif char == "$":
+            raise ValueError("must not use dollar quoting or $ outside quotes")
     if quote:
         raise ValueError("has an unterminated quote")
     if not body:

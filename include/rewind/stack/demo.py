@@ -47,7 +47,7 @@ class DemoStack:
     os_user: str = "postgres"
     pg_port: int = 0
     s3: S3OverTLS | None = None
-    cipher_pass: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    cipher_pass: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     schedules: dict | None = None
     credentials: dict | None = None  # the inventory's credentials section; default: source env
 
