@@ -14,6 +14,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from rewind.inventory import BACKUP_TYPES, Cluster, load_inventory
+from rewind_airflow.access import OPERATIONS
 from rewind_airflow.assets import backup_asset
 from rewind_airflow.notifiers.alerts import RewindAlertNotifier
 from rewind_airflow.operators.pgbackrest import (
@@ -73,6 +74,7 @@ for cluster in inventory.clusters.values():
             start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
             catchup=False,
             max_active_runs=1,
+            access_control=OPERATIONS,
             tags=["rewind", "backup", backup_type, f"cluster:{cluster.name}"],
             default_args={
                 "owner": "dba",

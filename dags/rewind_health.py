@@ -11,6 +11,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from rewind.inventory import load_inventory
+from rewind_airflow.access import OPERATIONS
 from rewind_airflow.notifiers.alerts import RewindAlertNotifier
 from rewind_airflow.operators.health import HealthCheckOperator
 
@@ -44,6 +45,7 @@ for cluster in inventory.clusters.values():
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
+        access_control=OPERATIONS,
         tags=["rewind", "health", f"cluster:{cluster.name}"],
         default_args={
             "owner": "dba",

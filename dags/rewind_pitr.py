@@ -18,6 +18,7 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from rewind.inventory import Cluster, load_inventory
+from rewind_airflow.access import DBA_ONLY
 from rewind_airflow.notifiers.alerts import RewindAlertNotifier
 from rewind_airflow.notifiers.servicenow import ChangeWorkNoteNotifier
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
@@ -67,6 +68,9 @@ def doc_md(cluster: Cluster) -> str:
         **Destructive:** replaces the data directory `{cluster.postgres.data_dir}` with the state at
         the chosen target. Trigger it with the form; the change request records who approved it.
 
+        **Who may run it:** only the DBA role may trigger or clear it (DAG access_control); auditors
+        (Viewer) read every run, task log and run note, and trigger nothing.
+
         | step | what it does | touches |
         |---|---|---|
         | `validate_params` | target matches its type (time with zone, integer xid, safe restore point name, X/Y LSN), data checks are single statements, reason given | nothing |
@@ -109,6 +113,7 @@ for cluster in inventory.clusters.values():
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
+        access_control=DBA_ONLY,
         params=PARAMS,
         render_template_as_native_obj=True,
         tags=["rewind", "pitr", "destructive", f"cluster:{cluster.name}"],

@@ -9,6 +9,7 @@ import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from rewind.inventory import load_inventory
+from rewind_airflow.access import OPERATIONS
 from rewind_airflow.assets import backup_asset
 from rewind_airflow.operators.verify import VerifyRepositoryOperator
 
@@ -42,6 +43,7 @@ for cluster in inventory.clusters.values():
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
+        access_control=OPERATIONS,
         tags=["rewind", "verify", f"cluster:{cluster.name}"],
         default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(minutes=5)},
     ):

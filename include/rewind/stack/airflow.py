@@ -56,7 +56,13 @@ class AirflowStandalone:
     username: str = "admin"
     # Tests want only the runs they trigger; the local stack wants schedules live.
     paused_at_creation: bool = False
+    # "simple" (Airflow's SimpleAuthManager: one admin) or "fab" (FAB auth manager: roles and DAG
+    # access_control, what a production deployment uses; see plugins/rewind_airflow/access.py).
+    auth_manager: str = "simple"
+    # FAB only: more people, name -> roles (each gets a generated password, see password(name)).
+    users: dict[str, list[str]] = field(default_factory=dict)
     _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _components: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _rest: AirflowRestClient | None = field(default=None, repr=False)
 
     @property
@@ -74,8 +80,7 @@ class AirflowStandalone:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            **self._auth_manager_env(),
             # Lets a task set its own run's note through the REST API (the execution API cannot).
             "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
                 {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
@@ -84,6 +89,36 @@ class AirflowStandalone:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             **self.env,
         }
+
+    FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+    def _auth_manager_env(self) -> dict[str, str]:
+        if self.auth_manager == "fab":
+            return {"AIRFLOW__CORE__AUTH_MANAGER": self.FAB_AUTH_MANAGER}
+        return {
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+        }
+
+    BUILTIN_ROLES = {"Admin", "Op", "User", "Viewer", "Public"}
+
+    def _create_fab_users(self) -> None:
+        """Create the custom roles named in `users`, then every user. The password goes to
+        `airflow users create` on its stdin (no controlling terminal, so getpass reads stdin): on a
+        command line it would be readable in /proc by anyone on the machine."""
+        custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES)
+        if custom:
+            self.cli("roles", "create", *custom)
+        for name, roles in {self.username: ["Admin"], **self.users}.items():
+            password = self.password(name)
+            subprocess.run(
+                [airflow_bin(), "users", "create", "--username", name, "--firstname", name, "--lastname", "rewind",
+                 "--email", f"{name}@rewind.invalid", "--role", roles[0]],
+                input=f"{password}\n{password}\n", env=self.environment(), capture_output=True, text=True,
+                timeout=300, check=True, start_new_session=True,
+            )
+            for role in roles[1:]:
+                self.cli("users", "add-role", "--username", name, "--role", role)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -97,17 +132,31 @@ class AirflowStandalone:
     def start(self, *, pools: dict | None = None, timeout: float = 180) -> "AirflowStandalone":
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.passwords_file.exists():  # known before start, so connections can carry it
-            self.passwords_file.write_text(json.dumps({self.username: secrets.token_urlsafe(12)}))
-            self.passwords_file.chmod(0o600)
+            self.passwords_file.touch(mode=0o600)
+            self.passwords_file.write_text(json.dumps({name: secrets.token_urlsafe(12) for name in [self.username, *self.users]}))
         self.cli("db", "migrate")
+        if self.auth_manager == "fab":
+            self._create_fab_users()
         if pools:
             pools_file = self.home / "rewind-pools.json"
             pools_file.write_text(json.dumps(pools))
             self.cli("pools", "import", str(pools_file))
         log = open(self.home / "standalone.log", "ab")
+        if self.auth_manager == "fab":
+            # `airflow standalone` always switches to the simple auth manager, so with FAB the
+            # components run as a deployment runs them: API server, scheduler, DAG processor, triggerer.
+            env = {**self.environment(), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+            self._components = [
+                subprocess.Popen([airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, cwd=str(self.home))
+                for component in ("scheduler", "dag-processor", "triggerer")
+            ]
+            command = [airflow_bin(), "api-server"]
+        else:
+            env, command = self.environment(), [airflow_bin(), "standalone"]
         self._proc = subprocess.Popen(
-            [airflow_bin(), "standalone"],
-            env=self.environment(),
+            command,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -130,9 +179,9 @@ class AirflowStandalone:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def password(self) -> str | None:
+    def password(self, username: str | None = None) -> str | None:
         try:
-            return json.loads(self.passwords_file.read_text()).get(self.username)
+            return json.loads(self.passwords_file.read_text()).get(username or self.username)
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -144,6 +193,14 @@ class AirflowStandalone:
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return self.rest.api(method, path, **kwargs)
+
+    def rest_as(self, username: str) -> AirflowRestClient:
+        """The REST API as another user (FAB), to see what their roles allow."""
+        return AirflowRestClient(self.url, username, self.password(username))
+
+    def sync_permissions(self) -> None:
+        """Apply every DAG's access_control to the roles (FAB), once the DAGs are parsed."""
+        self.cli("sync-perm", "--include-dags")
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -176,5 +233,8 @@ class AirflowStandalone:
         return {item["task_id"]: item["state"] for item in items}
 
     def stop(self) -> None:
+        for component in self._components:
+            kill_process_group(component, grace=30)
+        self._components = []
         kill_process_group(self._proc, grace=30)
         self._proc = None
