@@ -88,6 +88,18 @@ def test_every_dag_has_docs_tags_owner_retries_and_one_active_run(monkeypatch, e
             assert task.retries >= 1 or task.task_id in NOT_RETRIED, (dag_id, task.task_id)
 
 
+def test_only_a_dba_may_run_a_pitr_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
+    bag = import_dag_files(monkeypatch)
+    for dag_id, dag in bag.dags.items():
+        roles = set(dag.access_control or {})
+        if dag_id.startswith("rewind_pitr__"):
+            assert roles == {"DBA"}, dag_id
+        else:
+            assert roles == {"DBA", "BackupOperator"}, dag_id
+        for permissions in dag.access_control.values():
+            assert "can_create" in permissions["DAG Runs"] and "can_edit" in permissions["DAGs"]
+
+
 def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inventory):
     from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
