@@ -18,6 +18,7 @@ Two consumers with different lifetimes:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -64,6 +65,32 @@ def repository_secrets(cluster: Cluster, environ: Mapping[str, str] | None = Non
     return _from_environment(cluster, environ, s3_keys=cluster.credentials.source == "env", cipher=True)
 
 
+class LeaseRenewer(threading.Thread):
+    """Keeps a lease alive while the task runs (a full backup can outlast the lease's TTL): renews
+    it when two thirds of its remaining time have passed, as Vault Agent does. A failed renewal is
+    logged and retried sooner; Vault's max_ttl still bounds the lease."""
+
+    RETRY_S = 10.0
+
+    def __init__(self, renew: Callable[[], int], lease_duration_s: int, log: Callable[[str], None]) -> None:
+        super().__init__(name="rewind-lease-renewer", daemon=True)
+        self._renew, self._remaining, self._log = renew, lease_duration_s, log
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(max(1.0, self._remaining * 2 / 3)):
+            try:
+                self._remaining = self._renew()
+            except CredentialsError as exc:
+                self._log(f"WARNING: {exc}; retrying in {self.RETRY_S:.0f}s")
+                self._remaining = self.RETRY_S * 1.5
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout=30)
+
+
 class RepositoryCredentials:
     """One task's repository secrets for one cluster, from the inventory's source.
 
@@ -86,6 +113,7 @@ class RepositoryCredentials:
         self._secrets: dict[str, str] | None = None
         self._cipher_pass: str | None = None
         self.lease = None  # rewind.vault.S3Lease while one is held
+        self._renewer: LeaseRenewer | None = None
         self.log = log
 
     @property
@@ -115,11 +143,16 @@ class RepositoryCredentials:
         if self.source != "vault":
             self._secrets = repository_secrets(self.cluster, self.environ)
             return dict(self._secrets)
-        from rewind.vault import lease_s3_keys
+        from rewind.vault import lease_s3_keys, renew_lease
 
         cipher_pass = self._vault_cipher_pass()  # read first: a failure here leaves no lease behind
-        self.lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
-        self.log(f"leased S3 credentials from Vault: lease {self.lease.lease_id}, {self.lease.lease_duration_s}s")
+        self.lease = lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
+        self.log(f"leased S3 credentials from Vault: lease {lease.lease_id}, {lease.lease_duration_s}s")
+        if lease.lease_duration_s > 0:
+            self._renewer = LeaseRenewer(
+                lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log
+            )
+            self._renewer.start()
         secrets = {S3_KEY: self.lease.access_key, S3_KEY_SECRET: self.lease.secret_key}
         if self.lease.security_token:
             secrets[S3_TOKEN] = self.lease.security_token
@@ -144,6 +177,9 @@ class RepositoryCredentials:
         """Revoke the S3 lease, if one is held. A failed revocation is logged, not raised: the task's
         own outcome stands, and Vault revokes the lease itself when its TTL runs out."""
         lease, self.lease, self._secrets = self.lease, None, None
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
         if lease is None:
             return
         from rewind.vault import revoke_lease

@@ -110,3 +110,10 @@ def lease_s3_keys(client: Any, cluster: Cluster, settings: VaultSettings) -> S3L
 def revoke_lease(client: Any, cluster: Cluster, lease_id: str) -> None:
     with vault_errors(cluster, f"revoking lease {lease_id}", vault_address(client)):
         client.sys.revoke_lease(lease_id=lease_id)
+
+
+def renew_lease(client: Any, cluster: Cluster, lease_id: str) -> int:
+    """Renew a lease; returns the seconds it now has left."""
+    with vault_errors(cluster, f"renewing lease {lease_id}", vault_address(client)):
+        response = client.sys.renew_lease(lease_id=lease_id)
+    return int(response.get("lease_duration") or 0)

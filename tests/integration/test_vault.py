@@ -239,3 +239,28 @@ def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack
     assert "is sealed" in capfd.readouterr().out
     assert postmaster_pid(demo_stack.cluster) == pid_before
     assert ledger(demo_stack) == rows_before
+
+
+def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, vault_credentials, monkeypatch):
+    """Token auth (a Vault token with Rewind's policy) instead of AppRole; a lease whose TTL is
+    shorter than the work is renewed while the task runs, and revoked at the end."""
+    from rewind_airflow.hooks.pgbackrest import PgBackRestHook
+
+    vault = vault_credentials
+    token = vault.state.create_token(["rewind-demo"])
+    monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", vault.airflow_connection(token=token))
+    role = vault.state.aws_mounts["aws"]["rewind-demo"]
+    monkeypatch.setattr(role, "lease_duration_s", 3)
+    logins_before = sum(r["path"] == "auth/approle/login" for r in vault.state.requests)
+
+    hook = PgBackRestHook(cluster="demo")
+    client = hook.get_conn()
+    [lease] = [l for l in vault.leases() if l.revoked_at is None]
+    time.sleep(8)  # well past the 3 s TTL: the simulator revokes expired leases every second
+    info = client.info()
+    assert info.status.code in (0, 2), info.status  # the repository was readable with the leased key
+    assert lease.revoked_at is None and lease.renewals >= 2
+    hook.release()
+    assert lease.revoked_by == "request"
+    assert vault_iam_users(demo_stack) == []
+    assert sum(r["path"] == "auth/approle/login" for r in vault.state.requests) == logins_before  # the token did it

@@ -10,6 +10,7 @@ VaultHook) uses, with Vault's shapes: `X-Vault-Token` header, errors as `{"error
     GET  /v1/<kv mount>/data/<path>          KV v2 read: data.data, data.metadata
     GET  /v1/<aws mount>/creds/<role>        AWS secrets engine (iam_user): a new IAM user + access
                                              key in the S3 stack's IAM (moto), returned with a lease
+    PUT  /v1/sys/leases/renew                {lease_id}: the lease runs for the role's duration again
     PUT  /v1/sys/leases/revoke               {lease_id}: the IAM user and its key are deleted
 
 Leases also expire: after lease_duration the simulator revokes them itself, as Vault does, so a
@@ -57,12 +58,17 @@ class Lease:
     lease_duration_s: int
     revoked_at: float | None = None
     revoked_by: str = ""  # "request" or "expiry"
+    renewals: int = 0
+
+    @property
+    def expires_at(self) -> float:
+        return self.issued_at + self.lease_duration_s
 
     def public(self) -> dict:
         return {
             "lease_id": self.lease_id, "role": self.role, "access_key": self.access_key,
             "user_name": self.user_name, "issued_at": self.issued_at, "lease_duration": self.lease_duration_s,
-            "revoked": self.revoked_at is not None, "revoked_by": self.revoked_by,
+            "revoked": self.revoked_at is not None, "revoked_by": self.revoked_by, "renewals": self.renewals,
         }
 
 
@@ -155,6 +161,16 @@ class VaultState:
             "data": {"access_key": key["AccessKeyId"], "secret_key": key["SecretAccessKey"], "security_token": None},
         }
 
+    def renew(self, lease_id: str) -> Lease | None:
+        """Vault's lease renewal: the lease runs for the role's lease duration from now."""
+        with self.lock:
+            lease = self.leases.get(lease_id)
+            if lease is None or lease.revoked_at is not None:
+                return None
+            lease.lease_duration_s = int(time.time() - lease.issued_at) + self.aws_mounts[lease_id.split("/")[0]][lease.role].lease_duration_s
+            lease.renewals += 1
+            return lease
+
     def revoke(self, lease_id: str, *, by: str = "request") -> bool:
         with self.lock:
             lease = self.leases.get(lease_id)
@@ -170,7 +186,7 @@ class VaultState:
     def expire_leases(self) -> None:
         now = time.time()
         with self.lock:
-            due = [l.lease_id for l in self.leases.values() if l.revoked_at is None and now >= l.issued_at + l.lease_duration_s]
+            due = [l.lease_id for l in self.leases.values() if l.revoked_at is None and now >= l.expires_at]
         for lease_id in due:
             self.revoke(lease_id, by="expiry")
 
@@ -233,6 +249,12 @@ def make_handler(state: VaultState):
                                                  "ttl": entry.ttl_s, "id": token}})
             if not state.allowed(token, api):
                 return self._errors(403, "permission denied")
+            if api == "sys/leases/renew" and method in ("PUT", "POST"):
+                lease = state.renew(self._body().get("lease_id", ""))
+                if lease is None:
+                    return self._errors(400, "lease not found or lease is not renewable")
+                remaining = int(lease.expires_at - time.time())
+                return self._send(200, {"lease_id": lease.lease_id, "renewable": True, "lease_duration": remaining})
             if api == "sys/leases/revoke" and method in ("PUT", "POST"):
                 lease_id = self._body().get("lease_id", "")
                 if not state.revoke(lease_id):
@@ -354,7 +376,7 @@ class VaultSimulator:
 
 def rewind_policy_paths(*, aws_mount: str, aws_role: str, kv_mount: str, kv_path: str) -> list[str]:
     """The least a Rewind worker needs: its cluster's creds and passphrase, and revoking its leases."""
-    return [f"{aws_mount}/creds/{aws_role}", f"{kv_mount}/data/{kv_path}", "sys/leases/revoke"]
+    return [f"{aws_mount}/creds/{aws_role}", f"{kv_mount}/data/{kv_path}", "sys/leases/renew", "sys/leases/revoke"]
 
 
 def main(argv: list[str] | None = None) -> int:
