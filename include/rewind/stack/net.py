@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -32,3 +34,29 @@ def wait_for_port(
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before listening on {port}")
         time.sleep(0.1)
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+
+
+class LoopbackHTTPService:
+    """An http.server handler served from background threads on 127.0.0.1 (the simulators)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0):
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server.daemon_threads = True
+        self._threads = [threading.Thread(target=self.server.serve_forever, daemon=True)]
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -32,10 +32,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import requests
+
+from rewind.stack.net import LoopbackHTTPService
 
 PREFIXES = {"change_request": "CHG", "change_task": "CTASK", "incident": "INC"}
 TABLES = set(PREFIXES) | {"sys_journal_field"}
@@ -311,35 +313,17 @@ def _page(state: SimState) -> str:
     )
 
 
-class ServiceNowSimulator:
+class ServiceNowSimulator(LoopbackHTTPService):
     """Runs the simulator in a background thread of this process."""
 
     def __init__(self, port: int = 0, state: SimState | None = None):
         self.state = state or SimState()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(self.state))
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(make_handler(self.state), port)
 
     def airflow_connection(self) -> str:
         """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) pointing at this simulator."""
         return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
                            "login": self.state.username, "password": self.state.password})
-
-    def start(self) -> "ServiceNowSimulator":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def approve(self, number: str) -> dict:
         return self.state.decide(number, "approve")

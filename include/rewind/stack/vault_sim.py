@@ -33,9 +33,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
+
+from rewind.stack.net import LoopbackHTTPService
 
 MODES = ("ok", "sealed", "forbidden", "error")
 
@@ -316,19 +318,15 @@ def make_handler(state: VaultState):
     return Handler
 
 
-class VaultSimulator:
+class VaultSimulator(LoopbackHTTPService):
     """Runs the simulator in background threads of this process (server + lease reaper)."""
 
     def __init__(self, state: VaultState, port: int = 0):
         self.state = state
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
-        self.server.daemon_threads = True
+        super().__init__(make_handler(state), port)
         self.approle: tuple[str, str] | None = None  # (role_id, secret_id) the workers log in with
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self.server.serve_forever, daemon=True),
-            threading.Thread(target=self._reap, daemon=True),
-        ]
+        self._threads.append(threading.Thread(target=self._reap, daemon=True))
 
     def _reap(self) -> None:
         while not self._stop.wait(1.0):
@@ -336,14 +334,6 @@ class VaultSimulator:
                 self.state.expire_leases()
             except Exception:  # the S3 stack may already be gone at shutdown
                 pass
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def airflow_connection(self, *, token: str | None = None, approle: tuple[str, str] | None = None) -> str:
         """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) the hashicorp provider's VaultHook reads."""
@@ -363,15 +353,9 @@ class VaultSimulator:
         with self.state.lock:
             return list(self.state.leases.values())
 
-    def start(self) -> "VaultSimulator":
-        for thread in self._threads:
-            thread.start()
-        return self
-
     def stop(self) -> None:
         self._stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
 def rewind_policy_paths(*, aws_mount: str, aws_role: str, kv_mount: str, kv_path: str) -> list[str]:
