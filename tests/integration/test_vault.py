@@ -264,3 +264,22 @@ def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, 
     assert lease.revoked_by == "request"
     assert vault_iam_users(demo_stack) == []
     assert sum(r["path"] == "auth/approle/login" for r in vault.state.requests) == logins_before  # the token did it
+
+
+def test_the_cli_reaches_vault_like_the_vault_cli_and_revokes_its_lease(demo_stack, vault_credentials, monkeypatch, capsys):
+    """`rewind metrics` on a Vault cluster: VAULT_ADDR + VAULT_ROLE_ID/VAULT_SECRET_ID (AppRole)."""
+    import json
+
+    from rewind.cli import main
+
+    vault = vault_credentials
+    monkeypatch.setenv("VAULT_ADDR", vault.url)
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.setenv("VAULT_ROLE_ID", vault.approle[0])
+    monkeypatch.setenv("VAULT_SECRET_ID", vault.approle[1])
+    before = len(vault.leases())
+    assert main(["--inventory", str(demo_stack.inventory_path), "metrics", "--cluster", "demo", "--format", "json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["stanza.status"] in (0, 2)  # readable (99 would be "other": access denied)
+    [lease] = leases_since(vault, before)
+    assert lease.revoked_by == "request"
