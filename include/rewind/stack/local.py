@@ -4,9 +4,10 @@ up:   a demo PostgreSQL cluster with a ledger table, archiving into an S3 API ov
       (standalone) with Rewind's DAGs on http://127.0.0.1:8080. Prints how to log in.
 down: stops every process the stack started (files stay in $REWIND_LOCAL_HOME for inspection).
 
-The demo's S3 keys and cipher passphrase are generated at `up` and exist only in the environments
-of the processes that need them (PostgreSQL's archive_command and the Airflow workers), never in
-a file. moto keeps the repository in memory, so every `up` starts a fresh stack.
+The demo's S3 admin key and cipher passphrase are generated at `up` and exist only in the
+environments of the processes that need them (PostgreSQL's archive_command, the Vault simulator),
+never in a file. Airflow's tasks lease their S3 keys from the Vault simulator (AppRole), as in
+production. moto keeps the repository in memory, so every `up` starts a fresh stack.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from rewind.cli import pools_json
@@ -32,6 +34,7 @@ from rewind.stack.net import wait_for_port
 HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
 PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
 SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
+VAULT_PORT = int(os.environ.get("REWIND_LOCAL_VAULT_PORT", "8200"))
 STATE = HOME / "state.json"
 
 DEMO_DATA_SQL = """
@@ -69,7 +72,7 @@ def status() -> int:
     if not state:
         print("local stack: not running")
         return 1
-    for name in ("moto", "stunnel", "servicenow", "airflow"):
+    for name in ("moto", "stunnel", "servicenow", "vault", "airflow"):
         print(f"{name:8} pid {state.get(name)}: {'running' if _alive(state.get(name)) else 'stopped'}")
     print(f"postgres data {state.get('data_dir')}: {'running' if state.get('data_dir') and _pg_running(state) else 'stopped'}")
     return 0
@@ -108,6 +111,24 @@ def up() -> int:
     wait_for_port(SERVICENOW_PORT, timeout=30, process=servicenow)
     servicenow_conn = json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": SERVICENOW_PORT, "schema": "http",
                                   "login": "rewind", "password": servicenow_password})
+    print("starting the Vault simulator (the demo's repository credentials are leased from it) ...", flush=True)
+    approle = (str(uuid.uuid4()), secrets.token_urlsafe(24))
+    vault = subprocess.Popen(
+        [sys.executable, "-m", "rewind.stack.vault_sim", "serve", "--port", str(VAULT_PORT), "--s3-url", stack.s3.url,
+         "--ca-file", str(stack.s3.ca_file), "--cluster", stack.name, "--bucket", stack.s3.bucket],
+        env={**os.environ, "VAULT_SIM_AWS_KEY": stack.s3.access_key, "VAULT_SIM_AWS_SECRET": stack.s3.secret_key,
+             "VAULT_SIM_CIPHER_PASS": stack.cipher_pass, "VAULT_SIM_ROLE_ID": approle[0], "VAULT_SIM_SECRET_ID": approle[1]},
+        stdout=open(HOME / "vault.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_for_port(VAULT_PORT, timeout=30, process=vault)
+    vault_conn = json.dumps({"conn_type": "vault", "host": "127.0.0.1", "port": VAULT_PORT,
+                             "login": approle[0], "password": approle[1], "extra": {"auth_type": "approle"}})
+    stack.use_credentials({
+        "source": "vault",
+        "env_prefix": stack.env_prefix,
+        "vault": {"aws_role": f"rewind-{stack.name}", "kv_path": f"rewind/{stack.name}"},
+        "postmaster_s3_keys": "env",  # no instance role here: PostgreSQL keeps the stack's static key
+    })
     print("starting Airflow (standalone) ...", flush=True)
     airflow = AirflowStandalone(
         home=HOME / "airflow",
@@ -115,6 +136,7 @@ def up() -> int:
         env={
             "REWIND_INVENTORY": str(stack.inventory_path),
             "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn,
+            "AIRFLOW_CONN_VAULT_DEFAULT": vault_conn,
             "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
             **stack.worker_env(),
         },
@@ -127,6 +149,7 @@ def up() -> int:
                 "moto": stack.s3._moto.pid,
                 "stunnel": stack.s3._stunnel.pid,
                 "servicenow": servicenow.pid,
+                "vault": vault.pid,
                 "airflow": airflow.pid,
                 "data_dir": str(stack.data_dir),
                 "inventory": str(stack.inventory_path),
@@ -146,6 +169,8 @@ Rewind local stack is up.
                .venv/bin/python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
   S3 over TLS  {stack.s3.url} bucket {stack.s3.bucket}, CA {stack.s3.ca_file}
+  Vault        http://127.0.0.1:{VAULT_PORT}/ (simulator): every task leases its S3 keys, revoked when it ends
+               (GET /sim/leases lists them)
   Inventory    {stack.inventory_path}
   Logs         {HOME}/airflow/standalone.log, {stack.pg_home}/postgresql.log
 Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
@@ -177,7 +202,7 @@ def down(quiet: bool = False) -> int:
         cluster = load_inventory(state["inventory"]).get("demo")
         if postmaster_pid(cluster):
             CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=330, check=False)
-    for name in ("servicenow", "stunnel", "moto"):
+    for name in ("servicenow", "vault", "stunnel", "moto"):
         _kill(state, name)
     STATE.unlink(missing_ok=True)
     if not quiet:

@@ -377,14 +377,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    # The admin key and the passphrase come from the environment, never argv.
+    # The S3 admin key, the passphrase and the AppRole come from the environment, never argv.
     iam = boto3.client("iam", endpoint_url=args.s3_url, region_name="us-east-1", verify=args.ca_file,
                        aws_access_key_id=os.environ["VAULT_SIM_AWS_KEY"], aws_secret_access_key=os.environ["VAULT_SIM_AWS_SECRET"])
     state = VaultState(iam=iam)
     state.root_token = os.environ.get("VAULT_SIM_ROOT_TOKEN") or state.root_token
     state.tokens = {state.root_token: Token(policies=["root"])}
-    state.put_kv("secret", f"rewind/{args.cluster}", {"cipher_pass": os.environ["VAULT_SIM_CIPHER_PASS"]})
-    state.add_aws_role("aws", f"rewind-{args.cluster}", s3_bucket_policy(args.bucket))
+    role, kv_path = f"rewind-{args.cluster}", f"rewind/{args.cluster}"
+    state.put_kv("secret", kv_path, {"cipher_pass": os.environ["VAULT_SIM_CIPHER_PASS"]})
+    state.add_aws_role("aws", role, s3_bucket_policy(args.bucket))
+    state.add_policy(role, rewind_policy_paths(aws_mount="aws", aws_role=role, kv_mount="secret", kv_path=kv_path))
+    if os.environ.get("VAULT_SIM_ROLE_ID"):
+        state.approles[os.environ["VAULT_SIM_ROLE_ID"]] = {"secret_id": os.environ["VAULT_SIM_SECRET_ID"], "policies": [role]}
     sim = VaultSimulator(state, args.port).start()
     print(f"Vault simulator on {sim.url}", flush=True)
     try:
