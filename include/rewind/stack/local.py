@@ -184,13 +184,26 @@ Stop everything: sudo scripts/local-stack.sh down
     return 0
 
 
-def _kill(state: dict, name: str) -> None:
-    pid = state.get(name)
-    if _alive(pid):
+def _kill(state: dict, name: str, grace_s: float = 30.0) -> None:
+    """SIGTERM the process group a component was started in; SIGKILL what is left after grace_s
+    (Airflow's scheduler can hang on shutdown, orphaned, after its standalone parent has exited)."""
+    import time
+
+    pgid = state.get(name)
+    if not pgid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
-            pass
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def down(quiet: bool = False) -> int:
