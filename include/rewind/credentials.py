@@ -148,7 +148,7 @@ class RepositoryCredentials:
         cipher_pass = self._vault_cipher_pass()  # read first: a failure here leaves no lease behind
         self.lease = lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
         self.log(f"leased S3 credentials from Vault: lease {lease.lease_id}, {lease.lease_duration_s}s")
-        if lease.lease_duration_s > 0:
+        if lease.renewable and lease.lease_duration_s > 0:
             self._renewer = LeaseRenewer(
                 lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log
             )

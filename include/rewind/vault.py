@@ -29,6 +29,7 @@ class S3Lease:
     security_token: str | None
     lease_id: str
     lease_duration_s: int
+    renewable: bool = False  # iam_user leases are; STS (assumed_role, federation_token) ones are not
 
     def __repr__(self) -> str:  # never print the keys, even in a traceback
         return f"S3Lease(lease_id={self.lease_id!r}, lease_duration_s={self.lease_duration_s})"
@@ -104,6 +105,7 @@ def lease_s3_keys(client: Any, cluster: Cluster, settings: VaultSettings) -> S3L
         security_token=data.get("security_token") or None,
         lease_id=response["lease_id"],
         lease_duration_s=int(response.get("lease_duration") or 0),
+        renewable=bool(response.get("renewable")),
     )
 
 

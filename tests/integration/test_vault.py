@@ -283,3 +283,33 @@ def test_the_cli_reaches_vault_like_the_vault_cli_and_revokes_its_lease(demo_sta
     assert metrics["stanza.status"] in (0, 2)  # readable (99 would be "other": access denied)
     [lease] = leases_since(vault, before)
     assert lease.revoked_by == "request"
+
+
+def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_stack, airflow_db, vault_credentials, monkeypatch):
+    """assumed_role: Vault returns an STS session (ASIA key + session token). The token reaches
+    pgBackRest as PGBACKREST_REPO1_S3_TOKEN, moto checks it, and a non-renewable lease is left to
+    its TTL rather than renewed."""
+    from rewind.credentials import S3_TOKEN
+    from rewind.stack.vault_sim import rewind_policy_paths, s3_bucket_policy
+    from rewind_airflow.hooks.pgbackrest import PgBackRestHook
+    from tests.conftest import VAULT_CREDENTIALS
+
+    vault = vault_credentials
+    vault.state.sts = demo_stack.s3.client("sts")
+    if "rewind-demo-sts" not in vault.state.aws_mounts["aws"]:
+        vault.state.add_aws_role("aws", "rewind-demo-sts", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=3,
+                                 credential_type="assumed_role")
+    vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo-sts", kv_mount="secret", kv_path="rewind/demo"))
+    demo_stack.use_credentials({**VAULT_CREDENTIALS, "vault": {**VAULT_CREDENTIALS["vault"], "aws_role": "rewind-demo-sts"}})
+    try:
+        hook = PgBackRestHook(cluster="demo")
+        assert hook.secrets()[S3_TOKEN]
+        record = hook.get_conn().backup("full", annotations={"airflow_run_id": "vault-sts"})
+        [lease] = [l for l in vault.leases() if l.role == "rewind-demo-sts" and l.revoked_at is None]
+        assert lease.access_key.startswith("ASIA") and not lease.renewable and lease.renewals == 0
+        hook.release()
+        assert lease.revoked_by == "request"
+    finally:
+        vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+    backup = demo_stack.pgbackrest().info().find_annotated("airflow_run_id", "vault-sts")
+    assert backup is not None and backup.type == "full" and not backup.error, record

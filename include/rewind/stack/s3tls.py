@@ -7,7 +7,7 @@ file, exactly as a production repository with a private CA would be configured.
 
 Authentication is ON, as in AWS: moto checks every request's SigV4 signature against its IAM
 users and their policies. The stack bootstraps one admin IAM user (S3 and IAM rights) and uses its
-generated key as the "static" credentials; Vault's AWS engine (the simulator) creates and deletes
+generated key as the "static" credentials (S3, IAM and STS rights); Vault's AWS engine (the simulator) creates and deletes
 further IAM users through it, so a leased key works exactly until its lease is revoked.
 
 Stopping only the TLS front (``stop_tls``) makes the repository unreachable while moto keeps every
@@ -123,7 +123,7 @@ class S3OverTLS:
     ADMIN_USER = "rewind-stack-admin"
     ADMIN_POLICY = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*"], "Resource": "*"}],
+        "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*", "sts:*"], "Resource": "*"}],
     }
 
     def _bootstrap_admin(self) -> None:

@@ -44,10 +44,14 @@ MODES = ("ok", "sealed", "forbidden", "error")
 
 @dataclass
 class AwsRole:
-    """An AWS secrets engine role of credential_type iam_user: the policy each leased user gets."""
+    """An AWS secrets engine role. iam_user: every lease is a new IAM user with this policy,
+    deleted on revocation. assumed_role: every lease is an STS session of one IAM role with this
+    policy (a session token, not renewable; revocation cannot end it, its TTL does)."""
 
     policy_document: dict
     lease_duration_s: int = 900
+    credential_type: str = "iam_user"
+    role_arn: str | None = None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Lease:
     revoked_at: float | None = None
     revoked_by: str = ""  # "request" or "expiry"
     renewals: int = 0
+    renewable: bool = True
 
     @property
     def expires_at(self) -> float:
@@ -87,6 +92,7 @@ class VaultState:
     """What the simulated Vault holds. `iam` is a boto3 IAM client of the S3 stack (admin rights)."""
 
     iam: Any = None
+    sts: Any = None  # boto3 STS client of the S3 stack, for assumed_role roles
     root_token: str = field(default_factory=lambda: "hvs." + secrets.token_urlsafe(24))
     tokens: dict[str, Token] = field(default_factory=dict)
     # policy name -> path prefixes it may read (and for sys/leases/revoke: update)
@@ -112,9 +118,17 @@ class VaultState:
             version = (entry["version"] + 1) if entry else 1
             self.kv[mount][path] = {"data": dict(data), "version": version, "created_time": _iso(time.time())}
 
-    def add_aws_role(self, mount: str, role: str, policy_document: dict, lease_duration_s: int = 900) -> None:
+    def add_aws_role(
+        self, mount: str, role: str, policy_document: dict, lease_duration_s: int = 900, credential_type: str = "iam_user"
+    ) -> None:
+        role_arn = None
+        if credential_type == "assumed_role":  # the IAM role an operator would have created for it
+            trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+            created = self.iam.create_role(RoleName=f"vault-{role}", AssumeRolePolicyDocument=json.dumps(trust))
+            self.iam.put_role_policy(RoleName=f"vault-{role}", PolicyName="vault", PolicyDocument=json.dumps(policy_document))
+            role_arn = created["Role"]["Arn"]
         with self.lock:
-            self.aws_mounts.setdefault(mount, {})[role] = AwsRole(policy_document, lease_duration_s)
+            self.aws_mounts.setdefault(mount, {})[role] = AwsRole(policy_document, lease_duration_s, credential_type, role_arn)
 
     def add_policy(self, name: str, paths: list[str]) -> None:
         with self.lock:
@@ -146,6 +160,8 @@ class VaultState:
     def issue_aws_credentials(self, mount: str, role_name: str) -> dict:
         with self.lock:
             role = self.aws_mounts[mount][role_name]
+        if role.credential_type == "assumed_role":
+            return self._issue_sts_credentials(mount, role_name, role)
         user_name = f"vault-{role_name}-{int(time.time())}-{secrets.token_hex(4)}"
         self.iam.create_user(UserName=user_name)
         self.iam.put_user_policy(UserName=user_name, PolicyName="vault", PolicyDocument=json.dumps(role.policy_document))
@@ -163,11 +179,30 @@ class VaultState:
             "data": {"access_key": key["AccessKeyId"], "secret_key": key["SecretAccessKey"], "security_token": None},
         }
 
+    def _issue_sts_credentials(self, mount: str, role_name: str, role: AwsRole) -> dict:
+        session = self.sts.assume_role(
+            RoleArn=role.role_arn, RoleSessionName=f"vault-{role_name}-{secrets.token_hex(4)}",
+            DurationSeconds=max(900, role.lease_duration_s),
+        )["Credentials"]
+        lease = Lease(
+            lease_id=f"{mount}/creds/{role_name}/{secrets.token_urlsafe(18)}", role=role_name,
+            access_key=session["AccessKeyId"], user_name="", issued_at=time.time(), lease_duration_s=role.lease_duration_s,
+            renewable=False,
+        )
+        with self.lock:
+            self.leases[lease.lease_id] = lease
+            self.issued_values += [session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]]
+        return {
+            "lease_id": lease.lease_id, "renewable": False, "lease_duration": lease.lease_duration_s,
+            "data": {"access_key": session["AccessKeyId"], "secret_key": session["SecretAccessKey"],
+                     "security_token": session["SessionToken"]},
+        }
+
     def renew(self, lease_id: str) -> Lease | None:
         """Vault's lease renewal: the lease runs for the role's lease duration from now."""
         with self.lock:
             lease = self.leases.get(lease_id)
-            if lease is None or lease.revoked_at is not None:
+            if lease is None or lease.revoked_at is not None or not lease.renewable:
                 return None
             lease.lease_duration_s = int(time.time() - lease.issued_at) + self.aws_mounts[lease_id.split("/")[0]][lease.role].lease_duration_s
             lease.renewals += 1
@@ -179,6 +214,8 @@ class VaultState:
             if lease is None or lease.revoked_at is not None:
                 return lease is not None
             lease.revoked_at, lease.revoked_by = time.time(), by
+        if not lease.user_name:  # an STS session: nothing Vault can delete, it ends at its TTL
+            return True
         # What Vault's AWS engine does on revocation: delete the key, the inline policy, the user.
         self.iam.delete_access_key(UserName=lease.user_name, AccessKeyId=lease.access_key)
         self.iam.delete_user_policy(UserName=lease.user_name, PolicyName="vault")
