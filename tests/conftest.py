@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rewind.stack.airflow import REPO, hermetic_env  # imports no airflow
+from rewind.stack.vault_sim import inventory_credentials  # nor does this
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rewind-airflow-home-"))
 os.environ.update({**hermetic_env(_AIRFLOW_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
@@ -108,14 +109,12 @@ def vault(demo_stack):
     secret/rewind/demo {cipher_pass}, AWS engine role rewind-demo (IAM users limited to the bucket,
     created in the S3 stack's IAM), a least-privilege policy and an AppRole for the Airflow workers.
     Wired as the Airflow connection vault_default (AppRole auth)."""
-    from rewind.stack.vault_sim import VaultSimulator, VaultState, rewind_policy_paths, s3_bucket_policy
+    from rewind.stack.vault_sim import VaultSimulator, VaultState, configure_cluster
 
     state = VaultState(iam=demo_stack.s3.client("iam"))
-    state.put_kv("secret", "rewind/demo", {"cipher_pass": demo_stack.cipher_pass})
-    state.add_aws_role("aws", "rewind-demo", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=600)
-    state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+    policy = configure_cluster(state, cluster="demo", bucket=demo_stack.s3.bucket, cipher_pass=demo_stack.cipher_pass, lease_duration_s=600)
     simulator = VaultSimulator(state).start()
-    simulator.approle = state.add_approle(["rewind-demo"])
+    simulator.approle = state.add_approle([policy])
     os.environ["AIRFLOW_CONN_VAULT_DEFAULT"] = simulator.airflow_connection(approle=simulator.approle)
     try:
         yield simulator
@@ -124,13 +123,7 @@ def vault(demo_stack):
         os.environ.pop("AIRFLOW_CONN_VAULT_DEFAULT", None)
 
 
-VAULT_CREDENTIALS = {
-    "source": "vault",
-    "env_prefix": "REWIND_DEMO_",
-    "vault": {"conn_id": "vault_default", "aws_mount": "aws", "aws_role": "rewind-demo", "kv_mount": "secret", "kv_path": "rewind/demo"},
-    # PostgreSQL's own archive-push/archive-get keep the stack's static key (no instance role here).
-    "postmaster_s3_keys": "env",
-}
+VAULT_CREDENTIALS = inventory_credentials("demo", "REWIND_DEMO_")
 
 
 @pytest.fixture

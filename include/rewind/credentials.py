@@ -153,9 +153,9 @@ class RepositoryCredentials:
                 lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log
             )
             self._renewer.start()
-        secrets = {S3_KEY: self.lease.access_key, S3_KEY_SECRET: self.lease.secret_key}
-        if self.lease.security_token:
-            secrets[S3_TOKEN] = self.lease.security_token
+        secrets = {S3_KEY: lease.access_key, S3_KEY_SECRET: lease.secret_key}
+        if lease.security_token:
+            secrets[S3_TOKEN] = lease.security_token
         if cipher_pass:
             secrets[CIPHER_PASS] = cipher_pass
         self._secrets = secrets

@@ -15,12 +15,12 @@ BAD_CONF = {"target_type": "no-such-type", "reason": "access control test"}
 
 @pytest.fixture(scope="module")
 def roles(standalone):
-    """Wait until the DAG processor has applied the DAGs' access_control to the roles (the DBA is
-    let through): before that every non-admin is refused, which would prove nothing."""
+    """Wait until the DAG processor has applied the DAGs' access_control to the roles (it does so
+    when it serializes each DAG; the DBA is let through): before that every non-admin is refused,
+    which would prove nothing."""
     import time
 
     standalone.wait_for_dag(PITR)
-    standalone.sync_permissions()
     deadline = time.monotonic() + 90
     while trigger_as(standalone, "dba", PITR, BAD_CONF).status_code == 403 and time.monotonic() < deadline:
         time.sleep(2)

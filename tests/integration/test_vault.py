@@ -108,8 +108,6 @@ def test_a_leased_key_stops_working_once_revoked(demo_stack, vault_credentials):
     """The leased keys are real: they sign S3 requests moto accepts, until Vault revokes the lease."""
     import botocore.exceptions
 
-    from rewind.stack.vault_sim import VaultState  # noqa: F401 (the simulator under test)
-
     vault = vault_credentials
     issued = vault.state.issue_aws_credentials("aws", "rewind-demo")
     key, secret = issued["data"]["access_key"], issued["data"]["secret_key"]
@@ -139,6 +137,7 @@ def test_vault_sealed_denying_failing_or_down_fails_the_backup_before_anything_i
     from rewind.stack.net import free_port
 
     vault = vault_credentials
+    policy = list(vault.state.policies["rewind-demo"])
     if failure == "down":
         monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", vault.airflow_connection(approle=vault.approle).replace(str(vault.port), str(free_port())))
     elif failure == "forbidden":  # authentication works, the token's policy does not cover the path
@@ -152,14 +151,12 @@ def test_vault_sealed_denying_failing_or_down_fails_the_backup_before_anything_i
     try:
         run = run_once(load_dags()["rewind_backup_incr__demo"])
     finally:
-        from rewind.stack.vault_sim import rewind_policy_paths
-
-        vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+        vault.state.add_policy("rewind-demo", policy)
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["preflight"] == TaskInstanceState.FAILED and states["backup"] == TaskInstanceState.UPSTREAM_FAILED
     errors = [line for line in capfd.readouterr().out.splitlines() if "CredentialsError: " in line]
-    assert any(f"cluster 'demo': Vault at http://127.0.0.1:" in line and message in line for line in errors), errors
+    assert any("cluster 'demo': Vault at http://127.0.0.1:" in line and message in line for line in errors), errors
     assert [b.label for b in pgbackrest.info().backup] == backups_before
     assert postmaster_pid(demo_stack.cluster) == pid_before
     assert len(vault.leases()) == leases_before  # nothing leased, nothing left to revoke
@@ -290,17 +287,17 @@ def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_s
     pgBackRest as PGBACKREST_REPO1_S3_TOKEN, moto checks it, and a non-renewable lease is left to
     its TTL rather than renewed."""
     from rewind.credentials import S3_TOKEN
-    from rewind.stack.vault_sim import rewind_policy_paths, s3_bucket_policy
+    from rewind.stack.vault_sim import inventory_credentials, rewind_policy_paths, s3_bucket_policy
     from rewind_airflow.hooks.pgbackrest import PgBackRestHook
-    from tests.conftest import VAULT_CREDENTIALS
 
     vault = vault_credentials
     vault.state.sts = demo_stack.s3.client("sts")
     if "rewind-demo-sts" not in vault.state.aws_mounts["aws"]:
         vault.state.add_aws_role("aws", "rewind-demo-sts", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=3,
                                  credential_type="assumed_role")
+    policy = list(vault.state.policies["rewind-demo"])
     vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo-sts", kv_mount="secret", kv_path="rewind/demo"))
-    demo_stack.use_credentials({**VAULT_CREDENTIALS, "vault": {**VAULT_CREDENTIALS["vault"], "aws_role": "rewind-demo-sts"}})
+    demo_stack.use_credentials(inventory_credentials("demo", "REWIND_DEMO_", aws_role="rewind-demo-sts"))
     try:
         hook = PgBackRestHook(cluster="demo")
         assert hook.secrets()[S3_TOKEN]
@@ -310,6 +307,6 @@ def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_s
         hook.release()
         assert lease.revoked_by == "request"
     finally:
-        vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo", kv_mount="secret", kv_path="rewind/demo"))
+        vault.state.add_policy("rewind-demo", policy)
     backup = demo_stack.pgbackrest().info().find_annotated("airflow_run_id", "vault-sts")
     assert backup is not None and backup.type == "full" and not backup.error, record

@@ -15,7 +15,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewind.errors import InventoryError
 from rewind.inventory import parse_inventory
 from rewind.pgbackrest.commands import PgBackRestCommands
 from rewind.pgbackrest.config import render_config

@@ -198,10 +198,6 @@ class AirflowStandalone:
         """The REST API as another user (FAB), to see what their roles allow."""
         return AirflowRestClient(self.url, username, self.password(username))
 
-    def sync_permissions(self) -> None:
-        """Apply every DAG's access_control to the roles (FAB), once the DAGs are parsed."""
-        self.cli("sync-perm", "--include-dags")
-
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -29,6 +29,7 @@ from rewind.postgres import postmaster_pid, stop_argv
 from rewind.runner import CommandRunner
 from rewind.stack.airflow import AirflowStandalone
 from rewind.stack.demo import DemoStack
+from rewind.stack import vault_sim
 from rewind.stack.net import wait_for_port
 
 HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
@@ -121,14 +122,8 @@ def up() -> int:
         stdout=open(HOME / "vault.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     wait_for_port(VAULT_PORT, timeout=30, process=vault)
-    vault_conn = json.dumps({"conn_type": "vault", "host": "127.0.0.1", "port": VAULT_PORT,
-                             "login": approle[0], "password": approle[1], "extra": {"auth_type": "approle"}})
-    stack.use_credentials({
-        "source": "vault",
-        "env_prefix": stack.env_prefix,
-        "vault": {"aws_role": f"rewind-{stack.name}", "kv_path": f"rewind/{stack.name}"},
-        "postmaster_s3_keys": "env",  # no instance role here: PostgreSQL keeps the stack's static key
-    })
+    vault_conn = vault_sim.airflow_connection(VAULT_PORT, approle=approle)
+    stack.use_credentials(vault_sim.inventory_credentials(stack.name, stack.env_prefix))
     print("starting Airflow (standalone) ...", flush=True)
     airflow = AirflowStandalone(
         home=HOME / "airflow",

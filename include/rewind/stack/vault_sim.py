@@ -373,13 +373,7 @@ class VaultSimulator(LoopbackHTTPService):
                 pass
 
     def airflow_connection(self, *, token: str | None = None, approle: tuple[str, str] | None = None) -> str:
-        """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) the hashicorp provider's VaultHook reads."""
-        conn: dict[str, Any] = {"conn_type": "vault", "host": "127.0.0.1", "port": self.port}
-        if approle:
-            conn.update(login=approle[0], password=approle[1], extra={"auth_type": "approle"})
-        else:
-            conn.update(password=token or self.state.root_token, extra={"auth_type": "token"})
-        return json.dumps(conn)
+        return airflow_connection(self.port, token=token or (None if approle else self.state.root_token), approle=approle)
 
     def set_mode(self, mode: str) -> None:
         assert mode in MODES, mode
@@ -398,6 +392,40 @@ class VaultSimulator(LoopbackHTTPService):
 def rewind_policy_paths(*, aws_mount: str, aws_role: str, kv_mount: str, kv_path: str) -> list[str]:
     """The least a Rewind worker needs: its cluster's creds and passphrase, and revoking its leases."""
     return [f"{aws_mount}/creds/{aws_role}", f"{kv_mount}/data/{kv_path}", "sys/leases/renew", "sys/leases/revoke"]
+
+
+def airflow_connection(port: int, *, token: str | None = None, approle: tuple[str, str] | None = None) -> str:
+    """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) the hashicorp provider's VaultHook reads."""
+    conn: dict[str, Any] = {"conn_type": "vault", "host": "127.0.0.1", "port": port}
+    if approle:
+        conn.update(login=approle[0], password=approle[1], extra={"auth_type": "approle"})
+    else:
+        conn.update(password=token, extra={"auth_type": "token"})
+    return json.dumps(conn)
+
+
+def configure_cluster(state: VaultState, *, cluster: str, bucket: str, cipher_pass: str, lease_duration_s: int = 900) -> str:
+    """What a Vault admin sets up for one Rewind cluster: KV v2 secret/rewind/<cluster> {cipher_pass},
+    AWS role rewind-<cluster> (the bucket only) and a least-privilege policy of the same name, which
+    it returns. `inventory_credentials` is the matching inventory section."""
+    name, kv_path = f"rewind-{cluster}", f"rewind/{cluster}"
+    state.put_kv("secret", kv_path, {"cipher_pass": cipher_pass})
+    state.add_aws_role("aws", name, s3_bucket_policy(bucket), lease_duration_s=lease_duration_s)
+    state.add_policy(name, rewind_policy_paths(aws_mount="aws", aws_role=name, kv_mount="secret", kv_path=kv_path))
+    return name
+
+
+def inventory_credentials(cluster: str, env_prefix: str, *, aws_role: str | None = None) -> dict:
+    """The inventory's credentials section for a cluster set up by `configure_cluster`. PostgreSQL's
+    own archive-push/archive-get keep the stack's static key from the environment (no instance role
+    on these machines)."""
+    return {
+        "source": "vault",
+        "env_prefix": env_prefix,
+        "vault": {"conn_id": "vault_default", "aws_mount": "aws", "aws_role": aws_role or f"rewind-{cluster}",
+                  "kv_mount": "secret", "kv_path": f"rewind/{cluster}"},
+        "postmaster_s3_keys": "env",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,12 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     state = VaultState(iam=iam)
     state.root_token = os.environ.get("VAULT_SIM_ROOT_TOKEN") or state.root_token
     state.tokens = {state.root_token: Token(policies=["root"])}
-    role, kv_path = f"rewind-{args.cluster}", f"rewind/{args.cluster}"
-    state.put_kv("secret", kv_path, {"cipher_pass": os.environ["VAULT_SIM_CIPHER_PASS"]})
-    state.add_aws_role("aws", role, s3_bucket_policy(args.bucket))
-    state.add_policy(role, rewind_policy_paths(aws_mount="aws", aws_role=role, kv_mount="secret", kv_path=kv_path))
+    policy = configure_cluster(state, cluster=args.cluster, bucket=args.bucket, cipher_pass=os.environ["VAULT_SIM_CIPHER_PASS"])
     if os.environ.get("VAULT_SIM_ROLE_ID"):
-        state.approles[os.environ["VAULT_SIM_ROLE_ID"]] = {"secret_id": os.environ["VAULT_SIM_SECRET_ID"], "policies": [role]}
+        state.approles[os.environ["VAULT_SIM_ROLE_ID"]] = {"secret_id": os.environ["VAULT_SIM_SECRET_ID"], "policies": [policy]}
     sim = VaultSimulator(state, args.port).start()
     print(f"Vault simulator on {sim.url}", flush=True)
     try:
