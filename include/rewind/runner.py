@@ -28,25 +28,98 @@ log = logging.getLogger(__name__)
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE_S = 10.0
+# Members still running after their leader exited on SIGTERM are orphans that ignore it: they get
+# this much longer (never more than what is left of the grace) before the whole group is SIGKILLed.
+ORPHAN_GRACE_S = 1.0
+# How long to wait for a process that exited or was SIGKILLed to be gone (reaped, or out of the
+# group); only one stuck in the kernel takes longer.
+EXIT_WAIT_S = 2.0
+# Total wait for the output readers. After a kill the pipes close at once; after a normal exit they
+# stay open only while a process the command left behind holds them.
+READER_JOIN_S = 5.0
+POLL_S = 0.05
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether any member of process group `pgid` has not exited yet (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member that changed its user: it exists, we may just not signal it
+    # killpg(pgid, 0) also succeeds when only zombies are left: they stay in the group until
+    # reaped, the leader by us and orphans by the container's init, which may do it late or never.
+    # /proc tells the states apart; where it cannot be read, assume the group still runs.
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue  # exited while we looked
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after the last ")"
+        state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    # Bounded, not a plain wait(): when terminate() runs in a signal handler that interrupted a plain
+    # proc.wait() in the same thread, Popen's waitpid lock is held and a plain wait() would deadlock.
+    try:
+        proc.wait(timeout=EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("process %d was not reaped within %.0fs", proc.pid, EXIT_WAIT_S)
+
+
+def _group_exited_in_time(proc: subprocess.Popen, pgid: int, grace: float) -> bool:
+    """Wait for every member of the SIGTERMed group to exit: up to `grace`, and at most
+    ORPHAN_GRACE_S more once the leader is gone (what is left then ignores SIGTERM)."""
+    deadline = time.monotonic() + grace
+    leader_exited = False
+    while _group_running(pgid):
+        # poll() also reaps the leader, so it does not linger as a zombie while the orphans get killed.
+        if not leader_exited and proc.poll() is not None:
+            leader_exited = True
+            deadline = min(deadline, time.monotonic() + ORPHAN_GRACE_S)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
 
 
 def kill_process_group(proc: subprocess.Popen | None, grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM a child started with start_new_session=True and its whole group; SIGKILL after `grace`."""
+    """SIGTERM a child started with start_new_session=True and its whole group; SIGKILL the group
+    after `grace`, or soon after the leader exited if other members ignore SIGTERM; reap the leader."""
+    # A leader that already exited was reaped and its pid may be reused: signal nothing.
     if proc is None or proc.poll() is not None:
         return
+    pgid = proc.pid  # start_new_session=True: the child leads its own group
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
+        _reap(proc)
         return
-    deadline = time.monotonic() + grace
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    if _group_exited_in_time(proc, pgid, grace):
+        _reap(proc)
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(proc)
+    # SIGKILL is delivered asynchronously: wait (bounded) until the members are gone, so their
+    # pipes are closed and nothing of the command runs any more when we return.
+    kill_deadline = time.monotonic() + EXIT_WAIT_S
+    while _group_running(pgid) and time.monotonic() < kill_deadline:
+        time.sleep(POLL_S)
 
 
 class CommandFailed(RewindError):
@@ -161,24 +234,24 @@ class CommandRunner:
         ]
         for reader in readers:
             reader.start()
+        timed_out = False
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            timed_out = True
             self.terminate()
-            for reader in readers:
-                reader.join(timeout=5)
-            raise CommandTimeout(
-                f"{os.path.basename(argv[0])} {argv[-1]} ran longer than {timeout:.0f}s and was stopped (process group killed)"
-            ) from None
         except BaseException:
             # Task cancelled (SIGTERM handler raised) or interrupted: never leave the child behind.
             self.terminate()
             raise
         finally:
-            for reader in readers:
-                reader.join(timeout=5)
+            self._join_readers(readers)
             with self._lock:
                 self._proc = None
+        if timed_out:
+            raise CommandTimeout(
+                f"{os.path.basename(argv[0])} {argv[-1]} ran longer than {timeout:.0f}s and was stopped (process group killed)"
+            )
         result = CommandResult(
             argv=argv,
             returncode=proc.returncode,
@@ -190,6 +263,13 @@ class CommandRunner:
             raise CommandFailed(result)
         return result
 
+    @staticmethod
+    def _join_readers(readers: list[threading.Thread]) -> None:
+        # One deadline for all readers: a process the command left behind can hold both pipes open.
+        deadline = time.monotonic() + READER_JOIN_S
+        for reader in readers:
+            reader.join(timeout=max(0.0, deadline - time.monotonic()))
+
     def _pump(self, stream, sink: list[str], echo: bool) -> None:
         for line in stream:
             sink.append(line)
@@ -198,5 +278,5 @@ class CommandRunner:
         stream.close()
 
     def terminate(self, grace: float = KILL_GRACE_S) -> None:
-        """SIGTERM the child's process group, SIGKILL it after `grace` seconds."""
+        """SIGTERM the child's process group, SIGKILL it after `grace` seconds (see kill_process_group)."""
         kill_process_group(self._proc, grace)

@@ -1,4 +1,5 @@
 import pwd
+import subprocess
 import tempfile
 import threading
 import time
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewind.runner import CommandFailed, CommandRunner, CommandTimeout
+from rewind.runner import ORPHAN_GRACE_S, CommandFailed, CommandRunner, CommandTimeout, kill_process_group
 
 
 def _alive(pid: int) -> bool:
@@ -15,6 +16,12 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "State:\tZ" not in status
+
+
+def _shared_workdir() -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="rewind-runner-"))  # pytest's tmp_path is root-only
+    workdir.chmod(0o777)
+    return workdir
 
 
 def test_runs_as_the_os_user_with_a_clean_environment(monkeypatch):
@@ -39,9 +46,7 @@ def test_non_zero_exit_raises_with_the_last_line():
 
 
 def test_timeout_kills_the_whole_process_group():
-    workdir = Path(tempfile.mkdtemp(prefix="rewind-runner-"))  # pytest's tmp_path is root-only
-    workdir.chmod(0o777)
-    pidfile = workdir / "child.pid"
+    pidfile = _shared_workdir() / "child.pid"
     script = f"sleep 300 & echo $! > {pidfile}; wait"
     runner = CommandRunner(os_user="postgres", line_logger=lambda _l: None)
     started = time.monotonic()
@@ -53,6 +58,43 @@ def test_timeout_kills_the_whole_process_group():
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(grandchild), "the backgrounded grandchild survived the timeout"
+
+
+def test_timeout_kills_a_member_that_ignores_sigterm_once_the_leader_is_gone():
+    # The leader (sh) dies on SIGTERM; the backgrounded member ignores it and keeps the output pipes open.
+    pidfile = _shared_workdir() / "member.pid"
+    script = f"(trap '' TERM; exec sleep 300) & echo $! > {pidfile}; wait"
+    runner = CommandRunner(os_user="postgres", line_logger=lambda _l: None)
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match="ran longer than 2s and was stopped"):
+        runner.run(["/bin/sh", "-c", script], timeout=2)
+    assert time.monotonic() - started < 5
+    assert not _alive(int(pidfile.read_text())), "the member that ignores SIGTERM survived the timeout"
+
+
+def test_terminate_kills_a_group_that_ignores_sigterm_after_the_grace():
+    pidfile = _shared_workdir() / "member.pid"
+    script = f"trap '' TERM; sleep 300 & echo $! > {pidfile}; wait"
+    runner = CommandRunner(os_user="postgres", line_logger=lambda _l: None)
+    timer = threading.Timer(0.5, runner.terminate, kwargs={"grace": 1})
+    timer.start()
+    started = time.monotonic()
+    result = runner.run(["/bin/sh", "-c", script], timeout=60, check=False)
+    assert time.monotonic() - started < 5
+    assert result.returncode == -9
+    assert not _alive(int(pidfile.read_text())), "the member that ignores SIGTERM survived SIGKILL"
+
+
+def test_a_group_that_exits_on_sigterm_is_not_waited_for():
+    # The member's zombie stays in the group until init reaps it, which some container inits do late or never:
+    # it must not count as a member that ignores SIGTERM.
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    member = int(proc.stdout.readline())
+    started = time.monotonic()
+    kill_process_group(proc, grace=10)
+    assert time.monotonic() - started < ORPHAN_GRACE_S
+    assert proc.returncode == -15 and not _alive(member)
+    proc.stdout.close()
 
 
 def test_terminate_from_another_thread_stops_the_command():
