@@ -10,13 +10,12 @@ from __future__ import annotations
 import textwrap
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG
 
 from rewind.inventory import BACKUP_TYPES, Cluster, load_inventory
 from rewind_airflow.access import OPERATIONS
 from rewind_airflow.assets import backup_asset
-from rewind_airflow.notifiers.alerts import RewindAlertNotifier
+from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.pgbackrest import (
     PgBackRestBackupOperator,
     PgBackRestExpireOperator,
@@ -28,6 +27,12 @@ WHAT = {
     "diff": "a **differential** backup: files changed since the last full backup",
     "incr": "an **incremental** backup: files changed since the last backup of any type",
 }
+
+
+def retention(repo) -> str:
+    if repo.recovery_window_days:
+        return f"a recovery window of {repo.recovery_window_days} days (time-based), {repo.retention_diff} differential backups"
+    return f"{repo.retention_full} full, {repo.retention_diff} differential backups (count-based)"
 
 
 def doc_md(cluster: Cluster, backup_type: str) -> str:
@@ -42,17 +47,18 @@ def doc_md(cluster: Cluster, backup_type: str) -> str:
 
         **Schedule:** `{getattr(cluster.schedules, backup_type)}` (UTC). Rotation: full
         `{cluster.schedules.full}`, diff `{cluster.schedules.diff}`, incr `{cluster.schedules.incr}`.
-        **Retention:** {repo.retention_full} full, {repo.retention_diff} differential backups.
+        **Retention:** {retention(repo)}; what a PITR's hold keeps is never expired (README, Retention).
 
         | step | what it does | touches |
         |---|---|---|
         | `preflight` | installed `{cluster.config_path}` equals the inventory rendering; CA file readable by `{cluster.postgres.os_user}`; S3 reachable; stanza ok | nothing |
         | `backup` | `pgbackrest --type={backup_type} backup`, annotated with this DAG id and run id; publishes the asset `rewind_backup__{cluster.name}` with label, type, stop LSN and size | repository |
-        | `backup` retry | finds this run's backup by annotation and does not take a second one; waits for a backup lock held elsewhere, never races it | repository |
-        | `expire` | `pgbackrest expire` by the retention above; logs what was removed | repository |
+        | `backup` retry | finds the backup an earlier try of this DAG run took (same DAG, run, type and timeline, by annotation) and does not take a second one; waits for a backup lock held elsewhere, never races it | repository |
+        | `expire` | `pgbackrest expire` by the retention above, widened only for what a PITR's hold keeps; logs what was removed and what was held | repository |
 
         **Never overlapping:** `backup` and `expire` of every Rewind DAG of this stanza run in the
-        one-slot pool `{cluster.pool}`, and pgBackRest's own stanza lock backs that up.
+        one-slot pool `{cluster.pool}`, and pgBackRest's own stanza lock backs that up. While a PITR
+        replaces the data directory every step skips ("restore in progress").
         Runs on the worker queue `{cluster.queue}` (the database host).
 
         **For auditors:** each backup in `pgbackrest info` carries the annotations
@@ -70,19 +76,8 @@ for cluster in inventory.clusters.values():
             dag_id=f"rewind_backup_{backup_type}__{cluster.name}",
             description=f"pgBackRest {backup_type} backup of {cluster.name} to s3://{cluster.repo.bucket}{cluster.repo.path}",
             doc_md=doc_md(cluster, backup_type),
-            schedule=getattr(cluster.schedules, backup_type),
-            start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-            catchup=False,
-            max_active_runs=1,
-            access_control=OPERATIONS,
-            tags=["rewind", "backup", backup_type, f"cluster:{cluster.name}"],
-            default_args={
-                "owner": "dba",
-                "queue": cluster.queue,
-                "retries": 1,
-                "retry_delay": timedelta(minutes=5),
-                "on_failure_callback": RewindAlertNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow),
-            },
+            **cluster_dag_kwargs(cluster, workflow="backup", tags=(backup_type,), access_control=OPERATIONS,
+                                 schedule=getattr(cluster.schedules, backup_type)),
         ):
             preflight = PgBackRestPreflightOperator(
                 task_id="preflight", cluster=cluster.name, retries=2, retry_delay=timedelta(minutes=1)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import textwrap
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG
 
 from rewind.inventory import load_inventory
 from rewind_airflow.access import OPERATIONS
-from rewind_airflow.notifiers.alerts import RewindAlertNotifier
+from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.health import HealthCheckOperator
 
 inventory = load_inventory()
@@ -36,23 +35,17 @@ for cluster in inventory.clusters.values():
             | `stanza_status` | the stanza status is not ok |
             | `backup_age` | the newest good backup ended more than {cluster.alerts.max_backup_age_hours} h ago |
             | `backup_lock` | a backup lock is held far longer than the longest retained backup took |
+            | `credentials` | the repository credentials cannot be obtained (Vault, environment); archiving is still checked |
+            | `restore_guard` | a PITR failed mid-rewind and left backups blocked |
+
+            While a PITR replaces the data directory the check skips ("restore in progress"): no
+            incident, no failure. Held backups (PITR retention holds) are counted in the metrics.
 
             Metrics go to StatsD as `rewind.{cluster.name}.*` (see the README). Impact/urgency
             {cluster.alerts.impact}/{cluster.alerts.urgency}. Schedule `{cluster.schedules.health}` (UTC).
             """
         ),
-        schedule=cluster.schedules.health,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        max_active_runs=1,
-        access_control=OPERATIONS,
-        tags=["rewind", "health", f"cluster:{cluster.name}"],
-        default_args={
-            "owner": "dba",
-            "queue": cluster.queue,
-            "retries": 1,
-            "retry_delay": timedelta(minutes=2),
-            "on_failure_callback": RewindAlertNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow),
-        },
+        **cluster_dag_kwargs(cluster, workflow="health", access_control=OPERATIONS, schedule=cluster.schedules.health,
+                             retry_delay=timedelta(minutes=2)),
     ):
         HealthCheckOperator(task_id="check_health", cluster=cluster.name, execution_timeout=timedelta(minutes=10))

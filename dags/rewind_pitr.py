@@ -5,8 +5,9 @@
       -> validate_data -> promote -> full_backup_new_timeline -> release_restore_guard -> close_change
 
 Triggered by hand with the params form. Nothing is stopped or restored before the params, the
-repository, the target and the change have all been checked. After approval, any failure adds a
-work note to the change with the state the cluster was left in; no new full backup is taken.
+repository, the target and the change have all been checked, and the change and the plan are
+checked again at the moment of stopping. A run rewinds at most once. After approval, any failure
+adds a work note to the change with what the run did and the state the cluster was left in.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from __future__ import annotations
 import textwrap
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG, Param
 
 from rewind.inventory import Cluster, load_inventory
 from rewind_airflow.access import DBA_ONLY
-from rewind_airflow.notifiers.alerts import RewindAlertNotifier
-from rewind_airflow.notifiers.servicenow import ChangeWorkNoteNotifier
-from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
+from rewind_airflow.defaults import alert_callbacks, cluster_dag_kwargs
+from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 from rewind_airflow.operators.pitr import (
     CloseChangeOperator,
     EnsureChangeOperator,
     PgBackRestRestoreOperator,
+    PitrFullBackupOperator,
     PitrPreflightOperator,
     PitrValidateParamsOperator,
     PromoteOperator,
@@ -39,7 +39,6 @@ from rewind_airflow.sensors.servicenow import ChangeApprovalSensor
 
 REQUEST = "{{ ti.xcom_pull(task_ids='validate_params') }}"
 PLAN = "{{ ti.xcom_pull(task_ids='preflight') }}"
-CHANGE = "{{ ti.xcom_pull(task_ids='ensure_change') }}"
 
 PARAMS = {
     "target_type": Param("time", type="string", enum=["time", "xid", "name", "lsn", "immediate", "latest"], title="Target type",
@@ -47,17 +46,20 @@ PARAMS = {
     "target": Param("", type="string", title="Target", maxLength=64,
                     description="time: 2026-11-24 02:13:30+00 (with time zone) · xid: 123456 · name: before-migration-42 · lsn: 0/3000060 · empty for immediate/latest"),
     "target_exclusive": Param(False, type="boolean", title="Exclusive", description="stop just before the target (time, xid, lsn)"),
-    "target_action": Param("promote", type="string", enum=["promote", "pause"], title="At the target",
-                           description="promote: open for writes at once · pause: run the data checks while paused, then promote"),
+    "target_action": Param("pause", type="string", enum=["pause", "promote"], title="At the target",
+                           description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · promote: open for writes at the target, checks after (latest always promotes)"),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"),
     "change_number": Param(None, type=["null", "string"], title="Change number", description="leave empty: Rewind opens a normal change"),
     "validation_sql": Param([], type="array", title="Data checks",
                             items={"type": "object", "properties": {"sql": {"type": "string"}, "expect": {"type": ["string", "number", "boolean"]}},
                                    "required": ["sql", "expect"], "additionalProperties": False},
-                            description='[{"sql": "select count(*) from ledger_entry where status = \'void\'", "expect": 0}]'),
+                            description='[{"sql": "select count(*) from ledger_entry where status = \'void\'", "expect": 0}] · run as a read-only, non-superuser role'),
+    "validation_database": Param(None, type=["null", "string"], title="Database for the data checks",
+                                 description="leave empty: the cluster's main database (inventory postgres.database)"),
     "reason": Param(type="string", minLength=10, title="Reason", description="why this rewind is needed (goes into the change)"),
 }
+
 
 
 def doc_md(cluster: Cluster) -> str:
@@ -73,21 +75,25 @@ def doc_md(cluster: Cluster) -> str:
 
         | step | what it does | touches |
         |---|---|---|
-        | `validate_params` | target matches its type (time with zone, integer xid, safe restore point name, X/Y LSN), data checks are single statements, reason given | nothing |
-        | `preflight` | repository reachable and decryptable, config not drifted, stanza ok, no other restore running; archives the current WAL; target not in the future, inside the archived WAL (xid and restore points are found in the WAL itself), after the chosen backup; free disk | WAL switch only |
-        | `ensure_change` | uses `change_number`, else opens a normal change naming cluster, target and run | ServiceNow |
-        | `wait_for_approval` | waits in the triggerer until approved **and** Scheduled/Implement **and** inside the window; rejection fails the run | nothing |
-        | `stop_postgres` | change to Implement; restore guard up (blocks backups); WAL archived; PostgreSQL stopped (`{cluster.postgres.control}`) | **PostgreSQL** |
-        | `restore` | `pgbackrest restore --delta --set=<plan> --type=<target type> --target=…` | **data directory** |
-        | `start_postgres` / `wait_for_target` | starts recovery; fails loudly if PostgreSQL reports the target was not reached | PostgreSQL |
-        | `validate_data` | the data checks, read-only | nothing |
-        | `promote` | promotes if paused; new timeline | PostgreSQL |
+        | `validate_params` | target matches its type, data checks are single statements, reason given; a given change is open, raised for this cluster (cmdb_ci) and not used by another PITR; no other PITR of this cluster is active (it is named) | nothing |
+        | `preflight` | repository reachable and decryptable, config not drifted, stanza ok; archives the current WAL; resolves the timeline to a number; target not in the future, found in the archived WAL; a backup on the timeline's history before it; every WAL segment between them archived; free disk; data-check role safe. From here the pre-rewind history is held from expiry | WAL switch only |
+        | `ensure_change` | binds `change_number` to this run, else opens a normal change naming cluster, target, what happens at the target and the run | ServiceNow |
+        | `wait_for_approval` | waits in the triggerer until approved **and** Scheduled/Implement **and** inside the window; rejection ends the run; no decision within {cluster.pitr.approval_timeout_h:g} h cancels the change | nothing |
+        | `stop_postgres` | **re-reads the change** (approved, Scheduled/Implement, in window) and **re-plans** from the repository as it is now; then the restore guard (blocks backups), change to Implement, WAL archived, PostgreSQL stopped (`{cluster.postgres.control}`) | **PostgreSQL** |
+        | `restore` | change re-read; `pgbackrest restore --delta --set=<plan> --type=<target type> --target=… --target-timeline=<number>` | **data directory** |
+        | `start_postgres` / `wait_for_target` | change re-read; starts recovery; waits until paused at the target (or promoted); fails loudly if PostgreSQL reports the target was not reached | PostgreSQL |
+        | `validate_data` | the data checks as `{cluster.postgres.check_role}` (no superuser, read-only, {cluster.postgres.check_timeout_s} s each) on the cluster still paused at the target | nothing |
+        | `promote` | promotes only when the checks passed; new timeline | PostgreSQL |
         | `full_backup_new_timeline` | full backup annotated with the change number | repository |
-        | `release_restore_guard` / `close_change` | backups resume; change closed `successful` with the summary, also set as this run's note | ServiceNow |
+        | `release_restore_guard` / `close_change` | backups resume; change closed `successful` with the summary, also set as this run's note; the pre-rewind history stays held {cluster.pitr.hold_days:g} days | ServiceNow |
 
-        One PITR of this stanza at a time (`max_active_runs=1`, restore guard); no backup of the
-        stanza starts while a restore runs. On failure after approval: a work note on the change says
-        which step failed and the state of the cluster; the guard stays up until a DBA clears it.
+        **At most once:** a run that has started PostgreSQL on restored data never stops or restores it
+        again, whatever is cleared; before that, a retry of the stop, restore or start finishes the
+        same rewind under the same change while it is approved, in Implement and inside its window.
+        One PITR of this cluster at a time (a second trigger is refused, naming the first); no backup of
+        the stanza runs while a restore does. On failure after approval: a work note on the change
+        says what the run did (stopped, restored, started, promoted, new full backup or not) and the
+        state of the cluster; the guard stays up until a DBA clears it or a new PITR takes it over.
         Runs on the worker queue `{cluster.queue}`.
         """
     )
@@ -96,70 +102,51 @@ def doc_md(cluster: Cluster) -> str:
 inventory = load_inventory()
 
 for cluster in inventory.clusters.values():
-    # From the first destructive step on, a failure is reported on the change.
-    alert = RewindAlertNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow)
-    after_approval = {
-        "on_failure_callback": [
-            ChangeWorkNoteNotifier(cluster=cluster.name, change_sys_id="{{ ti.xcom_pull(task_ids='ensure_change')['sys_id'] }}",
-                                   servicenow_conn_id=cluster.connections.servicenow),
-            alert,
-        ]
-    }
+    sn = {"servicenow_conn_id": cluster.connections.servicenow}
     with DAG(
         dag_id=f"rewind_pitr__{cluster.name}",
         description=f"Point-in-time recovery of {cluster.name} behind a ServiceNow change",
         doc_md=doc_md(cluster),
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        max_active_runs=1,
-        access_control=DBA_ONLY,
         params=PARAMS,
         render_template_as_native_obj=True,
-        tags=["rewind", "pitr", "destructive", f"cluster:{cluster.name}"],
-        default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(seconds=30),
-                      "on_failure_callback": alert},
+        **cluster_dag_kwargs(
+            cluster, workflow="pitr", access_control=DBA_ONLY, schedule=None, tags=("destructive",),
+            retry_delay=timedelta(seconds=30),
+            # A second trigger must start, to be refused by name, instead of queueing behind the first.
+            max_active_runs=3,
+            default_args={"on_failure_callback": [PitrFailureNotifier(cluster=cluster.name, **sn), alert_callbacks(cluster)["on_failure_callback"]]},
+        ),
     ):
-        validate_params = PitrValidateParamsOperator(task_id="validate_params", cluster=cluster.name, retries=0)
-        preflight = PitrPreflightOperator(task_id="preflight", cluster=cluster.name, request=REQUEST)
-        ensure_change = EnsureChangeOperator(task_id="ensure_change", cluster=cluster.name, request=REQUEST,
-                                             servicenow_conn_id=cluster.connections.servicenow)
+        validate_params = PitrValidateParamsOperator(task_id="validate_params", cluster=cluster.name, retries=0, **sn)
+        preflight = PitrPreflightOperator(task_id="preflight", cluster=cluster.name, request=REQUEST, **sn)
+        ensure_change = EnsureChangeOperator(task_id="ensure_change", cluster=cluster.name, request=REQUEST, **sn)
         wait_for_approval = ChangeApprovalSensor(
             task_id="wait_for_approval",
             change_number="{{ ti.xcom_pull(task_ids='ensure_change')['number'] }}",
-            servicenow_conn_id=cluster.connections.servicenow,
-            poll_interval=30,
-            timeout=24 * 3600,
+            poll_interval=cluster.pitr.approval_poll_s,
+            timeout=cluster.pitr.approval_timeout_h * 3600,
+            **sn,
         )
-        stop_postgres = StopPostgresOperator(task_id="stop_postgres", cluster=cluster.name, change=CHANGE, pool=cluster.pool,
-                                             servicenow_conn_id=cluster.connections.servicenow, **after_approval)
-        restore = PgBackRestRestoreOperator(task_id="restore", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool,
-                                            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s), **after_approval)
-        start_postgres = StartPostgresOperator(task_id="start_postgres", cluster=cluster.name, **after_approval)
+        stop_postgres = StopPostgresOperator(task_id="stop_postgres", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn)
+        restore = PgBackRestRestoreOperator(task_id="restore", cluster=cluster.name, request=REQUEST, pool=cluster.pool,
+                                            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s), **sn)
+        start_postgres = StartPostgresOperator(task_id="start_postgres", cluster=cluster.name, **sn)
         wait_for_target = WaitForRecoveryTargetOperator(task_id="wait_for_target", cluster=cluster.name, request=REQUEST, retries=0,
-                                                        started="{{ ti.xcom_pull(task_ids='start_postgres') }}", **after_approval)
-        validate_data = ValidateDataOperator(task_id="validate_data", cluster=cluster.name, request=REQUEST, retries=0, **after_approval)
-        promote = PromoteOperator(task_id="promote", cluster=cluster.name, **after_approval)
-        full_backup = PgBackRestBackupOperator(
-            task_id="full_backup_new_timeline", cluster=cluster.name, backup_type="full", pool=cluster.pool,
-            extra_annotations={"rewind_change": "{{ ti.xcom_pull(task_ids='ensure_change')['number'] }}"},
-            restore_run_id="{{ run_id }}", **after_approval,
-        )
-        release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **after_approval)
+                                                        started="{{ ti.xcom_pull(task_ids='start_postgres') }}", **sn)
+        validate_data = ValidateDataOperator(task_id="validate_data", cluster=cluster.name, request=REQUEST, retries=0, **sn)
+        promote = PromoteOperator(task_id="promote", cluster=cluster.name, **sn)
+        full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
+        release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
         close_change = CloseChangeOperator(
-            task_id="close_change", cluster=cluster.name, request=REQUEST, change=CHANGE,
-            servicenow_conn_id=cluster.connections.servicenow,
+            task_id="close_change", cluster=cluster.name, request=REQUEST,
             steps={
-                "plan": PLAN,
                 "stop": "{{ ti.xcom_pull(task_ids='stop_postgres') }}",
-                "restore": "{{ ti.xcom_pull(task_ids='restore') }}",
-                "start": "{{ ti.xcom_pull(task_ids='start_postgres') }}",
                 "recovery": "{{ ti.xcom_pull(task_ids='wait_for_target') }}",
                 "checks": "{{ ti.xcom_pull(task_ids='validate_data') }}",
                 "promote": "{{ ti.xcom_pull(task_ids='promote') }}",
                 "backup": "{{ ti.xcom_pull(task_ids='full_backup_new_timeline') }}",
             },
-            **after_approval,
+            **sn,
         )
 
         (

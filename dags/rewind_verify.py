@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from rewind.inventory import load_inventory
 from rewind_airflow.access import OPERATIONS
 from rewind_airflow.assets import backup_asset
+from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.verify import VerifyRepositoryOperator
 
 inventory = load_inventory()
@@ -37,15 +37,10 @@ for cluster in inventory.clusters.values():
             Results are also sent as metrics (`rewind.{cluster.name}.check.ok`, `verify.ok`, `wal.gaps`).
             """
         ),
-        schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(cluster.schedules.verify, timezone="UTC"), assets=[backup_asset(cluster)]
+        **cluster_dag_kwargs(
+            cluster, workflow="verify", access_control=OPERATIONS,
+            schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(cluster.schedules.verify, timezone="UTC"), assets=[backup_asset(cluster)]),
         ),
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
-        max_active_runs=1,
-        access_control=OPERATIONS,
-        tags=["rewind", "verify", f"cluster:{cluster.name}"],
-        default_args={"owner": "dba", "queue": cluster.queue, "retries": 1, "retry_delay": timedelta(minutes=5)},
     ):
         VerifyRepositoryOperator(
             task_id="verify_repository", cluster=cluster.name, pool=cluster.pool,

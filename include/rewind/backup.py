@@ -1,8 +1,11 @@
 """One backup of one stanza, safe to retry.
 
-A retry of the same Airflow run finds its own backup by annotation and does not take a second
-one; a backup lock held by another process (an earlier try still running, a manual backup) is
-waited out for a bounded time and never raced.
+A retry finds the backup its earlier try already took and does not take a second one. "Its" means
+all of: taken by this DAG, in this run, of the requested type, on the timeline the cluster is on
+now. Scheduled runs of the full, diff and incr DAGs share run ids (`scheduled__<logical date>`), and
+a PITR run's new-timeline full backup must not be mistaken for one from before a rewind. A backup
+lock held by another process (an earlier try still running, a manual backup) is waited out for a
+bounded time and never raced.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from dataclasses import asdict, dataclass
 from rewind.errors import RewindError
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.commands import BackupType
-from rewind.pgbackrest.info import Backup
+from rewind.pgbackrest.info import Backup, StanzaInfo
 
 RUN_ID_ANNOTATION = "airflow_run_id"
+DAG_ID_ANNOTATION = "airflow_dag_id"
+REQUESTED_TYPE_ANNOTATION = "rewind_requested_type"  # pgBackRest may take a full when a diff was asked for
 
 
 class BackupLockHeldError(RewindError):
@@ -81,25 +86,40 @@ def wait_for_backup_lock(
         time.sleep(poll_s)
 
 
+def earlier_try(info: StanzaInfo, *, dag_id: str, run_id: str, backup_type: str, timeline: int) -> Backup | None:
+    """The backup an earlier try of this very task took: same DAG, run, requested type, timeline."""
+    for backup in reversed(info.backups):
+        notes = backup.annotations
+        requested = notes.get(REQUESTED_TYPE_ANNOTATION, backup.type)
+        if (notes.get(DAG_ID_ANNOTATION), notes.get(RUN_ID_ANNOTATION), requested, backup.timeline) == (dag_id, run_id, backup_type, timeline):
+            return None if backup.error else backup
+    return None
+
+
 def take_backup(
     pgbackrest: PgBackRest,
     backup_type: BackupType,
     *,
     annotations: dict[str, str],
+    timeline: int | None = None,
     lock_wait_s: float = 300.0,
     lock_poll_s: float = 10.0,
     log: Callable[[str], None] = print,
 ) -> BackupRecord:
-    run_id = annotations.get(RUN_ID_ANNOTATION)
+    """`timeline`: the one the cluster is on now (a retry reuses only a backup taken on it)."""
+    run_id, dag_id = annotations.get(RUN_ID_ANNOTATION), annotations.get(DAG_ID_ANNOTATION)
+    annotations = {**annotations, REQUESTED_TYPE_ANNOTATION: backup_type}
     wait_for_backup_lock(pgbackrest, timeout_s=lock_wait_s, poll_s=lock_poll_s, log=log)
-    if run_id:
-        done = pgbackrest.info().find_annotated(RUN_ID_ANNOTATION, run_id)
-        if done is not None and not done.error:
-            log(f"backup {done.label} of this run already exists (earlier try); not taking another")
+    before = pgbackrest.info()
+    if run_id and dag_id and timeline is not None:
+        done = earlier_try(before, dag_id=dag_id, run_id=run_id, backup_type=backup_type, timeline=timeline)
+        if done is not None:
+            log(f"backup {done.label} ({done.type}, timeline {done.timeline}) of this DAG run already exists (earlier try); not taking another")
             return BackupRecord.from_backup(pgbackrest.cluster.stanza, done, reused=True)
+    known = {b.label for b in before.backup}
     pgbackrest.backup(backup_type, annotations=annotations)
-    info = pgbackrest.info()
-    backup = info.find_annotated(RUN_ID_ANNOTATION, run_id) if run_id else info.latest()
+    new = [b for b in pgbackrest.info().backups if b.label not in known and b.annotations.get(RUN_ID_ANNOTATION) == run_id]
+    backup = new[-1] if new else None
     if backup is None:
         raise RewindError(f"stanza {pgbackrest.cluster.stanza!r}: pgbackrest backup succeeded but info shows no matching backup")
     # pgBackRest promotes diff/incr to full when no prior full exists: report what was really taken.

@@ -4,6 +4,7 @@
     rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
     rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
     rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
+    rewind holds --cluster NAME            the PITR retention holds and the backups they keep
     rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
     rewind pools                            Airflow pools JSON for `airflow pools import`
     rewind check                            validate the inventory; exit 1 listing every error
@@ -12,11 +13,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from rewind.errors import RewindError
-from rewind.guard import clear_guard, read_guard
+from rewind import guard as restore_guard
+from rewind import retention
 from rewind.inventory import inventory_path, load_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config
 
@@ -45,24 +48,64 @@ def _vault_client_from_environment():
     return client
 
 
-def cluster_metrics(cluster, fmt: str) -> str:
-    import datetime as dt
-
+def _repository_info(cluster):
+    """`pgbackrest info` with the cluster's credentials (released at once)."""
     from rewind.credentials import RepositoryCredentials
-    from rewind.health import ARCHIVER_SQL, check_archiving, check_backup_age, check_stanza, parse_archiver_row
-    from rewind.postgres import postmaster_pid, run_sql
-    from rewind.metrics import as_json, as_prometheus
     from rewind.pgbackrest.client import PgBackRest
     from rewind.runner import CommandRunner
 
     credentials = RepositoryCredentials(cluster, vault_client=_vault_client_from_environment)
     try:
         runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=credentials.secrets(), line_logger=lambda _line: None)
-        info = PgBackRest(cluster, runner).info()
+        return PgBackRest(cluster, runner).info(), runner
     finally:
         credentials.release()
-    values = {**check_stanza(info).metrics, **check_backup_age(info, now=dt.datetime.now(dt.timezone.utc)).metrics}
+
+
+def show_holds(cluster) -> str:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    holds = retention.all_holds(cluster)
+    if not holds:
+        return f"no retention holds for cluster {cluster.name}\n"
+    lines = [f"{'active' if h.active(now) else 'ended '}  {h.describe()}; pre-rewind timeline {h.timeline}" for h in holds]
+    try:
+        info, _runner = _repository_info(cluster)
+    except RewindError as exc:
+        lines.append(f"(repository not read, held backups not listed: {exc})")
+    else:
+        for run_id, labels in retention.held_backups(cluster, info, now).items():
+            lines.append(f"held for {run_id}: {', '.join(labels) or 'none retained'}")
+    return "\n".join(lines) + "\n"
+
+
+def clear_guard(cluster) -> str:
+    """Remove the guard; a failed rewind's hold starts its last period now (the DBA has looked)."""
+    try:
+        current = restore_guard.read_guard(cluster)
+    except RewindError:  # damaged: clearing it is exactly what the message tells the DBA to do
+        current = None
+    message = restore_guard.clear(cluster)
+    if current is not None and current.phase == restore_guard.FAILED:
+        retention.end_hold(cluster, current.run_id, keep_days=cluster.pitr.hold_days)
+    return message
+
+
+def cluster_metrics(cluster, fmt: str) -> str:
+    import datetime as dt
+
+    from rewind.health import ARCHIVER_SQL, check_archiving, check_backup_age, check_stanza, parse_archiver_row
+    from rewind.metrics import as_json, as_prometheus
+    from rewind.postgres import postmaster_pid, run_sql
+
+    info, runner = _repository_info(cluster)
+    now = dt.datetime.now(dt.timezone.utc)
+    values = {**check_stanza(info).metrics, **check_backup_age(info, now=now).metrics}
     values["repo.size_bytes"] = sum(b.info.repository.size or 0 for b in info.backup)
+    held = retention.held_backups(cluster, info, now)
+    values["holds.active"] = len(held)
+    values["holds.held_backups"] = len({label for labels in held.values() for label in labels})
     if postmaster_pid(cluster):  # archiver figures need the live cluster
         archiver = parse_archiver_row(run_sql(runner, cluster, ARCHIVER_SQL).split("|"))
         values.update(check_archiving(archiver, previous_failed_count=None).metrics)
@@ -79,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     guard = sub.add_parser("guard", help="the restore guard a PITR raises (backups wait while it is up)")
     guard.add_argument("action", choices=["show", "clear"])
     guard.add_argument("--cluster", required=True)
+    holds = sub.add_parser("holds", help="PITR retention holds: what expire keeps for the pre-rewind history")
+    holds.add_argument("--cluster", required=True)
     export = sub.add_parser("metrics", help="backup metrics of one cluster (run on its host, credentials in the environment)")
     export.add_argument("--cluster", required=True)
     export.add_argument("--format", choices=["json", "prometheus"], default="prometheus")
@@ -102,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster_metrics(cluster, args.format), end="")
             return 0
         if args.command == "guard":
-            current = read_guard(cluster)
-            if args.action == "show" or current is None:
-                print(json.dumps(current) if current else f"no restore guard for stanza {cluster.stanza}")
+            if args.action == "clear":
+                print(clear_guard(cluster))
                 return 0
-            clear_guard(cluster)
-            print(f"restore guard of stanza {cluster.stanza} cleared (was run {current.get('run_id')}, change {current.get('change')})")
+            current = restore_guard.read_guard(cluster)
+            print(json.dumps(dataclasses.asdict(current), indent=1) if current else f"no restore guard for cluster {cluster.name}")
+            return 0
+        if args.command == "holds":
+            sys.stdout.write(show_holds(cluster))
             return 0
         if args.action == "render":
             sys.stdout.write(render_config(cluster, inventory_path=path))

@@ -6,6 +6,11 @@ from __future__ import annotations
 class RewindError(Exception):
     """Base class: a failure Rewind understands and can explain in one line."""
 
+    # False for refusals that are the product working as designed (a typo in the form, a rejected
+    # change, a second trigger, a re-run of a finished rewind): the run fails with its message, and
+    # no incident is opened nobody needs to act on.
+    opens_incident: bool = True
+
 
 class InventoryError(RewindError):
     """The inventory file or one cluster in it is invalid."""

@@ -1,66 +1,197 @@
-"""The restore guard: while a PITR of a stanza is under way (from stopping PostgreSQL until the
-fresh full backup on the new timeline), no backup of that stanza may start.
+"""The restore guard: one PITR of a cluster at a time, and no backup while its data directory is
+being replaced.
 
-The guard is a small JSON file in the stanza's pgBackRest lock directory on the database host,
-where every Rewind task for that cluster runs. A PITR that fails leaves it in place on purpose:
-backups stay blocked until a DBA has looked at the cluster and cleared it (`rewind guard clear`).
+One small JSON file in the cluster's durable state directory on the database host, where every
+Rewind task of the cluster runs. A PITR run claims it when its params are valid (a second PITR of
+the cluster is refused while the first is active, naming it) and moves it through the phases of the
+rewind. From `stopping` on it blocks every backup, verify and watchdog run of the cluster, which
+report "restore in progress" and skip. A run that fails after stopping PostgreSQL leaves it in
+phase `failed` on purpose: backups stay blocked and the watchdog raises it until a DBA has looked
+at the cluster (`rewind guard clear`), or until the next PITR takes it over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
+from rewind.state import StateFileDamaged, read_json, state_dir, write_json
+
+CLAIMED = "claimed"  # params valid; preflight, change, approval wait: nothing touched yet
+FAILED = "failed"
+# What a rewind goes through once PostgreSQL is to be stopped; each blocks backups.
+RESTORE_PHASES = ("stopping", "stopped", "restoring", "restored", "started", "at_target", "promoted", "backed_up")
+ACTIVE_RUN_STATES = ("queued", "running")
+
+RunState = Callable[[str, str], str | None]  # (dag_id, run_id) -> Airflow DagRun state, None if unknown
 
 
-class RestoreInProgressError(RewindError):
-    pass
+class RestoreInProgress(RewindError):
+    """A PITR is replacing the cluster's data directory: routine work skips, it does not fail."""
+
+
+class RestoreFailed(RewindError):
+    """A PITR failed after stopping PostgreSQL; the cluster needs a DBA before backups resume."""
+
+
+class PitrAlreadyRunning(RewindError):
+    """A second PITR of the cluster while the first is active: refused, no incident."""
+
+    opens_incident = False
+
+
+@dataclass(frozen=True)
+class Guard:
+    cluster: str
+    run_id: str
+    dag_id: str
+    phase: str
+    since: str
+    updated: str
+    change: str | None = None
+    blocks_backups: bool = False
+    failed_step: str | None = None
+    took_over: str | None = None  # the failed run whose guard this run continued
+
+    def describe(self) -> str:
+        step = f" at step {self.failed_step}" if self.failed_step else ""
+        return f"PITR run {self.run_id} (change {self.change or '-'}, phase {self.phase}{step}, since {self.since})"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def guard_path(cluster: Cluster) -> Path:
-    return Path(cluster.pgbackrest.lock_path) / f"{cluster.stanza}.rewind-restore.json"
+    return Path(cluster.state_dir) / "restore-guard.json"
 
 
-def read_guard(cluster: Cluster) -> dict | None:
-    try:
-        return json.loads(guard_path(cluster).read_text())
-    except FileNotFoundError:
+def read_guard(cluster: Cluster) -> Guard | None:
+    data = read_json(
+        guard_path(cluster), what="restore guard",
+        fix=f"look at the cluster, then remove it with `rewind guard clear --cluster {cluster.name}`",
+    )
+    if data is None:
         return None
+    try:
+        return Guard(**data)
+    except TypeError as exc:
+        raise StateFileDamaged(
+            f"restore guard {guard_path(cluster)} is damaged ({exc}): look at the cluster, then remove it with "
+            f"`rewind guard clear --cluster {cluster.name}`"
+        ) from None
 
 
-def set_guard(cluster: Cluster, *, dag_id: str, run_id: str, change: str | None) -> dict:
-    existing = read_guard(cluster)
-    if existing and existing.get("run_id") != run_id:
-        raise RestoreInProgressError(_message(cluster, existing))
-    guard = {"dag_id": dag_id, "run_id": run_id, "change": change, "since": dt.datetime.now(dt.timezone.utc).isoformat()}
-    path = guard_path(cluster)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(guard))
+def _write(cluster: Cluster, guard: Guard) -> Guard:
+    state_dir(cluster)
+    write_json(guard_path(cluster), asdict(guard))
     return guard
 
 
-def clear_guard(cluster: Cluster, *, run_id: str | None = None) -> bool:
+def _active(run_state: RunState, guard: Guard) -> bool:
+    try:
+        state = run_state(guard.dag_id, guard.run_id)
+    except Exception:  # unknown: assume it is still running rather than run two rewinds at once
+        return True
+    return state is None or state in ACTIVE_RUN_STATES
+
+
+def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, log: Callable[[str], None] = print) -> Guard:
+    """Claim the cluster for this PITR run, or refuse: another run is active, or one ended in the
+    middle of a rewind without saying so (a killed worker)."""
+    now = _now()
+    existing = read_guard(cluster)
+    if existing is not None and existing.run_id == run_id:
+        return existing
+    inherited = False
+    took_over = None
+    if existing is not None:
+        if existing.phase == FAILED:
+            inherited, took_over = True, existing.run_id
+            log(f"taking over the restore guard of failed {existing.describe()}: backups stay blocked until this run's new full backup")
+        elif _active(run_state, existing):
+            raise PitrAlreadyRunning(
+                f"cluster {cluster.name!r}: {existing.describe()} is still active: this run does nothing; "
+                f"wait for that run to end (or mark it failed), then trigger again"
+            )
+        elif existing.phase == CLAIMED:
+            log(f"taking over a stale claim of ended {existing.describe()}")
+        else:
+            raise RestoreFailed(
+                f"cluster {cluster.name!r}: {existing.describe()} ended in the middle of a rewind without recording a failure: "
+                f"look at the cluster, then `rewind guard clear --cluster {cluster.name}` and trigger again"
+            )
+    return _write(cluster, Guard(cluster=cluster.name, run_id=run_id, dag_id=dag_id, phase=CLAIMED, since=now, updated=now,
+                                 blocks_backups=inherited, took_over=took_over))
+
+
+def _own(cluster: Cluster, run_id: str) -> Guard:
+    existing = read_guard(cluster)
+    if existing is None or existing.run_id != run_id:
+        held = existing.describe() if existing else "nobody"
+        raise RestoreFailed(f"cluster {cluster.name!r}: the restore guard is not held by this run (held by {held}): refusing to go on")
+    return existing
+
+
+def advance(cluster: Cluster, run_id: str, phase: str, *, change: str | None = None) -> Guard:
+    """Move this run's guard to `phase` (one of RESTORE_PHASES: backups are blocked from now on)."""
+    if phase not in RESTORE_PHASES:
+        raise ValueError(f"unknown restore phase {phase!r}")
+    guard = _own(cluster, run_id)
+    return _write(cluster, replace(guard, phase=phase, updated=_now(), blocks_backups=True, failed_step=None,
+                                   change=change or guard.change))
+
+
+def set_change(cluster: Cluster, run_id: str, change: str) -> Guard:
+    return _write(cluster, replace(_own(cluster, run_id), change=change, updated=_now()))
+
+
+def fail(cluster: Cluster, run_id: str, step: str) -> Guard | None:
+    """A step of this run failed. Before anything was touched the claim is simply released; after,
+    the guard stays up in phase `failed` (backups blocked) until a DBA or the next PITR deals with it."""
+    existing = read_guard(cluster)
+    if existing is None or existing.run_id != run_id:
+        return existing
+    if existing.phase == CLAIMED and not existing.blocks_backups:
+        guard_path(cluster).unlink(missing_ok=True)
+        return None
+    return _write(cluster, replace(existing, phase=FAILED, failed_step=step, updated=_now()))
+
+
+def release(cluster: Cluster, run_id: str) -> bool:
+    """The run is done (the new timeline has its full backup): backups may resume."""
     existing = read_guard(cluster)
     if existing is None:
         return False
-    if run_id is not None and existing.get("run_id") != run_id:
-        raise RestoreInProgressError(_message(cluster, existing))
+    if existing.run_id != run_id:
+        raise RestoreFailed(f"cluster {cluster.name!r}: the restore guard belongs to {existing.describe()}, not this run")
     guard_path(cluster).unlink(missing_ok=True)
     return True
 
 
+def clear(cluster: Cluster) -> str:
+    """`rewind guard clear`: remove the guard whatever it holds, a damaged file included."""
+    path = guard_path(cluster)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return f"no restore guard for cluster {cluster.name}"
+    path.unlink()
+    return f"restore guard of cluster {cluster.name} cleared (was: {text.strip()[:300]})"
+
+
 def require_no_restore(cluster: Cluster, *, allowed_run_id: str | None = None) -> None:
-    existing = read_guard(cluster)
-    if existing and existing.get("run_id") != allowed_run_id:
-        raise RestoreInProgressError(_message(cluster, existing))
-
-
-def _message(cluster: Cluster, guard: dict) -> str:
-    return (
-        f"stanza {cluster.stanza!r}: a PITR restore is in progress or failed (run {guard.get('run_id')}, change "
-        f"{guard.get('change') or '-'}, since {guard.get('since')}): backups wait; when the cluster is verified, "
-        f"clear it with `rewind guard clear --cluster {cluster.name}`"
-    )
+    """Routine work (backup, verify, watchdog) may touch the cluster: no rewind holds it."""
+    guard = read_guard(cluster)
+    if guard is None or not guard.blocks_backups or guard.run_id == allowed_run_id:
+        return
+    if guard.phase == FAILED:
+        raise RestoreFailed(
+            f"cluster {cluster.name!r}: {guard.describe()} failed and left backups blocked: when the cluster is verified, "
+            f"clear it with `rewind guard clear --cluster {cluster.name}`"
+        )
+    raise RestoreInProgress(f"cluster {cluster.name!r}: restore in progress ({guard.describe()}): backups wait for its new full backup")

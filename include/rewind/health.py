@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rewind.pgbackrest.info import STATUS_NO_BACKUP, StanzaInfo
+from rewind.state import StateFileDamaged, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -20,21 +22,16 @@ class Finding:
 
 
 def load_watch_state(path) -> dict:
-    """What the previous check saw, kept beside the stanza's lock files on the database host."""
-    import json
-    from pathlib import Path
-
+    """What the previous check saw, kept in the cluster's state directory on the database host. A
+    damaged file only costs the comparison with the previous run."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, ValueError):
+        return read_json(Path(path), what="watchdog state", fix="it is rewritten by the next run") or {}
+    except StateFileDamaged:
         return {}
 
 
 def save_watch_state(path, state: dict) -> None:
-    import json
-    from pathlib import Path
-
-    Path(path).write_text(json.dumps(state))
+    write_json(Path(path), state)
 
 
 @dataclass(frozen=True)

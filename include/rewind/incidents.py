@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rewind.servicenow import ServiceNowClient
 
-TABLE = "incident"
+INCIDENT_TABLE = "incident"
 OPEN_STATES = ("1", "2", "3")  # New, In Progress, On Hold
 RESOLVED = 6
 
@@ -27,7 +27,7 @@ class IncidentAction:
 
 
 def open_incident(client: ServiceNowClient, key: str) -> dict | None:
-    records = client.query(TABLE, f"correlation_id={key}", limit=50)
+    records = client.query(INCIDENT_TABLE, f"correlation_id={key}", limit=50)
     open_records = [r for r in records if r.get("state") in OPEN_STATES]
     return max(open_records, key=lambda r: r.get("sys_created_on", ""), default=None)
 
@@ -45,10 +45,10 @@ def report_problem(
     key = correlation_key(cluster, problem)
     existing = open_incident(client, key)
     if existing:
-        client.add_work_note(TABLE, existing["sys_id"], f"Still failing: {summary}\n{details}")
+        client.add_work_note(INCIDENT_TABLE, existing["sys_id"], f"Still failing: {summary}\n{details}")
         return IncidentAction("noted", existing["number"])
     record = client.create(
-        TABLE,
+        INCIDENT_TABLE,
         {
             "short_description": f"Rewind: {summary}"[:160],
             "description": details,
@@ -67,7 +67,7 @@ def report_healthy(client: ServiceNowClient, *, cluster: str, problem: str, note
     if existing is None:
         return IncidentAction("none")
     client.update(
-        TABLE,
+        INCIDENT_TABLE,
         existing["sys_id"],
         {"state": RESOLVED, "close_code": "Solved (Permanently)", "close_notes": note, "work_notes": f"Resolved by Rewind: {note}"},
     )

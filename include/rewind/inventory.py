@@ -108,6 +108,11 @@ class PostgresSettings(_Model):
     control: Literal["systemd", "pg_ctl"] = "systemd"
     systemd_unit: UnitName | None = None
     log_file: AbsPath | None = None  # pg_ctl -l; defaults to <data_dir>/../postgresql.log
+    database: Name = "postgres"  # the cluster's main database: where a PITR's data checks run by default
+    # PITR data checks run as this role: LOGIN, not a superuser, member of pg_read_all_data only
+    # (README "Data checks"); it must exist in the restored data, so create it before the backups.
+    check_role: Name = "rewind_check"
+    check_timeout_s: int = Field(60, ge=1, le=3600)  # statement_timeout of each data check
 
     def unit_name(self) -> str:
         return self.systemd_unit or f"postgresql@{self.version}-main"
@@ -143,11 +148,20 @@ class RepoSettings(_Model):
     ca_file: AbsPath | None = None
     verify_tls: bool = True
     cipher_type: Literal["none", "aes-256-cbc"] = "aes-256-cbc"
+    # Retention: either a recovery window in days (time-based, recommended for production: manual
+    # full backups and rewinds do not shorten it) or a count of full backups (pgBackRest's default).
+    recovery_window_days: int | None = Field(None, ge=1, le=3650)
     retention_full: int = Field(4, ge=1, le=9999)
     retention_diff: int = Field(6, ge=1, le=9999)
     compress_type: Literal["none", "gz", "lz4", "zst", "bz2"] = "zst"
     compress_level: int = Field(3, ge=0, le=22)
     bundle: bool = True
+
+    @model_validator(mode="after")
+    def _one_retention(self) -> "RepoSettings":
+        if self.recovery_window_days is not None and "retention_full" in self.model_fields_set:
+            raise ValueError("set either recovery_window_days (time-based retention) or retention_full (a count of full backups), not both")
+        return self
 
     @field_validator("endpoint")
     @classmethod
@@ -229,6 +243,14 @@ class Alerts(_Model):
     urgency: int = Field(2, ge=1, le=3)
 
 
+class PitrSettings(_Model):
+    # How long after a PITR's change closes its pre-rewind history (backups and WAL of the abandoned
+    # timeline, and the recovery window it had) is still kept from expiry (rewind.retention).
+    hold_days: float = Field(14.0, ge=0, le=3650)
+    approval_poll_s: float = Field(30.0, ge=1, le=3600)  # one small GET per waiting change
+    approval_timeout_h: float = Field(24.0, gt=0, le=24 * 30)  # then the change is cancelled
+
+
 class Connections(_Model):
     postgres: Name | None = None  # Airflow connection id used for SQL checks
     servicenow: Name = "servicenow_default"
@@ -245,7 +267,15 @@ class Cluster(_Model):
     credentials: CredentialSettings = CredentialSettings()
     schedules: Schedules = Schedules()
     alerts: Alerts = Alerts()
+    pitr: PitrSettings = PitrSettings()
     connections: Connections = Connections()
+    # Rewind's own durable state on the database host: the restore guard, each PITR run's journal,
+    # retention holds, the watchdog's memory. Must survive reboots (not /tmp).
+    state_path: AbsPath | None = None
+
+    @property
+    def state_dir(self) -> str:
+        return self.state_path or f"/var/lib/rewind/{self.name}"
 
     @property
     def config_path(self) -> str:

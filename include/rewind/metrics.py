@@ -33,6 +33,8 @@ PROMETHEUS = {
     "pitr.duration_seconds": ("rewind_pitr_duration_seconds", {}),
     "pitr.downtime_seconds": ("rewind_pitr_downtime_seconds", {}),
     "rehearsal.duration_seconds": ("rewind_rehearsal_duration_seconds", {}),
+    "holds.active": ("rewind_retention_holds", {}),
+    "holds.held_backups": ("rewind_retention_held_backups", {}),
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")

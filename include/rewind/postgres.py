@@ -53,24 +53,80 @@ def log_file(cluster: Cluster) -> Path | None:
     return Path(cluster.postgres.pg_ctl_log()) if cluster.postgres.control == "pg_ctl" else None
 
 
-def run_sql(runner, cluster: Cluster, sql: str, *, read_only: bool = False, database: str = "postgres", timeout: float = 60) -> str:
-    """One statement through psql as the OS user over the socket; read_only is enforced by the
-    server (default_transaction_read_only), not by inspecting the SQL."""
-    extra_env = {"PGOPTIONS": "-c default_transaction_read_only=on -c statement_timeout=300000"} if read_only else None
-    result = runner.run(psql_argv(cluster, sql, database=database), timeout=timeout, log_stdout=False, extra_env=extra_env)
+def run_sql(runner, cluster: Cluster, sql: str, *, database: str = "postgres", timeout: float = 60) -> str:
+    """One statement through psql as the OS user (a superuser) over the socket: Rewind's own
+    control queries, never a user's SQL (see run_check)."""
+    result = runner.run(psql_argv(cluster, sql, database=database), timeout=timeout, log_stdout=False)
     return result.stdout.strip()
 
 
-def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres") -> list[str]:
-    """psql as the OS user over the socket; one statement, unaligned tuples-only output."""
+def run_check(runner, cluster: Cluster, sql: str, *, database: str) -> str:
+    """A user's data check: as the inventory's check role (not a superuser, pg_read_all_data only),
+    in a read-only transaction, bounded by the check timeout. What the SQL may do is decided by
+    the server's privileges, not by inspecting the SQL."""
+    timeout_ms = cluster.postgres.check_timeout_s * 1000
+    options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+    result = runner.run(
+        psql_argv(cluster, sql, database=database, role=cluster.postgres.check_role),
+        timeout=cluster.postgres.check_timeout_s + 30, log_stdout=False, extra_env={"PGOPTIONS": options},
+    )
+    return result.stdout.strip()
+
+
+CHECK_ROLE_SQL = (
+    "select rolcanlogin::text || '|' || rolsuper::text || '|' || pg_has_role(oid, 'pg_read_all_data', 'member')::text"
+    " || '|' || (rolcreaterole or rolcreatedb or rolreplication or rolbypassrls)::text"
+    " || '|' || (select count(*) from pg_auth_members m join pg_roles g on g.oid = m.roleid"
+    " where m.member = r.oid and g.rolname <> 'pg_read_all_data')::text from pg_roles r where rolname = '{role}'"
+)
+
+
+def check_role_problem(runner, cluster: Cluster) -> str | None:
+    """Why the check role cannot run data checks safely, or None when it can."""
+    role = cluster.postgres.check_role
+    row = run_sql(runner, cluster, CHECK_ROLE_SQL.format(role=role))
+    if not row:
+        return f"role {role!r} does not exist: create it (README, Data checks)"
+    can_login, superuser, reads_all, powers, other_roles = row.split("|")
+    if superuser == "true":
+        return f"role {role!r} is a superuser: data checks must run without superuser rights (README, Data checks)"
+    if powers == "true" or other_roles != "0":
+        return f"role {role!r} has more than pg_read_all_data (createrole/createdb/replication/bypassrls or other role memberships)"
+    if can_login != "true":
+        return f"role {role!r} cannot log in: ALTER ROLE {role} LOGIN"
+    if reads_all != "true":
+        return f"role {role!r} is not a member of pg_read_all_data: GRANT pg_read_all_data TO {role}"
+    return None
+
+
+def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres", role: str | None = None) -> list[str]:
+    """psql over the socket (as the OS user, or as `role`); one statement, unaligned tuples-only output."""
     return [
         str(Path(cluster.postgres.bin_dir) / "psql"),
         "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
         "-h", cluster.postgres.socket_dir,
         "-p", str(cluster.postgres.port),
+        *(["-U", role] if role else []),
         "-d", database,
         "-c", sql,
     ]
+
+
+def live_timeline(runner, cluster: Cluster) -> int:
+    """The timeline the running cluster writes (or, in recovery, replays) WAL on."""
+    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
+        return int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
+    return int(run_sql(runner, cluster, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def control_timeline(runner, cluster: Cluster) -> int | None:
+    """The timeline in the cluster's pg_control (running or not), None when it cannot be read."""
+    result = runner.run([str(Path(cluster.postgres.bin_dir) / "pg_controldata"), "-D", cluster.postgres.data_dir],
+                        timeout=30, check=False, log_stdout=False)
+    for line in result.stdout.splitlines():
+        if line.startswith("Latest checkpoint's TimeLineID:"):
+            return int(line.split(":", 1)[1])
+    return None
 
 
 def postmaster_pid(cluster: Cluster) -> int | None:

@@ -15,13 +15,34 @@ import datetime as dt
 import re
 import time
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Literal
 
 import requests
 
 from rewind.errors import RewindError
 
-CHANGE_STATES = {-5: "New", -4: "Assess", -3: "Authorize", -2: "Scheduled", -1: "Implement", 0: "Review", 3: "Closed", 4: "Canceled"}
+CHANGE_TABLE = "change_request"
+
+
+class ChangeState(IntEnum):
+    """change_request.state as ServiceNow stores it."""
+
+    NEW = -5
+    ASSESS = -4
+    AUTHORIZE = -3
+    SCHEDULED = -2
+    IMPLEMENT = -1
+    REVIEW = 0
+    CLOSED = 3
+    CANCELED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.capitalize()
+
+
+CHANGE_STATES = {state.value: state.label for state in ChangeState}
 CHANGE_NUMBER_RE = re.compile(r"^CHG\d{7,}$")
 SN_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -241,13 +262,13 @@ def change_gate(change: ChangeStatus, now: dt.datetime) -> tuple[Decision, str]:
     label = f"{change.number} (state {change.state_name}, approval {change.approval or 'not requested'})"
     if change.approval == "rejected":
         return "reject", f"{label} was rejected: the restore will not run"
-    if change.state in (3, 4):
+    if change.state in (ChangeState.CLOSED, ChangeState.CANCELED):
         return "reject", f"{label} is {change.state_name}: the restore will not run"
     if change.end and now > change.end:
         return "reject", f"{label}: its window ended at {sn_time(change.end)} UTC: reschedule the change"
     if change.approval != "approved":
         return "wait", f"{label}: waiting for approval"
-    if change.state not in (-2, -1):
+    if change.state not in (ChangeState.SCHEDULED, ChangeState.IMPLEMENT):
         return "wait", f"{label}: approved, waiting for state Scheduled or Implement"
     if change.start and now < change.start:
         return "wait", f"{label}: approved, window opens at {sn_time(change.start)} UTC"

@@ -5,29 +5,19 @@ from __future__ import annotations
 from rewind.health import Finding
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.info import StanzaInfo
-from rewind.pitr.plan import archive_listing, is_segment_file, read_history, segment_name, segment_parts
+from rewind.wal import oldest_start_segment, read_archive, read_history, segment_parts
 
 
 def wal_gaps(pgbackrest: PgBackRest, info: StanzaInfo) -> list[str]:
     """Segments missing between the oldest retained backup's first WAL and the archive's last,
     on the current timeline's history (the segments a restore of any retained backup needs)."""
     archive = info.current_archive()
-    starts = [segment_parts(b.archive.start)[1] for b in info.backups if b.archive.start and not b.error]
-    if archive is None or not archive.max or not starts:
+    valid = [b for b in info.backups if b.archive.start and not b.error]
+    if archive is None or not archive.max or not valid:
         return []
     timeline, last = segment_parts(archive.max)
-    history = read_history(pgbackrest, timeline)
-    present: dict[int, set[int]] = {}
-    for name in archive_listing(pgbackrest, archive.id):
-        if is_segment_file(name):
-            tli, segno = segment_parts(name[:24])
-            present.setdefault(segno, set()).add(tli)
-    missing = []
-    for segno in range(min(starts), last + 1):
-        expected = history.timeline_of_segment(segno)
-        if expected not in present.get(segno, set()):
-            missing.append(segment_name(expected, segno))
-    return missing
+    listing = read_archive(pgbackrest, archive.id)
+    return listing.gaps(read_history(pgbackrest, timeline), oldest_start_segment(b.archive.start for b in valid), last)
 
 
 def continuity_finding(missing: list[str]) -> Finding:

@@ -73,19 +73,31 @@ NOT_RETRIED = {
 }
 
 
-def test_every_dag_has_docs_tags_owner_retries_and_one_active_run(monkeypatch, example_inventory):
+def _callbacks(value) -> set[type]:
+    return {type(cb) for cb in (value if isinstance(value, list) else [value]) if cb is not None}
+
+
+def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeypatch, example_inventory):
+    """The shared setup (rewind_airflow.defaults) reaches every DAG: a workflow file that builds its
+    own default_args and forgets the alert callbacks (the verify DAG once did) fails here."""
+    from rewind_airflow.notifiers.alerts import RewindAlertNotifier, TaskRecoveredNotifier
+
     bag = import_dag_files(monkeypatch)
     assert {dag_id.split("__")[0] for dag_id in bag.dag_ids} == {
         "rewind_backup_full", "rewind_backup_diff", "rewind_backup_incr", "rewind_pitr", "rewind_health", "rewind_verify",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
-        assert "rewind" in dag.tags, dag_id
-        assert dag.max_active_runs == 1, dag_id
+        assert "rewind" in dag.tags and f"cluster:{dag_id.split('__')[1]}" in dag.tags, dag_id
+        # A PITR lets a second trigger start so that the restore guard refuses it by name
+        # (tests/integration/test_pitr_operations.py); everything else runs one at a time.
+        assert dag.max_active_runs == (3 if dag_id.startswith("rewind_pitr__") else 1), dag_id
         assert not dag.catchup, dag_id
         for task in dag.tasks:
             assert task.owner == "dba", (dag_id, task.task_id)
             assert task.retries >= 1 or task.task_id in NOT_RETRIED, (dag_id, task.task_id)
+            assert RewindAlertNotifier in _callbacks(task.on_failure_callback), (dag_id, task.task_id)
+            assert TaskRecoveredNotifier in _callbacks(task.on_success_callback), (dag_id, task.task_id)
 
 
 def test_only_a_dba_may_run_a_pitr_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
@@ -113,21 +125,18 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     ]
     assert set(dag.params) == {
         "target_type", "target", "target_exclusive", "target_action", "target_timeline", "backup_set",
-        "change_number", "validation_sql", "reason",
+        "change_number", "validation_sql", "validation_database", "reason",
     }
+    assert dag.params["target_action"] == "pause"  # nobody writes to an unvalidated cluster by default
     gate = dag.get_task("wait_for_approval")
     assert gate.deferrable
     classpath, kwargs = ChangeApprovalTrigger(change_number="CHG0010001", poll_interval=5).serialize()
     assert classpath.startswith("rewind_airflow.") and kwargs["change_number"] == "CHG0010001"
-    from rewind_airflow.notifiers.alerts import RewindAlertNotifier
-    from rewind_airflow.notifiers.servicenow import ChangeWorkNoteNotifier
+    from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 
-    before_gate = {"validate_params", "preflight", "ensure_change", "wait_for_approval"}
+    # every step settles the restore guard and notes the change when it fails
     for task in dag.tasks:
-        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
-        kinds = {type(cb) for cb in callbacks}
-        assert RewindAlertNotifier in kinds, task.task_id
-        assert (ChangeWorkNoteNotifier in kinds) == (task.task_id not in before_gate), task.task_id
+        assert PitrFailureNotifier in _callbacks(task.on_failure_callback), task.task_id
     for task_id in ("stop_postgres", "restore", "full_backup_new_timeline"):
         assert dag.get_task(task_id).pool == "rewind_ledger"
     assert "destructive" in dag.tags

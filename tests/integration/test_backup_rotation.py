@@ -35,10 +35,10 @@ def write_batch(stack, first: int, rows: int) -> str:
     return stack.psql(SNAPSHOT_SQL)
 
 
-def run_dag(dag):
+def run_dag(dag, **kwargs):
     from airflow.utils.state import DagRunState
 
-    run = dag.test()
+    run = dag.test(**kwargs)
     assert run.state == DagRunState.SUCCESS, f"{dag.dag_id} ended {run.state}"
     return run
 
@@ -116,9 +116,35 @@ def test_a_retry_of_the_same_run_does_not_take_a_second_backup(demo_stack, rotat
     _snapshots, runs = rotation
     pgbackrest = demo_stack.pgbackrest()
     before = len(pgbackrest.info().backup)
-    record = take_backup(pgbackrest, "incr", annotations={"airflow_run_id": runs["incr"].run_id}, log=lambda _m: None)
+    annotations = {"airflow_run_id": runs["incr"].run_id, "airflow_dag_id": "rewind_backup_incr__demo"}
+    record = take_backup(pgbackrest, "incr", annotations=annotations, timeline=timeline(demo_stack), log=lambda _m: None)
     assert record.reused is True
     assert len(pgbackrest.info().backup) == before
+
+
+def timeline(stack) -> int:
+    return int(stack.psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
+
+
+def test_full_and_incr_runs_with_the_same_logical_date_each_take_their_own_backup(demo_stack, rotation):
+    """Scheduled runs of the full, diff and incr DAGs get the same run id at 02:00
+    (`scheduled__<logical date>`; dag.test's `manual__<logical date>` collides the same way). The
+    incr run must not "reuse" the full run's backup: each DAG takes its own backup of its own type."""
+    import datetime as dt
+
+    dags = load_dags()
+    logical_date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    runs = {t: run_dag(dags[f"rewind_backup_{t}__demo"], logical_date=logical_date, run_after=logical_date) for t in ("full", "incr")}
+    assert runs["full"].run_id == runs["incr"].run_id  # the collision is real
+    info = demo_stack.pgbackrest().info()
+    taken = {
+        t: [b for b in info.backups if b.annotations.get("airflow_run_id") == runs[t].run_id
+            and b.annotations.get("airflow_dag_id") == f"rewind_backup_{t}__demo"]
+        for t in runs
+    }
+    assert [b.type for b in taken["full"]] == ["full"]
+    assert [b.type for b in taken["incr"]] == ["incr"]
+    assert taken["incr"][0].prior == taken["full"][0].label
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ def test_an_accepted_data_check_never_runs_a_second_statement_in_postgresql(prob
         return
     runner = CommandRunner(os_user=probe.os_user, line_logger=lambda _line: None)
     try:
-        run_sql(runner, probe.cluster, check.sql, read_only=False, timeout=30)
+        run_sql(runner, probe.cluster, check.sql, timeout=30)
     except CommandFailed:
         pass  # a syntax error is fine; a second statement is not
     assert probe.rows() == "0", check.sql

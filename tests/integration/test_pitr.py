@@ -36,10 +36,9 @@ def no_leftover_guard(demo_stack):
     """A failing test leaves the restore guard up (as the product should); clear it so one failure
     does not fail every later test for the same reason."""
     yield
-    from rewind.guard import clear_guard
+    from rewind.guard import clear
 
-    if clear_guard(demo_stack.cluster):
-        print("cleared a restore guard left by this test")
+    print(clear(demo_stack.cluster))
 
 
 @pytest.fixture
@@ -83,8 +82,8 @@ def the_incident(stack) -> None:
 
 
 FORM_DEFAULTS = {
-    "target": "", "target_exclusive": False, "target_action": "promote", "target_timeline": "current",
-    "backup_set": None, "change_number": None, "validation_sql": [], "reason": REASON,
+    "target": "", "target_exclusive": False, "target_action": "pause", "target_timeline": "current",
+    "backup_set": None, "change_number": None, "validation_sql": [], "validation_database": None, "reason": REASON,
 }
 
 
@@ -165,7 +164,7 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    change = client(servicenow).create("change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved"})
+    change = client(servicenow).create("change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo"})
     run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)
@@ -193,13 +192,13 @@ def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backu
     assert change["state"] == "-1"  # left in Implement: not closed as if it had worked
     [note] = [n for n in client(servicenow).work_notes("change_request", change["sys_id"]) if "failed" in n]
     assert "step validate_data failed" in note and "returned '25', expected '999'" in note
-    assert "PostgreSQL is running" in note and "Restore guard is up" in note and "No new full backup" in note
+    assert "PostgreSQL is running" in note and "Restore guard is up" in note and "no new full backup was taken" in note
 
     # Backups of the stanza wait until a DBA has looked at the cluster and cleared the guard.
     capfd.readouterr()
     backup_run = run_once(load_dags()["rewind_backup_incr__demo"])
     assert backup_run.state == DagRunState.FAILED
-    assert "a PITR restore is in progress or failed" in capfd.readouterr().out
+    assert "failed and left backups blocked" in capfd.readouterr().out
     assert rewind_cli(["--inventory", str(demo_stack.inventory_path), "guard", "clear", "--cluster", "demo"]) == 0
     assert read_guard(demo_stack.cluster) is None
     assert run_once(load_dags()["rewind_backup_incr__demo"]).state == DagRunState.SUCCESS

@@ -171,9 +171,9 @@ def pitr_dag(demo_stack, airflow_db, servicenow):
     servicenow.state.auto_approve = True
     yield dag
     servicenow.state.auto_approve = False
-    from rewind.guard import clear_guard
+    from rewind.guard import clear
 
-    clear_guard(demo_stack.cluster)
+    clear(demo_stack.cluster)
 
 
 def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials, capfd):

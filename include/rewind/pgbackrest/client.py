@@ -3,6 +3,7 @@ typed exceptions of `errors`."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from rewind.inventory import Cluster
@@ -21,7 +22,7 @@ class PgBackRest:
         self.commands = PgBackRestCommands(cluster)
 
     def run(self, argv: list[str], *, timeout: float | None = None, log_stdout: bool = True) -> CommandResult:
-        command = argv[-1]
+        command = next((item for item in argv[1:] if not item.startswith("-")), argv[-1])
         timeout = timeout or self.cluster.pgbackrest.command_timeout_s
         try:
             result = self.runner.run(argv, timeout=timeout, check=False, log_stdout=log_stdout)
@@ -60,8 +61,14 @@ class PgBackRest:
                                     output_tail="\n".join(result.output.splitlines()[-20:]))
         return result
 
-    def expire(self) -> CommandResult:
-        return self.run(self.commands.expire())
+    def expire(self, **options) -> CommandResult:
+        return self.run(self.commands.expire(**options))
+
+    def repo_ls(self, path: str) -> dict[str, dict]:
+        return json.loads(self.run(self.commands.repo_ls(path), log_stdout=False).stdout)
+
+    def archive_get(self, wal_file: str, destination: str) -> None:
+        self.run(self.commands.archive_get(wal_file, destination), log_stdout=False)
 
     def backup(self, backup_type: BackupType, *, annotations: dict[str, str]) -> CommandResult:
         return self.run(

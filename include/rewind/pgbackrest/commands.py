@@ -40,12 +40,18 @@ class PgBackRestCommands:
 
     cluster: Cluster
 
-    def _argv(self, command: str, *options: str, stanza: bool = True) -> list[str]:
+    def _argv(self, command: str, *options: str, stanza: bool = True, args: tuple[str, ...] = ()) -> list[str]:
+        """[bin, --config, --stanza, options..., command, args...]. `args` are the command's
+        positional arguments (a repository path, a WAL file name), built by this module only."""
+        for arg in args:
+            if arg.startswith("-") or any(ord(ch) < 32 for ch in arg):
+                raise ValueError(f"{command} argument {arg!r} must not start with '-' or hold control characters")
         argv = [self.cluster.pgbackrest.bin, _option("config", self.cluster.config_path)]
         if stanza:
             argv.append(_option("stanza", self.cluster.stanza))
         argv.extend(options)
         argv.append(command)
+        argv.extend(args)
         return argv
 
     def version(self) -> list[str]:
@@ -66,8 +72,26 @@ class PgBackRestCommands:
     def verify(self) -> list[str]:
         return self._argv("verify")
 
-    def expire(self) -> list[str]:
-        return self._argv("expire")
+    def repo_ls(self, path: str) -> list[str]:
+        """Every file under a repository path (JSON: name -> {type, size, time})."""
+        return self._argv("repo-ls", _option("output", "json"), _option("recurse"), args=(path,))
+
+    def archive_get(self, wal_file: str, destination: str) -> list[str]:
+        """Fetch one archived WAL segment or timeline history file (decrypted) into `destination`."""
+        return self._argv("archive-get", args=(wal_file, destination))
+
+    def expire(self, *, retention_full: int | None = None, retention_full_type: Literal["count", "time"] | None = None,
+               dry_run: bool = False) -> list[str]:
+        """Retention; an explicit retention_full(_type) overrides the configured one for this run
+        (how Rewind keeps backups a PITR hold needs, see rewind.retention)."""
+        options = []
+        if retention_full_type:
+            options.append(_option("repo1-retention-full-type", retention_full_type))
+        if retention_full is not None:
+            options.append(_option("repo1-retention-full", int(retention_full)))
+        if dry_run:  # what would go is read from the INFO lines, whatever the configured console level
+            options += [_option("dry-run"), _option("log-level-console", "info")]
+        return self._argv("expire", *options)
 
     def backup(self, backup_type: BackupType, *, annotations: dict[str, str] | None = None) -> list[str]:
         if backup_type not in ("full", "diff", "incr"):

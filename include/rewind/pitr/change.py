@@ -1,17 +1,23 @@
-"""The change request a PITR runs under: what it says, how it is found again, how it is closed."""
+"""The change request a PITR runs under: what it says, how it is bound to one run, how it is
+re-checked at each destructive step, and how it is closed or cancelled."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
+from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
-from rewind.servicenow import ChangeStatus, ServiceNowClient
+from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
 
-TABLE = "change_request"
+MAX_NOTE_CHARS = 4000  # what Rewind writes into one ServiceNow journal entry or close note
 
 
 class ChangeNotUsable(RewindError):
-    pass
+    """The change does not allow this step (not approved, another cluster's, already used, ...)."""
+
+    opens_incident = False
 
 
 def correlation_id(dag_id: str, run_id: str) -> str:
@@ -26,44 +32,89 @@ def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
             f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {request.reason}\n"
-            f"Airflow run: {run_id}\n{run_url}"
+            f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
         "implementation_plan": (
-            "1. Archive current WAL and stop PostgreSQL.\n2. pgbackrest restore --delta to the target.\n"
-            "3. Start PostgreSQL and wait until recovery reaches the target.\n4. Run the data checks.\n"
-            "5. Promote.\n6. Take a full backup on the new timeline.\n7. Close this change with the run summary."
+            "1. Archive current WAL and stop PostgreSQL.\n2. pgbackrest restore --delta to the target, on the timeline the plan names.\n"
+            "3. Start PostgreSQL and wait until recovery reaches the target.\n"
+            + (
+                "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass.\n"
+                if request.action == "pause"
+                else "4. PostgreSQL promotes itself at the target.\n5. Run the data checks.\n"
+            )
+            + "6. Take a full backup on the new timeline.\n7. Close this change with the run summary."
         ),
         "backout_plan": (
             "Before promotion: stop PostgreSQL and restore again with another target (the repository is unchanged). "
-            "After promotion the old timeline stays in the repository: a new PITR with target_timeline set to it returns there."
+            "After promotion the old timeline stays in the repository (Rewind holds it from expiry): a new PITR with "
+            "target_timeline set to it returns there."
         ),
-        "test_plan": "Data checks run against the restored cluster before promotion: "
+        "test_plan": f"Data checks ({'before' if request.action == 'pause' else 'after'} promotion): "
         + ("; ".join(c.sql for c in request.validation_sql) or "none given"),
         "cmdb_ci": cluster.name,
         "correlation_id": correlation_id(dag_id, run_id),
-        "state": -3,
+        "state": ChangeState.AUTHORIZE.value,
         "approval": "requested",
     }
 
 
+def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, *, dag_id: str, run_id: str) -> ChangeStatus:
+    """A change named in the form must be open, raised for this cluster, and not drive another PITR."""
+    try:
+        record = client.get_by_number(CHANGE_TABLE, number)
+    except ServiceNowNotFound:
+        raise ChangeNotUsable(f"param change_number: {number} does not exist in ServiceNow") from None
+    change = ChangeStatus.from_record(record)
+    if change.state in (ChangeState.CLOSED, ChangeState.CANCELED) or change.approval == "rejected":
+        raise ChangeNotUsable(f"param change_number: {number} is {change.state_name} (approval {change.approval}): use an open change")
+    ci = record.get("cmdb_ci", "")
+    if ci != cluster.name:
+        raise ChangeNotUsable(
+            f"param change_number: {number} is for configuration item {ci or '(none)'}, not cluster {cluster.name}: use a change raised for this cluster"
+        )
+    ours = correlation_id(dag_id, run_id)
+    bound = record.get("correlation_id", "")
+    if bound and bound != ours:
+        raise ChangeNotUsable(f"param change_number: {number} already drives {bound}: one change, one PITR; raise a new change")
+    used_by = run_using_change(cluster, number, except_run=run_id)
+    if used_by:
+        raise ChangeNotUsable(f"param change_number: {number} was already used by PITR run {used_by}: one change, one PITR; raise a new change")
+    return change
+
+
 def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
-    """Use the given change (it must be open and not rejected), or find this run's change by
-    correlation id (a retry), or create one. Returns {number, sys_id, created}."""
+    """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
+    create one. Returns {number, sys_id, created}."""
+    ours = correlation_id(dag_id, run_id)
     if request.change_number:
-        record = client.get_by_number(TABLE, request.change_number)
-        change = ChangeStatus.from_record(record)
-        if change.state in (3, 4) or change.approval == "rejected":
-            raise ChangeNotUsable(
-                f"param change_number: {change.number} is {change.state_name} (approval {change.approval}): use an open change"
-            )
-        client.add_work_note(TABLE, change.sys_id, f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\n{run_url}")
+        change = check_given_change(client, cluster, request.change_number, dag_id=dag_id, run_id=run_id)
+        client.update(CHANGE_TABLE, change.sys_id, {
+            "correlation_id": ours,
+            "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
+        })
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
-    existing = client.query(TABLE, f"correlation_id={correlation_id(dag_id, run_id)}", limit=1)
+    existing = client.query(CHANGE_TABLE, f"correlation_id={ours}", limit=1)
     if existing:
         return {"number": existing[0]["number"], "sys_id": existing[0]["sys_id"], "created": False}
-    record = client.create(TABLE, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url))
+    record = client.create(CHANGE_TABLE, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url))
     return {"number": record["number"], "sys_id": record["sys_id"], "created": True}
+
+
+def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementing: bool, now: dt.datetime | None = None) -> ChangeStatus:
+    """Re-read the change at the moment of a destructive step: approved, Scheduled or Implement (only
+    Implement once this run has started implementing it), and now inside its window."""
+    change = ChangeStatus.from_record(client.get(CHANGE_TABLE, sys_id))
+    decision, reason = change_gate(change, now or dt.datetime.now(dt.timezone.utc))
+    if decision != "proceed":
+        raise ChangeNotUsable(f"{step} refused: {reason}: nothing was done by this step")
+    if implementing and change.state != ChangeState.IMPLEMENT:
+        raise ChangeNotUsable(f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement")
+    return change
+
+
+def cancel_change(client: ServiceNowClient, sys_id: str, note: str) -> None:
+    client.update(CHANGE_TABLE, sys_id, {"state": ChangeState.CANCELED.value, "work_notes": note[:MAX_NOTE_CHARS]})
 
 
 def summary(cluster: Cluster, request: PitrRequest, *, run_id: str, run_url: str, plan: dict, recovery: dict,
@@ -74,12 +125,15 @@ def summary(cluster: Cluster, request: PitrRequest, *, run_id: str, run_url: str
         f"Run: {run_id}  {run_url}",
         f"Reason: {request.reason}",
         f"Target: {request.describe()}",
-        f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']})",
+        f"At the target: {request.action_text()}",
+        f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']}) "
+        f"along timeline {plan['timeline']}",
     ]
     if plan.get("target_record"):
         lines.append(f"Target record in WAL: {plan['target_record']} at {plan['target_lsn']}")
     lines.append(f"Recovery: {recovery.get('stop_record') or recovery.get('state')}; now on timeline {timeline}")
     lines.append(f"Data checks: {passed}/{len(checks)} passed")
     lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
+    lines.append(f"The pre-rewind history (its backups and WAL, and the recovery window it had) is held from expiry for {cluster.pitr.hold_days:g} days after this change closes.")
     lines.append("Timings: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items()))
-    return "\n".join(lines)
+    return "\n".join(lines)[:MAX_NOTE_CHARS]

@@ -1,9 +1,14 @@
 """Everything that can be checked before PostgreSQL is stopped, in one place.
 
-Repository reachable, decryptable and its stanza ok; config not drifted; no other restore of the
-stanza under way; the target not in the future; all WAL up to now archived (a WAL switch on the
-live cluster); the target inside the archived WAL and after the chosen backup's stop; enough disk.
-The result is the restore plan every later step follows.
+Repository reachable, decryptable and its stanza ok; config not drifted; the target not in the
+future; all WAL up to now archived (a WAL switch on the live cluster); the plan (rewind.pitr.plan):
+timeline, target inside the archived WAL, a backup on the timeline's history before the target,
+every WAL segment between them archived, enough disk; the data-check role safe to use. Read-only
+apart from the WAL switch.
+
+`replan` runs the same checks again from the repository as it is at the moment of stopping: a
+backup expired or a segment lost during a long approval wait is found there, before anything is
+stopped, and either a new plan reaches the same target or the run fails.
 """
 
 from __future__ import annotations
@@ -13,68 +18,60 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rewind.errors import PreflightError
-from rewind.guard import require_no_restore
 from rewind.pgbackrest.client import PgBackRest
-from rewind.pitr.plan import (
-    SEGMENT_SIZE,
-    RestorePlan,
-    TargetLocation,
-    archive_listing,
-    check_free_disk,
-    check_target_time,
-    choose_backup,
-    current_timeline,
-    locate_in_wal,
-    make_plan,
-    newest_segment_upload,
-    read_history,
-    segment_parts,
-)
-from rewind.pitr.recovery import archive_current_wal
-from rewind.pitr.request import PitrRequest, lsn_text, lsn_value
+from rewind.pitr.plan import RestorePlan, check_target_time, make_plan
+from rewind.pitr.recovery import archive_current_wal, is_running
+from rewind.pitr.request import PitrRequest
+from rewind.postgres import check_role_problem, control_timeline, run_sql
 from rewind.preflight import run_repository_preflight
+from rewind.runner import CommandRunner
+
+
+def _in_use_bytes(runner: CommandRunner, pgbackrest: PgBackRest) -> int | None:
+    """What the live cluster's databases occupy (spares walking the data directory), if it runs."""
+    if not is_running(pgbackrest.cluster):
+        return None
+    return int(run_sql(runner, pgbackrest.cluster, "select sum(pg_database_size(oid))::bigint from pg_database"))
 
 
 def pitr_preflight(
     pgbackrest: PgBackRest,
     request: PitrRequest,
     *,
+    runner: CommandRunner,
     inventory_path: Path | str,
     now: dt.datetime | None = None,
     log: Callable[[str], None] = print,
 ) -> RestorePlan:
     cluster = pgbackrest.cluster
-    now = now or dt.datetime.now(dt.timezone.utc)
-    check_target_time(request, now)
+    check_target_time(request, now or dt.datetime.now(dt.timezone.utc))
     run_repository_preflight(cluster, inventory_path=inventory_path, pgbackrest=pgbackrest, allow_no_backup=False)
-    require_no_restore(cluster)
-    archive_current_wal(pgbackrest.runner, cluster, log=log)
+    if request.validation_sql and is_running(cluster):
+        problem = check_role_problem(runner, cluster)
+        if problem:
+            raise PreflightError(f"postgres.check_role: {problem}; the data checks cannot run safely")
+    archive_current_wal(runner, cluster, log=log)
     info = pgbackrest.info()  # after the switch: the archive range now includes everything up to now
-    timeline = current_timeline(info, request)
-    history = read_history(pgbackrest, timeline)
-    archive = info.current_archive()
+    return make_plan(
+        pgbackrest, request, info,
+        cluster_timeline=control_timeline(runner, cluster), in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log,
+    )
 
-    location: TargetLocation | None = None
-    if request.target_type in ("xid", "name"):
-        location = locate_in_wal(pgbackrest, info, history, request)
-        log(f"target found in archived WAL: {location.description} at {location.lsn} (timeline {location.timeline})")
-    elif request.target_type == "lsn":
-        end_of_archive = (segment_parts(archive.max)[1] + 1) * SEGMENT_SIZE
-        if lsn_value(request.target) >= end_of_archive:
-            raise PreflightError(
-                f"param target: LSN {request.target} is beyond the archived WAL (archive ends before {lsn_text(end_of_archive)})"
-            )
-        location = TargetLocation(lsn=request.pgbackrest_target, timeline=timeline, description=f"LSN {request.pgbackrest_target}")
-    elif request.target_type == "time":
-        newest = newest_segment_upload(archive_listing(pgbackrest, archive.id))
-        if newest is None or request.target_time > newest:
-            newest_text = f"{newest:%Y-%m-%d %H:%M:%S} UTC" if newest else "none"
-            raise PreflightError(
-                f"param target: {request.target_time:%Y-%m-%d %H:%M:%S} UTC is after the newest archived WAL "
-                f"({newest_text}): the WAL to reach it is not in the repository"
-            )
 
-    backup = choose_backup(info, history, request, target_lsn=location.lsn if location else None)
-    log(f"restore from backup {backup.label} ({backup.type}, ended {backup.stopped_at:%Y-%m-%d %H:%M:%S} UTC at {backup.lsn.stop})")
-    check_free_disk(cluster.postgres.data_dir, backup.info.size or 0)
-    return make_plan(backup, history, info, location)
+def replan(
+    pgbackrest: PgBackRest,
+    request: PitrRequest,
+    previous: RestorePlan,
+    *,
+    runner: CommandRunner,
+    log: Callable[[str], None] = print,
+) -> RestorePlan:
+    """The plan again, on the same timeline, from the repository as it is now."""
+    info = pgbackrest.info()
+    if not info.ok:
+        raise PreflightError(f"stanza {info.name!r} status is not ok now: [{info.status.code}] {info.status.message}")
+    plan = make_plan(pgbackrest, request, info, cluster_timeline=previous.timeline, timeline=previous.timeline,
+                     in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log)
+    if plan.backup_set != previous.backup_set:
+        log(f"re-planned: backup {previous.backup_set} of the preflight plan is no longer the one to use; now {plan.backup_set}")
+    return plan

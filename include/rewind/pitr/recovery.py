@@ -4,13 +4,14 @@ target (and fail loudly when PostgreSQL says it did not), check data, promote, d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.request import DataCheck
-from rewind.postgres import log_file, postmaster_pid, run_sql
+from rewind.credentials import bounded, redact
+from rewind.postgres import live_timeline, log_file, postmaster_pid, run_check, run_sql
 from rewind.runner import CommandFailed, CommandRunner
 
 NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -59,12 +60,6 @@ def archive_current_wal(runner: CommandRunner, cluster: Cluster, *, timeout_s: f
         time.sleep(0.5)
     log(f"WAL up to segment {segment} is archived")
     return segment
-
-
-def current_timeline(runner: CommandRunner, cluster: Cluster) -> int:
-    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
-        return int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
-    return int(run_sql(runner, cluster, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
 
 
 def log_offset(cluster: Cluster) -> int:
@@ -131,7 +126,7 @@ def wait_for_recovery(
             in_recovery, pause, lsn = state.split("|")
             stop_record = next((line.split("LOG:", 1)[-1].strip() for line in lines if "recovery stopping" in line), None)
             if action == "promote" and in_recovery == "f":
-                return RecoveryResult("promoted", lsn, stop_record, current_timeline(runner, cluster))
+                return RecoveryResult("promoted", lsn, stop_record, live_timeline(runner, cluster))
             if action == "pause" and in_recovery == "t" and pause == "paused":
                 return RecoveryResult("paused", lsn, stop_record, None)
         if time.monotonic() > deadline:
@@ -139,16 +134,30 @@ def wait_for_recovery(
         time.sleep(poll_s)
 
 
-def run_data_checks(runner: CommandRunner, cluster: Cluster, checks: list[DataCheck], *, log: Callable[[str], None] = print) -> list[dict]:
+MAX_RESULT_CHARS = 200  # what one check's answer may put into XCom, a log line, the change or an incident
+
+
+def run_data_checks(
+    runner: CommandRunner,
+    cluster: Cluster,
+    checks: list[DataCheck],
+    *,
+    database: str,
+    secrets: Iterable[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Each check as the check role (rewind.postgres.run_check). Its answer is compared in full,
+    then masked (every secret value this task knows replaced) and bounded before it goes anywhere."""
     results = []
     for number, check in enumerate(checks, 1):
         try:
-            got = run_sql(runner, cluster, check.sql, read_only=True, timeout=330)
+            got = run_check(runner, cluster, check.sql, database=database)
+            passed = got == check.expect
         except CommandFailed as exc:
-            got = f"error: {exc}"
-        passed = got == check.expect
-        results.append({"sql": check.sql, "expect": check.expect, "got": got, "passed": passed})
-        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {check.sql!r} -> {got!r} (expected {check.expect!r})")
+            got, passed = f"error: {exc}", False
+        shown = bounded(redact(got, secrets), MAX_RESULT_CHARS)
+        results.append({"sql": check.sql, "expect": check.expect, "got": shown, "passed": passed})
+        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {check.sql!r} -> {shown!r} (expected {check.expect!r})")
     failed = [r for r in results if not r["passed"]]
     if failed:
         first = failed[0]
@@ -166,7 +175,7 @@ def promote(runner: CommandRunner, cluster: Cluster, *, timeout_s: int = 300) ->
         if run_sql(runner, cluster, f"select pg_promote(true, {int(timeout_s)})", timeout=timeout_s + 30) != "t":
             raise RecoveryError(f"pg_promote did not finish within {timeout_s}s")
     run_sql(runner, cluster, "checkpoint", timeout=timeout_s)
-    timeline = current_timeline(runner, cluster)
+    timeline = live_timeline(runner, cluster)
     control = int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
     if control != timeline:
         raise RecoveryError(f"pg_control is on timeline {control} after a checkpoint, WAL on {timeline}")
@@ -183,6 +192,6 @@ def describe_state(runner: CommandRunner, cluster: Cluster) -> str:
             pause = run_sql(runner, cluster, "select pg_get_wal_replay_pause_state()", timeout=15)
             lsn = run_sql(runner, cluster, "select pg_last_wal_replay_lsn()", timeout=15)
             return f"PostgreSQL is running in recovery (replay {pause}) at LSN {lsn}"
-        return f"PostgreSQL is running, promoted, on timeline {current_timeline(runner, cluster)}"
+        return f"PostgreSQL is running, promoted, on timeline {live_timeline(runner, cluster)}"
     except CommandFailed as exc:
         return f"PostgreSQL is running but not answering queries ({exc})"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rewind.errors import RewindError
 from rewind.servicenow import CHANGE_NUMBER_RE
+from rewind.wal import lsn_text, lsn_value
 
 TARGET_TYPES = ("time", "xid", "name", "lsn", "immediate", "latest")
 LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
@@ -25,16 +26,7 @@ MAX_XID = 2**63 - 1
 
 
 class PitrParamError(RewindError):
-    pass
-
-
-def lsn_value(lsn: str) -> int:
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def lsn_text(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+    opens_incident = False  # the form's answer to a typo, not an operational problem
 
 
 def parse_target_time(text: str) -> dt.datetime:
@@ -106,11 +98,15 @@ class PitrRequest(BaseModel):
     target_type: Literal["time", "xid", "name", "lsn", "immediate", "latest"]
     target: str = ""
     target_exclusive: bool = False
-    target_action: Literal["promote", "pause"] = "promote"
+    # pause (default): recovery stops read-only at the target, the data checks run there, and only
+    # then is the cluster promoted; promote: PostgreSQL promotes itself and opens for writes at the
+    # target, before the checks. `latest` has no target to pause at and always promotes.
+    target_action: Literal["promote", "pause"] = "pause"
     target_timeline: str = "current"
     backup_set: str | None = None
     change_number: str | None = None
     validation_sql: list[DataCheck] = []
+    validation_database: str | None = None  # where the checks run; default the cluster's main database
     reason: str = Field(min_length=10, max_length=2000)
 
     @field_validator("target", "target_timeline", "reason", mode="before")
@@ -118,7 +114,7 @@ class PitrRequest(BaseModel):
     def _strip(cls, value):
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("backup_set", "change_number", mode="before")
+    @field_validator("backup_set", "change_number", "validation_database", mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         if isinstance(value, str):
@@ -146,6 +142,13 @@ class PitrRequest(BaseModel):
             raise ValueError(f"{value!r} is not a pgBackRest backup label like 20261124-020000F or 20261124-020000F_20261124-030000I")
         return value
 
+    @field_validator("validation_database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a database name Rewind accepts (letters, digits, _ $ -)")
+        return value
+
     @field_validator("change_number")
     @classmethod
     def _change(cls, value: str | None) -> str | None:
@@ -163,8 +166,6 @@ class PitrRequest(BaseModel):
                 raise ValueError(f"target_exclusive: has no meaning for target_type {kind}")
         elif not target:
             raise ValueError(f"target: required for target_type {kind}")
-        if kind == "latest" and self.target_action == "pause":
-            raise ValueError("target_action: pause needs a recovery target; recovery to latest always promotes")
         if kind == "time":
             try:
                 parse_target_time(target)
@@ -192,6 +193,11 @@ class PitrRequest(BaseModel):
         return parse_target_time(self.target) if self.target_type == "time" else None
 
     @property
+    def action(self) -> str:
+        """What PostgreSQL does at the target: latest has none to pause at, so it promotes."""
+        return "promote" if self.target_type == "latest" else self.target_action
+
+    @property
     def pgbackrest_type(self) -> str:
         return "default" if self.target_type == "latest" else self.target_type
 
@@ -205,9 +211,17 @@ class PitrRequest(BaseModel):
 
     def describe(self) -> str:
         if self.target_type in ("immediate", "latest"):
-            return f"{self.target_type} (action {self.target_action})"
+            return f"{self.target_type} (action {self.action}, timeline {self.target_timeline})"
         inclusive = "exclusive" if self.target_exclusive else "inclusive"
-        return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {self.target_action}, timeline {self.target_timeline})"
+        return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {self.action}, timeline {self.target_timeline})"
+
+    def action_text(self) -> str:
+        """For the change: when the data checks run relative to the cluster opening for writes."""
+        if self.action == "pause":
+            return "recovery pauses read-only at the target; the data checks run there; the cluster is promoted only when they pass"
+        if self.target_type == "latest":
+            return "recovery to the end of the archived WAL promotes by itself (nothing is lost); the data checks run after promotion"
+        return "PostgreSQL promotes itself at the target (target_action=promote, asked for by the requester); the data checks run after promotion"
 
 
 def parse_request(params: dict) -> PitrRequest:

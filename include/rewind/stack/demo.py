@@ -137,6 +137,7 @@ class DemoStack:
                         "cipher_type": "aes-256-cbc",
                     },
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
+                    "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
                 }
             }
@@ -163,6 +164,10 @@ class DemoStack:
         install_config(self.cluster, inventory_path=self.inventory_path)
         self._initdb()
         self.start_postgres()
+        # The PITR data checks' role (README, Data checks): it must exist before the backups so that
+        # it exists in every restored state.
+        role = self.cluster.postgres.check_role
+        self.psql(f"create role {role} login; grant pg_read_all_data to {role}")
         self.pgbackrest().stanza_create()
         return self
 

@@ -15,6 +15,15 @@ from rewind.pgbackrest.client import PgBackRest
 from rewind.runner import CommandRunner
 
 
+# Every secret value a hook of this process has handed out: what goes to ServiceNow or into an
+# XCom is redacted against it (Airflow's masker covers only the task log).
+_KNOWN_SECRETS: set[str] = set()
+
+
+def known_secret_values() -> set[str]:
+    return set(_KNOWN_SECRETS)
+
+
 class PgBackRestHook(BaseHook):
     """Loads the cluster from the inventory, obtains its repository secrets, and returns a
     `PgBackRest` client whose child processes get those secrets in their environment only.
@@ -65,6 +74,7 @@ class PgBackRestHook(BaseHook):
     def _masked(secrets: dict[str, str]) -> dict[str, str]:
         for name, value in secrets.items():
             mask_secret(value, name)
+            _KNOWN_SECRETS.add(value)
         return secrets
 
     def secrets(self) -> dict[str, str]:

@@ -67,8 +67,15 @@ def report_findings(cluster, findings, *, log: Callable[[str], None] = print) ->
                         urgency=cluster.alerts.urgency, log=log)
 
 
+def task_problem(context) -> str:
+    ti = context["ti"]
+    return f"task_failed.{ti.dag_id}.{ti.task_id}"
+
+
 class RewindAlertNotifier(BaseNotifier):
-    """on_failure_callback: one incident per cluster and failing task, deduplicated."""
+    """on_failure_callback: one incident per cluster and failing task, deduplicated; none for a
+    refusal that is the product working as designed (an exception with opens_incident = False: a
+    typo in the form, a rejected change, a second trigger)."""
 
     template_fields: Sequence[str] = ("cluster",)
 
@@ -81,9 +88,13 @@ class RewindAlertNotifier(BaseNotifier):
 
     def notify(self, context) -> None:
         ti = context["ti"]
+        exception = context.get("exception")
+        if not getattr(exception, "opens_incident", True):
+            self.log.info("no incident for %s.%s: %s", ti.dag_id, ti.task_id, exception)
+            return
         raise_alert(
             cluster=self.cluster,
-            problem=f"task_failed.{ti.dag_id}.{ti.task_id}",
+            problem=task_problem(context),
             summary=f"{ti.dag_id}.{ti.task_id} failed",
             details=f"run {context['run_id']}, try {ti.try_number}: {context.get('exception')}",
             servicenow_conn_id=self.servicenow_conn_id,
@@ -91,3 +102,20 @@ class RewindAlertNotifier(BaseNotifier):
             urgency=self.urgency,
             log=self.log.info,
         )
+
+
+class TaskRecoveredNotifier(BaseNotifier):
+    """on_success_callback: a task that succeeds resolves its own open `task_failed` incident, so
+    the next failure opens (and pages) a new one instead of adding a note nobody reads."""
+
+    template_fields: Sequence[str] = ("cluster",)
+
+    def __init__(self, *, cluster: str, servicenow_conn_id: str = "servicenow_default") -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.servicenow_conn_id = servicenow_conn_id
+
+    def notify(self, context) -> None:
+        ti = context["ti"]
+        clear_alert(cluster=self.cluster, problem=task_problem(context), servicenow_conn_id=self.servicenow_conn_id,
+                    note=f"{ti.dag_id}.{ti.task_id} succeeded in run {context['run_id']}", log=self.log.info)

@@ -1,5 +1,11 @@
-"""ChangeWorkNoteNotifier: after approval, any failure writes what happened and the state the
-cluster was left in onto the change, so the approvers and the next on-call see it there."""
+"""PitrFailureNotifier: the on_failure_callback of every PITR task.
+
+It settles the restore guard (released when nothing was touched yet; left up in phase `failed` when
+the rewind had begun, so backups stay blocked), ends the run's retention hold when nothing was
+touched, and writes on the change what this run has really done (from its journal: stopped,
+restored, started, promoted, whether the new full backup exists), the state the cluster is in and
+what to do next. Everything written is masked and bounded.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,66 @@ from collections.abc import Sequence
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
-from rewind.guard import read_guard
+from rewind import guard as restore_guard
+from rewind.credentials import bounded, redact
 from rewind.inventory import load_inventory
+from rewind.pitr.change import MAX_NOTE_CHARS
+from rewind.pitr.journal import RunJournal
 from rewind.pitr.recovery import describe_state
+from rewind.retention import end_hold
 from rewind.runner import CommandRunner
-from rewind.servicenow import ServiceNowError
+from rewind.servicenow import CHANGE_TABLE, ServiceNowError
+from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 
+NEXT_STEPS_PAUSED = (
+    "PostgreSQL is paused at the target, read-only and not promoted: nobody can write to it. Next: trigger a new PITR "
+    "with another target (it takes over this run's restore guard) or with target_type latest to return to the state "
+    "before this rewind (nothing is lost); see the README, 'When the data checks fail'."
+)
 
-class ChangeWorkNoteNotifier(BaseNotifier):
-    template_fields: Sequence[str] = ("change_sys_id", "cluster")
 
-    def __init__(self, *, cluster: str, change_sys_id: str, servicenow_conn_id: str = "servicenow_default") -> None:
+class PitrFailureNotifier(BaseNotifier):
+    template_fields: Sequence[str] = ("cluster",)
+
+    def __init__(self, *, cluster: str, servicenow_conn_id: str = "servicenow_default") -> None:
         super().__init__()
         self.cluster = cluster
-        self.change_sys_id = change_sys_id
         self.servicenow_conn_id = servicenow_conn_id
 
     def notify(self, context) -> None:
-        ti = context["ti"]
-        exception = context.get("exception")
+        ti, run_id = context["ti"], context["run_id"]
+        exception = bounded(redact(str(context.get("exception")), known_secret_values()), 1500)
+        cluster = load_inventory().get(self.cluster)
         try:
-            cluster = load_inventory().get(self.cluster)
+            guard = restore_guard.fail(cluster, run_id, ti.task_id)
+        except Exception as exc:  # settling the guard must never hide the original failure
+            guard, guard_text = None, f"Restore guard state unknown ({exc})."
+        else:
+            if guard is None or guard.run_id != run_id:
+                end_hold(cluster, run_id, keep_days=0)  # nothing was touched: nothing to keep
+                guard_text = "Nothing was touched; the restore guard is released."
+            else:
+                guard_text = f"Restore guard is up (phase failed at {ti.task_id}): backups of {cluster.name} are blocked until a DBA clears it or a new PITR takes it over."
+        journal = RunJournal.load(cluster, run_id)
+        try:
             state = describe_state(CommandRunner(os_user=cluster.postgres.os_user), cluster)
-            guard = read_guard(cluster)
-            guard_text = (
-                f"Restore guard is up: backups of stanza {cluster.stanza} are blocked until a DBA clears it."
-                if guard else "No restore guard."
-            )
         except Exception as exc:  # describing must never hide the original failure
-            state, guard_text = f"cluster state unknown ({exc})", ""
-        note = (
-            f"Rewind PITR run {context['run_id']}: step {ti.task_id} failed (try {ti.try_number}): {exception}\n"
-            f"Cluster {self.cluster}: {state}. {guard_text}\n"
-            "No new full backup was taken. The run has failed; see the Airflow task log."
-        )
+            state = f"cluster state unknown ({exc})"
+        lines = [
+            f"Rewind PITR run {run_id}: step {ti.task_id} failed (try {ti.try_number}): {exception}",
+            f"What this run did: {journal.describe()}.",
+            f"Cluster {cluster.name}: {state}. {guard_text}",
+        ]
+        if "paused" in state and journal.at("at_target") and not journal.at("promoted"):
+            lines.append(NEXT_STEPS_PAUSED)
+        lines.append("The run has failed; see the Airflow task log.")
+        note = redact("\n".join(lines), known_secret_values())[:MAX_NOTE_CHARS]
+        self.log.info("%s", note)
+        sys_id = journal.data.get("change_sys_id")
+        if not sys_id:
+            return  # failed before a change existed: the run's log says it all
         try:
-            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_work_note("change_request", self.change_sys_id, note)
+            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_work_note(CHANGE_TABLE, sys_id, note)
         except ServiceNowError as exc:
             self.log.error("could not add the work note to the change: %s", exc)

@@ -3,47 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
-from rewind.backup import RUN_ID_ANNOTATION, take_backup
-from rewind.guard import require_no_restore
+from rewind.backup import DAG_ID_ANNOTATION, RUN_ID_ANNOTATION, take_backup
+from rewind.postgres import live_timeline
 from rewind.preflight import run_repository_preflight
-from rewind_airflow.hooks.pgbackrest import PgBackRestHook
+from rewind.retention import expire_with_holds
+from rewind_airflow.operators.base import RewindClusterOperator
 
 
-class _ClusterOperator(BaseOperator):
-    """One runbook step on one inventory cluster. Subclasses implement `execute_on_cluster`; the
-    task's repository credentials are released (a Vault lease revoked) when it ends, however."""
-
-    template_fields: Sequence[str] = ("cluster",)
-
-    def __init__(self, *, cluster: str, inventory_file: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.cluster = cluster
-        self.inventory_file = inventory_file
-
-    @cached_property
-    def hook(self) -> PgBackRestHook:
-        return PgBackRestHook(cluster=self.cluster, inventory_file=self.inventory_file)
-
-    def execute(self, context) -> Any:
-        try:
-            return self.execute_on_cluster(context)
-        finally:
-            self.hook.release()
-
-    def execute_on_cluster(self, context) -> Any:
-        raise NotImplementedError
-
-    def on_kill(self) -> None:
-        self.hook.terminate()
-        self.hook.release()
-
-
-class PgBackRestPreflightOperator(_ClusterOperator):
+class PgBackRestPreflightOperator(RewindClusterOperator):
     """Read-only checks before a repository is written: installed pgbackrest.conf matches the
     inventory, CA file readable by the OS user, S3 endpoint reachable, pgBackRest recent enough,
     credentials present, stanza ok (no backup yet is fine)."""
@@ -52,7 +21,7 @@ class PgBackRestPreflightOperator(_ClusterOperator):
 
     def execute_on_cluster(self, context) -> dict:
         hook = self.hook
-        require_no_restore(hook.cluster)
+        self.skip_while_restoring()
         info = run_repository_preflight(
             hook.cluster, inventory_path=hook.inventory_file, pgbackrest=hook.get_conn(), allow_no_backup=True
         )
@@ -67,12 +36,13 @@ class PgBackRestPreflightOperator(_ClusterOperator):
         return summary
 
 
-class PgBackRestBackupOperator(_ClusterOperator):
+class PgBackRestBackupOperator(RewindClusterOperator):
     """Take one full/diff/incr backup annotated with the Airflow DAG and run, and publish it as an
     asset event (label, type, stop LSN, size) on the operator's outlets.
 
-    Retry-safe: a retry finds the backup its run already took (by annotation) and does not take a
-    second one; a backup lock held by another process is waited for, never raced.
+    Retry-safe: a retry finds the backup an earlier try of this task took (same DAG, run, type and
+    timeline, by annotation) and does not take a second one; a backup lock held by another process
+    is waited for, never raced. While a PITR replaces the data directory it skips.
     """
 
     template_fields: Sequence[str] = ("cluster", "backup_type", "extra_annotations", "restore_run_id")
@@ -97,10 +67,10 @@ class PgBackRestBackupOperator(_ClusterOperator):
 
     def execute_on_cluster(self, context) -> dict:
         ti = context["ti"]
-        require_no_restore(self.hook.cluster, allowed_run_id=self.restore_run_id)
+        self.skip_while_restoring(allowed_run_id=self.restore_run_id)
         annotations = {
             **{str(k): str(v) for k, v in self.extra_annotations.items()},
-            "airflow_dag_id": ti.dag_id,
+            DAG_ID_ANNOTATION: ti.dag_id,
             RUN_ID_ANNOTATION: context["run_id"],
             "airflow_try": str(ti.try_number),
         }
@@ -108,6 +78,7 @@ class PgBackRestBackupOperator(_ClusterOperator):
             self.hook.get_conn(),
             self.backup_type,
             annotations=annotations,
+            timeline=live_timeline(self.hook.os_runner(), self.hook.cluster),
             lock_wait_s=self.lock_wait_s,
             log=self.log.info,
         ).as_dict()
@@ -120,14 +91,10 @@ class PgBackRestBackupOperator(_ClusterOperator):
         return record
 
 
-class PgBackRestExpireOperator(_ClusterOperator):
-    """Apply the repository retention (`pgbackrest expire`) and log which backups it removed."""
+class PgBackRestExpireOperator(RewindClusterOperator):
+    """Apply the repository retention (`pgbackrest expire`), never removing what a PITR's hold keeps
+    (rewind.retention), and log what it removed and what it held."""
 
     def execute_on_cluster(self, context) -> dict:
-        client = self.hook.get_conn()
-        before = {b.label for b in client.info().backup}
-        client.expire()
-        after = client.info()
-        expired = sorted(before - {b.label for b in after.backup})
-        self.log.info("expired %d backup(s): %s; retained: %s", len(expired), expired or "none", [b.label for b in after.backups])
-        return {"expired": expired, "retained": [b.label for b in after.backups]}
+        self.skip_while_restoring()
+        return expire_with_holds(self.hook.get_conn(), log=self.log.info)

@@ -1,8 +1,15 @@
 """Operators for the PITR workflow. Each is one runbook step; the logic lives in rewind.pitr.
 
+Three records keep a rewind honest whatever is cleared, re-run or marked by hand:
+- the change in ServiceNow, re-read by every step that stops, restores or starts PostgreSQL: it must
+  be approved, Scheduled/Implement (Implement once this run has begun) and inside its window now;
+- the run's journal on the database host (rewind.pitr.journal): once PostgreSQL was started on the
+  restored data, no step of the run stops or restores it again; before that, a retry of the stop,
+  the restore or the start finishes the same rewind under the same change;
+- the cluster's restore guard (rewind.guard): one PITR at a time, backups blocked while it rewinds.
+
 Inputs arrive as templated fields rendered as native objects (the DAG sets
 render_template_as_native_obj), e.g. request="{{ ti.xcom_pull(task_ids='validate_params') }}".
-Every step returns a JSON-serialisable dict with its own start and end time for the summary.
 """
 
 from __future__ import annotations
@@ -10,28 +17,28 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook
 
+from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
-from rewind.guard import clear_guard, set_guard
-from rewind.pitr.change import TABLE, ensure_change, summary
-from rewind.pitr.preflight import pitr_preflight
-from rewind.pitr.recovery import (
-    archive_current_wal,
-    current_timeline,
-    is_running,
-    log_offset,
-    promote,
-    run_data_checks,
-    wait_for_recovery,
-)
+from rewind.errors import PreflightError, RewindError
+from rewind.pitr.change import MAX_NOTE_CHARS, check_given_change, ensure_change, require_gate, summary
+from rewind.pitr.journal import RunJournal
+from rewind.pitr.plan import RestorePlan
+from rewind.pitr.preflight import pitr_preflight, replan
+from rewind.pitr.recovery import archive_current_wal, is_running, log_offset, promote, run_data_checks, wait_for_recovery
 from rewind.pitr.request import PitrRequest, parse_request
-from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
+from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
+from rewind.retention import end_hold, place_hold, set_hold_change
+from rewind.servicenow import CHANGE_TABLE, ChangeState, ServiceNowClient
+from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
-from rewind_airflow.operators.pgbackrest import _ClusterOperator
+from rewind_airflow.operators.base import RewindClusterOperator
+from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 
 
 def _now() -> str:
@@ -45,12 +52,19 @@ def run_url(context) -> str:
     return f"{base}/dags/{context['ti'].dag_id}/runs/{context['run_id']}"
 
 
-class _PitrOperator(_ClusterOperator):
-    template_fields: Sequence[str] = ("cluster", "request")
+class PitrStepFailed(RewindError):
+    pass
 
-    def __init__(self, *, request: Any = None, **kwargs: Any) -> None:
+
+class PitrOperator(RewindClusterOperator):
+    """A step of one PITR run: the request, the run's journal, its change in ServiceNow."""
+
+    template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id")
+
+    def __init__(self, *, request: Any = None, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
+        self.servicenow_conn_id = servicenow_conn_id
 
     @property
     def pitr_request(self) -> PitrRequest:
@@ -61,86 +75,83 @@ class _PitrOperator(_ClusterOperator):
         """psql and pg_ctl as the OS user, without repository secrets."""
         return self.hook.os_runner()
 
+    @cached_property
+    def servicenow(self) -> ServiceNowClient:
+        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
-class PitrValidateParamsOperator(_ClusterOperator):
-    """Cross-field validation of the run's params; one line naming the param on error."""
+    def journal(self, context) -> RunJournal:
+        return RunJournal.load(self.hook.cluster, context["run_id"], dag_id=context["ti"].dag_id)
+
+    def gate(self, journal: RunJournal, *, step: str, implementing: bool):
+        sys_id = journal.data.get("change_sys_id")
+        if not sys_id:
+            raise PitrStepFailed(f"{step}: this run has no change bound to it (ensure_change did not run): nothing was done")
+        change = require_gate(self.servicenow, sys_id, step=step, implementing=implementing)
+        self.log.info("%s: %s is approved, %s, inside its window", step, change.number, change.state_name)
+        return change
+
+    def note(self, journal: RunJournal, text: str) -> None:
+        self.servicenow.add_work_note(CHANGE_TABLE, journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
+
+
+class PitrValidateParamsOperator(PitrOperator):
+    """Params checked across fields; a given change checked (this cluster's, open, unused); the
+    cluster claimed for this run (a second PITR while one is active is refused, naming it)."""
 
     def execute_on_cluster(self, context) -> dict:
-        self.hook.cluster  # the cluster must exist in the inventory
+        cluster = self.hook.cluster
         request = parse_request(dict(context["params"]))
+        journal = self.journal(context)
+        journal.refuse_if_rewound("validate_params")
+        if request.change_number:
+            check_given_change(self.servicenow, cluster, request.change_number, dag_id=context["ti"].dag_id, run_id=context["run_id"])
+        restore_guard.claim(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_state=context["ti"].get_dagrun_state,
+                            log=self.log.info)
         self.log.info("PITR request: %s; reason: %s", request.describe(), request.reason)
         return request.model_dump(mode="json")
 
 
-class PitrPreflightOperator(_PitrOperator):
-    """Read-only checks and the restore plan (backup set, target position), before any change."""
+def _require_claim(cluster, run_id: str) -> None:
+    guard = restore_guard.read_guard(cluster)
+    if guard is None or guard.run_id != run_id:
+        raise PitrStepFailed(f"cluster {cluster.name!r}: this run does not hold the restore guard ({guard.describe() if guard else 'none'}): re-run validate_params")
+
+
+class PitrPreflightOperator(PitrOperator):
+    """Read-only checks and the restore plan, before any change; from here the pre-rewind history
+    is held from expiry (rewind.retention)."""
 
     def execute_on_cluster(self, context) -> dict:
-        plan = pitr_preflight(
-            self.hook.get_conn(), self.pitr_request, inventory_path=self.hook.inventory_file, log=self.log.info
-        ).as_dict()
-        plan["running"] = is_running(self.hook.cluster)
-        self.log.info("restore plan: %s", plan)
-        return plan
+        cluster, request = self.hook.cluster, self.pitr_request
+        _require_claim(cluster, context["run_id"])
+        pgbackrest = self.hook.get_conn()
+        plan = pitr_preflight(pgbackrest, request, runner=self.runner, inventory_path=self.hook.inventory_file, log=self.log.info)
+        hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=plan.timeline, reason=request.reason)
+        if hold:
+            self.log.info("retention %s", hold.describe())
+        return plan.as_dict()
 
 
-class EnsureChangeOperator(_PitrOperator):
-    """Use the given change, or this run's change (found by correlation id on retry), or create one."""
-
-    template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id")
-
-    def __init__(self, *, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.servicenow_conn_id = servicenow_conn_id
+class EnsureChangeOperator(PitrOperator):
+    """Bind the given change to this run, or find this run's change (a retry), or open one."""
 
     def execute_on_cluster(self, context) -> dict:
-        client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
-        change = ensure_change(
-            client, self.hook.cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_url=run_url(context)
-        )
+        cluster, journal = self.hook.cluster, self.journal(context)
+        change = ensure_change(self.servicenow, cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"],
+                               run_url=run_url(context))
+        journal.set(change=change["number"], change_sys_id=change["sys_id"])
+        restore_guard.set_change(cluster, context["run_id"], change["number"])
+        set_hold_change(cluster, context["run_id"], change["number"])
         self.log.info("change %s (%s)", change["number"], "created" if change["created"] else "existing")
         return change
 
 
-class StopPostgresOperator(_PitrOperator):
-    """Mark the change Implement, raise the restore guard, archive the current WAL, stop PostgreSQL."""
+class StopPostgresOperator(PitrOperator):
+    """The point of no return. Re-reads the change and re-plans from the repository as it is now;
+    only then raises the restore guard, marks the change Implement, archives the current WAL and
+    stops PostgreSQL. A retry after the stop does not stop again."""
 
-    template_fields: Sequence[str] = ("cluster", "change", "servicenow_conn_id")
-
-    def __init__(self, *, change: Any, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.change = change
-        self.servicenow_conn_id = servicenow_conn_id
-
-    def execute_on_cluster(self, context) -> dict:
-        started = _now()
-        cluster, runner = self.hook.cluster, self.runner
-        # Nothing is stopped unless the restore and the restart can get their credentials: the
-        # repository secrets (a Vault lease, revoked when this task ends) and PostgreSQL's own.
-        self.hook.secrets()
-        self.hook.postmaster_secrets()
-        client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
-        client.update(TABLE, self.change["sys_id"], {"state": -1, "work_notes": f"Implementation started by {context['run_id']}: stopping PostgreSQL of {cluster.name}"})
-        set_guard(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], change=self.change["number"])
-        pid = postmaster_pid(cluster)
-        timeline_before = None
-        if pid:
-            timeline_before = current_timeline(runner, cluster)
-            archive_current_wal(runner, cluster, log=self.log.info)
-            runner.run(stop_argv(cluster, mode="fast"), timeout=330)
-        else:
-            self.log.info("PostgreSQL was already stopped")
-        if postmaster_pid(cluster):
-            raise RuntimeError(f"PostgreSQL of {cluster.name} is still running after stop")
-        return {"pid_before": pid, "timeline_before": timeline_before, "started_at": started, "finished_at": _now()}
-
-
-class PgBackRestRestoreOperator(_PitrOperator):
-    """`pgbackrest restore --delta` with the plan's backup set and the request's target (argv items only).
-
-    Safe to retry: --delta makes a second run converge on the same result after a kill midway."""
-
-    template_fields: Sequence[str] = ("cluster", "request", "plan")
+    template_fields: Sequence[str] = ("cluster", "request", "plan", "servicenow_conn_id")
 
     def __init__(self, *, plan: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -148,37 +159,103 @@ class PgBackRestRestoreOperator(_PitrOperator):
 
     def execute_on_cluster(self, context) -> dict:
         started = _now()
-        request = self.pitr_request
-        cluster = self.hook.cluster
+        cluster, runner, journal, run_id = self.hook.cluster, self.runner, self.journal(context), context["run_id"]
+        journal.refuse_if_rewound("stop_postgres")
+        _require_claim(cluster, run_id)
+        change = self.gate(journal, step="stop_postgres", implementing=journal.at("stopped") is not None)
+        # Nothing is stopped unless the restore and the restart can get their credentials: the
+        # repository secrets (a Vault lease, revoked when this task ends) and PostgreSQL's own.
+        pgbackrest = self.hook.get_conn()
+        self.hook.postmaster_secrets()
+        if journal.at("stopped") and not is_running(cluster):
+            self.log.info("PostgreSQL was stopped by an earlier try of this run at %s; not stopping again", journal.at("stopped"))
+            return {"plan": journal.data["plan"], "started_at": journal.data.get("stop_started_at", started), "finished_at": _now(),
+                    "timeline_before": journal.data.get("timeline_before")}
+        plan = replan(pgbackrest, self.pitr_request, RestorePlan.model_validate(self.plan), runner=runner, log=self.log.info)
+        if plan.backup_set != self.plan["backup_set"]:
+            self.note(journal, f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
+                               f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).")
+        restore_guard.advance(cluster, run_id, "stopping", change=change.number)
+        timeline_before = live_timeline(runner, cluster) if is_running(cluster) else None
+        journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=timeline_before)
+        if change.state != ChangeState.IMPLEMENT:
+            self.servicenow.update(CHANGE_TABLE, change.sys_id, {
+                "state": ChangeState.IMPLEMENT.value,
+                "work_notes": f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
+            })
+        pid = postmaster_pid(cluster)
+        if pid:
+            archive_current_wal(runner, cluster, log=self.log.info)
+            runner.run(stop_argv(cluster, mode="fast"), timeout=330)
+        else:
+            self.log.info("PostgreSQL was already stopped")
         if postmaster_pid(cluster):
-            raise RuntimeError(f"PostgreSQL of {cluster.name} is running: refusing to restore over it")
-        self.hook.get_conn().restore(
+            raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
+        journal.record("stopped")
+        restore_guard.advance(cluster, run_id, "stopped")
+        return {"plan": plan.as_dict(), "pid_before": pid, "timeline_before": timeline_before, "started_at": started, "finished_at": _now()}
+
+
+class PgBackRestRestoreOperator(PitrOperator):
+    """`pgbackrest restore --delta` of the plan recorded at the stop: its backup set, the request's
+    target, the plan's numeric timeline (argv items only). Only after this run stopped PostgreSQL
+    and before it started it on restored data; a retry converges (--delta)."""
+
+    def execute_on_cluster(self, context) -> dict:
+        started = _now()
+        cluster, request, journal, run_id = self.hook.cluster, self.pitr_request, self.journal(context), context["run_id"]
+        journal.refuse_if_rewound("restore")
+        if not journal.at("stopped"):
+            raise PitrStepFailed(f"restore refused: PostgreSQL of {cluster.name} was not stopped by this run (stop_postgres did not finish)")
+        self.gate(journal, step="restore", implementing=True)
+        if postmaster_pid(cluster):
+            raise PitrStepFailed(f"PostgreSQL of {cluster.name} is running: refusing to restore over it")
+        plan = RestorePlan.model_validate(journal.data["plan"])
+        pgbackrest = self.hook.get_conn()
+        backup = pgbackrest.info().get(plan.backup_set)
+        if backup is None or backup.error:
+            raise PreflightError(f"backup {plan.backup_set} of the plan is no longer valid in the repository: nothing was restored")
+        restore_guard.advance(cluster, run_id, "restoring")
+        journal.record("restore_started")
+        pgbackrest.restore(
             restore_type=request.pgbackrest_type,
             target=request.pgbackrest_target,
             target_exclusive=request.target_exclusive,
-            target_action=request.target_action if request.target_type != "latest" else None,
-            target_timeline=request.target_timeline,
-            backup_set=self.plan["backup_set"],
+            target_action=None if request.target_type == "latest" else request.action,
+            target_timeline=str(plan.timeline),
+            backup_set=plan.backup_set,
             delta=True,
         )
-        return {"backup_set": self.plan["backup_set"], "started_at": started, "finished_at": _now()}
+        journal.record("restored")
+        restore_guard.advance(cluster, run_id, "restored")
+        return {"backup_set": plan.backup_set, "timeline": plan.timeline, "started_at": started, "finished_at": _now()}
 
 
-class StartPostgresOperator(_PitrOperator):
-    """Start PostgreSQL without waiting: recovery is watched by the next step."""
+class StartPostgresOperator(PitrOperator):
+    """Start PostgreSQL on the restored data without waiting: recovery is watched by the next step."""
 
     def execute_on_cluster(self, context) -> dict:
-        cluster = self.hook.cluster
+        cluster, journal, run_id = self.hook.cluster, self.journal(context), context["run_id"]
+        if journal.rewound and is_running(cluster):
+            self.log.info("PostgreSQL was started on the restored data at %s and is running", journal.at("started"))
+            return {"log_offset": journal.data.get("log_offset", 0), "started_at": journal.at("started")}
+        if not journal.at("restored"):
+            raise PitrStepFailed(f"start refused: the restore of this run did not finish; PostgreSQL of {cluster.name} stays stopped")
+        if not journal.rewound:
+            self.gate(journal, step="start_postgres", implementing=True)
         offset = log_offset(cluster)
         self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
-        return {"log_offset": offset, "started_at": _now()}
+        journal.set(log_offset=offset)
+        journal.record("started")
+        restore_guard.advance(cluster, run_id, "started")
+        return {"log_offset": offset, "started_at": journal.at("started")}
 
 
-class WaitForRecoveryTargetOperator(_PitrOperator):
-    """Wait until recovery stopped at the target and promoted or paused as asked; fail loudly when
-    PostgreSQL reports the target was not reached."""
+class WaitForRecoveryTargetOperator(PitrOperator):
+    """Wait until recovery stopped at the target and paused (or promoted) as asked; fail loudly
+    when PostgreSQL reports the target was not reached."""
 
-    template_fields: Sequence[str] = ("cluster", "request", "started")
+    template_fields: Sequence[str] = ("cluster", "request", "started", "servicenow_conn_id")
 
     def __init__(self, *, started: Any, recovery_timeout_s: float = 6 * 3600, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -186,82 +263,108 @@ class WaitForRecoveryTargetOperator(_PitrOperator):
         self.recovery_timeout_s = recovery_timeout_s
 
     def execute_on_cluster(self, context) -> dict:
-        request = self.pitr_request
-        action = "promote" if request.target_type == "latest" else request.target_action
+        request, journal = self.pitr_request, self.journal(context)
         result = wait_for_recovery(
-            self.runner, self.hook.cluster, action=action, since_offset=self.started["log_offset"],
+            self.runner, self.hook.cluster, action=request.action, since_offset=self.started["log_offset"],
             timeout_s=self.recovery_timeout_s, log=self.log.info,
         ).as_dict()
         self.log.info("recovery: %s", result)
+        journal.record("at_target")
+        if result["state"] == "promoted":
+            journal.record("promoted")
+        restore_guard.advance(self.hook.cluster, context["run_id"], "at_target" if result["state"] == "paused" else "promoted")
         return {**result, "finished_at": _now()}
 
 
-class ValidateDataOperator(_PitrOperator):
-    """Run the request's data checks read-only against the restored cluster."""
+class ValidateDataOperator(PitrOperator):
+    """The request's data checks as the check role, read-only; with target_action pause the cluster
+    is still paused at the target, so nobody has written to it yet."""
 
     def execute_on_cluster(self, context) -> list[dict]:
-        return run_data_checks(self.runner, self.hook.cluster, list(self.pitr_request.validation_sql), log=self.log.info)
+        request = self.pitr_request
+        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
+        return run_data_checks(
+            self.runner, self.hook.cluster, list(request.validation_sql),
+            database=request.validation_database or self.hook.cluster.postgres.database,
+            secrets=known_secret_values(), log=self.log.info,
+        )
 
 
-class PromoteOperator(_PitrOperator):
-    """Promote when recovery paused at the target; returns the timeline PostgreSQL is on."""
+class PromoteOperator(PitrOperator):
+    """Promote when recovery paused at the target (the checks passed); returns the new timeline."""
 
     def execute_on_cluster(self, context) -> dict:
         timeline = promote(self.runner, self.hook.cluster)
+        self.journal(context).record("promoted")
+        restore_guard.advance(self.hook.cluster, context["run_id"], "promoted")
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
         return {"timeline": timeline, "finished_at": _now()}
 
 
-class ReleaseRestoreGuardOperator(_ClusterOperator):
+class PitrFullBackupOperator(PgBackRestBackupOperator):
+    """The new timeline's first full backup: allowed while this run's restore guard is up, annotated
+    with the change, recorded in the run's journal (the change's notes say whether it exists)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("backup_type", "full")
+        super().__init__(**kwargs)
+
+    def execute_on_cluster(self, context) -> dict:
+        journal = RunJournal.load(self.hook.cluster, context["run_id"])
+        self.restore_run_id = context["run_id"]
+        self.extra_annotations = {**self.extra_annotations, "rewind_change": journal.change or "-"}
+        record = super().execute_on_cluster(context)
+        journal.record("backup", record["label"])
+        restore_guard.advance(self.hook.cluster, context["run_id"], "backed_up")
+        return record
+
+
+class ReleaseRestoreGuardOperator(PitrOperator):
     """Lift the restore guard once the new timeline has its full backup: backups may resume."""
 
     def execute_on_cluster(self, context) -> dict:
-        return {"cleared": clear_guard(self.hook.cluster, run_id=context["run_id"])}
+        return {"released": restore_guard.release(self.hook.cluster, context["run_id"])}
 
 
-class CloseChangeOperator(_PitrOperator):
-    """Close the change (successful) with the run summary and set the same summary as the run note."""
+class CloseChangeOperator(PitrOperator):
+    """Close the change (successful) with the run summary, start the hold's last period, and set the
+    same summary as the run note."""
 
-    template_fields: Sequence[str] = ("cluster", "request", "change", "steps", "servicenow_conn_id", "airflow_api_conn_id")
+    template_fields: Sequence[str] = ("cluster", "request", "steps", "servicenow_conn_id", "airflow_api_conn_id")
 
-    def __init__(
-        self,
-        *,
-        change: Any,
-        steps: Any,
-        servicenow_conn_id: str = "servicenow_default",
-        airflow_api_conn_id: str = "airflow_api",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, steps: Any, airflow_api_conn_id: str = "airflow_api", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.change = change
-        self.steps = steps  # {"plan": ..., "stop": ..., "restore": ..., "recovery": ..., ...}
-        self.servicenow_conn_id = servicenow_conn_id
+        self.steps = steps  # {"stop": ..., "restore": ..., "start": ..., "recovery": ..., "checks": ..., ...}
         self.airflow_api_conn_id = airflow_api_conn_id
 
     def execute_on_cluster(self, context) -> str:
-        steps = self.steps
+        cluster, journal, steps = self.hook.cluster, self.journal(context), self.steps
         seconds = lambda a, b: (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()  # noqa: E731
-        promoted_at = (steps.get("promote") or {}).get("finished_at") or steps["recovery"]["finished_at"]
+        stop_started = journal.data.get("stop_started_at") or steps["stop"]["started_at"]
+        promoted_at = journal.at("promoted") or steps["recovery"]["finished_at"]
         timings = {
-            "restore": seconds(steps["restore"]["started_at"], steps["restore"]["finished_at"]),
-            "recovery": seconds(steps["start"]["started_at"], steps["recovery"]["finished_at"]),
-            "downtime (stop to promoted)": seconds(steps["stop"]["started_at"], promoted_at),
+            "restore": seconds(journal.at("restore_started"), journal.at("restored")),
+            "recovery": seconds(journal.at("started"), journal.at("at_target")),
+            "downtime (stop to promoted)": seconds(stop_started, promoted_at),
             "full backup": float(steps["backup"]["duration_s"]),
         }
         text = summary(
-            self.hook.cluster, self.pitr_request, run_id=context["run_id"], run_url=run_url(context), plan=steps["plan"],
-            recovery=steps["recovery"], checks=steps.get("checks") or [], timeline=(steps.get("promote") or steps["recovery"]).get("timeline"),
-            backup=steps["backup"], timings=timings,
+            cluster, self.pitr_request, run_id=context["run_id"], run_url=run_url(context), plan=journal.data["plan"],
+            recovery=steps["recovery"], checks=steps.get("checks") or [],
+            timeline=(steps.get("promote") or steps["recovery"]).get("timeline"), backup=steps["backup"], timings=timings,
         )
-        metrics.emit(self.hook.cluster.name, {
-            "pitr.duration_seconds": seconds(steps["stop"]["started_at"], _now()),
+        metrics.emit(cluster.name, {
+            "pitr.duration_seconds": seconds(stop_started, _now()),
             "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
         })
-        client = ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
-        client.update(TABLE, self.change["sys_id"], {"state": 3, "close_code": "successful", "close_notes": text})
-        self.log.info("closed %s:\n%s", self.change["number"], text)
-        self._set_run_note(context, f"{self.change['number']} closed successful\n{text}")
+        self.servicenow.update(CHANGE_TABLE, journal.data["change_sys_id"],
+                               {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text})
+        journal.record("closed")
+        hold = end_hold(cluster, context["run_id"], keep_days=cluster.pitr.hold_days)
+        if hold:
+            self.log.info("retention %s", hold.describe())
+        self.log.info("closed %s:\n%s", journal.change, text)
+        self._set_run_note(context, f"{journal.change} closed successful\n{text}")
         return text
 
     def _set_run_note(self, context, note: str) -> None:

@@ -11,14 +11,15 @@ from rewind.health import Finding, check_stanza
 from rewind.pgbackrest.errors import PgBackRestError
 from rewind.verify import continuity_finding, wal_gaps
 from rewind_airflow.notifiers.alerts import report_findings
-from rewind_airflow.operators.pgbackrest import _ClusterOperator
+from rewind_airflow.operators.base import RewindClusterOperator
 
 
-class VerifyRepositoryOperator(_ClusterOperator):
+class VerifyRepositoryOperator(RewindClusterOperator):
     """Each result is a finding with its own deduplicated incident; the task fails when any does,
     so the run history shows red where the repository could not be trusted."""
 
     def execute_on_cluster(self, context) -> list[dict[str, Any]]:
+        self.skip_while_restoring()
         cluster, client = self.hook.cluster, self.hook.get_conn()
         findings: list[Finding] = []
         for problem, run in (("check", client.check), ("verify", client.verify)):

@@ -1,0 +1,54 @@
+"""RewindClusterOperator: the base of every operator that works on one inventory cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from rewind.guard import RestoreInProgress, require_no_restore
+from rewind_airflow.hooks.pgbackrest import PgBackRestHook
+
+
+class RewindClusterOperator(BaseOperator):
+    """One runbook step on one inventory cluster, on the worker that serves the cluster's queue.
+
+    Subclasses implement `execute_on_cluster`. The task's repository credentials are released (a
+    Vault lease revoked) when it ends, however it ends; on_kill stops the running command's whole
+    process group first.
+    """
+
+    template_fields: Sequence[str] = ("cluster",)
+
+    def __init__(self, *, cluster: str, inventory_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.inventory_file = inventory_file
+
+    @cached_property
+    def hook(self) -> PgBackRestHook:
+        return PgBackRestHook(cluster=self.cluster, inventory_file=self.inventory_file)
+
+    def execute(self, context) -> Any:
+        try:
+            return self.execute_on_cluster(context)
+        finally:
+            self.hook.release()
+
+    def execute_on_cluster(self, context) -> Any:
+        raise NotImplementedError
+
+    def skip_while_restoring(self, *, allowed_run_id: str | None = None) -> None:
+        """Routine work waits while a PITR replaces the data directory: skipped, not failed, no
+        incident. A PITR that failed mid-rewind is another matter: that raises (the cluster needs a DBA)."""
+        try:
+            require_no_restore(self.hook.cluster, allowed_run_id=allowed_run_id)
+        except RestoreInProgress as exc:
+            raise AirflowSkipException(str(exc)) from None
+
+    def on_kill(self) -> None:
+        self.hook.terminate()
+        self.hook.release()
