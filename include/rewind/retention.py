@@ -34,9 +34,12 @@ from rewind.state import file_key, read_json, state_dir, write_json
 LABEL_RE = re.compile(r"\b\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?\b")
 
 
+DRY_RUN_EXPIRE_RE = re.compile(r"\[DRY-RUN\] (?:repo\d+: )?expire (?:full|diff|incr) backup")
+
+
 def dry_run_expired(output: str) -> list[str]:
-    """Labels on pgBackRest's `[DRY-RUN] expire ... backup ...` lines."""
-    return sorted({label for line in output.splitlines() if "[DRY-RUN] expire" in line for label in LABEL_RE.findall(line)})
+    """Labels on pgBackRest's `[DRY-RUN] repo1: expire full backup <label>[, <label>...]` lines."""
+    return sorted({label for line in output.splitlines() if DRY_RUN_EXPIRE_RE.search(line) for label in LABEL_RE.findall(line)})
 
 
 @dataclass(frozen=True)

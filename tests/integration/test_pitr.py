@@ -11,98 +11,26 @@ import pytest
 
 from rewind.guard import read_guard
 from rewind.postgres import postmaster_pid
-from rewind.servicenow import Auth, ServiceNowClient
 from tests.conftest import load_dags, run_once
+from tests.integration.helpers import (
+    VOID_CHECK,
+    assert_success,
+    change_of,
+    client,
+    fresh_ledger,
+    incidents_for,
+    ledger,
+    run_pitr,
+    the_incident,
+    timeline,
+    write,
+)
 
-pytestmark = pytest.mark.integration
-
-REASON = "migration 42 ran UPDATE ledger_entry SET status='void' without WHERE"
-VOID_CHECK = {"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0}
-
-
-@pytest.fixture(scope="module")
-def pitr(demo_stack, airflow_db, servicenow):
-    """The demo cluster's PITR DAG with a short approval poll, and a full backup to restore from."""
-    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "pitr-base"})
-    dag = load_dags("rewind_pitr.py")["rewind_pitr__demo"]
-    gate = dag.get_task("wait_for_approval")
-    gate.poll_interval = 1
-    gate.timeout = 120  # a test that never decides fails instead of waiting a day
-    return dag
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_guard(demo_stack):
-    """A failing test leaves the restore guard up (as the product should); clear it so one failure
-    does not fail every later test for the same reason."""
-    yield
-    from rewind.guard import clear
-
-    print(clear(demo_stack.cluster))
-
-
-@pytest.fixture
-def approve_all(servicenow):
-    servicenow.state.auto_approve = True
-    yield
-    servicenow.state.auto_approve = False
-
-
-def client(servicenow) -> ServiceNowClient:
-    return ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
-
-
-def fresh_ledger(stack) -> None:
-    stack.psql("drop table if exists ledger_entry")
-    stack.psql("create table ledger_entry (id bigint primary key, amount numeric(12,2), status text not null)")
-
-
-def write(stack, first: int, rows: int) -> None:
-    stack.psql(
-        f"insert into ledger_entry select g, g * 1.5, 'posted' from generate_series({first}, {first + rows - 1}) g"
-    )
-
-
-def ledger(stack) -> tuple[int, int, int]:
-    """(rows, void rows, max id)"""
-    rows, void, top = stack.psql(
-        "select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || coalesce(max(id), 0) from ledger_entry"
-    ).split()
-    return int(rows), int(void), int(top)
-
-
-def timeline(stack) -> int:
-    return int(stack.psql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
-
-
-def the_incident(stack) -> None:
-    """The migration's UPDATE without WHERE, then more work committed after it."""
-    stack.psql("update ledger_entry set status = 'void'")
-    write(stack, 10_001, 50)
-
-
-FORM_DEFAULTS = {
-    "target": "", "target_exclusive": False, "target_action": "pause", "target_timeline": "current",
-    "backup_set": None, "change_number": None, "validation_sql": [], "validation_database": None, "reason": REASON,
-}
-
-
-def run_pitr(dag, **conf):
-    """Trigger with the whole form, as the UI does (dag.test() would otherwise reuse the values of
-    an earlier run on the same DAG object for params left out)."""
-    return run_once(dag, run_conf={**FORM_DEFAULTS, **conf})
-
-
-def assert_success(run):
-    from airflow.utils.state import DagRunState
-
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert run.state == DagRunState.SUCCESS, states
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
 
 
 def closed_change(servicenow, run) -> dict:
-    [change] = client(servicenow).query("change_request", f"correlation_id=rewind:{run.dag_id}:{run.run_id}")
-    return change
+    return change_of(servicenow, run)
 
 
 def test_the_guides_incident_rewound_by_time(demo_stack, pitr, servicenow, approve_all):
@@ -256,6 +184,7 @@ def test_rejected_change_never_touches_postgres(demo_stack, pitr, servicenow, ca
     fresh_ledger(demo_stack)
     write(demo_stack, 1, 40)
     pid = postmaster_pid(demo_stack.cluster)
+    incidents_before = len(incidents_for(servicenow, "demo"))
     decision = _decide_in_background(servicenow, "reject")
     run = run_pitr(pitr, target_type="latest")
     assert run.state == DagRunState.FAILED
@@ -266,6 +195,7 @@ def test_rejected_change_never_touches_postgres(demo_stack, pitr, servicenow, ca
     assert ledger(demo_stack) == (40, 0, 40)
     number = decision["change"]["number"]
     assert f"{number} (state New, approval rejected) was rejected" in capfd.readouterr().out
+    assert len(incidents_for(servicenow, "demo")) == incidents_before  # the gate working is not an incident
 
 
 def test_approval_given_after_the_sensor_deferred(demo_stack, pitr, servicenow):
@@ -303,6 +233,7 @@ def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow
     write(demo_stack, 1, 10)
     pid = postmaster_pid(demo_stack.cluster)
     changes_before = len(client(servicenow).query("change_request", ""))
+    incidents_before = len(incidents_for(servicenow, "demo"))
     run = run_pitr(pitr, **conf)
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
@@ -312,6 +243,7 @@ def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow
     assert postmaster_pid(demo_stack.cluster) == pid
     assert ledger(demo_stack) == (10, 0, 10)
     assert len(client(servicenow).query("change_request", "")) == changes_before
+    assert len(incidents_for(servicenow, "demo")) == incidents_before  # a typo in the form is not an incident
 
 
 def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):

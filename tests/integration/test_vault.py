@@ -15,7 +15,7 @@ import pytest
 from rewind.postgres import postmaster_pid
 from rewind.stack.airflow import REPO
 from tests.conftest import load_dags, run_once
-from tests.integration.test_pitr import FORM_DEFAULTS, assert_success, fresh_ledger, ledger, write
+from tests.integration.helpers import FORM_DEFAULTS, assert_success, fresh_ledger, ledger, write
 
 pytestmark = pytest.mark.integration
 

@@ -42,6 +42,14 @@ from rewind.wal import (
 )
 
 
+class TargetNotReachable(PreflightError):
+    """The form asked for something the repository cannot give (a target in the future or before
+    the oldest backup, a restore point that was never made, a backup set of another branch): the
+    run ends with the reason, and no incident is opened: nothing is broken."""
+
+    opens_incident = False
+
+
 class RestorePlan(BaseModel):
     """What `restore` will do; the XCom of preflight and, re-checked, of stop_postgres."""
 
@@ -79,11 +87,11 @@ def resolve_timeline(request: PitrRequest, *, cluster_timeline: int | None, list
         return highest
     if requested == "current":
         if cluster_timeline is None:
-            raise PreflightError("param target_timeline: 'current' needs the cluster's pg_control, which could not be read: give a timeline number")
+            raise TargetNotReachable("param target_timeline: 'current' needs the cluster's pg_control, which could not be read: give a timeline number")
         return cluster_timeline
     number = int(requested)
     if number != 1 and number not in listing.histories:
-        raise PreflightError(f"param target_timeline: timeline {number} is not in the archive (highest is {highest})")
+        raise TargetNotReachable(f"param target_timeline: timeline {number} is not in the archive (highest is {highest})")
     return number
 
 
@@ -109,16 +117,16 @@ def choose_backup(info: StanzaInfo, history: TimelineHistory, request: PitrReque
     if request.backup_set:
         backup = info.get(request.backup_set)
         if backup is None:
-            raise PreflightError(f"param backup_set: {request.backup_set} is not in the repository (see `pgbackrest info`)")
+            raise TargetNotReachable(f"param backup_set: {request.backup_set} is not in the repository (see `pgbackrest info`)")
         if backup.error:
-            raise PreflightError(f"param backup_set: {backup.label} has pgBackRest's error flag: choose another backup")
+            raise TargetNotReachable(f"param backup_set: {backup.label} has pgBackRest's error flag: choose another backup")
         if not on_history(backup, history):
-            raise PreflightError(
+            raise TargetNotReachable(
                 f"param backup_set: {backup.label} (timeline {backup.timeline}, stop LSN {backup.lsn.stop}) does not lead to timeline "
                 f"{history.timeline}: it lies on a branch that timeline {history.timeline} does not come from; choose a backup on its history"
             )
         if not before_target(backup):
-            raise PreflightError(
+            raise TargetNotReachable(
                 f"param backup_set: {backup.label} ended at {backup.stopped_at:%Y-%m-%d %H:%M:%S} UTC / {backup.lsn.stop}, after the {what}"
             )
         return backup
@@ -128,7 +136,7 @@ def choose_backup(info: StanzaInfo, history: TimelineHistory, request: PitrReque
     candidates = [b for b in usable if before_target(b)]
     if not candidates:
         oldest = usable[0]
-        raise PreflightError(
+        raise TargetNotReachable(
             f"{what} is before the oldest usable backup ({oldest.label} ended {oldest.stopped_at:%Y-%m-%d %H:%M:%S} UTC at {oldest.lsn.stop}): "
             "it cannot be reached"
         )
@@ -139,7 +147,7 @@ def choose_backup(info: StanzaInfo, history: TimelineHistory, request: PitrReque
 def check_target_time(request: PitrRequest, now: dt.datetime) -> None:
     target_time = request.target_time
     if target_time is not None and target_time > now:
-        raise PreflightError(f"param target: {target_time:%Y-%m-%d %H:%M:%S} UTC is in the future (now {now:%Y-%m-%d %H:%M:%S} UTC)")
+        raise TargetNotReachable(f"param target: {target_time:%Y-%m-%d %H:%M:%S} UTC is in the future (now {now:%Y-%m-%d %H:%M:%S} UTC)")
 
 
 def locate_in_wal(
@@ -161,13 +169,13 @@ def locate_in_wal(
     oldest = oldest_start_segment(b.archive.start for b in info.backups if not b.error)
     result = scan_archive(pgbackrest, listing, history, wanted, oldest_segno=oldest, log=log)
     if not result.matches:
-        raise PreflightError(
+        raise TargetNotReachable(
             f"{what} is not in the archived WAL since the oldest backup ({result.segments_scanned} segments on timeline "
             f"{history.timeline}'s history scanned): check the target, or give backup_set"
         )
     newest = max(result.matches, key=lambda record: lsn_value(record.lsn))
     if newest.kind == "ABORT":
-        raise PreflightError(f"{what} aborted ({newest.description} at {newest.lsn}): there is no commit to recover to")
+        raise TargetNotReachable(f"{what} aborted ({newest.description} at {newest.lsn}): there is no commit to recover to")
     return newest
 
 
@@ -223,14 +231,14 @@ def make_plan(
         target_lsn = request.pgbackrest_target
         end_of_archive = (last_on_path + 1) * SEGMENT_SIZE
         if lsn_value(target_lsn) >= end_of_archive:
-            raise PreflightError(
+            raise TargetNotReachable(
                 f"param target: LSN {request.target} is beyond the archived WAL of timeline {timeline} (it ends before {lsn_text(end_of_archive)})"
             )
     elif request.target_type == "time":
         newest = listing.newest_upload()
         if newest is None or request.target_time > newest:
             newest_text = f"{newest:%Y-%m-%d %H:%M:%S} UTC" if newest else "none"
-            raise PreflightError(
+            raise TargetNotReachable(
                 f"param target: {request.target_time:%Y-%m-%d %H:%M:%S} UTC is after the newest archived WAL "
                 f"({newest_text}): the WAL to reach it is not in the repository"
             )

@@ -50,6 +50,7 @@ class DemoStack:
     cipher_pass: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     schedules: dict | None = None
     credentials: dict | None = None  # the inventory's credentials section; default: source env
+    repo_settings: dict | None = None  # merged into the inventory's repo section (retention, ...)
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -135,6 +136,7 @@ class DemoStack:
                         "ca_file": str(self.s3.ca_file),
                         "path": f"/rewind/{self.name}",
                         "cipher_type": "aes-256-cbc",
+                        **(self.repo_settings or {}),
                     },
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "state_path": str(self.base / "rewind-state"),

@@ -1,0 +1,41 @@
+"""Fixtures of the PITR tests on the demo stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import load_dags
+
+
+def pitr_dag(cluster: str):
+    """The cluster's PITR DAG with a short approval poll; a test that never decides fails within
+    two minutes instead of waiting a day."""
+    dag = load_dags("rewind_pitr.py")[f"rewind_pitr__{cluster}"]
+    gate = dag.get_task("wait_for_approval")
+    gate.poll_interval = 1
+    gate.timeout = 120
+    return dag
+
+
+@pytest.fixture(scope="module")
+def pitr(demo_stack, airflow_db, servicenow):
+    """The demo cluster's PITR DAG, and a full backup to restore from."""
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "pitr-base"})
+    return pitr_dag("demo")
+
+
+@pytest.fixture
+def clean_guard(demo_stack):
+    """A failing test leaves the restore guard up (as the product should); clear it so one failure
+    does not fail every later test for the same reason."""
+    yield
+    from rewind.guard import clear
+
+    print(clear(demo_stack.cluster))
+
+
+@pytest.fixture
+def approve_all(servicenow):
+    servicenow.state.auto_approve = True
+    yield
+    servicenow.state.auto_approve = False
