@@ -134,7 +134,7 @@ for cluster in inventory.clusters.values():
         wait_for_target = WaitForRecoveryTargetOperator(task_id="wait_for_target", cluster=cluster.name, request=REQUEST, retries=0,
                                                         started="{{ ti.xcom_pull(task_ids='start_postgres') }}", **sn)
         validate_data = ValidateDataOperator(task_id="validate_data", cluster=cluster.name, request=REQUEST, retries=0, **sn)
-        promote = PromoteOperator(task_id="promote", cluster=cluster.name, **sn)
+        promote = PromoteOperator(task_id="promote", cluster=cluster.name, request=REQUEST, **sn)
         full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
         release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
         close_change = CloseChangeOperator(

@@ -56,6 +56,10 @@ class Guard:
     blocks_backups: bool = False
     failed_step: str | None = None
     took_over: str | None = None  # the failed run whose guard this run continued
+    # The timeline the cluster ran on before the first rewind of this guard stopped it. A cluster
+    # left stopped or paused mid-rewind has no "current" timeline of its own (its pg_control names
+    # the restored backup's); a run that takes over means this one.
+    timeline_before: int | None = None
 
     def describe(self) -> str:
         step = f" at step {self.failed_step}" if self.failed_step else ""
@@ -108,10 +112,10 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
     if existing is not None and existing.run_id == run_id:
         return existing
     inherited = False
-    took_over = None
+    took_over = timeline_before = None
     if existing is not None:
         if existing.phase == FAILED:
-            inherited, took_over = True, existing.run_id
+            inherited, took_over, timeline_before = True, existing.run_id, existing.timeline_before
             log(f"taking over the restore guard of failed {existing.describe()}: backups stay blocked until this run's new full backup")
         elif _active(run_state, existing):
             raise PitrAlreadyRunning(
@@ -126,7 +130,7 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
                 f"look at the cluster, then `rewind guard clear --cluster {cluster.name}` and trigger again"
             )
     return _write(cluster, Guard(cluster=cluster.name, run_id=run_id, dag_id=dag_id, phase=CLAIMED, since=now, updated=now,
-                                 blocks_backups=inherited, took_over=took_over))
+                                 blocks_backups=inherited, took_over=took_over, timeline_before=timeline_before))
 
 
 def _own(cluster: Cluster, run_id: str) -> Guard:
@@ -137,13 +141,13 @@ def _own(cluster: Cluster, run_id: str) -> Guard:
     return existing
 
 
-def advance(cluster: Cluster, run_id: str, phase: str, *, change: str | None = None) -> Guard:
+def advance(cluster: Cluster, run_id: str, phase: str, *, change: str | None = None, timeline_before: int | None = None) -> Guard:
     """Move this run's guard to `phase` (one of RESTORE_PHASES: backups are blocked from now on)."""
     if phase not in RESTORE_PHASES:
         raise ValueError(f"unknown restore phase {phase!r}")
     guard = _own(cluster, run_id)
     return _write(cluster, replace(guard, phase=phase, updated=_now(), blocks_backups=True, failed_step=None,
-                                   change=change or guard.change))
+                                   change=change or guard.change, timeline_before=guard.timeline_before or timeline_before))
 
 
 def set_change(cluster: Cluster, run_id: str, change: str) -> Guard:

@@ -66,10 +66,9 @@ def run_check(runner, cluster: Cluster, sql: str, *, database: str) -> str:
     the server's privileges, not by inspecting the SQL."""
     timeout_ms = cluster.postgres.check_timeout_s * 1000
     options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
-    result = runner.run(
-        psql_argv(cluster, sql, database=database, role=cluster.postgres.check_role),
-        timeout=cluster.postgres.check_timeout_s + 30, log_stdout=False, extra_env={"PGOPTIONS": options},
-    )
+    argv = psql_argv(cluster, sql, database=database, role=cluster.postgres.check_role)
+    result = runner.run(argv, timeout=cluster.postgres.check_timeout_s + 30, log_stdout=False, extra_env={"PGOPTIONS": options},
+                        shown_argv=[*argv[:-1], "<the data check>"])
     return result.stdout.strip()
 
 

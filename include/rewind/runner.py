@@ -125,8 +125,15 @@ def kill_process_group(proc: subprocess.Popen | None, grace: float = KILL_GRACE_
 class CommandFailed(RewindError):
     def __init__(self, result: "CommandResult"):
         self.result = result
-        tail = result.output.strip().splitlines()[-1:] or ["no output"]
-        super().__init__(f"{os.path.basename(result.argv[0])} exited with {result.returncode}: {tail[0]}")
+        super().__init__(f"{os.path.basename(result.argv[0])} exited with {result.returncode}: {self.reason(result.output)}")
+
+    @staticmethod
+    def reason(output: str) -> str:
+        """The line that says what went wrong: the last ERROR/FATAL line (a HINT or DETAIL may
+        follow it), else the last line."""
+        lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+        errors = [line for line in lines if any(mark in line for mark in ("ERROR:", "FATAL:", "PANIC:", "error:"))]
+        return (errors or lines or ["no output"])[-1]
 
 
 class CommandTimeout(RewindError):
@@ -205,12 +212,15 @@ class CommandRunner:
         check: bool = True,
         log_stdout: bool = True,
         extra_env: Mapping[str, str] | None = None,
+        shown_argv: Sequence[str] | None = None,
     ) -> CommandResult:
+        """`shown_argv`: what the log shows instead of argv, when an item is someone's free text
+        (a data check's SQL is logged by its caller, masked and bounded)."""
         argv = [str(item) for item in argv]
         identity = self._identity()
         env = self.environment()
         env.update(extra_env or {})
-        self._line_logger(f"$ {' '.join(argv)}  (as {self.os_user})")
+        self._line_logger(f"$ {' '.join(shown_argv or argv)}  (as {self.os_user})")
         started = time.monotonic()
         with self._lock:
             self._proc = subprocess.Popen(

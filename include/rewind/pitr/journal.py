@@ -18,7 +18,7 @@ from rewind.inventory import Cluster
 from rewind.state import file_key, read_json, state_dir, write_json
 
 # The milestones, in order. `started` is the point after which the rewind has happened.
-STEPS = ("stopped", "restore_started", "restored", "started", "at_target", "promoted", "backup", "closed")
+STEPS = ("stopped", "restore_started", "restored", "started", "at_target", "checked", "promoted", "backup", "closed")
 
 
 class AlreadyRewound(RewindError):

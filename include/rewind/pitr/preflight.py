@@ -40,9 +40,12 @@ def pitr_preflight(
     *,
     runner: CommandRunner,
     inventory_path: Path | str,
+    timeline_before: int | None = None,
     now: dt.datetime | None = None,
     log: Callable[[str], None] = print,
 ) -> RestorePlan:
+    """`timeline_before`: set when the cluster is mid-rewind (stopped or paused by a failed PITR this
+    run takes over): what `current` means then, since its pg_control names the restored backup's."""
     cluster = pgbackrest.cluster
     check_target_time(request, now or dt.datetime.now(dt.timezone.utc))
     run_repository_preflight(cluster, inventory_path=inventory_path, pgbackrest=pgbackrest, allow_no_backup=False)
@@ -54,7 +57,7 @@ def pitr_preflight(
     info = pgbackrest.info()  # after the switch: the archive range now includes everything up to now
     return make_plan(
         pgbackrest, request, info,
-        cluster_timeline=control_timeline(runner, cluster), in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log,
+        cluster_timeline=timeline_before or control_timeline(runner, cluster), in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log,
     )
 
 

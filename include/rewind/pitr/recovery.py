@@ -148,6 +148,7 @@ def run_data_checks(
 ) -> list[dict]:
     """Each check as the check role (rewind.postgres.run_check). Its answer is compared in full,
     then masked (every secret value this task knows replaced) and bounded before it goes anywhere."""
+    secrets = list(secrets)
     results = []
     for number, check in enumerate(checks, 1):
         try:
@@ -156,8 +157,9 @@ def run_data_checks(
         except CommandFailed as exc:
             got, passed = f"error: {exc}", False
         shown = bounded(redact(got, secrets), MAX_RESULT_CHARS)
-        results.append({"sql": check.sql, "expect": check.expect, "got": shown, "passed": passed})
-        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {check.sql!r} -> {shown!r} (expected {check.expect!r})")
+        sql = bounded(redact(check.sql, secrets), MAX_RESULT_CHARS)
+        results.append({"sql": sql, "expect": redact(check.expect, secrets), "got": shown, "passed": passed})
+        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {sql!r} -> {shown!r} (expected {results[-1]['expect']!r})")
     failed = [r for r in results if not r["passed"]]
     if failed:
         first = failed[0]

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
+from rewind.credentials import bounded, redact
 from rewind.incidents import IncidentAction, report_healthy, report_problem
+from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 
 
@@ -96,7 +98,7 @@ class RewindAlertNotifier(BaseNotifier):
             cluster=self.cluster,
             problem=task_problem(context),
             summary=f"{ti.dag_id}.{ti.task_id} failed",
-            details=f"run {context['run_id']}, try {ti.try_number}: {context.get('exception')}",
+            details=bounded(redact(f"run {context['run_id']}, try {ti.try_number}: {exception}", known_secret_values()), 3000),
             servicenow_conn_id=self.servicenow_conn_id,
             impact=self.impact,
             urgency=self.urgency,

@@ -44,17 +44,18 @@ class PitrFailureNotifier(BaseNotifier):
         ti, run_id = context["ti"], context["run_id"]
         exception = bounded(redact(str(context.get("exception")), known_secret_values()), 1500)
         cluster = load_inventory().get(self.cluster)
+        journal = RunJournal.load(cluster, run_id)
         try:
             guard = restore_guard.fail(cluster, run_id, ti.task_id)
         except Exception as exc:  # settling the guard must never hide the original failure
             guard, guard_text = None, f"Restore guard state unknown ({exc})."
         else:
-            if guard is None or guard.run_id != run_id:
-                end_hold(cluster, run_id, keep_days=0)  # nothing was touched: nothing to keep
-                guard_text = "Nothing was touched; the restore guard is released."
-            else:
+            if guard is not None and guard.run_id == run_id:
                 guard_text = f"Restore guard is up (phase failed at {ti.task_id}): backups of {cluster.name} are blocked until a DBA clears it or a new PITR takes it over."
-        journal = RunJournal.load(cluster, run_id)
+            else:
+                guard_text = "The restore guard is not held by this run."
+        if not journal.at("stopped"):
+            end_hold(cluster, run_id, keep_days=0)  # this run never touched the cluster: nothing to keep for it
         try:
             state = describe_state(CommandRunner(os_user=cluster.postgres.os_user), cluster)
         except Exception as exc:  # describing must never hide the original failure

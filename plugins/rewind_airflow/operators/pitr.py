@@ -111,10 +111,11 @@ class PitrValidateParamsOperator(PitrOperator):
         return request.model_dump(mode="json")
 
 
-def _require_claim(cluster, run_id: str) -> None:
+def _require_claim(cluster, run_id: str) -> restore_guard.Guard:
     guard = restore_guard.read_guard(cluster)
     if guard is None or guard.run_id != run_id:
         raise PitrStepFailed(f"cluster {cluster.name!r}: this run does not hold the restore guard ({guard.describe() if guard else 'none'}): re-run validate_params")
+    return guard
 
 
 class PitrPreflightOperator(PitrOperator):
@@ -123,9 +124,12 @@ class PitrPreflightOperator(PitrOperator):
 
     def execute_on_cluster(self, context) -> dict:
         cluster, request = self.hook.cluster, self.pitr_request
-        _require_claim(cluster, context["run_id"])
+        guard = _require_claim(cluster, context["run_id"])
         pgbackrest = self.hook.get_conn()
-        plan = pitr_preflight(pgbackrest, request, runner=self.runner, inventory_path=self.hook.inventory_file, log=self.log.info)
+        if guard.timeline_before:
+            self.log.info("the cluster is mid-rewind (taken over from %s): it ran on timeline %s before", guard.took_over, guard.timeline_before)
+        plan = pitr_preflight(pgbackrest, request, runner=self.runner, inventory_path=self.hook.inventory_file,
+                              timeline_before=guard.timeline_before, log=self.log.info)
         hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=plan.timeline, reason=request.reason)
         if hold:
             self.log.info("retention %s", hold.describe())
@@ -175,9 +179,9 @@ class StopPostgresOperator(PitrOperator):
         if plan.backup_set != self.plan["backup_set"]:
             self.note(journal, f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
                                f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).")
-        restore_guard.advance(cluster, run_id, "stopping", change=change.number)
         timeline_before = live_timeline(runner, cluster) if is_running(cluster) else None
-        journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=timeline_before)
+        guard = restore_guard.advance(cluster, run_id, "stopping", change=change.number, timeline_before=timeline_before)
+        journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=guard.timeline_before)
         if change.state != ChangeState.IMPLEMENT:
             self.servicenow.update(CHANGE_TABLE, change.sys_id, {
                 "state": ChangeState.IMPLEMENT.value,
@@ -283,19 +287,28 @@ class ValidateDataOperator(PitrOperator):
     def execute_on_cluster(self, context) -> list[dict]:
         request = self.pitr_request
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
-        return run_data_checks(
+        results = run_data_checks(
             self.runner, self.hook.cluster, list(request.validation_sql),
             database=request.validation_database or self.hook.cluster.postgres.database,
             secrets=known_secret_values(), log=self.log.info,
         )
+        self.journal(context).record("checked")
+        return results
 
 
 class PromoteOperator(PitrOperator):
-    """Promote when recovery paused at the target (the checks passed); returns the new timeline."""
+    """Promote when recovery paused at the target and this run's data checks passed (recorded in its
+    journal: a validate_data marked success by hand does not count); returns the new timeline."""
 
     def execute_on_cluster(self, context) -> dict:
+        journal = self.journal(context)
+        if self.pitr_request.action == "pause" and not journal.at("checked") and not journal.at("promoted"):
+            raise PitrStepFailed(
+                f"promote refused: the data checks of this run did not pass (validate_data was not run to success here); "
+                f"{self.hook.cluster.name} stays paused and read-only at the target"
+            )
         timeline = promote(self.runner, self.hook.cluster)
-        self.journal(context).record("promoted")
+        journal.record("promoted")
         restore_guard.advance(self.hook.cluster, context["run_id"], "promoted")
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
         return {"timeline": timeline, "finished_at": _now()}
