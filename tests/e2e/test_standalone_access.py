@@ -307,3 +307,24 @@ def test_nobody_but_admin_deletes_a_run_or_a_task_instance_or_writes_an_xcom(run
     response = client.api("PATCH", f"{path}/taskInstances", json={"actions": [{"action": "delete", "entities": [task_id]}]})
     assert refused_entities(response, "delete"), (response.status_code, response.text)
     assert snapshot(roles, dag_id, run_id) == before
+
+
+def test_the_deployed_roles_are_rewinds_definition(runs, roles, tmp_path):
+    """What `rewind roles --apply` and the DAG processor left in Airflow: the global permissions of
+    access.GLOBAL_PERMISSIONS, per DAG the DAGs' access_control, and nothing of a PITR for the operator."""
+    import json
+
+    from rewind_airflow.access import DBA_ONLY, GLOBAL_PERMISSIONS, OPERATIONS, PER_DAG_PREFIXES
+
+    exported = tmp_path / "roles.json"
+    roles.cli("roles", "export", str(exported))
+    granted: dict[str, dict[str, set[str]]] = {}
+    for row in json.loads(exported.read_text()):
+        granted.setdefault(row["name"], {})[row["resource"]] = set(filter(None, row["action"].split(",")))
+    for role, permissions in GLOBAL_PERMISSIONS.items():
+        assert {resource: actions for resource, actions in granted[role].items() if not resource.startswith(PER_DAG_PREFIXES)} == permissions
+    assert granted["DBA"][f"DAG:{PITR}"] == DBA_ONLY["DBA"]["DAGs"]
+    assert granted["DBA"][f"DAG Run:{PITR}"] == DBA_ONLY["DBA"]["DAG Runs"]
+    assert granted["BackupOperator"][f"DAG:{ROUTINE}"] == OPERATIONS["BackupOperator"]["DAGs"]
+    assert granted["BackupOperator"][f"DAG Run:{ROUTINE}"] == OPERATIONS["BackupOperator"]["DAG Runs"]
+    assert not [resource for resource in granted["BackupOperator"] if "rewind_pitr__" in resource]
