@@ -1,12 +1,13 @@
 """Roles under the real API server with the FAB auth manager, over REST, as README "Who may do what
 (roles)" says. For each role, on a PITR DAG and on a routine DAG (verify): trigger, clear a run,
-clear a task, mark a task, mark a run and set its note.
+clear a task, mark a task, mark a run, set its note, pause.
 
   auditor   Viewer                   reads everything; every write is refused (403)
   dba       Viewer + DBA             all of it, on the PITR and on the routine DAGs
   operator  Viewer + BackupOperator  all of it on the routine DAGs; on a PITR everything is refused,
                                      also through the wildcard (~) and bulk endpoints
-Nobody but Admin deletes a run or a task instance or writes an XCom.
+Nobody but Admin deletes a run or a task instance, writes an XCom, or changes connections,
+variables, pools or roles.
 
 The runs cleared and marked here touch nothing: the PITR run's params pass the form's schema but
 fail Rewind's own check in its first task (a time without time zone), the routine run verifies the
@@ -175,8 +176,8 @@ def mark_task(client, dag_id, run_id, dry_run=False, state="skipped"):
     return client.api("PATCH", path, json={"new_state": state})
 
 
-def mark_run(client, dag_id, run_id, dry_run=False):
-    return client.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", params={"update_mask": "state"}, json={"state": "failed"})
+def mark_run(client, dag_id, run_id, dry_run=False, state="failed"):
+    return client.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", params={"update_mask": "state"}, json={"state": state})
 
 
 def set_run_note(client, dag_id, run_id, dry_run=False):
@@ -259,6 +260,41 @@ def test_marking_a_task_and_noting_the_run(runs, rest, roles, user, dag_id):
     assert roles.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["note"] == "access control test"
 
 
+@pytest.mark.parametrize("user,dag_id", ALLOWED)
+def test_marking_a_run(runs, rest, roles, user, dag_id):
+    # A PITR run is only marked failed here (it is): success would mark all its tasks success.
+    for state in ["failed"] if dag_id == PITR else ["failed", "success"]:
+        response = mark_run(rest(user), dag_id, runs[dag_id], state=state)
+        assert response.status_code == 200, response.text
+        assert roles.api("GET", f"/dags/{dag_id}/dagRuns/{runs[dag_id]}").json()["state"] == state
+
+
+@pytest.mark.parametrize("user,dag_id", [("dba", PITR), ("operator", ROUTINE)])
+def test_pausing_and_unpausing(runs, rest, roles, user, dag_id):
+    for paused in (True, False):
+        response = rest(user).api("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+        assert response.status_code == 200, response.text
+        assert roles.api("GET", f"/dags/{dag_id}").json()["is_paused"] is paused
+
+
+@pytest.mark.parametrize("user", ["auditor", "dba", "operator"])
+def test_no_custom_role_changes_connections_variables_pools_or_roles(roles, rest, user):
+    import requests
+
+    client = rest(user)
+    for method, path, body in [
+        ("POST", "/connections", {"connection_id": "rewind_access_test", "conn_type": "http"}),
+        ("POST", "/variables", {"key": "rewind_access_test", "value": "x"}),
+        ("PATCH", "/pools/default_pool", {"name": "default_pool", "slots": 1000}),
+    ]:
+        response = client.api(method, path, json=body)
+        assert response.status_code == 403, (method, path, response.text)
+    roles_api = f"{roles.url}/auth/fab/v1/roles/DBA"
+    response = requests.patch(roles_api, headers={"Authorization": f"Bearer {client.token()}"}, json={"name": "DBA", "actions": []}, timeout=30)
+    assert response.status_code == 403, response.text
+    assert requests.get(roles_api, headers={"Authorization": f"Bearer {roles.rest.token()}"}, timeout=30).status_code == 200  # the admin's
+
+
 def test_a_backup_operator_gets_nothing_on_a_pitr_through_wildcards_and_bulk_endpoints(runs, rest, roles):
     """The global "Task Instances" and "DAG Runs" can_edit a BackupOperator holds open nothing on a
     DAG it may not edit: not through ~ in the path, nor a PITR entity in a routine DAG's bulk body."""
@@ -292,7 +328,7 @@ def test_a_backup_operator_gets_nothing_on_a_pitr_through_wildcards_and_bulk_end
     assert snapshot(roles, PITR, run_id) == before
 
 
-@pytest.mark.parametrize("user,dag_id", ALLOWED)
+@pytest.mark.parametrize("user,dag_id", [*ALLOWED, ("auditor", PITR)])
 def test_nobody_but_admin_deletes_a_run_or_a_task_instance_or_writes_an_xcom(runs, rest, roles, user, dag_id):
     client, run_id, task_id = rest(user), runs[dag_id], CLEARED[dag_id]
     before = snapshot(roles, dag_id, run_id)
