@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     roles = sub.add_parser("roles", help="Airflow roles DBA and BackupOperator: print the `airflow roles` commands that create them")
-    roles.add_argument("--apply", action="store_true", help="run them (as the Airflow user, with Airflow's configuration) and check the result")
+    roles.add_argument("--apply", action="store_true",
+                       help="run them (as the Airflow user, with Airflow's configuration) and check the result")
     args = parser.parse_args(argv)
     if args.command == "roles":  # needs no inventory
         return roles_command(apply=args.apply)

@@ -290,7 +290,8 @@ def test_no_custom_role_changes_connections_variables_pools_or_roles(roles, rest
         response = client.api(method, path, json=body)
         assert response.status_code == 403, (method, path, response.text)
     roles_api = f"{roles.url}/auth/fab/v1/roles/DBA"
-    response = requests.patch(roles_api, headers={"Authorization": f"Bearer {client.token()}"}, json={"name": "DBA", "actions": []}, timeout=30)
+    response = requests.patch(roles_api, headers={"Authorization": f"Bearer {client.token()}"}, json={"name": "DBA", "actions": []},
+                              timeout=30)
     assert response.status_code == 403, response.text
     assert requests.get(roles_api, headers={"Authorization": f"Bearer {roles.rest.token()}"}, timeout=30).status_code == 200  # the admin's
 
@@ -358,7 +359,8 @@ def test_the_deployed_roles_are_rewinds_definition(runs, roles, tmp_path):
     for row in json.loads(exported.read_text()):
         granted.setdefault(row["name"], {})[row["resource"]] = set(filter(None, row["action"].split(",")))
     for role, permissions in GLOBAL_PERMISSIONS.items():
-        assert {resource: actions for resource, actions in granted[role].items() if not resource.startswith(PER_DAG_PREFIXES)} == permissions
+        global_grants = {resource: actions for resource, actions in granted[role].items() if not resource.startswith(PER_DAG_PREFIXES)}
+        assert global_grants == permissions, role
     assert granted["DBA"][f"DAG:{PITR}"] == DBA_ONLY["DBA"]["DAGs"]
     assert granted["DBA"][f"DAG Run:{PITR}"] == DBA_ONLY["DBA"]["DAG Runs"]
     assert granted["BackupOperator"][f"DAG:{ROUTINE}"] == OPERATIONS["BackupOperator"]["DAGs"]
