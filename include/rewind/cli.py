@@ -8,6 +8,8 @@
     rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
     rewind pools                            Airflow pools JSON for `airflow pools import`
     rewind check                            validate the inventory; exit 1 listing every error
+    rewind roles [--apply]                  Airflow roles DBA and BackupOperator (FAB): print the
+                                            `airflow roles` commands, or run them and check the result
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from rewind.errors import RewindError
 from rewind import guard as restore_guard
@@ -112,6 +119,39 @@ def cluster_metrics(cluster, fmt: str) -> str:
     return (as_json if fmt == "json" else as_prometheus)(cluster.name, cluster.stanza, values)
 
 
+def roles_command(*, apply: bool) -> int:
+    """Rewind's roles as `airflow roles` commands (definitions: plugins/rewind_airflow/access.py).
+    Printed, or with apply run with this environment's Airflow configuration and then checked: exit 1
+    naming each global permission a role holds beyond those, with the command that removes it."""
+    from rewind_airflow.access import ROLES, role_commands, undeclared_global_permissions  # plain data, no Airflow
+
+    if not apply:
+        for argv in role_commands():
+            print(shlex.join(argv))
+        return 0
+    airflow = shutil.which("airflow")
+    if airflow is None:
+        print("rewind: `airflow` is not on PATH: run `rewind roles --apply` where Airflow is installed", file=sys.stderr)
+        return 2
+    try:
+        for argv in role_commands(airflow):
+            subprocess.run(argv, check=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix="rewind-roles-") as tmp:
+            exported = Path(tmp) / "roles.json"
+            subprocess.run([airflow, "roles", "export", str(exported)], check=True, timeout=300, stdout=subprocess.DEVNULL)
+            extra = undeclared_global_permissions(json.loads(exported.read_text()))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        print(f"rewind: {shlex.join(exc.cmd)} failed: {exc}", file=sys.stderr)
+        return 2
+    for role, resource, action in extra:
+        remove = shlex.join(["airflow", "roles", "del-perms", role, "--resource", resource, "--action", action])
+        print(f"rewind: role {role} holds {action} on {resource!r}, which Rewind does not grant: {remove}", file=sys.stderr)
+    if extra:
+        return 1
+    print(f"roles {', '.join(ROLES)}: global permissions as Rewind defines them")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rewind", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inventory", help="inventory file (default: $REWIND_INVENTORY or /etc/rewind/inventory.yaml)")
@@ -129,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--format", choices=["json", "prometheus"], default="prometheus")
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
+    roles = sub.add_parser("roles", help="Airflow roles DBA and BackupOperator: print the `airflow roles` commands that create them")
+    roles.add_argument("--apply", action="store_true",
+                       help="run them (as the Airflow user, with Airflow's configuration) and check the result")
     args = parser.parse_args(argv)
+    if args.command == "roles":  # needs no inventory
+        return roles_command(apply=args.apply)
 
     try:
         path = args.inventory or inventory_path()

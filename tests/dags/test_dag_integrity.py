@@ -110,6 +110,7 @@ def test_only_a_dba_may_run_a_pitr_and_every_dag_declares_who_may_run_it(monkeyp
             assert roles == {"DBA", "BackupOperator"}, dag_id
         for permissions in dag.access_control.values():
             assert "can_create" in permissions["DAG Runs"] and "can_edit" in permissions["DAGs"]
+            assert not any("can_delete" in actions for actions in permissions.values()), dag_id  # runs stay on record
 
 
 def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inventory):

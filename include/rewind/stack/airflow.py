@@ -48,6 +48,17 @@ def airflow_bin() -> str:
     return found
 
 
+def rewind_bin() -> str:
+    """The `rewind` CLI installed beside this Python (scripts/install.sh installs the repo editable)."""
+    candidate = Path(sys.executable).parent / "rewind"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("rewind")
+    if not found:
+        raise RuntimeError("the rewind CLI is not installed in this environment: run scripts/install.sh")
+    return found
+
+
 @dataclass
 class AirflowStandalone:
     home: Path
@@ -103,10 +114,17 @@ class AirflowStandalone:
     BUILTIN_ROLES = {"Admin", "Op", "User", "Viewer", "Public"}
 
     def _create_fab_users(self) -> None:
-        """Create the custom roles named in `users`, then every user. The password goes to
-        `airflow users create` on its stdin (no controlling terminal, so getpass reads stdin): on a
-        command line it would be readable in /proc by anyone on the machine."""
-        custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES)
+        """Rewind's roles as a deployment gets them (README "Who may do what"): `rewind roles --apply`,
+        which creates DBA and BackupOperator with their global permissions; then any other custom role
+        named in `users`, then every user. The password goes to `airflow users create` on its stdin
+        (no controlling terminal, so getpass reads stdin): on a command line it would be readable in
+        /proc by anyone on the machine."""
+        from rewind_airflow.access import ROLES  # plain data, no Airflow
+
+        applied = subprocess.run([rewind_bin(), "roles", "--apply"], env=self.environment(), capture_output=True, text=True, timeout=600)
+        if applied.returncode != 0:
+            raise RuntimeError(f"rewind roles --apply exited {applied.returncode}: {applied.stderr.strip()[-2000:]}")
+        custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES - set(ROLES))
         if custom:
             self.cli("roles", "create", *custom)
         for name, roles in {self.username: ["Admin"], **self.users}.items():
