@@ -310,3 +310,29 @@ def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_s
         vault.state.add_policy("rewind-demo", policy)
     backup = demo_stack.pgbackrest().info().find_annotated("airflow_run_id", "vault-sts")
     assert backup is not None and backup.type == "full" and not backup.error, record
+
+
+def test_the_watchdog_checks_archiving_without_credentials_and_reports_them_as_their_own_finding(
+    demo_stack, airflow_db, vault_credentials, servicenow
+):
+    """Vault sealed: the watchdog cannot lease repository credentials. It still checks archiving
+    (pg_stat_archiver needs none), the task succeeds, and the credential failure is its own incident,
+    resolved by the next run that gets credentials (never a generic task_failed incident that no
+    success would resolve)."""
+    from tests.integration.helpers import incidents_for
+
+    vault = vault_credentials
+    health = load_dags("rewind_health.py")["rewind_health__demo"]
+    vault.set_mode("sealed")
+    run = run_once(health)
+    assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    [credentials] = [i for i in incidents_for(servicenow, "demo", "credentials") if i["state"] == "1"]
+    assert "is sealed" in credentials["description"]
+    assert not [i for i in incidents_for(servicenow, "demo", "task_failed.rewind_health__demo") if i["state"] == "1"]
+    assert not [i for i in incidents_for(servicenow, "demo", "archive_failing") if i["state"] == "1"]  # archiving was checked, and is fine
+
+    vault.set_mode("ok")
+    assert run_once(health).state == "success"
+    from tests.integration.helpers import client
+
+    assert client(servicenow).get("incident", credentials["sys_id"])["state"] == "6"
