@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from rewind.postgres import postmaster_pid
 from rewind.servicenow import Auth, ServiceNowClient
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +22,9 @@ def wait_for_task_state(airflow, dag_id, run_id, task_id, state, timeout=180):
         if states.get(task_id) == state:
             return states
         if states.get(task_id) in ("failed", "upstream_failed"):
-            raise AssertionError(f"{task_id} ended {states[task_id]}: {states}")
+            failed = [t for t, state in states.items() if state == "failed"]
+            logs = {t: task_log(airflow, dag_id, run_id, t)[-3000:] for t in failed}
+            raise AssertionError(f"{task_id} ended {states[task_id]}: {states}; failed task logs: {logs}")
         time.sleep(1)
     raise AssertionError(f"{task_id} never reached {state}: {airflow.task_states(dag_id, run_id)}")
 
@@ -29,6 +32,7 @@ def wait_for_task_state(airflow, dag_id, run_id, task_id, state, timeout=180):
 def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(standalone, demo_stack, servicenow):
     dag_id = "rewind_pitr__demo"
     standalone.wait_for_dag(dag_id)
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "e2e-pitr-base"})  # whatever ran before
     demo_stack.psql("drop table if exists ledger_entry")
     demo_stack.psql("create table ledger_entry (id bigint primary key, status text)")
     demo_stack.psql("insert into ledger_entry select g, 'posted' from generate_series(1, 75) g")
@@ -67,3 +71,63 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(st
     assert run["note"].startswith(f"{change['number']} closed successful")
     assert "Restored from backup" in run["note"]
     assert time.monotonic() - approved_at < 600
+
+    # A DBA clears the finished run's destructive steps (Clear, with downstream): the run runs them
+    # again, and they refuse: this run already rewound the cluster. Nothing is stopped or restored.
+    pid = postmaster_pid(demo_stack.cluster)
+    rows = demo_stack.psql("select count(*) from ledger_entry")
+    response = standalone.rest_as("dba").api("POST", f"/dags/{dag_id}/clearTaskInstances", json={
+        "dag_run_id": run_id, "task_ids": ["stop_postgres"], "include_downstream": True, "only_failed": False, "dry_run": False,
+    })
+    assert response.status_code == 200, response.text
+    wait_for_run_state(standalone, dag_id, run_id, "failed")
+    states = standalone.task_states(dag_id, run_id)
+    assert (states["stop_postgres"], states["restore"]) == ("failed", "upstream_failed"), states
+    assert "this run already rewound cluster 'demo'" in task_log(standalone, dag_id, run_id, "stop_postgres")
+    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select count(*) from ledger_entry") == rows
+
+
+def wait_for_run_state(airflow, dag_id, run_id, state, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"] == state:
+            return
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} never became {state}: {airflow.task_states(dag_id, run_id)}")
+
+
+def task_log(airflow, dag_id, run_id, task_id) -> str:
+    try_number = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}").json()["try_number"]
+    return airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}").text
+
+
+def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_nothing(standalone, demo_stack, servicenow):
+    """Two triggers in quick succession: the second run starts and is refused, naming the first,
+    while the first waits for its approval. Then a DBA marks the first run's approval sensor success
+    by hand (FAB gives the right to clear and to mark together): the stop re-reads the change, which
+    is still not approved, and refuses. PostgreSQL is never touched."""
+    dag_id = "rewind_pitr__demo"
+    standalone.wait_for_dag(dag_id)
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "e2e-two-triggers-base"})
+    pid = postmaster_pid(demo_stack.cluster)
+    conf = {"target_type": "latest", "reason": "e2e: two triggers in quick succession"}
+    first = standalone.trigger(dag_id, conf=conf).json()["dag_run_id"]
+    wait_for_task_state(standalone, dag_id, first, "wait_for_approval", "deferred")
+    second = standalone.trigger(dag_id, conf=conf).json()["dag_run_id"]
+    assert standalone.wait_for_run(dag_id, second)["state"] == "failed"
+    assert standalone.task_states(dag_id, second)["validate_params"] == "failed"
+    assert f"PITR run {first}" in task_log(standalone, dag_id, second, "validate_params")
+    assert "is still active" in task_log(standalone, dag_id, second, "validate_params")
+
+    marked = standalone.rest_as("dba").api("PATCH", f"/dags/{dag_id}/dagRuns/{first}/taskInstances/wait_for_approval",
+                                           json={"new_state": "success"})
+    assert marked.status_code == 200, marked.text
+    assert standalone.wait_for_run(dag_id, first)["state"] == "failed"
+    states = standalone.task_states(dag_id, first)
+    assert (states["stop_postgres"], states["restore"]) == ("failed", "upstream_failed"), states
+    assert "waiting for approval" in task_log(standalone, dag_id, first, "stop_postgres")
+    assert postmaster_pid(demo_stack.cluster) == pid
+    sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
+    [change] = sn.query("change_request", f"correlation_id=rewind:{dag_id}:{first}")
+    assert change["state"] == "-3"  # never Implement
+    servicenow.reject(change["number"])  # leave nothing pending

@@ -46,14 +46,17 @@ class PitrFailureNotifier(BaseNotifier):
         cluster = load_inventory().get(self.cluster)
         journal = RunJournal.load(cluster, run_id)
         try:
+            held = restore_guard.read_guard(cluster)
             guard = restore_guard.fail(cluster, run_id, ti.task_id)
         except Exception as exc:  # settling the guard must never hide the original failure
-            guard, guard_text = None, f"Restore guard state unknown ({exc})."
+            guard_text = f"Restore guard state unknown ({exc})."
         else:
             if guard is not None and guard.run_id == run_id:
                 guard_text = f"Restore guard is up (phase failed at {ti.task_id}): backups of {cluster.name} are blocked until a DBA clears it or a new PITR takes it over."
+            elif held is not None and held.run_id == run_id:
+                guard_text = "The restore guard is released: nothing blocks backups."
             else:
-                guard_text = "The restore guard is not held by this run."
+                guard_text = f"This run does not hold the restore guard ({held.describe() if held else 'none is up'})."
         if not journal.at("stopped"):
             end_hold(cluster, run_id, keep_days=0)  # this run never touched the cluster: nothing to keep for it
         try:
