@@ -161,6 +161,23 @@ def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_i
     assert journal.at("stopped") < journal.at("restore_started") and journal.at("closed")
 
 
+def test_a_change_that_refuses_to_close_is_told_what_the_run_really_did(demo_stack, pitr, servicenow, approve_all):
+    """The rewind and its new full backup are done when a data policy refuses the close: the note
+    on the change must say so (it once said "no new full backup was taken" after any failure)."""
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 15)
+    servicenow.state.mandatory_on_close = ["u_post_implementation_review"]
+    try:
+        run = run_pitr(pitr, target_type="latest")
+    finally:
+        servicenow.state.mandatory_on_close = []
+    assert states(run)["close_change"] == "failed" and states(run)["full_backup_new_timeline"] == "success", states(run)
+    label = demo_stack.pgbackrest().info().find_annotated("airflow_run_id", run.run_id).label
+    [note] = [n for n in notes(servicenow, change_of(servicenow, run)) if "step close_change failed" in n]
+    assert "Data Policy Exception" in note and "PostgreSQL started on the restored data" in note and "promoted at" in note
+    assert f"new full backup {label} exists" in note and "no new full backup" not in note
+
+
 # ---- which change may drive a PITR --------------------------------------------------------------
 @pytest.mark.parametrize("fields, message", [
     ({"cmdb_ci": "crm"}, "is for configuration item crm, not cluster demo"),

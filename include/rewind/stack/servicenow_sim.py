@@ -66,6 +66,8 @@ class SimState:
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     auto_approve: bool = False  # approve every change as soon as its approval is requested
+    # Fields an admin's data policy makes mandatory for closing a change, besides close_code/notes.
+    mandatory_on_close: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # ---- records --------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ class SimState:
             record = self.records[table][sys_id]
             fields = {k: "" if v is None else str(v) for k, v in fields.items()}
             if table == "change_request" and fields.get("state") == "3":
-                missing = [f for f in ("close_code", "close_notes") if not (fields.get(f) or record.get(f))]
+                missing = [f for f in ("close_code", "close_notes", *self.mandatory_on_close) if not (fields.get(f) or record.get(f))]
                 if missing:
                     raise PolicyError("The following fields are mandatory: " + ", ".join(m.replace("_", " ").capitalize() for m in missing))
             notes = fields.pop("work_notes", "")
