@@ -11,14 +11,14 @@ from rewind.errors import CredentialsError
 from rewind.stack.net import free_port
 from rewind.stack.vault_sim import VaultSimulator, VaultState
 from rewind.vault import read_cipher_pass
-from tests.unit.test_inventory import GOOD, inv
+from tests.factories import cluster_doc, inventory
 
 VAULT = {"source": "vault", "vault": {"aws_role": "rewind-ledger", "kv_path": "rewind/ledger"}}
 
 
 @pytest.fixture
 def cluster():
-    return inv({"ledger": {**GOOD, "credentials": VAULT}}).get("ledger")
+    return inventory({"ledger": cluster_doc(credentials=VAULT)}).get("ledger")
 
 
 @pytest.fixture
@@ -97,5 +97,5 @@ def test_no_lease_no_revocation(vault, cluster):
     ],
 )
 def test_inventory_vault_settings_are_validated(credentials, message):
-    loaded = inv({"ledger": {**GOOD, "credentials": credentials}})
+    loaded = inventory({"ledger": cluster_doc(credentials=credentials)})
     assert message in loaded.errors["ledger"]
