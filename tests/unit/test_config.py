@@ -1,4 +1,4 @@
-import pwd
+import os
 import stat
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 
 from rewind.errors import ConfigDriftError
 from rewind.pgbackrest.config import config_drift, install_config, render_config, require_no_drift
-from tests.factories import cluster
+from tests.factories import cluster, worker_user
 
 SECRET_OPTIONS = {"repo1-s3-key", "repo1-s3-key-secret", "repo1-s3-token", "repo1-cipher-pass"}
 
@@ -67,7 +67,8 @@ def test_retention_is_a_count_of_fulls_or_a_recovery_window_in_days(tmp_path):
 
 
 def test_drift_detection_and_atomic_install(tmp_path):
-    cluster = cluster_at(tmp_path)
+    """As the worker's own user (the install as root, owned by postgres: tests/integration/test_config_install.py)."""
+    cluster = cluster_at(tmp_path, os_user=worker_user())
     with pytest.raises(ConfigDriftError, match="does not exist: install it with `rewind conf install --cluster ledger`"):
         require_no_drift(cluster, inventory_path="/x")
     assert install_config(cluster, inventory_path="/x") is True
@@ -75,7 +76,8 @@ def test_drift_detection_and_atomic_install(tmp_path):
     require_no_drift(cluster, inventory_path="/x")
     installed = Path(cluster.config_path)
     assert stat.S_IMODE(installed.stat().st_mode) == 0o640
-    assert installed.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    assert installed.stat().st_uid == os.geteuid()
+    assert [p.name for p in installed.parent.iterdir()] == ["ledger.conf"]  # no temporary file left behind
     for directory in ("log", "lock", "spool"):
         assert (tmp_path / directory).is_dir()
 
