@@ -137,3 +137,11 @@ def repo_ls(segments: Iterable[tuple[int, int]], *, histories: Iterable[int] = (
     for timeline in histories:
         listing[f"{timeline:08X}.history"] = {"type": "file", "size": 42, "time": uploaded_at}
     return listing
+
+
+# ---- a branched history: two rewinds ----------------------------------------------------------------
+# Timeline 1 left for 2 at 0/3000000 (exactly a segment boundary) and went on to segment 6 before
+# that rewind; timeline 2 left for 3 at 0/5000100 (inside segment 5) and went on to segment 7.
+HISTORY_2 = "1\t0/3000000\tno recovery target specified\n"
+HISTORY_3 = "1\t0/3000000\tno recovery target specified\n\n2\t0/5000100\tbefore 2026-11-24 02:13:30.000000+00\n"
+BRANCHED_SEGMENTS = [(1, s) for s in range(1, 7)] + [(2, s) for s in range(3, 8)] + [(3, s) for s in range(5, 10)]

@@ -20,11 +20,8 @@ from rewind.wal import (
     segment_of,
     segment_parts,
 )
-from tests.factories import repo_ls
-
-# The history file of timeline 3 after two rewinds: timeline 1 left at 0/3000000 (exactly a segment
-# boundary), timeline 2 at 0/5000100 (inside segment 5).
-HISTORY_3 = "1\t0/3000000\tno recovery target specified\n\n2\t0/5000100\tbefore 2026-11-24 02:13:30.000000+00\n"
+from tests.factories import BRANCHED_SEGMENTS as BRANCHED
+from tests.factories import HISTORY_2, HISTORY_3, repo_ls
 
 
 def test_lsn_text_and_value_round_trip():
@@ -95,10 +92,6 @@ def test_timeline_of_segment_at_and_around_the_switch_points():
     ]
 
 
-# timeline 1 went on to segment 6 before the first rewind; timeline 2 to segment 7 before the second
-BRANCHED = [(1, s) for s in range(1, 7)] + [(2, s) for s in range(3, 8)] + [(3, s) for s in range(5, 10)]
-
-
 def test_archive_listing_parses_repo_ls_json():
     listing = ArchiveListing.parse({
         **repo_ls(BRANCHED, histories=(2, 3), uploaded_at=1795545400),
@@ -133,7 +126,7 @@ def test_gaps_follow_the_branched_history_not_the_abandoned_copies():
     assert lost.gaps(history, 1, 9) == ["000000020000000000000004"]
     assert lost.gaps(history, 5, 9) == []  # a backup that started after the gap does not need it
     # timeline 2's own history ends where it stops being archived, its segment 7
-    history_2 = TimelineHistory.parse(2, "1\t0/3000000\tno recovery target specified\n")
+    history_2 = TimelineHistory.parse(2, HISTORY_2)
     assert complete.last_segment_on(history_2) == 7
     assert complete.gaps(history_2, 1, 8) == ["000000020000000000000008"]
 
