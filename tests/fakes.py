@@ -141,6 +141,7 @@ class FakePgBackRest:
         Path(destination).write_text(self.histories[wal_file])
 
     def _retention(self, options: dict) -> int:
+        assert options.get("retention_full_type", "count") == "count" and self.cluster.repo.recovery_window_days is None, "count retention only"
         return int(options.get("retention_full", self.cluster.repo.retention_full))
 
     def run(self, argv: list[str], **_kwargs) -> CommandResult:
@@ -149,9 +150,13 @@ class FakePgBackRest:
         assert argv[-1] == "expire" and "--dry-run" in argv, argv
         kept = retention_keeps(self.backups, self._retention({}))
         gone = sorted(b["label"] for b in self.backups if b["label"] not in kept)
-        fulls = sorted({label.split("_")[0] for label in gone})
-        lines = [f"2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup {'set ' if len(gone) > 1 else ''}"
-                 + ", ".join(label for label in gone if label.split("_")[0] == full) for full in fulls]
+        lines = ["2026-11-27 14:54:11.100 P00   INFO: [DRY-RUN] expire command begin 2.55.1: --dry-run --stanza=ledger"]
+        for full in sorted({label.split("_")[0] for label in gone}):
+            backup_set = [label for label in gone if label.split("_")[0] == full]
+            lines.append(f"2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup {'set ' if len(backup_set) > 1 else ''}"
+                         + ", ".join(backup_set))
+        lines += [f"2026-11-27 14:54:11.103 P00   INFO: [DRY-RUN] repo1: remove expired backup {label}" for label in reversed(gone)]
+        lines.append("2026-11-27 14:54:11.106 P00   INFO: [DRY-RUN] expire command end: completed successfully (6ms)")
         return CommandResult(argv, 0, "\n".join(lines) + "\n", "", 0.1)
 
     def expire(self, **options) -> CommandResult:
