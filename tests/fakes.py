@@ -189,6 +189,10 @@ class FakePgBackRestHook:
     def get_conn(self) -> FakePgBackRest:
         return self.client
 
+    def os_runner(self):
+        """Commands as the cluster's OS user: a test replaces what would run them (psql)."""
+        return None
+
     def release(self) -> None:
         self.released += 1
 
