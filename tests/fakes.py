@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,3 +210,9 @@ class FakeTaskInstance:
 
     def get_dagrun_state(self, dag_id: str, run_id: str) -> str | None:
         return self.run_state
+
+
+def stop_soon(simulator) -> None:
+    """Stop a loopback simulator without waiting: http.server's shutdown() waits out serve_forever's
+    0.5 s poll, which a test need not sit through (its port is never reused: each one gets a free port)."""
+    threading.Thread(target=simulator.stop, daemon=True).start()

@@ -7,13 +7,14 @@ import requests
 
 from rewind.servicenow import Auth, ServiceNowClient, ServiceNowError, ServiceNowNotFound, ServiceNowUnavailable
 from rewind.stack.servicenow_sim import ServiceNowSimulator
+from tests.fakes import stop_soon
 
 
 @pytest.fixture
 def sim():
     simulator = ServiceNowSimulator().start()
     yield simulator
-    simulator.stop()
+    stop_soon(simulator)
 
 
 def basic(sim, **kwargs) -> ServiceNowClient:

@@ -11,6 +11,7 @@ from rewind.errors import CredentialsError
 from rewind.stack.net import free_port
 from rewind.stack.vault_sim import VaultSimulator, VaultState
 from rewind.vault import read_cipher_pass
+from tests.fakes import stop_soon
 from tests.factories import cluster_doc, inventory
 
 VAULT = {"source": "vault", "vault": {"aws_role": "rewind-ledger", "kv_path": "rewind/ledger"}}
@@ -28,7 +29,7 @@ def vault():
     state.add_policy("rewind", ["secret/data/rewind/ledger"])
     simulator = VaultSimulator(state).start()
     yield simulator
-    simulator.stop()
+    stop_soon(simulator)
 
 
 def client(vault, token=None) -> hvac.Client:
