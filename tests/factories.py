@@ -60,15 +60,20 @@ def worker_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def local_cluster(tmp_path: Path, name: str = "ledger", **sections) -> Cluster:
-    """A cluster whose durable state, data directory and pgBackRest directories live under tmp_path
-    and whose OS user is the one running the tests (as root, state_dir() chowns to it: root again)."""
+def local_cluster_doc(tmp_path: Path, **sections) -> dict:
+    """The document of a cluster whose durable state, data directory and pgBackRest directories live
+    under tmp_path and whose OS user is the one running the tests (as root, state_dir() chowns to it:
+    root again)."""
     local = {
         "state_path": str(tmp_path / "state"),
         "postgres": {"data_dir": str(tmp_path / "pgdata"), "os_user": worker_user()},
         "pgbackrest": {option: str(tmp_path / "pgbackrest" / option.split("_")[0]) for option in ("log_path", "lock_path", "spool_path")},
     }
-    return cluster(name, **deep_merge(local, sections))
+    return cluster_doc(**deep_merge(local, sections))
+
+
+def local_cluster(tmp_path: Path, name: str = "ledger", **sections) -> Cluster:
+    return inventory({name: local_cluster_doc(tmp_path, **sections)}).get(name)
 
 
 def write_inventory(path: Path, clusters: dict[str, dict]) -> Path:

@@ -10,6 +10,7 @@ import pytest
 from rewind import guard
 from rewind.guard import PitrAlreadyRunning
 from rewind.incidents import INCIDENT_TABLE
+from rewind.inventory import load_inventory
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import PitrParamError
 from rewind.retention import get_hold, place_hold
@@ -20,7 +21,7 @@ from rewind_airflow.notifiers import servicenow as pitr_notifier
 from rewind_airflow.notifiers.alerts import RewindAlertNotifier, TaskRecoveredNotifier
 from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 from rewind_airflow.sensors.servicenow import ChangeRejected
-from tests.factories import local_cluster, stanza_info, write_inventory
+from tests.factories import local_cluster_doc, stanza_info, write_inventory
 from tests.fakes import FakeTaskInstance, servicenow_hook_class
 from tests.unit.test_retention import BACKUPS
 
@@ -107,11 +108,10 @@ PITR_RUN = "manual__2026-11-24T02:20:00+00:00"
 
 @pytest.fixture
 def pitr_cluster(tmp_path, monkeypatch):
-    cluster = local_cluster(tmp_path)
-    doc = {"state_path": cluster.state_path, "postgres": cluster.postgres.model_dump(include={"data_dir", "os_user"}),
-           "repo": cluster.repo.model_dump(include={"bucket", "endpoint", "region", "path"})}
-    monkeypatch.setenv("REWIND_INVENTORY", str(write_inventory(tmp_path / "inventory.yaml", {"ledger": doc})))
-    return cluster
+    """Cluster ledger as the notifier loads it: from the inventory $REWIND_INVENTORY names."""
+    path = write_inventory(tmp_path / "inventory.yaml", {"ledger": local_cluster_doc(tmp_path)})
+    monkeypatch.setenv("REWIND_INVENTORY", str(path))
+    return load_inventory(path).get("ledger")
 
 
 def pitr_context(exception, task_id):
