@@ -121,7 +121,8 @@ def info_json(backups: list[dict], *, stanza: str = "ledger", archive_min: str |
     return [{
         "name": stanza,
         "cipher": "aes-256-cbc",
-        "status": {"code": 0 if backups else 2, "message": "ok" if backups else "no valid backups", "lock": {"backup": {"held": lock_held}}},
+        "status": {"code": 0 if backups else 2, "message": "ok" if backups else "no valid backups",
+                   "lock": {"backup": {"held": lock_held}}},
         "backup": backups,
         "archive": [{"id": "15-1", "database": {"id": 1, "repo-key": 1},
                      "min": archive_min or (starts[0] if starts else None), "max": archive_max or (starts[-1] if starts else None)}],

@@ -142,7 +142,8 @@ class FakePgBackRest:
         Path(destination).write_text(self.histories[wal_file])
 
     def _retention(self, options: dict) -> int:
-        assert options.get("retention_full_type", "count") == "count" and self.cluster.repo.recovery_window_days is None, "count retention only"
+        counted = options.get("retention_full_type", "count") == "count" and self.cluster.repo.recovery_window_days is None
+        assert counted, "the fake applies count retention only"
         return int(options.get("retention_full", self.cluster.repo.retention_full))
 
     def run(self, argv: list[str], **_kwargs) -> CommandResult:

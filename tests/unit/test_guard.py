@@ -32,7 +32,8 @@ def claim(cluster, run_id, *, run_state=None, log=None):
 
 def test_a_fresh_claim_blocks_nothing_yet(ledger):
     held = claim(ledger, A)
-    assert (held.run_id, held.dag_id, held.phase, held.blocks_backups, held.took_over, held.timeline_before) == (A, DAG, "claimed", False, None, None)
+    assert (held.run_id, held.dag_id, held.phase, held.blocks_backups) == (A, DAG, "claimed", False)
+    assert (held.took_over, held.timeline_before, held.change, held.failed_step) == (None, None, None, None)
     assert guard.read_guard(ledger) == held
     path = guard.guard_path(ledger)
     assert path.parent == Path(ledger.state_dir) and json.loads(path.read_text())["run_id"] == A
@@ -148,7 +149,8 @@ def test_release_is_for_the_run_that_holds_it(ledger):
 def test_require_no_restore_skips_during_a_rewind_and_fails_after_a_failed_one(ledger):
     claim(ledger, A)
     guard.advance(ledger, A, "stopping", change="CHG0010001")
-    with pytest.raises(RestoreInProgress, match=f"cluster 'ledger': restore in progress \\(PITR run {A_RE} .*\\): backups wait for its new full backup"):
+    in_progress = rf"cluster 'ledger': restore in progress \(PITR run {A_RE} .*\): backups wait for its new full backup"
+    with pytest.raises(RestoreInProgress, match=in_progress):
         guard.require_no_restore(ledger)
     guard.require_no_restore(ledger, allowed_run_id=A)  # the PITR's own full backup on the new timeline
     with pytest.raises(RestoreInProgress):

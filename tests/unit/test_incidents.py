@@ -27,7 +27,8 @@ def test_the_first_failure_opens_an_incident_later_ones_add_notes(fake_serviceno
 def test_a_passing_check_resolves_it_and_the_next_failure_opens_a_new_one(fake_servicenow):
     assert report_healthy(fake_servicenow, cluster="ledger", problem="archive", note="archiving ok") == IncidentAction("none")
     problem(fake_servicenow)
-    assert report_healthy(fake_servicenow, cluster="ledger", problem="archive", note="archiving ok") == IncidentAction("resolved", "INC0010001")
+    resolved = report_healthy(fake_servicenow, cluster="ledger", problem="archive", note="archiving ok")
+    assert resolved == IncidentAction("resolved", "INC0010001")
     [resolved] = fake_servicenow.records(INCIDENT_TABLE)
     assert (resolved["state"], resolved["close_code"], resolved["close_notes"]) == ("6", "Solved (Permanently)", "archiving ok")
     assert fake_servicenow.work_notes(INCIDENT_TABLE, resolved["sys_id"]) == ["Resolved by Rewind: archiving ok"]
@@ -38,9 +39,11 @@ def test_a_passing_check_resolves_it_and_the_next_failure_opens_a_new_one(fake_s
 def test_problems_and_clusters_have_their_own_incidents(fake_servicenow):
     problem(fake_servicenow, problem="archive")
     assert problem(fake_servicenow, problem="backup_age", summary="ledger: no good backup for 27.0 h").action == "opened"
-    assert report_problem(fake_servicenow, cluster="crm", problem="archive", summary="crm: archiving failing", details="x").action == "opened"
+    other_cluster = report_problem(fake_servicenow, cluster="crm", problem="archive", summary="crm: archiving failing", details="x")
+    assert other_cluster.action == "opened"
     assert report_healthy(fake_servicenow, cluster="ledger", problem="backup_age", note="ok").number == "INC0010002"
-    assert {r["number"]: r["state"] for r in fake_servicenow.records(INCIDENT_TABLE)} == {"INC0010001": "1", "INC0010002": "6", "INC0010003": "1"}
+    states = {r["number"]: r["state"] for r in fake_servicenow.records(INCIDENT_TABLE)}
+    assert states == {"INC0010001": "1", "INC0010002": "6", "INC0010003": "1"}
     assert correlation_key("ledger", "task_failed.rewind_pitr__ledger.restore") == "rewind:ledger:task_failed.rewind_pitr__ledger.restore"
 
 

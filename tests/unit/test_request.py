@@ -71,7 +71,8 @@ def test_latest_always_promotes_the_others_do_as_asked():
 
 
 def test_action_text_says_when_the_checks_run():
-    assert request(target_type="name", target="before 42").action_text().startswith("recovery pauses read-only at the target; the data checks run there")
+    paused = request(target_type="name", target="before 42").action_text()
+    assert paused.startswith("recovery pauses read-only at the target; the data checks run there")
     assert "promotes by itself (nothing is lost)" in request(target_type="latest").action_text()
     promote = request(target_type="lsn", target="0/3000060", target_action="promote").action_text()
     assert promote.startswith("PostgreSQL promotes itself at the target (target_action=promote") and "after promotion" in promote
@@ -94,7 +95,8 @@ def test_a_time_target_reaches_pgbackrest_in_utc(target, expected):
 def test_pgbackrest_type_and_target_for_every_kind():
     assert (request(target_type="lsn", target="0/03000060").pgbackrest_target) == "0/3000060"  # pg_waldump's padding dropped
     assert (request(target_type="lsn", target="16/b374d848").pgbackrest_target) == "16/B374D848"
-    assert (request(target_type="xid", target="731").pgbackrest_target, request(target_type="xid", target="731").target_time) == ("731", None)
+    xid = request(target_type="xid", target="731")
+    assert (xid.pgbackrest_type, xid.pgbackrest_target, xid.target_time) == ("xid", "731", None)
     assert request(target_type="name", target="before migration 42").pgbackrest_target == "before migration 42"
     assert request(target_type="immediate").pgbackrest_target is None
     latest = request(target_type="latest")

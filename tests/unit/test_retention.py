@@ -53,10 +53,12 @@ def hold(run_id: str, floor: str, *, ends_at: dt.datetime | None = None, floor_s
 
 # ---- what the dry run would remove ---------------------------------------------------------------------
 DRY_RUN_2_55 = """\
-2026-11-27 14:54:11.100 P00   INFO: [DRY-RUN] expire command begin 2.55.1: --dry-run --exec-id=4242-5f2c1a7b --log-level-console=info --stanza=ledger
+2026-11-27 14:54:11.100 P00   INFO: [DRY-RUN] expire command begin 2.55.1: --dry-run --exec-id=4242-5f2c1a7b \
+--log-level-console=info --stanza=ledger
 2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup 20261127-145401F
 2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup set 20261101-020000F, 20261101-020000F_20261102-020000D
-2026-11-27 14:54:11.103 P00   INFO: [DRY-RUN] repo1: expire diff backup set 20261108-020000F_20261109-020000D, 20261108-020000F_20261109-030000I
+2026-11-27 14:54:11.103 P00   INFO: [DRY-RUN] repo1: expire diff backup set 20261108-020000F_20261109-020000D, \
+20261108-020000F_20261109-030000I
 2026-11-27 14:54:11.104 P00   INFO: [DRY-RUN] repo1: remove expired backup 20261101-020000F_20261102-020000D
 2026-11-27 14:54:11.104 P00   INFO: [DRY-RUN] repo1: remove expired backup 20261127-145401F
 2026-11-27 14:54:11.105 P00   INFO: [DRY-RUN] repo1: 15-1 remove archive, start = 000000010000000000000001, stop = 000000010000000000000004
@@ -75,7 +77,8 @@ def test_dry_run_expired_takes_only_dry_run_expire_lines():
     assert dry_run_expired("P00   INFO: [DRY-RUN] expire full backup 20181119-152138F") == ["20181119-152138F"]  # before repoN: prefixes
     assert dry_run_expired("2026-11-27 14:54:11.102 P00   INFO: repo1: expire full backup 20261101-020000F") == []  # a real expire
     assert dry_run_expired("P00   INFO: [DRY-RUN] repo1: remove expired backup 20261101-020000F") == []
-    assert dry_run_expired("P00   INFO: [DRY-RUN] repo1: 15-1 remove archive, start = 000000010000000000000001, stop = 0000000100000000") == []
+    archive = "P00   INFO: [DRY-RUN] repo1: 15-1 remove archive, start = 000000010000000000000001, stop = 000000010000000000000004"
+    assert dry_run_expired(archive) == []
     assert dry_run_expired("") == []
 
 
@@ -85,7 +88,8 @@ def test_dry_run_expired_takes_only_dry_run_expire_lines():
     "retention. Remove this marker with the fix."
 ))
 def test_dry_run_expired_reads_time_based_expire_lines():
-    line = "2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire time-based backup set 20261101-020000F, 20261101-020000F_20261102-020000D"
+    line = "2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire time-based backup set 20261101-020000F, " \
+           "20261101-020000F_20261102-020000D"
     assert dry_run_expired(line) == ["20261101-020000F", "20261101-020000F_20261102-020000D"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import re
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferred
@@ -38,20 +39,21 @@ def test_an_approved_event_lets_the_run_go_on(sensor, change):
 
 
 def test_a_rejected_change_ends_the_run_without_an_incident(sensor, change):
-    with pytest.raises(ChangeRejected, match="was rejected: the restore will not run") as raised:
-        resume(sensor, {"status": "rejected", "change": change["number"], "reason": f"{change['number']} was rejected: the restore will not run"})
+    reason = f"{change['number']} (state New, approval rejected) was rejected: the restore will not run"
+    with pytest.raises(ChangeRejected, match=re.escape(reason)) as raised:
+        resume(sensor, {"status": "rejected", "change": change["number"], "reason": reason})
     assert raised.value.opens_incident is False
     assert isinstance(raised.value, AirflowFailException)  # no retry
 
 
 def test_a_timeout_cancels_the_change_and_ends_the_run(sensor, change, fake_servicenow):
-    with pytest.raises(ApprovalTimedOut, match=f"{change['number']} not approved by 2026-11-25T02:20:00") as raised:
-        resume(sensor, {"status": "timeout", "change": change["number"], "reason": f"{change['number']} not approved by 2026-11-25T02:20:00+00:00"})
+    reason = f"{change['number']} not approved by 2026-11-25T02:20:00+00:00"  # what the trigger reports
+    with pytest.raises(ApprovalTimedOut, match=re.escape(reason)) as raised:
+        resume(sensor, {"status": "timeout", "change": change["number"], "reason": reason})
     assert raised.value.opens_incident is False and isinstance(raised.value, AirflowSensorTimeout)
     assert fake_servicenow.get(CHANGE_TABLE, change["sys_id"])["state"] == "4"  # Canceled
     [note] = fake_servicenow.work_notes(CHANGE_TABLE, change["sys_id"])
-    assert note.startswith(f"Rewind: no approval within the wait ({change['number']} not approved by 2026-11-25T02:20:00+00:00); "
-                           "change cancelled, nothing was touched.")
+    assert note.startswith(f"Rewind: no approval within the wait ({reason}); change cancelled, nothing was touched.")
 
 
 def test_a_timeout_still_ends_the_run_when_the_change_cannot_be_cancelled(sensor, change, fake_servicenow):
@@ -62,8 +64,9 @@ def test_a_timeout_still_ends_the_run_when_the_change_cannot_be_cancelled(sensor
 
 
 def test_an_error_event_fails_the_task_and_opens_an_incident(sensor, change):
-    with pytest.raises(AirflowFailException, match="ServiceNow connection 'servicenow_default': host is empty") as raised:
-        resume(sensor, {"status": "error", "change": change["number"], "reason": "ServiceNow connection 'servicenow_default': host is empty"})
+    reason = "ServiceNow connection 'servicenow_default': host is empty: set the ServiceNow instance host"
+    with pytest.raises(AirflowFailException, match=reason) as raised:
+        resume(sensor, {"status": "error", "change": change["number"], "reason": reason})
     assert not isinstance(raised.value, ChangeRejected)
     assert getattr(raised.value, "opens_incident", True)  # what the alert notifier reads
 

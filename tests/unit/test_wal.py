@@ -136,16 +136,24 @@ def test_oldest_start_segment():
     assert oldest_start_segment([]) == 0
 
 
-# Lines pg_waldump (PostgreSQL 15) printed for: an insert and its commit, a rollback, a restore point,
-# a commit with a subtransaction.
+# Lines pg_waldump (PostgreSQL 15) printed for: an insert and its commit, a rollback, a restore point, a
+# commit with a subtransaction, a checkpoint, running xacts (long lines continued with a backslash).
 WALDUMP = """\
-rmgr: Heap        len (rec/tot):     59/    59, tx:        725, lsn: 0/01516730, prev 0/01516598, desc: INSERT+INIT off 1 flags 0x00, blkref #0: rel 1663/5/16384 blk 0
-rmgr: Transaction len (rec/tot):     34/    34, tx:        725, lsn: 0/01516770, prev 0/01516730, desc: COMMIT 2026-11-27 15:53:35.551685 UTC
-rmgr: Transaction len (rec/tot):     34/    34, tx:        726, lsn: 0/015167D8, prev 0/01516798, desc: ABORT 2026-11-27 15:53:35.567797 UTC
-rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/01516800, prev 0/015167D8, desc: RESTORE_POINT before migration 42
-rmgr: Transaction len (rec/tot):     46/    46, tx:        727, lsn: 0/015168E8, prev 0/015168A8, desc: COMMIT 2026-11-27 15:53:35.599646 UTC; subxacts: 728
-rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/01516920, prev 0/015168E8, desc: CHECKPOINT_ONLINE redo 0/15168E8; tli 1; prev tli 1
-rmgr: Standby     len (rec/tot):     50/    50, tx:          0, lsn: 0/01516998, prev 0/01516920, desc: RUNNING_XACTS nextXid 729 latestCompletedXid 727 oldestRunningXid 729
+rmgr: Heap        len (rec/tot):     59/    59, tx:        725, lsn: 0/01516730, prev 0/01516598, \
+desc: INSERT+INIT off 1 flags 0x00, blkref #0: rel 1663/5/16384 blk 0
+rmgr: Transaction len (rec/tot):     34/    34, tx:        725, lsn: 0/01516770, prev 0/01516730, \
+desc: COMMIT 2026-11-27 15:53:35.551685 UTC
+rmgr: Transaction len (rec/tot):     34/    34, tx:        726, lsn: 0/015167D8, prev 0/01516798, \
+desc: ABORT 2026-11-27 15:53:35.567797 UTC
+rmgr: XLOG        len (rec/tot):     98/    98, tx:          0, lsn: 0/01516800, prev 0/015167D8, \
+desc: RESTORE_POINT before migration 42
+rmgr: Transaction len (rec/tot):     46/    46, tx:        727, lsn: 0/015168E8, prev 0/015168A8, \
+desc: COMMIT 2026-11-27 15:53:35.599646 UTC; subxacts: 728
+rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/015167D0, prev 0/01516798, \
+desc: CHECKPOINT_ONLINE redo 0/1516798; tli 1; prev tli 1; fpw true; xid 0:726; oid 24576; multi 1; offset 0; \
+oldest xid 716 in DB 1; oldest multi 1 in DB 1; oldest/newest commit timestamp xid: 0/0; oldest running xid 726; online
+rmgr: Standby     len (rec/tot):     50/    50, tx:          0, lsn: 0/01516798, prev 0/01516770, \
+desc: RUNNING_XACTS nextXid 726 latestCompletedXid 725 oldestRunningXid 726
 """
 
 
