@@ -23,6 +23,10 @@ _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rewind-airflow-home-"))
 os.environ.update({**hermetic_env(_AIRFLOW_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
 os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
 
+# Hypothesis keeps its example database (failing examples are replayed) and caches per user outside
+# the repository, which a test run must not write to (and a non-root run cannot).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / f"rewind-hypothesis-{os.geteuid()}"))
+
 
 def airflow_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(

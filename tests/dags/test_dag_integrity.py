@@ -3,6 +3,7 @@ to raise, and every DAG carries the metadata an operator and an auditor rely on.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.fakes import FakeServiceNow, servicenow_hook_class
 
 
 class ForbiddenAtImport(AssertionError):
@@ -114,6 +116,8 @@ def test_only_a_dba_may_run_a_pitr_and_every_dag_declares_who_may_run_it(monkeyp
 
 
 def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inventory):
+    from airflow.sdk.exceptions import TaskDeferred
+
     from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
     bag = import_dag_files(monkeypatch)
@@ -131,8 +135,18 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     assert dag.params["target_action"] == "pause"  # nobody writes to an unvalidated cluster by default
     gate = dag.get_task("wait_for_approval")
     assert gate.deferrable
-    classpath, kwargs = ChangeApprovalTrigger(change_number="CHG0010001", poll_interval=5).serialize()
-    assert classpath.startswith("rewind_airflow.") and kwargs["change_number"] == "CHG0010001"
+    # The trigger this DAG's own gate defers to (a change still waiting for approval) is one the
+    # triggerer can import from the installed package and rebuild from what it serialized.
+    servicenow = FakeServiceNow()
+    gate.change_number = servicenow.change(cmdb_ci="ledger")["number"]  # as the template renders it
+    gate.__dict__["hook"] = servicenow_hook_class(servicenow)()
+    with pytest.raises(TaskDeferred) as deferred:
+        gate.execute({})
+    classpath, kwargs = deferred.value.trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    assert module.startswith("rewind_airflow.") and getattr(importlib.import_module(module), name) is ChangeApprovalTrigger
+    assert ChangeApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 30.0)
     from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 
     # every step settles the restore guard and notes the change when it fails

@@ -1,25 +1,13 @@
-from pathlib import Path
-
 import pytest
-import yaml
 
-from rewind.inventory import parse_inventory
 from rewind.pgbackrest.commands import PgBackRestCommands
 from rewind.postgres import psql_argv, reload_argv, start_argv, stop_argv
+from tests.factories import cluster
 
 
 @pytest.fixture
 def commands():
-    doc = {
-        "clusters": {
-            "ledger": {
-                "postgres": {"data_dir": "/var/lib/postgresql/15/main"},
-                "pgbackrest": {"config_path": "/etc/pgbackrest/rewind/ledger.conf"},
-                "repo": {"bucket": "b", "endpoint": "s3.example.com", "region": "eu-west-1", "path": "/p"},
-            }
-        }
-    }
-    return PgBackRestCommands(parse_inventory(yaml.safe_dump(doc), Path("/i.yaml")).get("ledger"))
+    return PgBackRestCommands(cluster(pgbackrest={"config_path": "/etc/pgbackrest/rewind/ledger.conf"}))
 
 
 HEAD = ["/usr/bin/pgbackrest", "--config=/etc/pgbackrest/rewind/ledger.conf", "--stanza=ledger"]

@@ -1,38 +1,32 @@
-import pwd
+import os
 import stat
 from pathlib import Path
 
 import pytest
-import yaml
 
 from rewind.errors import ConfigDriftError
-from rewind.inventory import parse_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config, require_no_drift
+from tests.factories import cluster, worker_user
+
+SECRET_OPTIONS = {"repo1-s3-key", "repo1-s3-key-secret", "repo1-s3-token", "repo1-cipher-pass"}
 
 
-def cluster_at(tmp_path: Path, **repo_overrides):
-    doc = {
-        "clusters": {
-            "ledger": {
-                "postgres": {"data_dir": "/var/lib/postgresql/15/main", "control": "pg_ctl"},
-                "pgbackrest": {
-                    "config_path": str(tmp_path / "etc" / "ledger.conf"),
-                    "log_path": str(tmp_path / "log"),
-                    "lock_path": str(tmp_path / "lock"),
-                    "spool_path": str(tmp_path / "spool"),
-                },
-                "repo": {
-                    "bucket": "b",
-                    "endpoint": "s3.example.com",
-                    "region": "eu-west-1",
-                    "path": "/pg/ledger",
-                    "ca_file": "/etc/ssl/ca.pem",
-                    **repo_overrides,
-                },
-            }
-        }
-    }
-    return parse_inventory(yaml.safe_dump(doc), tmp_path / "inventory.yaml").get("ledger")
+def cluster_at(tmp_path: Path, *, os_user: str = "postgres", credentials: dict | None = None, **repo_overrides):
+    return cluster(
+        postgres={"control": "pg_ctl", "os_user": os_user},
+        pgbackrest={
+            "config_path": str(tmp_path / "etc" / "ledger.conf"),
+            "log_path": str(tmp_path / "log"),
+            "lock_path": str(tmp_path / "lock"),
+            "spool_path": str(tmp_path / "spool"),
+        },
+        repo={"path": "/pg/ledger", "ca_file": "/etc/ssl/ca.pem", **repo_overrides},
+        credentials=credentials or {},
+    )
+
+
+def settings(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
 def test_render_is_byte_identical_and_carries_the_rotation_settings(tmp_path):
@@ -56,14 +50,25 @@ def test_render_is_byte_identical_and_carries_the_rotation_settings(tmp_path):
 
 
 def test_no_secret_option_is_ever_rendered(tmp_path):
-    for source in ("env", "auto"):
-        text = render_config(cluster_at(tmp_path), inventory_path="/x")
-        keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
-        assert not keys & {"repo1-s3-key", "repo1-s3-key-secret", "repo1-s3-token", "repo1-cipher-pass"}, source
+    vault = {"source": "vault", "vault": {"aws_role": "rewind-ledger", "kv_path": "rewind/ledger"}}
+    for credentials in ({"source": "env"}, {"source": "auto"}, vault):
+        rendered = settings(render_config(cluster_at(tmp_path, credentials=credentials), inventory_path="/x"))
+        assert not rendered.keys() & SECRET_OPTIONS, credentials
+        # the S3 keys come from the instance role only with source auto; otherwise from the environment
+        assert rendered.get("repo1-s3-key-type") == ("auto" if credentials["source"] == "auto" else None), credentials
+
+
+def test_retention_is_a_count_of_fulls_or_a_recovery_window_in_days(tmp_path):
+    count = settings(render_config(cluster_at(tmp_path, retention_full=2), inventory_path="/x"))
+    assert (count["repo1-retention-full-type"], count["repo1-retention-full"]) == ("count", "2")
+    window = settings(render_config(cluster_at(tmp_path, recovery_window_days=35), inventory_path="/x"))
+    assert (window["repo1-retention-full-type"], window["repo1-retention-full"]) == ("time", "35")
+    assert window["repo1-retention-diff"] == "6"  # diff retention stays a count either way
 
 
 def test_drift_detection_and_atomic_install(tmp_path):
-    cluster = cluster_at(tmp_path)
+    """As the worker's own user (the install as root, owned by postgres: tests/integration/test_config_install.py)."""
+    cluster = cluster_at(tmp_path, os_user=worker_user())
     with pytest.raises(ConfigDriftError, match="does not exist: install it with `rewind conf install --cluster ledger`"):
         require_no_drift(cluster, inventory_path="/x")
     assert install_config(cluster, inventory_path="/x") is True
@@ -71,7 +76,8 @@ def test_drift_detection_and_atomic_install(tmp_path):
     require_no_drift(cluster, inventory_path="/x")
     installed = Path(cluster.config_path)
     assert stat.S_IMODE(installed.stat().st_mode) == 0o640
-    assert installed.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    assert installed.stat().st_uid == os.geteuid()
+    assert [p.name for p in installed.parent.iterdir()] == ["ledger.conf"]  # no temporary file left behind
     for directory in ("log", "lock", "spool"):
         assert (tmp_path / directory).is_dir()
 

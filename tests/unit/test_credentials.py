@@ -1,24 +1,12 @@
-from pathlib import Path
-
 import pytest
-import yaml
 
-from rewind.errors import CredentialsError
-from rewind.inventory import parse_inventory
 from rewind.credentials import repository_secrets
+from rewind.errors import CredentialsError
+from tests.factories import cluster as make_cluster
 
 
 def cluster(source="env", cipher="aes-256-cbc"):
-    doc = {
-        "clusters": {
-            "ledger": {
-                "postgres": {"data_dir": "/d"},
-                "repo": {"bucket": "b", "endpoint": "e", "region": "r", "path": "/p", "cipher_type": cipher},
-                "credentials": {"source": source, "env_prefix": "REWIND_LEDGER_"},
-            }
-        }
-    }
-    return parse_inventory(yaml.safe_dump(doc), Path("/i.yaml")).get("ledger")
+    return make_cluster(repo={"cipher_type": cipher}, credentials={"source": source, "env_prefix": "REWIND_LEDGER_"})
 
 
 def test_env_source_maps_to_pgbackrest_variables():

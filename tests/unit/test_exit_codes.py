@@ -1,15 +1,13 @@
 """Exit-code mapping through the real runner, with a fake pgbackrest that exits as told."""
 
-import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from rewind.inventory import parse_inventory
 from rewind.pgbackrest import errors
 from rewind.pgbackrest.client import PgBackRest
 from rewind.runner import CommandRunner
+from tests.factories import cluster, worker_user
 
 FAKE = """#!/bin/sh
 # Fake pgbackrest: prints pgBackRest-style log lines and exits with $FAKE_EXIT.
@@ -22,30 +20,17 @@ exit "$FAKE_EXIT"
 
 
 @pytest.fixture(scope="module")
-def fake_bin():
-    directory = Path(tempfile.mkdtemp(prefix="rewind-fake-"))
-    directory.chmod(0o755)
-    fake = directory / "pgbackrest"
+def fake_bin(tmp_path_factory):
+    fake = tmp_path_factory.mktemp("bin") / "pgbackrest"
     fake.write_text(FAKE)
     fake.chmod(0o755)
-    yield fake
-    fake.unlink()
-    directory.rmdir()
+    return fake
 
 
 def client(fake_bin: Path, code: int, message: str) -> PgBackRest:
-    doc = {
-        "clusters": {
-            "ledger": {
-                "postgres": {"data_dir": "/var/lib/postgresql/15/main"},
-                "pgbackrest": {"bin": str(fake_bin)},
-                "repo": {"bucket": "b", "endpoint": "s3.example.com", "region": "eu-west-1", "path": "/p"},
-            }
-        }
-    }
-    cluster = parse_inventory(yaml.safe_dump(doc), Path("/i.yaml")).get("ledger")
-    runner = CommandRunner(os_user="postgres", secrets={"FAKE_EXIT": str(code), "FAKE_MESSAGE": message})
-    return PgBackRest(cluster, runner)
+    """The real client and runner; the runner runs as the worker's own user (no switch needed)."""
+    runner = CommandRunner(os_user=worker_user(), secrets={"FAKE_EXIT": str(code), "FAKE_MESSAGE": message})
+    return PgBackRest(cluster(pgbackrest={"bin": str(fake_bin)}), runner)
 
 
 @pytest.mark.parametrize(

@@ -7,18 +7,17 @@ tests/integration/test_injection_real.py.)"""
 
 from __future__ import annotations
 
+import copy
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewind.inventory import parse_inventory
 from rewind.pgbackrest.commands import PgBackRestCommands
 from rewind.pgbackrest.config import render_config
 from rewind.pitr.request import DataCheck, PitrParamError, parse_request
+from tests.factories import cluster_doc, inventory
 
 # Text an attacker (or a typo) would try: option and section syntax, quotes, shell and SQL
 # metacharacters, whitespace, control characters, and ordinary characters between them.
@@ -26,12 +25,7 @@ NASTY = ["-", "--", "--repo1-path=/x", "=", "\n", "\r", "\t", " ", "[", "]", "#"
          "|", "&", ">", "<", "\\", "\x00", "/", ".", "..", "*", "%p", "{{", "}}", "\u2028", "é"]
 nasty_text = st.lists(st.one_of(st.sampled_from(NASTY), st.text(min_size=1, max_size=4)), max_size=8).map("".join)
 
-BASE = {
-    "stanza": "ledger",
-    "postgres": {"data_dir": "/var/lib/postgresql/15/main"},
-    "repo": {"bucket": "backups", "endpoint": "s3.example.com", "region": "eu-west-1", "path": "/pg/ledger",
-             "ca_file": "/etc/ssl/certs/repo-ca.pem"},
-}
+BASE = cluster_doc(stanza="ledger", repo={"ca_file": "/etc/ssl/certs/repo-ca.pem"})
 
 # (where in the cluster document, a value to put there)
 FIELDS = [
@@ -51,10 +45,9 @@ def _set(doc: dict, where: tuple[str, ...], value: str) -> dict:
     return doc
 
 
-def _load(cluster_doc: dict):
-    text = yaml.safe_dump({"clusters": {"ledger": cluster_doc}})
-    inventory = parse_inventory(text, Path("/etc/rewind/inventory.yaml"))
-    return inventory.clusters.get("ledger"), inventory.errors
+def _load(doc: dict):
+    loaded = inventory({"ledger": doc})
+    return loaded.clusters.get("ledger"), loaded.errors
 
 
 def _config_keys(text: str) -> list[tuple[str, str]]:
@@ -75,7 +68,7 @@ def _option_names(argv: list[str]) -> list[str]:
     return [item.split("=", 1)[0] for item in argv[1:] if item.startswith("--")]
 
 
-BASELINE, _ = _load(yaml.safe_load(yaml.safe_dump(BASE)))
+BASELINE, _ = _load(copy.deepcopy(BASE))
 BASELINE_KEYS = _config_keys(render_config(BASELINE, inventory_path="/etc/rewind/inventory.yaml"))
 
 
@@ -88,7 +81,7 @@ def _argvs(cluster) -> list[list[str]]:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(where=st.sampled_from(FIELDS), value=nasty_text)
 def test_no_inventory_value_adds_a_config_line_or_a_pgbackrest_option(where, value):
-    doc = _set(yaml.safe_load(yaml.safe_dump(BASE)), where, value)
+    doc = _set(copy.deepcopy(BASE), where, value)
     cluster, errors = _load(doc)
     if cluster is None:  # refused: one line naming file, cluster and field
         [error] = errors.values() if isinstance(errors, dict) else errors

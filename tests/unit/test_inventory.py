@@ -1,22 +1,11 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from rewind.errors import InventoryError, UnknownClusterError
-from rewind.inventory import inventory_path, load_inventory, parse_inventory
-
-GOOD = {
-    "postgres": {"data_dir": "/var/lib/postgresql/15/main"},
-    "repo": {"bucket": "backups", "endpoint": "s3.eu-west-1.amazonaws.com", "region": "eu-west-1", "path": "/pg/ledger"},
-}
-
-
-def inv(clusters: dict, defaults: dict | None = None, path: str = "/etc/rewind/inventory.yaml"):
-    doc = {"clusters": clusters}
-    if defaults is not None:
-        doc["defaults"] = defaults
-    return parse_inventory(yaml.safe_dump(doc), Path(path))
+from rewind.inventory import inventory_path, load_inventory
+from tests.factories import CLUSTER_DOC as GOOD
+from tests.factories import inventory as inv
 
 
 def test_defaults_are_the_guides_rotation():
@@ -36,7 +25,7 @@ def test_defaults_merge_under_cluster_and_cluster_wins():
         "a": {"postgres": GOOD["postgres"], "repo": {"path": "/a"}},
         "b": {"postgres": GOOD["postgres"], "repo": {"path": "/b", "retention_full": 8}, "schedules": {"incr": "30 * * * *"}},
     }
-    loaded = inv(clusters, defaults)
+    loaded = inv(clusters, defaults=defaults)
     assert loaded.get("a").repo.retention_full == 2 and loaded.get("a").repo.bucket == "shared"
     assert loaded.get("b").repo.retention_full == 8 and loaded.get("b").schedules.incr == "30 * * * *"
 

@@ -1,28 +1,20 @@
-"""The ServiceNow client against the simulator over loopback HTTP, and the change gate rule."""
+"""The ServiceNow client against the simulator over loopback HTTP (the change gate rule: test_change.py)."""
 
-import datetime as dt
 import time
 
 import pytest
 import requests
 
-from rewind.servicenow import (
-    Auth,
-    ChangeStatus,
-    ServiceNowClient,
-    ServiceNowError,
-    ServiceNowNotFound,
-    ServiceNowUnavailable,
-    change_gate,
-)
+from rewind.servicenow import Auth, ServiceNowClient, ServiceNowError, ServiceNowNotFound, ServiceNowUnavailable
 from rewind.stack.servicenow_sim import ServiceNowSimulator
+from tests.fakes import stop_soon
 
 
 @pytest.fixture
 def sim():
     simulator = ServiceNowSimulator().start()
     yield simulator
-    simulator.stop()
+    stop_soon(simulator)
 
 
 def basic(sim, **kwargs) -> ServiceNowClient:
@@ -108,29 +100,3 @@ def test_approval_page_and_command(sim):
     assert main(["reject", other["number"], "--url", sim.url]) == 0
     assert client.get("change_request", other["sys_id"])["approval"] == "rejected"
 
-
-NOW = dt.datetime(2026, 11, 24, 2, 20, tzinfo=dt.timezone.utc)
-
-
-def status(state=-2, approval="approved", start=None, end=None):
-    return ChangeStatus("CHG0010001", "s", state, approval, start, end)
-
-
-@pytest.mark.parametrize(
-    "change, decision, words",
-    [
-        (status(), "proceed", "approved and inside its window"),
-        (status(state=-1), "proceed", "inside"),
-        (status(state=-3, approval="requested"), "wait", "waiting for approval"),
-        (status(state=-3, approval="approved"), "wait", "waiting for state Scheduled or Implement"),
-        (status(start=NOW + dt.timedelta(minutes=5)), "wait", "window opens at 2026-11-24 02:25:00 UTC"),
-        (status(start=NOW - dt.timedelta(hours=1), end=NOW + dt.timedelta(hours=1)), "proceed", "inside"),
-        (status(end=NOW - dt.timedelta(minutes=1)), "reject", "window ended at 2026-11-24 02:19:00 UTC"),
-        (status(state=-5, approval="rejected"), "reject", "was rejected"),
-        (status(state=4, approval="approved"), "reject", "is Canceled"),
-        (status(state=3, approval="approved"), "reject", "is Closed"),
-    ],
-)
-def test_change_gate(change, decision, words):
-    got, reason = change_gate(change, NOW)
-    assert got == decision and words in reason

@@ -11,14 +11,15 @@ from rewind.errors import CredentialsError
 from rewind.stack.net import free_port
 from rewind.stack.vault_sim import VaultSimulator, VaultState
 from rewind.vault import read_cipher_pass
-from tests.unit.test_inventory import GOOD, inv
+from tests.fakes import stop_soon
+from tests.factories import cluster_doc, inventory
 
 VAULT = {"source": "vault", "vault": {"aws_role": "rewind-ledger", "kv_path": "rewind/ledger"}}
 
 
 @pytest.fixture
 def cluster():
-    return inv({"ledger": {**GOOD, "credentials": VAULT}}).get("ledger")
+    return inventory({"ledger": cluster_doc(credentials=VAULT)}).get("ledger")
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def vault():
     state.add_policy("rewind", ["secret/data/rewind/ledger"])
     simulator = VaultSimulator(state).start()
     yield simulator
-    simulator.stop()
+    stop_soon(simulator)
 
 
 def client(vault, token=None) -> hvac.Client:
@@ -97,5 +98,5 @@ def test_no_lease_no_revocation(vault, cluster):
     ],
 )
 def test_inventory_vault_settings_are_validated(credentials, message):
-    loaded = inv({"ledger": {**GOOD, "credentials": credentials}})
+    loaded = inventory({"ledger": cluster_doc(credentials=credentials)})
     assert message in loaded.errors["ledger"]

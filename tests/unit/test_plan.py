@@ -1,0 +1,201 @@
+"""rewind.pitr.plan on a branched repository (two rewinds): which timeline, which backup, and the
+whole plan with its WAL check, from pgBackRest's info and repo-ls JSON through a fake client."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from rewind.errors import PreflightError
+from rewind.pgbackrest.info import parse_info
+from rewind.pitr.plan import TargetNotReachable, choose_backup, make_plan, on_history, resolve_timeline
+from rewind.pitr.request import parse_request
+from rewind.wal import ArchiveListing, TimelineHistory
+from tests.factories import (
+    BRANCHED_SEGMENTS,
+    HISTORY_2,
+    HISTORY_3,
+    backup_json,
+    local_cluster,
+    repo_ls,
+    stanza_info,
+)
+from tests.fakes import FakePgBackRest
+from tests.unit.test_info import FIXTURES
+
+T0 = 1795500000  # 2026-11-24 06:00:00 UTC; labels are start times, as pgBackRest names backups
+REASON = "migration 42 voided every ledger entry"
+
+F1 = backup_json("20261124-060130F", stop=T0 + 100, wal_start="000000010000000000000002", lsn_stop="0/2000100")
+# taken on timeline 1 after 0/3000000, where the first rewind later branched off: the abandoned branch
+I_ABANDONED = backup_json("20261124-060130F_20261124-060310I", stop=T0 + 200, wal_start="000000010000000000000004", lsn_stop="0/4000100")
+F2 = backup_json("20261124-060630F", stop=T0 + 400, wal_start="000000020000000000000004", lsn_stop="0/4000100")
+D_ABANDONED = backup_json("20261124-060630F_20261124-060810D", stop=T0 + 500, wal_start="000000020000000000000006", lsn_stop="0/6000100")
+F3 = backup_json("20261124-061130F", stop=T0 + 700, wal_start="000000030000000000000006", lsn_stop="0/6000100")
+F3_ERROR = backup_json("20261124-061310F", stop=T0 + 800, wal_start="000000030000000000000007", lsn_stop="0/7000100", error=True)
+BACKUPS = [F1, I_ABANDONED, F2, D_ABANDONED, F3, F3_ERROR]
+
+HISTORY = TimelineHistory.parse(3, HISTORY_3)
+LISTING = ArchiveListing.parse(repo_ls(BRANCHED_SEGMENTS, histories=(2, 3)))
+
+
+def at(offset: int) -> str:
+    return dt.datetime.fromtimestamp(T0 + offset, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def request(target_type: str = "time", target: str = "", **params):
+    return parse_request({"target_type": target_type, "target": target, "reason": REASON, **params})
+
+
+# ---- the timeline ----------------------------------------------------------------------------------
+def test_resolve_timeline_current_latest_and_a_number():
+    assert resolve_timeline(request(target=at(600)), cluster_timeline=2, listing=LISTING) == 2
+    assert resolve_timeline(request(target=at(600), target_timeline="latest"), cluster_timeline=2, listing=LISTING) == 3
+    assert resolve_timeline(request(target=at(600), target_timeline="2"), cluster_timeline=3, listing=LISTING) == 2
+    assert resolve_timeline(request(target=at(600), target_timeline="1"), cluster_timeline=3, listing=LISTING) == 1
+
+
+def test_resolve_timeline_refuses_what_it_cannot_know():
+    with pytest.raises(TargetNotReachable, match=r"param target_timeline: timeline 4 is not in the archive \(highest is 3\)"):
+        resolve_timeline(request(target=at(600), target_timeline="4"), cluster_timeline=3, listing=LISTING)
+    with pytest.raises(TargetNotReachable, match="param target_timeline: 'current' needs the cluster's pg_control"):
+        resolve_timeline(request(target=at(600)), cluster_timeline=None, listing=LISTING)
+    assert TargetNotReachable.opens_incident is False
+
+
+# ---- the backup -------------------------------------------------------------------------------------
+def test_on_history_takes_valid_backups_that_end_on_the_path():
+    info = stanza_info(BACKUPS)
+    assert [b.label for b in info.backups if on_history(b, HISTORY)] == [F1["label"], F2["label"], F3["label"]]
+    history_2 = TimelineHistory.parse(2, HISTORY_2)
+    assert [b.label for b in info.backups if on_history(b, history_2)] == [F1["label"], F2["label"], D_ABANDONED["label"]]
+    no_stop = stanza_info([{**F1, "lsn": {"start": "0/2000028", "stop": None}}]).backups[0]
+    assert not on_history(no_stop, HISTORY)
+
+
+@pytest.mark.parametrize("offset, expected", [
+    (600, F2),  # the diff at +500 is newer but on timeline 2's abandoned branch
+    (300, F1),  # the incr at +200 is newer but on timeline 1's abandoned branch
+    (700, F2),  # a backup that ended at the target instant does not precede it
+    (701, F3),
+    (5000, F3),  # the newer full has pgBackRest's error flag
+])
+def test_choose_backup_newest_on_the_history_before_a_time(offset, expected):
+    assert choose_backup(stanza_info(BACKUPS), HISTORY, request(target=at(offset))).label == expected["label"]
+
+
+def test_choose_backup_follows_the_requested_history():
+    history_2 = TimelineHistory.parse(2, HISTORY_2)
+    assert choose_backup(stanza_info(BACKUPS), history_2, request(target=at(600))).label == D_ABANDONED["label"]
+
+
+def test_choose_backup_before_an_lsn_and_for_immediate():
+    info = stanza_info(BACKUPS)
+    assert choose_backup(info, HISTORY, request("lsn", "0/5000000"), target_lsn="0/5000000").label == F2["label"]
+    assert choose_backup(info, HISTORY, request("lsn", "0/6000100"), target_lsn="0/6000100").label == F3["label"]  # ends at it
+    assert choose_backup(info, HISTORY, request("xid", "731"), target_lsn="0/60000FF").label == F2["label"]
+    assert choose_backup(info, HISTORY, request("immediate")).label == F3["label"]
+
+
+def test_a_target_before_every_usable_backup_is_not_reachable():
+    with pytest.raises(TargetNotReachable, match=rf"target time {at(50)[:-3]}.* is before the oldest usable backup \({F1['label']} ended"):
+        choose_backup(stanza_info(BACKUPS), HISTORY, request(target=at(50)))
+
+
+def test_no_backup_on_the_history_at_all_is_a_preflight_failure_that_opens_an_incident():
+    with pytest.raises(PreflightError, match="stanza 'ledger' has no valid backup on timeline 3's history") as raised:
+        choose_backup(stanza_info([I_ABANDONED, D_ABANDONED, F3_ERROR]), HISTORY, request(target=at(600)))
+    assert type(raised.value) is PreflightError and raised.value.opens_incident
+
+
+def test_a_given_backup_set_is_checked():
+    info = stanza_info(BACKUPS)
+    assert choose_backup(info, HISTORY, request(target=at(600), backup_set=F1["label"])).label == F1["label"]
+    with pytest.raises(TargetNotReachable, match="param backup_set: 20261120-020000F is not in the repository"):
+        choose_backup(info, HISTORY, request(target=at(600), backup_set="20261120-020000F"))
+    with pytest.raises(TargetNotReachable, match=f"param backup_set: {F3_ERROR['label']} has pgBackRest's error flag"):
+        choose_backup(info, HISTORY, request(target=at(5000), backup_set=F3_ERROR["label"]))
+    with pytest.raises(TargetNotReachable, match=(
+        rf"param backup_set: {D_ABANDONED['label']} \(timeline 2, stop LSN 0/6000100\) does not lead to timeline 3: "
+        "it lies on a branch that timeline 3 does not come from"
+    )):
+        choose_backup(info, HISTORY, request(target=at(600), backup_set=D_ABANDONED["label"]))
+    with pytest.raises(TargetNotReachable, match=f"param backup_set: {F3['label']} ended at .* / 0/6000100, after the target time"):
+        choose_backup(info, HISTORY, request(target=at(600), backup_set=F3["label"]))
+    with pytest.raises(TargetNotReachable, match="after the target lsn 0/5000000"):
+        choose_backup(info, HISTORY, request("lsn", "0/5000000", backup_set=F3["label"]), target_lsn="0/5000000")
+
+
+def test_choose_backup_on_captured_pgbackrest_output():
+    info = parse_info((FIXTURES / "info_rotation_2.45.json").read_text(), "demo")
+    timeline_1 = TimelineHistory.parse(1, None)
+    full, diff, incr = info.backups
+    assert choose_backup(info, timeline_1, request("immediate")) == incr
+    assert choose_backup(info, timeline_1, request("lsn", "0/5000000"), target_lsn="0/5000000") == diff
+    between = dt.datetime.fromtimestamp(full.timestamp.stop + 1, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+    assert choose_backup(info, timeline_1, request(target=between)) == full
+
+
+# ---- the whole plan ---------------------------------------------------------------------------------
+@pytest.fixture
+def repository(tmp_path):
+    def make(segments=BRANCHED_SEGMENTS, backups=BACKUPS, uploaded_at=T0 + 900):
+        cluster = local_cluster(tmp_path)
+        return FakePgBackRest(cluster, backups, listing=repo_ls(segments, histories=(2, 3), uploaded_at=uploaded_at),
+                              histories={"00000002.history": HISTORY_2, "00000003.history": HISTORY_3})
+    return make
+
+
+def plan_for(pgbackrest, req, *, cluster_timeline=3, **kwargs):
+    lines: list[str] = []
+    plan = make_plan(pgbackrest, req, pgbackrest.info(), cluster_timeline=cluster_timeline, in_use_bytes=0, log=lines.append, **kwargs)
+    assert lines[-1] == f"restore plan: {plan.describe()}"
+    return plan
+
+
+def test_plan_for_a_time_on_the_current_timeline(repository):
+    pgbackrest = repository()
+    plan = plan_for(pgbackrest, request(target=at(600)))
+    assert (plan.backup_set, plan.backup_type, plan.timeline, plan.timeline_requested) == (F2["label"], "full", 3, "current")
+    # from the backup's first segment (timeline 2's copy) to the end of the archive on timeline 3
+    assert (plan.wal_first, plan.wal_last) == ("000000020000000000000004", "000000030000000000000009")
+    assert plan.backup_stop_lsn == "0/4000100" and plan.target_lsn is None
+    assert ("archive-get", "00000003.history") in pgbackrest.calls
+    assert ("repo-ls", "archive/ledger/15-1") in pgbackrest.calls
+
+
+def test_plan_for_latest_an_lsn_and_immediate(repository):
+    latest = plan_for(repository(), request("latest", target_timeline="latest"), cluster_timeline=1)
+    assert (latest.timeline, latest.backup_set, latest.wal_last) == (3, F3["label"], "000000030000000000000009")
+    lsn = plan_for(repository(), request("lsn", "0/05000000"))
+    assert (lsn.target_lsn, lsn.backup_set, lsn.wal_last) == ("0/5000000", F2["label"], "000000030000000000000005")
+    immediate = plan_for(repository(), request("immediate"))
+    assert immediate.backup_set == F3["label"]
+    assert (immediate.wal_first, immediate.wal_last) == ("000000030000000000000006", "000000030000000000000006")  # its own WAL only
+
+
+def test_a_replan_keeps_the_timeline_it_replaces(repository):
+    plan = plan_for(repository(), request(target=at(600), target_timeline="latest"), timeline=2)
+    assert (plan.timeline, plan.backup_set, plan.wal_last) == (2, D_ABANDONED["label"], "000000020000000000000007")
+
+
+def test_a_segment_lost_on_the_path_refuses_the_plan(repository):
+    lost = [pair for pair in BRANCHED_SEGMENTS if pair != (2, 4)]
+    with pytest.raises(PreflightError, match=(
+        f"WAL needed to recover from backup {F2['label']} along timeline 3 is missing from the archive: 000000020000000000000004; "
+        "choose a later target or backup"
+    )):
+        plan_for(repository(segments=lost), request(target=at(600)))
+    # a later backup does not need the lost segment
+    assert plan_for(repository(segments=lost), request(target=at(750))).backup_set == F3["label"]
+
+
+def test_targets_beyond_the_archive_are_not_reachable(repository):
+    beyond = r"param target: LSN 0/A000000 is beyond the archived WAL of timeline 3 \(it ends before 0/A000000\)"
+    with pytest.raises(TargetNotReachable, match=beyond):
+        plan_for(repository(), request("lsn", "0/A000000"))
+    with pytest.raises(TargetNotReachable, match="is after the newest archived WAL"):
+        plan_for(repository(uploaded_at=T0 + 300), request(target=at(600)))
+    with pytest.raises(TargetNotReachable, match="timeline 4 is not in the archive"):
+        plan_for(repository(), request(target=at(600), target_timeline="4"))
