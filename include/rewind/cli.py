@@ -95,7 +95,8 @@ def clear_guard(cluster) -> str:
         current = None
     message = restore_guard.clear(cluster)
     if current is not None and current.phase == restore_guard.FAILED:
-        retention.end_hold(cluster, current.run_id, keep_days=cluster.pitr.hold_days)
+        for run_id in (current.run_id, *current.predecessors):
+            retention.end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)
     return message
 
 

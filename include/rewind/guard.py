@@ -56,6 +56,7 @@ class Guard:
     blocks_backups: bool = False
     failed_step: str | None = None
     took_over: str | None = None  # the failed run whose guard this run continued
+    predecessors: tuple[str, ...] = ()  # every failed run this guard was taken over from, oldest first
     # The timeline the cluster ran on before the first rewind of this guard stopped it. A cluster
     # left stopped or paused mid-rewind has no "current" timeline of its own (its pg_control names
     # the restored backup's); a run that takes over means this one.
@@ -82,7 +83,7 @@ def read_guard(cluster: Cluster) -> Guard | None:
     if data is None:
         return None
     try:
-        return Guard(**data)
+        return Guard(**{**data, "predecessors": tuple(data.get("predecessors", ()))})
     except TypeError as exc:
         raise StateFileDamaged(
             f"restore guard {guard_path(cluster)} is damaged ({exc}): look at the cluster, then remove it with "
@@ -92,7 +93,7 @@ def read_guard(cluster: Cluster) -> Guard | None:
 
 def _write(cluster: Cluster, guard: Guard) -> Guard:
     state_dir(cluster)
-    write_json(guard_path(cluster), asdict(guard))
+    write_json(guard_path(cluster), {**asdict(guard), "predecessors": list(guard.predecessors)})
     return guard
 
 
@@ -113,9 +114,11 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
         return existing
     inherited = False
     took_over = timeline_before = None
+    predecessors: tuple[str, ...] = ()
     if existing is not None:
         if existing.phase == FAILED:
             inherited, took_over, timeline_before = True, existing.run_id, existing.timeline_before
+            predecessors = (*existing.predecessors, existing.run_id)
             log(f"taking over the restore guard of failed {existing.describe()}: backups stay blocked until this run's new full backup")
         elif _active(run_state, existing):
             raise PitrAlreadyRunning(
@@ -130,7 +133,8 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
                 f"look at the cluster, then `rewind guard clear --cluster {cluster.name}` and trigger again"
             )
     return _write(cluster, Guard(cluster=cluster.name, run_id=run_id, dag_id=dag_id, phase=CLAIMED, since=now, updated=now,
-                                 blocks_backups=inherited, took_over=took_over, timeline_before=timeline_before))
+                                 blocks_backups=inherited, took_over=took_over, timeline_before=timeline_before,
+                                 predecessors=predecessors))
 
 
 def _own(cluster: Cluster, run_id: str) -> Guard:

@@ -29,16 +29,16 @@ from pathlib import Path
 from rewind.inventory import Cluster
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.info import StanzaInfo
-from rewind.state import file_key, read_json, state_dir, write_json
+from rewind.state import StateFileDamaged, file_key, read_json, state_dir, write_json
 
 LABEL_RE = re.compile(r"\b\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?\b")
 
 
-DRY_RUN_EXPIRE_RE = re.compile(r"\[DRY-RUN\] (?:repo\d+: )?expire (?:full|diff|incr) backup")
+DRY_RUN_EXPIRE_RE = re.compile(r"\[DRY-RUN\] (?:repo\d+: )?expire (?:full|diff|incr|time-based) backup")
 
 
 def dry_run_expired(output: str) -> list[str]:
-    """Labels on pgBackRest's `[DRY-RUN] repo1: expire full backup <label>[, <label>...]` lines."""
+    """Labels on pgBackRest's `[DRY-RUN] repo1: expire full|diff|incr|time-based backup [set] <label>[, ...]` lines."""
     return sorted({label for line in output.splitlines() if DRY_RUN_EXPIRE_RE.search(line) for label in LABEL_RE.findall(line)})
 
 
@@ -74,7 +74,12 @@ def _path(cluster: Cluster, run_id: str) -> Path:
 
 
 def _read(path: Path) -> Hold:
-    return Hold(**read_json(path, what="retention hold", fix="fix or remove it; while it is unreadable expire refuses to run"))
+    fix = "fix or remove it; while it is unreadable expire refuses to run"
+    data = read_json(path, what="retention hold", fix=fix)
+    try:
+        return Hold(**(data or {}))
+    except TypeError as exc:
+        raise StateFileDamaged(f"retention hold {path} is damaged ({exc}): {fix}") from None
 
 
 def _write(cluster: Cluster, hold: Hold) -> Hold:
@@ -158,6 +163,10 @@ def plan_expire(cluster: Cluster, info: StanzaInfo, would_expire: list[str], hol
     else:
         fulls_from_floor = sum(1 for b in info.backups if b.type == "full" and b.label >= floor_label)
         options = {"retention_full_type": "count", "retention_full": max(repo.retention_full, fulls_from_floor)}
+    # retention-diff counts differential backups on its own: without widening it too, a held diff
+    # (and its incrementals) would still go while the log says it was kept.
+    diffs_from_floor = sum(1 for b in info.backups if b.type == "diff" and b.label >= floor_label)
+    options["retention_diff"] = max(repo.retention_diff, diffs_from_floor)
     return ExpirePlan(options, held, would_expire)
 
 

@@ -262,7 +262,8 @@ def change_gate(change: ChangeStatus, now: dt.datetime) -> tuple[Decision, str]:
     label = f"{change.number} (state {change.state_name}, approval {change.approval or 'not requested'})"
     if change.approval == "rejected":
         return "reject", f"{label} was rejected: the restore will not run"
-    if change.state in (ChangeState.CLOSED, ChangeState.CANCELED):
+    if change.state in (ChangeState.CLOSED, ChangeState.CANCELED, ChangeState.REVIEW):
+        # Review comes after implementation: a change in it was implemented already, not by this run
         return "reject", f"{label} is {change.state_name}: the restore will not run"
     if change.end and now > change.end:
         return "reject", f"{label}: its window ended at {sn_time(change.end)} UTC: reschedule the change"

@@ -27,10 +27,12 @@ def state_dir(cluster: Cluster, *parts: str) -> Path:
     """The cluster's state directory (or a subdirectory), created owned by its OS user."""
     path = Path(cluster.state_dir, *parts)
     if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        if os.geteuid() == 0:
-            user = pwd.getpwnam(cluster.postgres.os_user)
-            for directory in (Path(cluster.state_dir), path):
+        path.mkdir(parents=True, exist_ok=True)
+        user = pwd.getpwnam(cluster.postgres.os_user) if os.geteuid() == 0 else None
+        # mkdir's mode reaches only the last level: set it (and the owner) on each level that is Rewind's
+        for directory in (Path(cluster.state_dir), *(Path(cluster.state_dir, *parts[: i + 1]) for i in range(len(parts)))):
+            directory.chmod(0o750)
+            if user:
                 os.chown(directory, user.pw_uid, user.pw_gid)
     return path
 

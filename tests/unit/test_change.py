@@ -43,7 +43,7 @@ def status(state=-2, approval="approved", start=None, end=None):
         (status(state=-3, approval="requested"), "wait", "waiting for approval"),
         (status(state=-3, approval=""), "wait", "(state Authorize, approval not requested): waiting for approval"),
         (status(state=-3, approval="approved"), "wait", "waiting for state Scheduled or Implement"),
-        (status(state=0, approval="approved"), "wait", "(state Review, approval approved): approved, waiting for state Scheduled"),
+        (status(state=0, approval="approved"), "reject", "(state Review, approval approved) is Review: the restore will not run"),
         (status(start=NOW + dt.timedelta(minutes=5)), "wait", "window opens at 2026-11-24 02:25:00 UTC"),
         (status(start=NOW - dt.timedelta(hours=1), end=NOW + dt.timedelta(hours=1)), "proceed", "inside"),
         (status(start=NOW, end=NOW), "proceed", "inside"),  # both ends of the window belong to it

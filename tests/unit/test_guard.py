@@ -91,6 +91,10 @@ def test_a_failed_rewind_is_taken_over_with_its_blocks_and_the_timeline_it_left(
     # B failing before it touched anything does not lift what it inherited
     assert guard.fail(ledger, B, "preflight").phase == "failed"
     assert guard.read_guard(ledger).blocks_backups
+    # a third run continues the chain: it knows every failed run before it (their holds end with its own)
+    third = claim(ledger, "run-c")
+    assert (third.took_over, third.predecessors) == (B, (A, B))
+    assert guard.read_guard(ledger).predecessors == (A, B)  # survives the JSON file
 
 
 def test_a_rewind_that_ended_without_recording_a_failure_needs_a_dba(ledger):

@@ -82,12 +82,9 @@ def test_dry_run_expired_takes_only_dry_run_expire_lines():
     assert dry_run_expired("") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "include/rewind/retention.py:37 DRY_RUN_EXPIRE_RE matches 'expire (full|diff|incr) backup' only; with recovery_window_days "
-    "pgBackRest 2.45-2.59 logs 'expire time-based backup [set ]...' (src/command/expire/expire.c), so no hold ever widens a time "
-    "retention. Remove this marker with the fix."
-))
 def test_dry_run_expired_reads_time_based_expire_lines():
+    """With recovery_window_days pgBackRest 2.45-2.59 logs 'expire time-based backup [set ]...'
+    (src/command/expire/expire.c); a hold must see those too."""
     line = "2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire time-based backup set 20261101-020000F, " \
            "20261101-020000F_20261102-020000D"
     assert dry_run_expired(line) == ["20261101-020000F", "20261101-020000F_20261102-020000D"]
@@ -116,32 +113,42 @@ def test_no_hold_covering_what_would_go_leaves_the_configured_retention(count_cl
 
 def test_a_count_retention_is_widened_to_keep_the_floor(count_cluster):
     plan = plan_expire(count_cluster, INFO, WOULD_EXPIRE, [hold("run-a", F2)], now=NOW)
-    assert plan.options == {"retention_full_type": "count", "retention_full": 3}  # F2, F3, F4
+    assert plan.options == {"retention_full_type": "count", "retention_full": 3, "retention_diff": 6}  # F2, F3, F4
     assert plan.held == {"run-a": [F2]}  # F1 and its diff are older than the floor: they may go
     assert plan.describe() == f"held for PITR run run-a: {F2}"
     both = plan_expire(count_cluster, INFO, WOULD_EXPIRE, [hold("run-a", F2), hold("run-b", F1)], now=NOW)
-    assert both.options == {"retention_full_type": "count", "retention_full": 4}  # the older floor wins
+    assert both.options == {"retention_full_type": "count", "retention_full": 4, "retention_diff": 6}  # the older floor wins
     assert both.held == {"run-a": [F2], "run-b": [F1, F1_D, F2]}
+
+
+def test_differential_retention_is_widened_too_so_a_held_diff_stays(tmp_path):
+    """retention-diff counts differential backups on its own: a hold that reports F1's diff as held
+    must keep it, not only its full."""
+    cluster = local_cluster(tmp_path, repo={"retention_full": 2, "retention_diff": 1})
+    info = stanza_info([*BACKUPS, backup_json("20261108-020000F_20261109-020000D", stop=stop_of(9), wal_start="000000010000000000000007",
+                                               lsn_stop="0/7000100")])
+    plan = plan_expire(cluster, info, [F1, F1_D], [hold("run-a", F1)], now=NOW)
+    assert plan.options == {"retention_full_type": "count", "retention_full": 4, "retention_diff": 2}
 
 
 def test_a_count_retention_is_never_narrowed(count_cluster):
     # only F4's incr would go (diff/incr retention): the fulls from the floor on are 1, the configured count stays 2
     plan = plan_expire(count_cluster, INFO, [F4_I], [hold("run-a", F4)], now=NOW)
-    assert plan.options == {"retention_full_type": "count", "retention_full": 2}
+    assert plan.options == {"retention_full_type": "count", "retention_full": 2, "retention_diff": 6}
 
 
 def test_a_time_retention_is_widened_to_the_floors_age(window_cluster):
     plan = plan_expire(window_cluster, INFO, [F1, F1_D], [hold("run-a", F1)], now=NOW)
     # F1 ended 2026-11-01 02:30, 26 days and 12.5 hours before NOW: 27 days, and one more
-    assert plan.options == {"retention_full_type": "time", "retention_full": 28}
+    assert plan.options == {"retention_full_type": "time", "retention_full": 28, "retention_diff": 6}
     recent = plan_expire(window_cluster, INFO, [F4_I], [hold("run-a", F4)], now=NOW)
-    assert recent.options == {"retention_full_type": "time", "retention_full": 7}  # 6 days old: the configured window stays
+    assert recent.options == {"retention_full_type": "time", "retention_full": 7, "retention_diff": 6}  # 6 days old: the configured window stays
 
 
 def test_a_floor_already_gone_from_the_repository_uses_the_holds_record(window_cluster):
     gone = hold("run-a", "20261025-020000F", floor_stopped_at="2026-10-25T02:30:00+00:00")
     plan = plan_expire(window_cluster, INFO, [F1], [gone], now=NOW)
-    assert plan.options == {"retention_full_type": "time", "retention_full": 35}
+    assert plan.options == {"retention_full_type": "time", "retention_full": 35, "retention_diff": 6}
 
 
 # ---- the holds on disk ---------------------------------------------------------------------------------
@@ -193,8 +200,8 @@ def test_expire_keeps_what_an_active_hold_covers(count_cluster):
     result = expire_with_holds(pgbackrest, log=lines.append)
     assert result["expired"] == [F1, F1_D] and result["retained"] == [F2, F3, F4, F4_I]
     assert result["held"] == {"run-a": [F2]} and result["holds"] == ["run-a"]
-    assert result["options"] == {"retention_full_type": "count", "retention_full": 3}
+    assert result["options"] == {"retention_full_type": "count", "retention_full": 3, "retention_diff": 6}
     dry_run, expire = pgbackrest.calls
     assert dry_run[-3:] == ["--dry-run", "--log-level-console=info", "expire"]
-    assert expire == ("expire", {"retention_full_type": "count", "retention_full": 3})
+    assert expire == ("expire", {"retention_full_type": "count", "retention_full": 3, "retention_diff": 6})
     assert any(line.startswith("retention widened for this run") and f"held for PITR run run-a: {F2}" in line for line in lines)

@@ -81,7 +81,7 @@ class PgBackRestCommands:
         return self._argv("archive-get", args=(wal_file, destination))
 
     def expire(self, *, retention_full: int | None = None, retention_full_type: Literal["count", "time"] | None = None,
-               dry_run: bool = False) -> list[str]:
+               retention_diff: int | None = None, dry_run: bool = False) -> list[str]:
         """Retention; an explicit retention_full(_type) overrides the configured one for this run
         (how Rewind keeps backups a PITR hold needs, see rewind.retention)."""
         options = []
@@ -89,6 +89,8 @@ class PgBackRestCommands:
             options.append(_option("repo1-retention-full-type", retention_full_type))
         if retention_full is not None:
             options.append(_option("repo1-retention-full", int(retention_full)))
+        if retention_diff is not None:
+            options.append(_option("repo1-retention-diff", int(retention_diff)))
         if dry_run:  # what would go is read from the INFO lines, whatever the configured console level
             options += [_option("dry-run"), _option("log-level-console", "info")]
         return self._argv("expire", *options)

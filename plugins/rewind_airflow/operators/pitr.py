@@ -105,8 +105,10 @@ class PitrValidateParamsOperator(PitrOperator):
         journal.refuse_if_rewound("validate_params")
         if request.change_number:
             check_given_change(self.servicenow, cluster, request.change_number, dag_id=context["ti"].dag_id, run_id=context["run_id"])
-        restore_guard.claim(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_state=context["ti"].get_dagrun_state,
-                            log=self.log.info)
+        guard = restore_guard.claim(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"],
+                                    run_state=context["ti"].get_dagrun_state, log=self.log.info)
+        # the failed runs this one continues: their holds end with this run's (retention)
+        journal.set(predecessors=list(guard.predecessors))
         self.log.info("PITR request: %s; reason: %s", request.describe(), request.reason)
         return request.model_dump(mode="json")
 
@@ -373,9 +375,10 @@ class CloseChangeOperator(PitrOperator):
         self.servicenow.update(CHANGE_TABLE, journal.data["change_sys_id"],
                                {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text})
         journal.record("closed")
-        hold = end_hold(cluster, context["run_id"], keep_days=cluster.pitr.hold_days)
-        if hold:
-            self.log.info("retention %s", hold.describe())
+        for run_id in (context["run_id"], *journal.data.get("predecessors", [])):
+            hold = end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)
+            if hold:
+                self.log.info("retention %s", hold.describe())
         self.log.info("closed %s:\n%s", journal.change, text)
         self._set_run_note(context, f"{journal.change} closed successful\n{text}")
         return text
