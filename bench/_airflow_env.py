@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rewind.stack.airflow import REPO, hermetic_env  # noqa: F401 (REPO is used by the benchmarks)
+from devstack.airflow import REPO, hermetic_env  # noqa: F401 (REPO is used by the benchmarks)
 
 
 def setup(migrate: bool = False) -> Path:

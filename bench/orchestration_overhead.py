@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     setup(migrate=True)
 
-    from rewind.stack.demo import DemoStack
+    from devstack.demo import DemoStack
 
     stack = DemoStack(Path(tempfile.mkdtemp(prefix="rewind-bench-", dir="/tmp"))).start()
     try:

@@ -33,9 +33,9 @@ def main() -> None:
     from rewind.postgres import start_argv, stop_argv
     from rewind.scratch import ScratchCluster
     from rewind.servicenow import Auth, ServiceNowClient
-    from rewind.stack.demo import DemoStack
-    from rewind.stack.net import free_port
-    from rewind.stack.servicenow_sim import ServiceNowSimulator
+    from devstack.demo import DemoStack
+    from devstack.net import free_port
+    from devstack.servicenow_sim import ServiceNowSimulator
 
     stack = DemoStack(Path(tempfile.mkdtemp(prefix="rewind-bench-", dir="/tmp"))).start()
     sim = ServiceNowSimulator().start()

@@ -13,7 +13,7 @@ from datetime import timedelta
 from airflow.sdk import DAG
 
 from rewind.inventory import BACKUP_TYPES, Cluster, load_inventory
-from rewind_airflow.access import OPERATIONS
+from rewind.roles import OPERATIONS
 from rewind_airflow.assets import backup_asset
 from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.pgbackrest import (

@@ -10,7 +10,7 @@ from datetime import timedelta
 from airflow.sdk import DAG
 
 from rewind.inventory import load_inventory
-from rewind_airflow.access import OPERATIONS
+from rewind.roles import OPERATIONS
 from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.health import HealthCheckOperator
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from rewind.inventory import Cluster, load_inventory
-from rewind_airflow.access import DBA_ONLY
+from rewind.roles import DBA_ONLY
 from rewind_airflow.defaults import alert_callbacks, cluster_dag_kwargs
 from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 from rewind_airflow.operators.pitr import (

@@ -8,7 +8,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from rewind.inventory import load_inventory
-from rewind_airflow.access import OPERATIONS
+from rewind.roles import OPERATIONS
 from rewind_airflow.assets import backup_asset
 from rewind_airflow.defaults import cluster_dag_kwargs
 from rewind_airflow.operators.verify import VerifyRepositoryOperator

@@ -28,11 +28,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 stamp="$VENV/.rewind-requirements.sha256"
-want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml devstack/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # (grep drops pip's warnings about local index mirrors some build machines configure)
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e . 2> >(grep -v "is ignored: it is neither" >&2)
+  # the product, and (separately, never in the product's image) the development stack
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e . -e ./devstack 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$want" > "$stamp"
 fi
 echo "install.sh: $(pgbackrest version), $("$VENV/bin/airflow" version 2>/dev/null | tail -1 | sed 's/^/Airflow /'), $(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')"

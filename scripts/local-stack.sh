@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${REWIND_VENV:-.venv}/bin/python" -m rewind.stack.local "${1:-up}"
+exec "${REWIND_VENV:-.venv}/bin/python" -m devstack.local "${1:-up}"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rewind.stack.airflow import REPO, hermetic_env  # imports no airflow
-from rewind.stack.vault_sim import inventory_credentials  # nor does this
+from devstack.airflow import REPO, hermetic_env  # imports no airflow
+from devstack.vault_sim import inventory_credentials  # nor does this
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rewind-airflow-home-"))
 os.environ.update({**hermetic_env(_AIRFLOW_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
@@ -47,7 +47,7 @@ def airflow_db() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_stack():
-    from rewind.stack.demo import DemoStack
+    from devstack.demo import DemoStack
 
     base = Path(tempfile.mkdtemp(prefix="rewind-stack-", dir="/tmp"))
     stack = DemoStack(base)
@@ -65,7 +65,7 @@ def demo_stack():
 @pytest.fixture
 def fresh_stack(tmp_path_factory):
     """A second, independent stack for tests that break things (locks, outages)."""
-    from rewind.stack.demo import DemoStack
+    from devstack.demo import DemoStack
 
     base = Path(tempfile.mkdtemp(prefix="rewind-stack-", dir="/tmp"))
     stack = DemoStack(base, name="scratch")
@@ -96,7 +96,7 @@ def run_once(dag, **kwargs):
 @pytest.fixture(scope="session")
 def servicenow():
     """The ServiceNow simulator on loopback, wired as Airflow connection servicenow_default."""
-    from rewind.stack.servicenow_sim import ServiceNowSimulator
+    from devstack.servicenow_sim import ServiceNowSimulator
 
     simulator = ServiceNowSimulator().start()
     os.environ["AIRFLOW_CONN_SERVICENOW_DEFAULT"] = simulator.airflow_connection()
@@ -113,7 +113,7 @@ def vault(demo_stack):
     secret/rewind/demo {cipher_pass}, AWS engine role rewind-demo (IAM users limited to the bucket,
     created in the S3 stack's IAM), a least-privilege policy and an AppRole for the Airflow workers.
     Wired as the Airflow connection vault_default (AppRole auth)."""
-    from rewind.stack.vault_sim import VaultSimulator, VaultState, configure_cluster
+    from devstack.vault_sim import VaultSimulator, VaultState, configure_cluster
 
     state = VaultState(iam=demo_stack.s3.client("iam"))
     policy = configure_cluster(state, cluster="demo", bucket=demo_stack.s3.bucket, cipher_pass=demo_stack.cipher_pass, lease_duration_s=600)

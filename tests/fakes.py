@@ -15,7 +15,7 @@ from rewind.pgbackrest.errors import FileMissingError
 from rewind.pgbackrest.info import StanzaInfo, parse_info
 from rewind.runner import CommandResult
 from rewind.servicenow import CHANGE_TABLE, ServiceNowError, ServiceNowNotFound
-from rewind.stack.servicenow_sim import PolicyError, SimState
+from devstack.servicenow_sim import PolicyError, SimState
 from tests.factories import backup_json, info_json
 
 

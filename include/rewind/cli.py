@@ -27,6 +27,7 @@ from pathlib import Path
 from rewind.errors import RewindError
 from rewind import guard as restore_guard
 from rewind import retention
+from rewind.roles import ROLES, role_commands, undeclared_global_permissions
 from rewind.inventory import inventory_path, load_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config
 
@@ -121,11 +122,9 @@ def cluster_metrics(cluster, fmt: str) -> str:
 
 
 def roles_command(*, apply: bool) -> int:
-    """Rewind's roles as `airflow roles` commands (definitions: plugins/rewind_airflow/access.py).
+    """Rewind's roles as `airflow roles` commands (definitions: include/rewind/roles.py).
     Printed, or with apply run with this environment's Airflow configuration and then checked: exit 1
     naming each global permission a role holds beyond those, with the command that removes it."""
-    from rewind_airflow.access import ROLES, role_commands, undeclared_global_permissions  # plain data, no Airflow
-
     if not apply:
         for argv in role_commands():
             print(shlex.join(argv))

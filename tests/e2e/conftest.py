@@ -14,8 +14,8 @@ import pytest
 
 from rewind.cli import pools_json
 from rewind.inventory import load_inventory
-from rewind.stack.airflow import AirflowStandalone
-from rewind.stack.net import free_port
+from devstack.airflow import AirflowStandalone
+from devstack.net import free_port
 from tests.conftest import VAULT_CREDENTIALS
 
 USERS = {"auditor": ["Viewer"], "dba": ["Viewer", "DBA"], "operator": ["Viewer", "BackupOperator"]}

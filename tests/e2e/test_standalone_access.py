@@ -351,7 +351,7 @@ def test_the_deployed_roles_are_rewinds_definition(runs, roles, tmp_path):
     access.GLOBAL_PERMISSIONS, per DAG the DAGs' access_control, and nothing of a PITR for the operator."""
     import json
 
-    from rewind_airflow.access import DBA_ONLY, GLOBAL_PERMISSIONS, OPERATIONS, PER_DAG_PREFIXES
+    from rewind.roles import DBA_ONLY, GLOBAL_PERMISSIONS, OPERATIONS, PER_DAG_PREFIXES
 
     exported = tmp_path / "roles.json"
     roles.cli("roles", "export", str(exported))

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rewind.servicenow import Auth, ServiceNowClient
-from rewind.stack.net import free_port
+from devstack.net import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import yaml
 from rewind.inventory import load_inventory
 from rewind.pgbackrest.config import install_config
 from rewind.postgres import postmaster_pid
-from rewind.stack.net import free_port
+from devstack.net import free_port
 from tests.conftest import load_dags, run_once
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import pytest
 from rewind.backup import BackupLockHeldError, take_backup
 from rewind.pgbackrest.errors import LockAcquireError
 from rewind.scratch import ScratchCluster
-from rewind.stack.net import free_port
+from devstack.net import free_port
 from tests.conftest import load_dags
 
 pytestmark = pytest.mark.integration

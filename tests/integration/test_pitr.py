@@ -249,7 +249,7 @@ def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow
 def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
     """What the restore task's retry does after a kill: --delta on a half-written data directory."""
     from rewind.scratch import ScratchCluster
-    from rewind.stack.net import free_port
+    from devstack.net import free_port
     import shutil
     import tempfile
     from pathlib import Path

@@ -25,7 +25,7 @@ import pytest
 
 from rewind.pitr.journal import RunJournal
 from rewind.postgres import postmaster_pid
-from rewind.stack.demo import DemoStack
+from devstack.demo import DemoStack
 from tests.conftest import load_dags, run_once
 from tests.integration.conftest import pitr_dag
 from tests.integration.helpers import VOID_CHECK, assert_success, fresh_ledger, ledger, run_pitr, states, timeline, write

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rewind.postgres import postmaster_pid
-from rewind.stack.airflow import REPO
+from devstack.airflow import REPO
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import FORM_DEFAULTS, assert_success, fresh_ledger, ledger, write
 
@@ -134,7 +134,7 @@ def test_vault_sealed_denying_failing_or_down_fails_the_backup_before_anything_i
 ):
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    from rewind.stack.net import free_port
+    from devstack.net import free_port
 
     vault = vault_credentials
     policy = list(vault.state.policies["rewind-demo"])
@@ -290,7 +290,7 @@ def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_s
     pgBackRest as PGBACKREST_REPO1_S3_TOKEN, moto checks it, and a non-renewable lease is left to
     its TTL rather than renewed."""
     from rewind.credentials import S3_TOKEN
-    from rewind.stack.vault_sim import inventory_credentials, rewind_policy_paths, s3_bucket_policy
+    from devstack.vault_sim import inventory_credentials, rewind_policy_paths, s3_bucket_policy
     from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 
     vault = vault_credentials

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from rewind.servicenow import Auth, ServiceNowClient
-from rewind.stack.demo import DemoStack
+from devstack.demo import DemoStack
 from tests.conftest import load_dags, run_once
 
 pytestmark = pytest.mark.integration

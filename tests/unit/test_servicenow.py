@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from rewind.servicenow import Auth, ServiceNowClient, ServiceNowError, ServiceNowNotFound, ServiceNowUnavailable
-from rewind.stack.servicenow_sim import ServiceNowSimulator
+from devstack.servicenow_sim import ServiceNowSimulator
 from tests.fakes import stop_soon
 
 
@@ -94,7 +94,7 @@ def test_approval_page_and_command(sim):
     assert response.status_code == 303
     assert client.get("change_request", change["sys_id"])["approval"] == "approved"
 
-    from rewind.stack.servicenow_sim import main
+    from devstack.servicenow_sim import main
 
     other = client.create("change_request", {"approval": "requested", "state": -3})
     assert main(["reject", other["number"], "--url", sim.url]) == 0

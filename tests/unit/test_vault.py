@@ -8,8 +8,8 @@ import pytest
 
 from rewind.credentials import CIPHER_PASS, RepositoryCredentials
 from rewind.errors import CredentialsError
-from rewind.stack.net import free_port
-from rewind.stack.vault_sim import VaultSimulator, VaultState
+from devstack.net import free_port
+from devstack.vault_sim import VaultSimulator, VaultState
 from rewind.vault import read_cipher_pass
 from tests.fakes import stop_soon
 from tests.factories import cluster_doc, inventory

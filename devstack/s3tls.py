@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewind.runner import kill_process_group
-from rewind.stack.net import free_port, wait_for_port
+from devstack.net import free_port, wait_for_port
 
 
 def write_self_signed_cert(directory: Path, *, common_name: str = "127.0.0.1") -> tuple[Path, Path]:

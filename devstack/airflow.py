@@ -19,10 +19,10 @@ import secrets
 import requests
 
 from rewind.airflow_rest import AirflowRestClient
-from rewind.stack.net import wait_for_port
+from devstack.net import wait_for_port
 from rewind.runner import kill_process_group
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def hermetic_env(home: Path) -> dict[str, str]:
@@ -68,7 +68,7 @@ class AirflowStandalone:
     # Tests want only the runs they trigger; the local stack wants schedules live.
     paused_at_creation: bool = False
     # "simple" (Airflow's SimpleAuthManager: one admin) or "fab" (FAB auth manager: roles and DAG
-    # access_control, what a production deployment uses; see plugins/rewind_airflow/access.py).
+    # access_control, what a production deployment uses; see include/rewind/roles.py).
     auth_manager: str = "simple"
     # FAB only: more people, name -> roles (each gets a generated password, see password(name)).
     users: dict[str, list[str]] = field(default_factory=dict)
@@ -119,7 +119,7 @@ class AirflowStandalone:
         named in `users`, then every user. The password goes to `airflow users create` on its stdin
         (no controlling terminal, so getpass reads stdin): on a command line it would be readable in
         /proc by anyone on the machine."""
-        from rewind_airflow.access import ROLES  # plain data, no Airflow
+        from rewind.roles import ROLES  # plain data, no Airflow
 
         applied = subprocess.run([rewind_bin(), "roles", "--apply"], env=self.environment(), capture_output=True, text=True, timeout=600)
         if applied.returncode != 0:

@@ -1,4 +1,4 @@
-"""The local stack: `python -m rewind.stack.local up|down|status`.
+"""The local stack: `python -m devstack.local up|down|status`.
 
 up:   a demo PostgreSQL cluster with a ledger table, archiving into an S3 API over TLS, and Airflow
       (standalone) with Rewind's DAGs on http://127.0.0.1:8080. Prints how to log in.
@@ -27,10 +27,10 @@ from rewind.cli import pools_json
 from rewind.inventory import load_inventory
 from rewind.postgres import postmaster_pid, stop_argv
 from rewind.runner import CommandRunner
-from rewind.stack.airflow import AirflowStandalone
-from rewind.stack.demo import DemoStack
-from rewind.stack import vault_sim
-from rewind.stack.net import wait_for_port
+from devstack.airflow import AirflowStandalone
+from devstack.demo import DemoStack
+from devstack import vault_sim
+from devstack.net import wait_for_port
 
 HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
 PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
@@ -105,7 +105,7 @@ def up() -> int:
     print("starting the ServiceNow simulator ...", flush=True)
     servicenow_password = secrets.token_urlsafe(12)
     servicenow = subprocess.Popen(
-        [sys.executable, "-m", "rewind.stack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
+        [sys.executable, "-m", "devstack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
         env={**os.environ, "SERVICENOW_SIM_PASSWORD": servicenow_password},
         stdout=open(HOME / "servicenow.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -115,7 +115,7 @@ def up() -> int:
     print("starting the Vault simulator (the demo's repository credentials are leased from it) ...", flush=True)
     approle = (str(uuid.uuid4()), secrets.token_urlsafe(24))
     vault = subprocess.Popen(
-        [sys.executable, "-m", "rewind.stack.vault_sim", "serve", "--port", str(VAULT_PORT), "--s3-url", stack.s3.url,
+        [sys.executable, "-m", "devstack.vault_sim", "serve", "--port", str(VAULT_PORT), "--s3-url", stack.s3.url,
          "--ca-file", str(stack.s3.ca_file), "--cluster", stack.name, "--bucket", stack.s3.bucket],
         env={**os.environ, "VAULT_SIM_AWS_KEY": stack.s3.access_key, "VAULT_SIM_AWS_SECRET": stack.s3.secret_key,
              "VAULT_SIM_CIPHER_PASS": stack.cipher_pass, "VAULT_SIM_ROLE_ID": approle[0], "VAULT_SIM_SECRET_ID": approle[1]},
@@ -161,7 +161,7 @@ Rewind local stack is up.
   Airflow UI   {airflow.url}   user: admin   password: {password}
   DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
-               .venv/bin/python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
+               .venv/bin/python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
   S3 over TLS  {stack.s3.url} bucket {stack.s3.bucket}, CA {stack.s3.ca_file}
   Vault        http://127.0.0.1:{VAULT_PORT}/ (simulator): every task leases its S3 keys, revoked when it ends
@@ -232,7 +232,7 @@ def s3_up() -> int:
         print("S3 API already up")
         return 0
     conf = HOME / "stack" / "s3" / "stunnel.conf"
-    from rewind.stack.s3tls import stunnel_binary
+    from devstack.s3tls import stunnel_binary
 
     proc = subprocess.Popen([stunnel_binary(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state["stunnel"] = proc.pid

@@ -1,4 +1,4 @@
-"""Rewind's roles (plugins/rewind_airflow/access.py) and `rewind roles`: the `airflow roles` commands
+"""Rewind's roles (include/rewind/roles.py) and `rewind roles`: the `airflow roles` commands
 grant exactly the documented global permissions, `--apply` runs them as argv lists and refuses a
 role that holds more. What the roles then may do is tested over REST in tests/e2e."""
 
@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from rewind.cli import main
-from rewind_airflow.access import (
+from rewind.roles import (
     BACKUP_OPERATOR_ROLE,
     DBA_ONLY,
     DBA_ROLE,
@@ -87,7 +87,7 @@ def test_undeclared_global_permissions_are_found_and_per_dag_ones_left_to_access
 
 def test_access_imports_no_airflow():
     """The `rewind` CLI reads access.py; the CLI must work where Airflow is not importable."""
-    code = "import sys, rewind_airflow.access; print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
+    code = "import sys, rewind.roles; print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

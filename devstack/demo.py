@@ -23,8 +23,8 @@ from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.config import install_config
 from rewind.postgres import psql_argv, start_argv, stop_argv
 from rewind.runner import CommandRunner
-from rewind.stack.net import free_port
-from rewind.stack.s3tls import S3OverTLS
+from devstack.net import free_port
+from devstack.s3tls import S3OverTLS
 
 def _pg_bin() -> Path:
     """PostgreSQL 15 where installed (these machines), else the newest installed major version."""

@@ -15,8 +15,8 @@ For people and tests:
     POST /sim/faults   {"status": 503, "count": 2, "delay_s": 0}   next N requests fail or are slow
     GET  /sim/requests                  every Table API request seen (method, path, query)
 
-    python -m rewind.stack.servicenow_sim serve --port 8091 [--user rewind --password ...]
-    python -m rewind.stack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:8091
+    python -m devstack.servicenow_sim serve --port 8091 [--user rewind --password ...]
+    python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:8091
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from rewind.stack.net import LoopbackHTTPService
+from devstack.net import LoopbackHTTPService
 
 PREFIXES = {"change_request": "CHG", "change_task": "CTASK", "incident": "INC"}
 TABLES = set(PREFIXES) | {"sys_journal_field"}

@@ -20,7 +20,7 @@ For tests and people:
     POST /sim/mode   {"mode": "ok" | "sealed" | "forbidden" | "error"}   (error = HTTP 500)
     GET  /sim/leases every lease issued, with revoked / expired flags (no secret values)
 
-    python -m rewind.stack.vault_sim serve --port 8200 --s3-url ... (see --help)
+    python -m devstack.vault_sim serve --port 8200 --s3-url ... (see --help)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
 
-from rewind.stack.net import LoopbackHTTPService
+from devstack.net import LoopbackHTTPService
 
 MODES = ("ok", "sealed", "forbidden", "error")
 
