@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from _airflow_env import REPO, setup
 
 GOAL_S = 2.0

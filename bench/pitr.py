@@ -30,12 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     setup(migrate=True)
 
-    from rewind.postgres import start_argv, stop_argv
-    from rewind.scratch import ScratchCluster
-    from rewind.servicenow import Auth, ServiceNowClient
     from devstack.demo import DemoStack
     from devstack.net import free_port
     from devstack.servicenow_sim import ServiceNowSimulator
+    from rewind.postgres import start_argv, stop_argv
+    from rewind.scratch import ScratchCluster
+    from rewind.servicenow import Auth, ServiceNowClient
 
     stack = DemoStack(Path(tempfile.mkdtemp(prefix="rewind-bench-", dir="/tmp"))).start()
     sim = ServiceNowSimulator().start()
@@ -43,7 +43,9 @@ def main() -> None:
         os.environ["REWIND_INVENTORY"] = str(stack.inventory_path)
         os.environ["AIRFLOW_CONN_SERVICENOW_DEFAULT"] = sim.airflow_connection()
         os.environ.update(stack.worker_env())
-        stack.psql(f"create table ledger_entry as select g as id, 'posted'::text as status, repeat('x', 200) as pad from generate_series(1, {args.rows}) g")
+        stack.psql(
+            f"create table ledger_entry as select g as id, 'posted'::text as status, repeat('x', 200) as pad from generate_series(1, {args.rows}) g"
+        )
         pgbackrest = stack.pgbackrest()
         pgbackrest.backup("full", annotations={})
         time.sleep(1.1)
@@ -58,8 +60,16 @@ def main() -> None:
         from airflow.dag_processing.dagbag import DagBag
 
         dag = DagBag(dag_folder=str(REPO / "dags" / "rewind_pitr.py"), safe_mode=False).dags["rewind_pitr__demo"]
-        base_conf = {"target_type": "time", "target_exclusive": False, "target_action": "promote", "target_timeline": "current",
-                     "backup_set": None, "change_number": None, "validation_sql": [], "reason": "benchmark of the PITR DAG"}
+        base_conf = {
+            "target_type": "time",
+            "target_exclusive": False,
+            "target_action": "promote",
+            "target_timeline": "current",
+            "backup_set": None,
+            "change_number": None,
+            "validation_sql": [],
+            "reason": "benchmark of the PITR DAG",
+        }
 
         # 1. DAG vs by hand --------------------------------------------------------------------
         sim.state.auto_approve = True
@@ -125,7 +135,9 @@ def main() -> None:
         scratch.restore(backup_set=label)
         delta_s = time.perf_counter() - started
         shutil.rmtree(directory, ignore_errors=True)
-        print(f"restore into an empty directory: {empty_s:.2f} s; --delta over the same files: {delta_s:.2f} s; ratio {delta_s / empty_s:.2f}")
+        print(
+            f"restore into an empty directory: {empty_s:.2f} s; --delta over the same files: {delta_s:.2f} s; ratio {delta_s / empty_s:.2f}"
+        )
     finally:
         sim.stop()
         stack.remove()

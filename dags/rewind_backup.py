@@ -76,12 +76,11 @@ for cluster in inventory.clusters.values():
             dag_id=f"rewind_backup_{backup_type}__{cluster.name}",
             description=f"pgBackRest {backup_type} backup of {cluster.name} to s3://{cluster.repo.bucket}{cluster.repo.path}",
             doc_md=doc_md(cluster, backup_type),
-            **cluster_dag_kwargs(cluster, workflow="backup", tags=(backup_type,), access_control=OPERATIONS,
-                                 schedule=getattr(cluster.schedules, backup_type)),
+            **cluster_dag_kwargs(
+                cluster, workflow="backup", tags=(backup_type,), access_control=OPERATIONS, schedule=getattr(cluster.schedules, backup_type)
+            ),
         ):
-            preflight = PgBackRestPreflightOperator(
-                task_id="preflight", cluster=cluster.name, retries=2, retry_delay=timedelta(minutes=1)
-            )
+            preflight = PgBackRestPreflightOperator(task_id="preflight", cluster=cluster.name, retries=2, retry_delay=timedelta(minutes=1))
             backup = PgBackRestBackupOperator(
                 task_id="backup",
                 cluster=cluster.name,

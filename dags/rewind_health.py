@@ -45,7 +45,8 @@ for cluster in inventory.clusters.values():
             {cluster.alerts.impact}/{cluster.alerts.urgency}. Schedule `{cluster.schedules.health}` (UTC).
             """
         ),
-        **cluster_dag_kwargs(cluster, workflow="health", access_control=OPERATIONS, schedule=cluster.schedules.health,
-                             retry_delay=timedelta(minutes=2)),
+        **cluster_dag_kwargs(
+            cluster, workflow="health", access_control=OPERATIONS, schedule=cluster.schedules.health, retry_delay=timedelta(minutes=2)
+        ),
     ):
         HealthCheckOperator(task_id="check_health", cluster=cluster.name, execution_timeout=timedelta(minutes=10))

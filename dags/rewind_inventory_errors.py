@@ -12,6 +12,4 @@ from rewind.inventory import load_inventory
 
 inventory = load_inventory()
 if inventory.errors:
-    raise InventoryError(
-        f"{len(inventory.errors)} cluster(s) skipped, their DAGs are missing:\n" + "\n".join(inventory.errors.values())
-    )
+    raise InventoryError(f"{len(inventory.errors)} cluster(s) skipped, their DAGs are missing:\n" + "\n".join(inventory.errors.values()))

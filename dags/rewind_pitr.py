@@ -41,25 +41,53 @@ REQUEST = "{{ ti.xcom_pull(task_ids='validate_params') }}"
 PLAN = "{{ ti.xcom_pull(task_ids='preflight') }}"
 
 PARAMS = {
-    "target_type": Param("time", type="string", enum=["time", "xid", "name", "lsn", "immediate", "latest"], title="Target type",
-                         description="time, transaction id, restore point name, LSN, the end of the backup (immediate), or all archived WAL (latest)"),
-    "target": Param("", type="string", title="Target", maxLength=64,
-                    description="time: 2026-11-24 02:13:30+00 (with time zone) · xid: 123456 · name: before-migration-42 · lsn: 0/3000060 · empty for immediate/latest"),
+    "target_type": Param(
+        "time",
+        type="string",
+        enum=["time", "xid", "name", "lsn", "immediate", "latest"],
+        title="Target type",
+        description="time, transaction id, restore point name, LSN, the end of the backup (immediate), or all archived WAL (latest)",
+    ),
+    "target": Param(
+        "",
+        type="string",
+        title="Target",
+        maxLength=64,
+        description="time: 2026-11-24 02:13:30+00 (with time zone) · xid: 123456 · name: before-migration-42 · lsn: 0/3000060 · empty for immediate/latest",
+    ),
     "target_exclusive": Param(False, type="boolean", title="Exclusive", description="stop just before the target (time, xid, lsn)"),
-    "target_action": Param("pause", type="string", enum=["pause", "promote"], title="At the target",
-                           description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · promote: open for writes at the target, checks after (latest always promotes)"),
+    "target_action": Param(
+        "pause",
+        type="string",
+        enum=["pause", "promote"],
+        title="At the target",
+        description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · promote: open for writes at the target, checks after (latest always promotes)",
+    ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
-    "backup_set": Param(None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"),
+    "backup_set": Param(
+        None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"
+    ),
     "change_number": Param(None, type=["null", "string"], title="Change number", description="leave empty: Rewind opens a normal change"),
-    "validation_sql": Param([], type="array", title="Data checks",
-                            items={"type": "object", "properties": {"sql": {"type": "string"}, "expect": {"type": ["string", "number", "boolean"]}},
-                                   "required": ["sql", "expect"], "additionalProperties": False},
-                            description='[{"sql": "select count(*) from ledger_entry where status = \'void\'", "expect": 0}] · run as a read-only, non-superuser role'),
-    "validation_database": Param(None, type=["null", "string"], title="Database for the data checks",
-                                 description="leave empty: the cluster's main database (inventory postgres.database)"),
+    "validation_sql": Param(
+        [],
+        type="array",
+        title="Data checks",
+        items={
+            "type": "object",
+            "properties": {"sql": {"type": "string"}, "expect": {"type": ["string", "number", "boolean"]}},
+            "required": ["sql", "expect"],
+            "additionalProperties": False,
+        },
+        description='[{"sql": "select count(*) from ledger_entry where status = \'void\'", "expect": 0}] · run as a read-only, non-superuser role',
+    ),
+    "validation_database": Param(
+        None,
+        type=["null", "string"],
+        title="Database for the data checks",
+        description="leave empty: the cluster's main database (inventory postgres.database)",
+    ),
     "reason": Param(type="string", minLength=10, title="Reason", description="why this rewind is needed (goes into the change)"),
 }
-
 
 
 def doc_md(cluster: Cluster) -> str:
@@ -110,11 +138,17 @@ for cluster in inventory.clusters.values():
         params=PARAMS,
         render_template_as_native_obj=True,
         **cluster_dag_kwargs(
-            cluster, workflow="pitr", access_control=DBA_ONLY, schedule=None, tags=("destructive",),
+            cluster,
+            workflow="pitr",
+            access_control=DBA_ONLY,
+            schedule=None,
+            tags=("destructive",),
             retry_delay=timedelta(seconds=30),
             # A second trigger must start, to be refused by name, instead of queueing behind the first.
             max_active_runs=3,
-            default_args={"on_failure_callback": [PitrFailureNotifier(cluster=cluster.name, **sn), alert_callbacks(cluster)["on_failure_callback"]]},
+            default_args={
+                "on_failure_callback": [PitrFailureNotifier(cluster=cluster.name, **sn), alert_callbacks(cluster)["on_failure_callback"]]
+            },
         ),
     ):
         validate_params = PitrValidateParamsOperator(task_id="validate_params", cluster=cluster.name, retries=0, **sn)
@@ -127,18 +161,34 @@ for cluster in inventory.clusters.values():
             timeout=cluster.pitr.approval_timeout_h * 3600,
             **sn,
         )
-        stop_postgres = StopPostgresOperator(task_id="stop_postgres", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn)
-        restore = PgBackRestRestoreOperator(task_id="restore", cluster=cluster.name, request=REQUEST, pool=cluster.pool,
-                                            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s), **sn)
+        stop_postgres = StopPostgresOperator(
+            task_id="stop_postgres", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn
+        )
+        restore = PgBackRestRestoreOperator(
+            task_id="restore",
+            cluster=cluster.name,
+            request=REQUEST,
+            pool=cluster.pool,
+            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s),
+            **sn,
+        )
         start_postgres = StartPostgresOperator(task_id="start_postgres", cluster=cluster.name, **sn)
-        wait_for_target = WaitForRecoveryTargetOperator(task_id="wait_for_target", cluster=cluster.name, request=REQUEST, retries=0,
-                                                        started="{{ ti.xcom_pull(task_ids='start_postgres') }}", **sn)
+        wait_for_target = WaitForRecoveryTargetOperator(
+            task_id="wait_for_target",
+            cluster=cluster.name,
+            request=REQUEST,
+            retries=0,
+            started="{{ ti.xcom_pull(task_ids='start_postgres') }}",
+            **sn,
+        )
         validate_data = ValidateDataOperator(task_id="validate_data", cluster=cluster.name, request=REQUEST, retries=0, **sn)
         promote = PromoteOperator(task_id="promote", cluster=cluster.name, request=REQUEST, **sn)
         full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
         release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
         close_change = CloseChangeOperator(
-            task_id="close_change", cluster=cluster.name, request=REQUEST,
+            task_id="close_change",
+            cluster=cluster.name,
+            request=REQUEST,
             steps={
                 "stop": "{{ ti.xcom_pull(task_ids='stop_postgres') }}",
                 "recovery": "{{ ti.xcom_pull(task_ids='wait_for_target') }}",
@@ -150,7 +200,17 @@ for cluster in inventory.clusters.values():
         )
 
         (
-            validate_params >> preflight >> ensure_change >> wait_for_approval
-            >> stop_postgres >> restore >> start_postgres >> wait_for_target
-            >> validate_data >> promote >> full_backup >> release_guard >> close_change
+            validate_params
+            >> preflight
+            >> ensure_change
+            >> wait_for_approval
+            >> stop_postgres
+            >> restore
+            >> start_postgres
+            >> wait_for_target
+            >> validate_data
+            >> promote
+            >> full_backup
+            >> release_guard
+            >> close_change
         )

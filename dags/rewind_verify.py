@@ -38,11 +38,17 @@ for cluster in inventory.clusters.values():
             """
         ),
         **cluster_dag_kwargs(
-            cluster, workflow="verify", access_control=OPERATIONS,
-            schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(cluster.schedules.verify, timezone="UTC"), assets=[backup_asset(cluster)]),
+            cluster,
+            workflow="verify",
+            access_control=OPERATIONS,
+            schedule=AssetOrTimeSchedule(
+                timetable=CronTriggerTimetable(cluster.schedules.verify, timezone="UTC"), assets=[backup_asset(cluster)]
+            ),
         ),
     ):
         VerifyRepositoryOperator(
-            task_id="verify_repository", cluster=cluster.name, pool=cluster.pool,
+            task_id="verify_repository",
+            cluster=cluster.name,
+            pool=cluster.pool,
             execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s),
         )

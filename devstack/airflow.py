@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import secrets
-
 import requests
 
-from rewind.airflow_rest import AirflowRestClient
 from devstack.net import wait_for_port
+from rewind.airflow_rest import AirflowRestClient
 from rewind.runner import kill_process_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +93,14 @@ class AirflowStandalone:
             **self._auth_manager_env(),
             # Lets a task set its own run's note through the REST API (the execution API cannot).
             "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
-                {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
-                 "login": self.username, "password": self.password()}
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": self.port,
+                    "schema": "http",
+                    "login": self.username,
+                    "password": self.password(),
+                }
             ),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             **self.env,
@@ -130,24 +135,40 @@ class AirflowStandalone:
         for name, roles in {self.username: ["Admin"], **self.users}.items():
             password = self.password(name)
             subprocess.run(
-                [airflow_bin(), "users", "create", "--username", name, "--firstname", name, "--lastname", "rewind",
-                 "--email", f"{name}@rewind.invalid", "--role", roles[0]],
-                input=f"{password}\n{password}\n", env=self.environment(), capture_output=True, text=True,
-                timeout=300, check=True, start_new_session=True,
+                [
+                    airflow_bin(),
+                    "users",
+                    "create",
+                    "--username",
+                    name,
+                    "--firstname",
+                    name,
+                    "--lastname",
+                    "rewind",
+                    "--email",
+                    f"{name}@rewind.invalid",
+                    "--role",
+                    roles[0],
+                ],
+                input=f"{password}\n{password}\n",
+                env=self.environment(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+                start_new_session=True,
             )
             for role in roles[1:]:
                 self.cli("users", "add-role", "--username", name, "--role", role)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [airflow_bin(), *args], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True
-        )
+        return subprocess.run([airflow_bin(), *args], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True)
 
     @property
     def passwords_file(self) -> Path:
         return self.home / "simple_auth_manager_passwords.json"
 
-    def start(self, *, pools: dict | None = None, timeout: float = 180) -> "AirflowStandalone":
+    def start(self, *, pools: dict | None = None, timeout: float = 180) -> AirflowStandalone:
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.passwords_file.exists():  # known before start, so connections can carry it
             self.passwords_file.touch(mode=0o600)
@@ -165,8 +186,9 @@ class AirflowStandalone:
             # components run as a deployment runs them: API server, scheduler, DAG processor, triggerer.
             env = {**self.environment(), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
             self._components = [
-                subprocess.Popen([airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=str(self.home))
+                subprocess.Popen(
+                    [airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.home)
+                )
                 for component in ("scheduler", "dag-processor", "triggerer")
             ]
             command = [airflow_bin(), "api-server"]

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from devstack.net import free_port
+from devstack.s3tls import S3OverTLS
 from rewind.credentials import CIPHER_PASS, S3_KEY, S3_KEY_SECRET
 from rewind.inventory import Cluster, load_inventory
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.config import install_config
 from rewind.postgres import psql_argv, start_argv, stop_argv
 from rewind.runner import CommandRunner
-from devstack.net import free_port
-from devstack.s3tls import S3OverTLS
+
 
 def _pg_bin() -> Path:
     """PostgreSQL 15 where installed (these machines), else the newest installed major version."""
@@ -86,8 +87,9 @@ class DemoStack:
         """The Airflow connection (JSON, for AIRFLOW_CONN_REWIND_PG_<NAME>) to this cluster's socket."""
         import json
 
-        return json.dumps({"conn_type": "postgres", "host": str(self.pg_home), "port": self.pg_port,
-                           "login": self.os_user, "schema": "postgres"})
+        return json.dumps(
+            {"conn_type": "postgres", "host": str(self.pg_home), "port": self.pg_port, "login": self.os_user, "schema": "postgres"}
+        )
 
     def repository_secrets(self) -> dict[str, str]:
         """The stack's own static credentials (the S3 admin key), whatever source the inventory names."""
@@ -155,7 +157,7 @@ class DemoStack:
         self.write_inventory()
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "DemoStack":
+    def start(self) -> DemoStack:
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # the postgres user must traverse to its own directories
         self.pg_port = self.pg_port or free_port()

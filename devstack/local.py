@@ -15,22 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+from devstack import vault_sim
+from devstack.airflow import AirflowStandalone
+from devstack.demo import DemoStack
+from devstack.net import wait_for_port
 from rewind.cli import pools_json
 from rewind.inventory import load_inventory
 from rewind.postgres import postmaster_pid, stop_argv
 from rewind.runner import CommandRunner
-from devstack.airflow import AirflowStandalone
-from devstack.demo import DemoStack
-from devstack import vault_sim
-from devstack.net import wait_for_port
 
 HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
 PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
@@ -107,19 +107,51 @@ def up() -> int:
     servicenow = subprocess.Popen(
         [sys.executable, "-m", "devstack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
         env={**os.environ, "SERVICENOW_SIM_PASSWORD": servicenow_password},
-        stdout=open(HOME / "servicenow.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(HOME / "servicenow.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_for_port(SERVICENOW_PORT, timeout=30, process=servicenow)
-    servicenow_conn = json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": SERVICENOW_PORT, "schema": "http",
-                                  "login": "rewind", "password": servicenow_password})
+    servicenow_conn = json.dumps(
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": SERVICENOW_PORT,
+            "schema": "http",
+            "login": "rewind",
+            "password": servicenow_password,
+        }
+    )
     print("starting the Vault simulator (the demo's repository credentials are leased from it) ...", flush=True)
     approle = (str(uuid.uuid4()), secrets.token_urlsafe(24))
     vault = subprocess.Popen(
-        [sys.executable, "-m", "devstack.vault_sim", "serve", "--port", str(VAULT_PORT), "--s3-url", stack.s3.url,
-         "--ca-file", str(stack.s3.ca_file), "--cluster", stack.name, "--bucket", stack.s3.bucket],
-        env={**os.environ, "VAULT_SIM_AWS_KEY": stack.s3.access_key, "VAULT_SIM_AWS_SECRET": stack.s3.secret_key,
-             "VAULT_SIM_CIPHER_PASS": stack.cipher_pass, "VAULT_SIM_ROLE_ID": approle[0], "VAULT_SIM_SECRET_ID": approle[1]},
-        stdout=open(HOME / "vault.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "devstack.vault_sim",
+            "serve",
+            "--port",
+            str(VAULT_PORT),
+            "--s3-url",
+            stack.s3.url,
+            "--ca-file",
+            str(stack.s3.ca_file),
+            "--cluster",
+            stack.name,
+            "--bucket",
+            stack.s3.bucket,
+        ],
+        env={
+            **os.environ,
+            "VAULT_SIM_AWS_KEY": stack.s3.access_key,
+            "VAULT_SIM_AWS_SECRET": stack.s3.secret_key,
+            "VAULT_SIM_CIPHER_PASS": stack.cipher_pass,
+            "VAULT_SIM_ROLE_ID": approle[0],
+            "VAULT_SIM_SECRET_ID": approle[1],
+        },
+        stdout=open(HOME / "vault.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_for_port(VAULT_PORT, timeout=30, process=vault)
     vault_conn = vault_sim.airflow_connection(VAULT_PORT, approle=approle)

@@ -23,9 +23,7 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_for_port(
-    port: int, *, timeout: float, host: str = "127.0.0.1", process: subprocess.Popen | None = None
-) -> None:
+def wait_for_port(port: int, *, timeout: float, host: str = "127.0.0.1", process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(port, host):

@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rewind.runner import kill_process_group
 from devstack.net import free_port, wait_for_port
+from rewind.runner import kill_process_group
 
 
 def write_self_signed_cert(directory: Path, *, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -108,7 +108,7 @@ class S3OverTLS:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.tls_port}"
 
-    def start(self) -> "S3OverTLS":
+    def start(self) -> S3OverTLS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.moto_port = self.moto_port or free_port()
         self.tls_port = self.tls_port or free_port()
@@ -202,9 +202,8 @@ class S3OverTLS:
         kill_process_group(self._moto)
         self._moto = None
 
-    def __enter__(self) -> "S3OverTLS":
+    def __enter__(self) -> S3OverTLS:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

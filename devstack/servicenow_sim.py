@@ -111,14 +111,22 @@ class SimState:
             return dict(record)
 
     def _journal(self, table: str, sys_id: str, value: str) -> None:
-        entry = {"sys_id": uuid.uuid4().hex, "name": table, "element": "work_notes", "element_id": sys_id, "value": value,
-                 "sys_created_on": _now(), "sys_created_by": self.username}
+        entry = {
+            "sys_id": uuid.uuid4().hex,
+            "name": table,
+            "element": "work_notes",
+            "element_id": sys_id,
+            "value": value,
+            "sys_created_on": _now(),
+            "sys_created_by": self.username,
+        }
         # keep creation order stable within one second
         entry["sys_created_on"] += f".{len(self.records['sys_journal_field']):06d}"
         self.records["sys_journal_field"][entry["sys_id"]] = entry
 
     def query(self, table: str, query: str) -> list[dict]:
         conditions = [c for c in query.split("^") if c]
+
         def matches(record: dict) -> bool:
             for condition in conditions:
                 if "!=" in condition:
@@ -132,6 +140,7 @@ class SimState:
                 else:
                     raise PolicyError(f"unsupported query condition {condition!r}")
             return True
+
         with self.lock:
             return [dict(r) for r in self.records[table].values() if matches(r)]
 
@@ -144,8 +153,12 @@ class SimState:
         if change is None:
             raise KeyError(number)
         if verdict == "approve":
-            return self.update("change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": "Approved in the simulator"})
-        return self.update("change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": "Rejected in the simulator"})
+            return self.update(
+                "change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": "Approved in the simulator"}
+            )
+        return self.update(
+            "change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": "Rejected in the simulator"}
+        )
 
 
 class PolicyError(Exception):
@@ -303,7 +316,11 @@ def _page(state: SimState) -> str:
                 for verdict in ("approve", "reject")
             )
         rows.append(
-            "<tr>" + "".join(f"<td>{html.escape(change.get(k, ''))}</td>" for k in ("number", "short_description", "state", "approval", "start_date", "end_date", "close_code"))
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(change.get(k, ''))}</td>"
+                for k in ("number", "short_description", "state", "approval", "start_date", "end_date", "close_code")
+            )
             + f"<td>{buttons}</td></tr>"
         )
     return (
@@ -311,7 +328,8 @@ def _page(state: SimState) -> str:
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
         "<h1>ServiceNow simulator: change requests</h1><p>state: -5 New, -3 Authorize, -2 Scheduled, -1 Implement, 3 Closed, 4 Canceled</p>"
         "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th></th></tr>"
-        + "".join(rows) + "</table></body></html>"
+        + "".join(rows)
+        + "</table></body></html>"
     )
 
 
@@ -324,8 +342,16 @@ class ServiceNowSimulator(LoopbackHTTPService):
 
     def airflow_connection(self) -> str:
         """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) pointing at this simulator."""
-        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
-                           "login": self.state.username, "password": self.state.password})
+        return json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": self.port,
+                "schema": "http",
+                "login": self.state.username,
+                "password": self.state.password,
+            }
+        )
 
     def approve(self, number: str) -> dict:
         return self.state.decide(number, "approve")

@@ -73,9 +73,15 @@ class Lease:
 
     def public(self) -> dict:
         return {
-            "lease_id": self.lease_id, "role": self.role, "access_key": self.access_key,
-            "user_name": self.user_name, "issued_at": self.issued_at, "lease_duration": self.lease_duration_s,
-            "revoked": self.revoked_at is not None, "revoked_by": self.revoked_by, "renewals": self.renewals,
+            "lease_id": self.lease_id,
+            "role": self.role,
+            "access_key": self.access_key,
+            "user_name": self.user_name,
+            "issued_at": self.issued_at,
+            "lease_duration": self.lease_duration_s,
+            "revoked": self.revoked_at is not None,
+            "revoked_by": self.revoked_by,
+            "renewals": self.renewals,
         }
 
 
@@ -167,35 +173,50 @@ class VaultState:
         self.iam.put_user_policy(UserName=user_name, PolicyName="vault", PolicyDocument=json.dumps(role.policy_document))
         key = self.iam.create_access_key(UserName=user_name)["AccessKey"]
         lease = Lease(
-            lease_id=f"{mount}/creds/{role_name}/{secrets.token_urlsafe(18)}", role=role_name,
-            access_key=key["AccessKeyId"], user_name=user_name, issued_at=time.time(),
+            lease_id=f"{mount}/creds/{role_name}/{secrets.token_urlsafe(18)}",
+            role=role_name,
+            access_key=key["AccessKeyId"],
+            user_name=user_name,
+            issued_at=time.time(),
             lease_duration_s=role.lease_duration_s,
         )
         with self.lock:
             self.leases[lease.lease_id] = lease
             self.issued_values += [key["AccessKeyId"], key["SecretAccessKey"]]
         return {
-            "lease_id": lease.lease_id, "renewable": True, "lease_duration": lease.lease_duration_s,
+            "lease_id": lease.lease_id,
+            "renewable": True,
+            "lease_duration": lease.lease_duration_s,
             "data": {"access_key": key["AccessKeyId"], "secret_key": key["SecretAccessKey"], "security_token": None},
         }
 
     def _issue_sts_credentials(self, mount: str, role_name: str, role: AwsRole) -> dict:
         session = self.sts.assume_role(
-            RoleArn=role.role_arn, RoleSessionName=f"vault-{role_name}-{secrets.token_hex(4)}",
+            RoleArn=role.role_arn,
+            RoleSessionName=f"vault-{role_name}-{secrets.token_hex(4)}",
             DurationSeconds=max(900, role.lease_duration_s),
         )["Credentials"]
         lease = Lease(
-            lease_id=f"{mount}/creds/{role_name}/{secrets.token_urlsafe(18)}", role=role_name,
-            access_key=session["AccessKeyId"], user_name="", issued_at=time.time(), lease_duration_s=role.lease_duration_s,
+            lease_id=f"{mount}/creds/{role_name}/{secrets.token_urlsafe(18)}",
+            role=role_name,
+            access_key=session["AccessKeyId"],
+            user_name="",
+            issued_at=time.time(),
+            lease_duration_s=role.lease_duration_s,
             renewable=False,
         )
         with self.lock:
             self.leases[lease.lease_id] = lease
             self.issued_values += [session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]]
         return {
-            "lease_id": lease.lease_id, "renewable": False, "lease_duration": lease.lease_duration_s,
-            "data": {"access_key": session["AccessKeyId"], "secret_key": session["SecretAccessKey"],
-                     "security_token": session["SessionToken"]},
+            "lease_id": lease.lease_id,
+            "renewable": False,
+            "lease_duration": lease.lease_duration_s,
+            "data": {
+                "access_key": session["AccessKeyId"],
+                "secret_key": session["SecretAccessKey"],
+                "security_token": session["SessionToken"],
+            },
         }
 
     def renew(self, lease_id: str) -> Lease | None:
@@ -204,7 +225,9 @@ class VaultState:
             lease = self.leases.get(lease_id)
             if lease is None or lease.revoked_at is not None or not lease.renewable:
                 return None
-            lease.lease_duration_s = int(time.time() - lease.issued_at) + self.aws_mounts[lease_id.split("/")[0]][lease.role].lease_duration_s
+            lease.lease_duration_s = (
+                int(time.time() - lease.issued_at) + self.aws_mounts[lease_id.split("/")[0]][lease.role].lease_duration_s
+            )
             lease.renewals += 1
             return lease
 
@@ -225,7 +248,7 @@ class VaultState:
     def expire_leases(self) -> None:
         now = time.time()
         with self.lock:
-            due = [l.lease_id for l in self.leases.values() if l.revoked_at is None and now >= l.expires_at]
+            due = [lease.lease_id for lease in self.leases.values() if lease.revoked_at is None and now >= lease.expires_at]
         for lease_id in due:
             self.revoke(lease_id, by="expiry")
 
@@ -264,15 +287,16 @@ def make_handler(state: VaultState):
                 return self._sim(method, path)
             if not path.startswith("/v1/"):
                 return self._errors(404)
-            api = path[len("/v1/"):]
+            api = path[len("/v1/") :]
             with state.lock:
                 state.requests.append({"method": method, "path": api})
                 mode = state.mode
             if api == "sys/health":
                 if mode == "sealed":
                     return self._send(503, {"initialized": True, "sealed": True, "standby": True, "version": "1.17.0-sim"})
-                return self._send(200, {"initialized": True, "sealed": False, "standby": False, "version": "1.17.0-sim",
-                                        "cluster_name": "vault-sim"})
+                return self._send(
+                    200, {"initialized": True, "sealed": False, "standby": False, "version": "1.17.0-sim", "cluster_name": "vault-sim"}
+                )
             if mode == "sealed":
                 return self._errors(503, "Vault is sealed")
             if mode == "error":
@@ -284,8 +308,7 @@ def make_handler(state: VaultState):
                 return self._errors(403, "permission denied")
             if api == "auth/token/lookup-self" and method == "GET":  # Vault's default policy allows it
                 entry = state.tokens[token]
-                return self._send(200, {"data": {"accessor": entry.accessor, "policies": entry.policies,
-                                                 "ttl": entry.ttl_s, "id": token}})
+                return self._send(200, {"data": {"accessor": entry.accessor, "policies": entry.policies, "ttl": entry.ttl_s, "id": token}})
             if not state.allowed(token, api):
                 return self._errors(403, "permission denied")
             if api == "sys/leases/renew" and method in ("PUT", "POST"):
@@ -306,10 +329,24 @@ def make_handler(state: VaultState):
                     return self._errors(404)
                 with state.lock:
                     state.issued_values += [str(v) for v in entry["data"].values()]
-                return self._send(200, {"request_id": str(uuid.uuid4()), "lease_id": "", "renewable": False, "lease_duration": 0,
-                                        "data": {"data": entry["data"], "metadata": {
-                                            "created_time": entry["created_time"], "deletion_time": "", "destroyed": False,
-                                            "version": entry["version"]}}})
+                return self._send(
+                    200,
+                    {
+                        "request_id": str(uuid.uuid4()),
+                        "lease_id": "",
+                        "renewable": False,
+                        "lease_duration": 0,
+                        "data": {
+                            "data": entry["data"],
+                            "metadata": {
+                                "created_time": entry["created_time"],
+                                "deletion_time": "",
+                                "destroyed": False,
+                                "version": entry["version"],
+                            },
+                        },
+                    },
+                )
             if method in ("GET", "POST", "PUT") and len(parts) == 3 and parts[1] == "creds" and parts[0] in state.aws_mounts:
                 if parts[2] not in state.aws_mounts[parts[0]]:
                     return self._errors(400, f"unknown role: {parts[2]}")
@@ -326,9 +363,19 @@ def make_handler(state: VaultState):
                 return self._errors(400, "invalid role or secret ID")
             token = state.create_token(role["policies"])
             entry = state.tokens[token]
-            return self._send(200, {"auth": {"client_token": token, "accessor": entry.accessor, "policies": entry.policies,
-                                             "token_policies": entry.policies, "lease_duration": entry.ttl_s,
-                                             "renewable": True}})
+            return self._send(
+                200,
+                {
+                    "auth": {
+                        "client_token": token,
+                        "accessor": entry.accessor,
+                        "policies": entry.policies,
+                        "token_policies": entry.policies,
+                        "lease_duration": entry.ttl_s,
+                        "renewable": True,
+                    }
+                },
+            )
 
         def _sim(self, method: str, path: str) -> None:
             if path == "/sim/mode" and method == "POST":
@@ -340,7 +387,7 @@ def make_handler(state: VaultState):
                 return self._send(200, {"mode": mode})
             if path == "/sim/leases" and method == "GET":
                 with state.lock:
-                    return self._send(200, {"leases": [l.public() for l in state.leases.values()]})
+                    return self._send(200, {"leases": [lease.public() for lease in state.leases.values()]})
             return self._errors(404)
 
         def do_GET(self):
@@ -422,8 +469,13 @@ def inventory_credentials(cluster: str, env_prefix: str, *, aws_role: str | None
     return {
         "source": "vault",
         "env_prefix": env_prefix,
-        "vault": {"conn_id": "vault_default", "aws_mount": "aws", "aws_role": aws_role or f"rewind-{cluster}",
-                  "kv_mount": "secret", "kv_path": f"rewind/{cluster}"},
+        "vault": {
+            "conn_id": "vault_default",
+            "aws_mount": "aws",
+            "aws_role": aws_role or f"rewind-{cluster}",
+            "kv_mount": "secret",
+            "kv_path": f"rewind/{cluster}",
+        },
         "postmaster_s3_keys": "env",
     }
 
@@ -443,8 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     # The S3 admin key, the passphrase and the AppRole come from the environment, never argv.
-    iam = boto3.client("iam", endpoint_url=args.s3_url, region_name="us-east-1", verify=args.ca_file,
-                       aws_access_key_id=os.environ["VAULT_SIM_AWS_KEY"], aws_secret_access_key=os.environ["VAULT_SIM_AWS_SECRET"])
+    iam = boto3.client(
+        "iam",
+        endpoint_url=args.s3_url,
+        region_name="us-east-1",
+        verify=args.ca_file,
+        aws_access_key_id=os.environ["VAULT_SIM_AWS_KEY"],
+        aws_secret_access_key=os.environ["VAULT_SIM_AWS_SECRET"],
+    )
     state = VaultState(iam=iam)
     state.root_token = os.environ.get("VAULT_SIM_ROOT_TOKEN") or state.root_token
     state.tokens = {state.root_token: Token(policies=["root"])}

@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec "${REWIND_VENV:-.venv}/bin/python" -m pytest "$@"
+venv=${REWIND_VENV:-.venv}
+# Lint and format are part of the suite: a change that breaks either fails like a failing test.
+"$venv/bin/ruff" check --quiet .
+"$venv/bin/ruff" format --check --quiet .
+exec "$venv/bin/python" -m pytest "$@"

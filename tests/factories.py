@@ -114,20 +114,32 @@ def backup_json(
     }
 
 
-def info_json(backups: list[dict], *, stanza: str = "ledger", archive_min: str | None = None, archive_max: str | None = None,
-              lock_held: bool = False) -> list[dict]:
+def info_json(
+    backups: list[dict], *, stanza: str = "ledger", archive_min: str | None = None, archive_max: str | None = None, lock_held: bool = False
+) -> list[dict]:
     """The whole `info --output=json` answer (a list of stanzas) holding one stanza."""
     starts = sorted(b["archive"]["start"] for b in backups)
-    return [{
-        "name": stanza,
-        "cipher": "aes-256-cbc",
-        "status": {"code": 0 if backups else 2, "message": "ok" if backups else "no valid backups",
-                   "lock": {"backup": {"held": lock_held}}},
-        "backup": backups,
-        "archive": [{"id": "15-1", "database": {"id": 1, "repo-key": 1},
-                     "min": archive_min or (starts[0] if starts else None), "max": archive_max or (starts[-1] if starts else None)}],
-        "db": [{"id": 1, "repo-key": 1, "system-id": 7711808815810146018, "version": "15"}],
-    }]
+    return [
+        {
+            "name": stanza,
+            "cipher": "aes-256-cbc",
+            "status": {
+                "code": 0 if backups else 2,
+                "message": "ok" if backups else "no valid backups",
+                "lock": {"backup": {"held": lock_held}},
+            },
+            "backup": backups,
+            "archive": [
+                {
+                    "id": "15-1",
+                    "database": {"id": 1, "repo-key": 1},
+                    "min": archive_min or (starts[0] if starts else None),
+                    "max": archive_max or (starts[-1] if starts else None),
+                }
+            ],
+            "db": [{"id": 1, "repo-key": 1, "system-id": 7711808815810146018, "version": "15"}],
+        }
+    ]
 
 
 def stanza_info(backups: list[dict], *, stanza: str = "ledger", **kwargs) -> StanzaInfo:

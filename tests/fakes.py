@@ -10,12 +10,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.servicenow_sim import PolicyError, SimState
 from rewind.pgbackrest.commands import PgBackRestCommands
 from rewind.pgbackrest.errors import FileMissingError
 from rewind.pgbackrest.info import StanzaInfo, parse_info
 from rewind.runner import CommandResult
 from rewind.servicenow import CHANGE_TABLE, ServiceNowError, ServiceNowNotFound
-from devstack.servicenow_sim import PolicyError, SimState
 from tests.factories import backup_json, info_json
 
 
@@ -116,8 +116,16 @@ class FakePgBackRest:
     `expire` applies count retention (`retention_keeps`) with the configured or the given count.
     """
 
-    def __init__(self, cluster, backups: list[dict] | None = None, *, listing: dict | None = None,
-                 histories: dict[str, str] | None = None, lock_held: bool = False, promote_to_full: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        cluster,
+        backups: list[dict] | None = None,
+        *,
+        listing: dict | None = None,
+        histories: dict[str, str] | None = None,
+        lock_held: bool = False,
+        promote_to_full: tuple[str, ...] = (),
+    ):
         self.cluster = cluster
         self.commands = PgBackRestCommands(cluster)
         self.backups = copy.deepcopy(backups or [])
@@ -155,8 +163,10 @@ class FakePgBackRest:
         lines = ["2026-11-27 14:54:11.100 P00   INFO: [DRY-RUN] expire command begin 2.55.1: --dry-run --stanza=ledger"]
         for full in sorted({label.split("_")[0] for label in gone}):
             backup_set = [label for label in gone if label.split("_")[0] == full]
-            lines.append(f"2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup {'set ' if len(backup_set) > 1 else ''}"
-                         + ", ".join(backup_set))
+            lines.append(
+                f"2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire full backup {'set ' if len(backup_set) > 1 else ''}"
+                + ", ".join(backup_set)
+            )
         lines += [f"2026-11-27 14:54:11.103 P00   INFO: [DRY-RUN] repo1: remove expired backup {label}" for label in reversed(gone)]
         lines.append("2026-11-27 14:54:11.106 P00   INFO: [DRY-RUN] expire command end: completed successfully (6ms)")
         return CommandResult(argv, 0, "\n".join(lines) + "\n", "", 0.1)
@@ -175,8 +185,11 @@ class FakePgBackRest:
         fulls = [b["label"] for b in self.backups if b["type"] == "full"]
         label = f"{stamp}F" if taken == "full" else f"{fulls[-1]}_{stamp}{taken[0].upper()}"
         segno = len(self.backups) + 2
-        self.backups.append(backup_json(label, stop=self.clock, wal_start=f"{1:08X}{0:08X}{segno:08X}", lsn_stop=f"0/{segno:X}000100",
-                                        annotations=annotations))
+        self.backups.append(
+            backup_json(
+                label, stop=self.clock, wal_start=f"{1:08X}{0:08X}{segno:08X}", lsn_stop=f"0/{segno:X}000100", annotations=annotations
+            )
+        )
         return CommandResult(["pgbackrest", "backup"], 0, "", "", 0.1)
 
 

@@ -48,7 +48,7 @@ class BackupRecord:
     reused: bool = False  # True when a retry found this run's backup already done
 
     @classmethod
-    def from_backup(cls, stanza: str, backup: Backup, *, reused: bool = False) -> "BackupRecord":
+    def from_backup(cls, stanza: str, backup: Backup, *, reused: bool = False) -> BackupRecord:
         return cls(
             stanza=stanza,
             label=backup.label,
@@ -72,9 +72,7 @@ class BackupRecord:
         return asdict(self)
 
 
-def wait_for_backup_lock(
-    pgbackrest: PgBackRest, *, timeout_s: float, poll_s: float = 10.0, log: Callable[[str], None] = print
-) -> None:
+def wait_for_backup_lock(pgbackrest: PgBackRest, *, timeout_s: float, poll_s: float = 10.0, log: Callable[[str], None] = print) -> None:
     deadline = time.monotonic() + timeout_s
     while pgbackrest.info().backup_lock_held:
         if time.monotonic() >= deadline:
@@ -91,7 +89,12 @@ def earlier_try(info: StanzaInfo, *, dag_id: str, run_id: str, backup_type: str,
     for backup in reversed(info.backups):
         notes = backup.annotations
         requested = notes.get(REQUESTED_TYPE_ANNOTATION, backup.type)
-        if (notes.get(DAG_ID_ANNOTATION), notes.get(RUN_ID_ANNOTATION), requested, backup.timeline) == (dag_id, run_id, backup_type, timeline):
+        if (notes.get(DAG_ID_ANNOTATION), notes.get(RUN_ID_ANNOTATION), requested, backup.timeline) == (
+            dag_id,
+            run_id,
+            backup_type,
+            timeline,
+        ):
             return None if backup.error else backup
     return None
 
@@ -114,7 +117,9 @@ def take_backup(
     if run_id and dag_id and timeline is not None:
         done = earlier_try(before, dag_id=dag_id, run_id=run_id, backup_type=backup_type, timeline=timeline)
         if done is not None:
-            log(f"backup {done.label} ({done.type}, timeline {done.timeline}) of this DAG run already exists (earlier try); not taking another")
+            log(
+                f"backup {done.label} ({done.type}, timeline {done.timeline}) of this DAG run already exists (earlier try); not taking another"
+            )
             return BackupRecord.from_backup(pgbackrest.cluster.stanza, done, reused=True)
     known = {b.label for b in before.backup}
     pgbackrest.backup(backup_type, annotations=annotations)

@@ -1,15 +1,15 @@
 """`rewind`: the operator's command line for what happens outside a DAG run.
 
-    rewind conf render  --cluster NAME     print the pgbackrest.conf the inventory renders
-    rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
-    rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
-    rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
-    rewind holds --cluster NAME            the PITR retention holds and the backups they keep
-    rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
-    rewind pools                            Airflow pools JSON for `airflow pools import`
-    rewind check                            validate the inventory; exit 1 listing every error
-    rewind roles [--apply]                  Airflow roles DBA and BackupOperator (FAB): print the
-                                            `airflow roles` commands, or run them and check the result
+rewind conf render  --cluster NAME     print the pgbackrest.conf the inventory renders
+rewind conf diff    --cluster NAME     show drift against the installed file (exit 1 if any)
+rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
+rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
+rewind holds --cluster NAME            the PITR retention holds and the backups they keep
+rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
+rewind pools                            Airflow pools JSON for `airflow pools import`
+rewind check                            validate the inventory; exit 1 listing every error
+rewind roles [--apply]                  Airflow roles DBA and BackupOperator (FAB): print the
+                                        `airflow roles` commands, or run them and check the result
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rewind.errors import RewindError
 from rewind import guard as restore_guard
 from rewind import retention
-from rewind.roles import ROLES, role_commands, undeclared_global_permissions
+from rewind.errors import RewindError
 from rewind.inventory import inventory_path, load_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config
+from rewind.roles import ROLES, role_commands, undeclared_global_permissions
 
 
 def pools_json(inventory) -> dict:
@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     roles = sub.add_parser("roles", help="Airflow roles DBA and BackupOperator: print the `airflow roles` commands that create them")
-    roles.add_argument("--apply", action="store_true",
-                       help="run them (as the Airflow user, with Airflow's configuration) and check the result")
+    roles.add_argument(
+        "--apply", action="store_true", help="run them (as the Airflow user, with Airflow's configuration) and check the result"
+    )
     args = parser.parse_args(argv)
     if args.command == "roles":  # needs no inventory
         return roles_command(apply=args.apply)

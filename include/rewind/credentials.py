@@ -162,9 +162,7 @@ class RepositoryCredentials:
         self.lease = lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
         self.log(f"leased S3 credentials from Vault: lease {lease.lease_id}, {lease.lease_duration_s}s")
         if lease.renewable and lease.lease_duration_s > 0:
-            self._renewer = LeaseRenewer(
-                lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log
-            )
+            self._renewer = LeaseRenewer(lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log)
             self._renewer.start()
         secrets = {S3_KEY: lease.access_key, S3_KEY_SECRET: lease.secret_key}
         if lease.security_token:

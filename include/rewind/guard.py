@@ -77,7 +77,8 @@ def guard_path(cluster: Cluster) -> Path:
 
 def read_guard(cluster: Cluster) -> Guard | None:
     data = read_json(
-        guard_path(cluster), what="restore guard",
+        guard_path(cluster),
+        what="restore guard",
         fix=f"look at the cluster, then remove it with `rewind guard clear --cluster {cluster.name}`",
     )
     if data is None:
@@ -132,9 +133,21 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
                 f"cluster {cluster.name!r}: {existing.describe()} ended in the middle of a rewind without recording a failure: "
                 f"look at the cluster, then `rewind guard clear --cluster {cluster.name}` and trigger again"
             )
-    return _write(cluster, Guard(cluster=cluster.name, run_id=run_id, dag_id=dag_id, phase=CLAIMED, since=now, updated=now,
-                                 blocks_backups=inherited, took_over=took_over, timeline_before=timeline_before,
-                                 predecessors=predecessors))
+    return _write(
+        cluster,
+        Guard(
+            cluster=cluster.name,
+            run_id=run_id,
+            dag_id=dag_id,
+            phase=CLAIMED,
+            since=now,
+            updated=now,
+            blocks_backups=inherited,
+            took_over=took_over,
+            timeline_before=timeline_before,
+            predecessors=predecessors,
+        ),
+    )
 
 
 def _own(cluster: Cluster, run_id: str) -> Guard:
@@ -150,8 +163,18 @@ def advance(cluster: Cluster, run_id: str, phase: str, *, change: str | None = N
     if phase not in RESTORE_PHASES:
         raise ValueError(f"unknown restore phase {phase!r}")
     guard = _own(cluster, run_id)
-    return _write(cluster, replace(guard, phase=phase, updated=_now(), blocks_backups=True, failed_step=None,
-                                   change=change or guard.change, timeline_before=guard.timeline_before or timeline_before))
+    return _write(
+        cluster,
+        replace(
+            guard,
+            phase=phase,
+            updated=_now(),
+            blocks_backups=True,
+            failed_step=None,
+            change=change or guard.change,
+            timeline_before=guard.timeline_before or timeline_before,
+        ),
+    )
 
 
 def set_change(cluster: Cluster, run_id: str, change: str) -> Guard:

@@ -97,8 +97,11 @@ def check_archiving(state: ArchiverState, *, previous_failed_count: int | None, 
         reasons.append(f"{state.ready_count} WAL segment(s) waiting, oldest for {state.oldest_ready_age_s:.0f}s (> {stale_after:.0f}s)")
     if reasons:
         return Finding(
-            "archive_failing", False, "WAL archiving is failing",
-            "; ".join(reasons) + ". PostgreSQL keeps the WAL until it is archived; check archive_command, the repository and its credentials.",
+            "archive_failing",
+            False,
+            "WAL archiving is failing",
+            "; ".join(reasons)
+            + ". PostgreSQL keeps the WAL until it is archived; check archive_command, the repository and its credentials.",
             metrics,
         )
     return Finding("archive_failing", True, f"WAL archiving ok (last {state.last_archived_wal})", metrics=metrics)
@@ -120,7 +123,9 @@ def check_backup_age(info: StanzaInfo, *, now: dt.datetime, max_age_hours: float
     age_h = (now - latest.stopped_at).total_seconds() / 3600
     if age_h > max_age_hours:
         return Finding(
-            "backup_age", False, f"no good backup for {age_h:.1f} h",
+            "backup_age",
+            False,
+            f"no good backup for {age_h:.1f} h",
             f"newest good backup {latest.label} ({latest.type}) ended {latest.stopped_at:%Y-%m-%d %H:%M:%S} UTC; threshold {max_age_hours} h",
             metrics,
         )
@@ -142,6 +147,10 @@ def check_backup_lock(info: StanzaInfo, *, held_since: dt.datetime | None, now: 
     if info.backup_lock_held and held_since is not None:
         held = (now - held_since).total_seconds()
         if held > limit:
-            return Finding("backup_lock", False, f"backup lock held for {held / 60:.0f} min",
-                           f"longest retained backup took {longest}s; limit {limit:.0f}s: a backup may be hung")
+            return Finding(
+                "backup_lock",
+                False,
+                f"backup lock held for {held / 60:.0f} min",
+                f"longest retained backup took {longest}s; limit {limit:.0f}s: a backup may be hung",
+            )
     return Finding("backup_lock", True, "no backup lock held too long")

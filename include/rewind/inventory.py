@@ -49,9 +49,7 @@ def _no_control_chars(value: str) -> str:
 
 def _identifier(value: str) -> str:
     if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit"
-        )
+        raise ValueError(f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit")
     return value
 
 
@@ -158,7 +156,7 @@ class RepoSettings(_Model):
     bundle: bool = True
 
     @model_validator(mode="after")
-    def _one_retention(self) -> "RepoSettings":
+    def _one_retention(self) -> RepoSettings:
         if self.recovery_window_days is not None and "retention_full" in self.model_fields_set:
             raise ValueError("set either recovery_window_days (time-based retention) or retention_full (a count of full backups), not both")
         return self
@@ -216,7 +214,7 @@ class CredentialSettings(_Model):
         return value
 
     @model_validator(mode="after")
-    def _vault_settings(self) -> "CredentialSettings":
+    def _vault_settings(self) -> CredentialSettings:
         if self.source == "vault" and self.vault is None:
             raise ValueError("source is 'vault' but the vault section (aws_role, kv_path, ...) is missing")
         if self.source != "vault" and self.vault is not None:

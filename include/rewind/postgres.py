@@ -67,8 +67,13 @@ def run_check(runner, cluster: Cluster, sql: str, *, database: str) -> str:
     timeout_ms = cluster.postgres.check_timeout_s * 1000
     options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
     argv = psql_argv(cluster, sql, database=database, role=cluster.postgres.check_role)
-    result = runner.run(argv, timeout=cluster.postgres.check_timeout_s + 30, log_stdout=False, extra_env={"PGOPTIONS": options},
-                        shown_argv=[*argv[:-1], "<the data check>"])
+    result = runner.run(
+        argv,
+        timeout=cluster.postgres.check_timeout_s + 30,
+        log_stdout=False,
+        extra_env={"PGOPTIONS": options},
+        shown_argv=[*argv[:-1], "<the data check>"],
+    )
     return result.stdout.strip()
 
 
@@ -102,12 +107,21 @@ def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres", role: s
     """psql over the socket (as the OS user, or as `role`); one statement, unaligned tuples-only output."""
     return [
         str(Path(cluster.postgres.bin_dir) / "psql"),
-        "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-h", cluster.postgres.socket_dir,
-        "-p", str(cluster.postgres.port),
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        cluster.postgres.socket_dir,
+        "-p",
+        str(cluster.postgres.port),
         *(["-U", role] if role else []),
-        "-d", database,
-        "-c", sql,
+        "-d",
+        database,
+        "-c",
+        sql,
     ]
 
 
@@ -120,8 +134,9 @@ def live_timeline(runner, cluster: Cluster) -> int:
 
 def control_timeline(runner, cluster: Cluster) -> int | None:
     """The timeline in the cluster's pg_control (running or not), None when it cannot be read."""
-    result = runner.run([str(Path(cluster.postgres.bin_dir) / "pg_controldata"), "-D", cluster.postgres.data_dir],
-                        timeout=30, check=False, log_stdout=False)
+    result = runner.run(
+        [str(Path(cluster.postgres.bin_dir) / "pg_controldata"), "-D", cluster.postgres.data_dir], timeout=30, check=False, log_stdout=False
+    )
     for line in result.stdout.splitlines():
         if line.startswith("Latest checkpoint's TimeLineID:"):
             return int(line.split(":", 1)[1])

@@ -50,9 +50,7 @@ def check_s3_reachable(cluster: Cluster, *, timeout: float = 5.0) -> None:
 def check_version(pgbackrest: PgBackRest) -> tuple[int, int]:
     version = pgbackrest.version()
     if version < MIN_VERSION:
-        raise PreflightError(
-            f"pgBackRest {version[0]}.{version[1]} is too old: Rewind needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer"
-        )
+        raise PreflightError(f"pgBackRest {version[0]}.{version[1]} is too old: Rewind needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer")
     return version
 
 

@@ -112,8 +112,17 @@ def place_hold(cluster: Cluster, *, run_id: str, info: StanzaInfo, timeline: int
     if not fulls:
         return None
     floor = min(fulls, key=lambda b: b.label)
-    return _write(cluster, Hold(run_id=run_id, created_at=_now().isoformat(timespec="seconds"), floor=floor.label,
-                                floor_stopped_at=floor.stopped_at.isoformat(), timeline=timeline, reason=reason[:200]))
+    return _write(
+        cluster,
+        Hold(
+            run_id=run_id,
+            created_at=_now().isoformat(timespec="seconds"),
+            floor=floor.label,
+            floor_stopped_at=floor.stopped_at.isoformat(),
+            timeline=timeline,
+            reason=reason[:200],
+        ),
+    )
 
 
 def set_hold_change(cluster: Cluster, run_id: str, change: str) -> None:
@@ -143,7 +152,9 @@ class ExpirePlan:
         return "; ".join(f"held for PITR run {run}: {', '.join(labels)}" for run, labels in self.held.items())
 
 
-def plan_expire(cluster: Cluster, info: StanzaInfo, would_expire: list[str], holds: list[Hold], now: dt.datetime | None = None) -> ExpirePlan:
+def plan_expire(
+    cluster: Cluster, info: StanzaInfo, would_expire: list[str], holds: list[Hold], now: dt.datetime | None = None
+) -> ExpirePlan:
     """The retention that keeps every active hold's floor, never narrower than the configured one."""
     now = now or _now()
     held: dict[str, list[str]] = {}
@@ -157,7 +168,9 @@ def plan_expire(cluster: Cluster, info: StanzaInfo, would_expire: list[str], hol
     repo = cluster.repo
     if repo.recovery_window_days is not None:
         floor = info.get(floor_label)
-        stopped = floor.stopped_at if floor else dt.datetime.fromisoformat(next(h.floor_stopped_at for h in holds if h.floor == floor_label))
+        stopped = (
+            floor.stopped_at if floor else dt.datetime.fromisoformat(next(h.floor_stopped_at for h in holds if h.floor == floor_label))
+        )
         days = max(repo.recovery_window_days, math.ceil((now - stopped).total_seconds() / 86400) + 1)
         options = {"retention_full_type": "time", "retention_full": days}
     else:
@@ -189,8 +202,7 @@ def expire_with_holds(pgbackrest: PgBackRest, *, log: Callable[[str], None] = pr
     expired = sorted({b.label for b in before.backup} - {b.label for b in after.backup})
     retained = [b.label for b in after.backups]
     log(f"expired {len(expired)} backup(s): {expired or 'none'}; retained: {retained}")
-    return {"expired": expired, "retained": retained, "held": plan.held, "options": plan.options,
-            "holds": [hold.run_id for hold in holds]}
+    return {"expired": expired, "retained": retained, "held": plan.held, "options": plan.options, "holds": [hold.run_id for hold in holds]}
 
 
 def held_backups(cluster: Cluster, info: StanzaInfo, now: dt.datetime | None = None) -> dict[str, list[str]]:

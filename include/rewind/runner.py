@@ -123,7 +123,7 @@ def kill_process_group(proc: subprocess.Popen | None, grace: float = KILL_GRACE_
 
 
 class CommandFailed(RewindError):
-    def __init__(self, result: "CommandResult"):
+    def __init__(self, result: CommandResult):
         self.result = result
         super().__init__(f"{os.path.basename(result.argv[0])} exited with {result.returncode}: {self.reason(result.output)}")
 

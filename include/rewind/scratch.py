@@ -55,8 +55,17 @@ class ScratchCluster:
         options = f"-p {self.port} -c unix_socket_directories={self.directory} -c listen_addresses='' -c archive_mode=off"
         self.pgbackrest.runner.run(
             [
-                str(Path(postgres.bin_dir) / "pg_ctl"), "start", "-D", str(self.data_dir),
-                "-l", str(self.directory / "postgresql.log"), "-w", "-t", "300", "-o", options,
+                str(Path(postgres.bin_dir) / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.directory / "postgresql.log"),
+                "-w",
+                "-t",
+                "300",
+                "-o",
+                options,
             ],
             timeout=330,
             log_stdout=False,

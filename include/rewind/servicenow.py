@@ -135,7 +135,9 @@ class ServiceNowClient:
                 response = self.session.request(method, url, timeout=self.timeout, **request_kwargs)
             except requests.RequestException as exc:
                 if attempt > self.retries:
-                    raise ServiceNowUnavailable(f"ServiceNow {method} {path}: {type(exc).__name__} after {attempt} attempts: {exc}") from None
+                    raise ServiceNowUnavailable(
+                        f"ServiceNow {method} {path}: {type(exc).__name__} after {attempt} attempts: {exc}"
+                    ) from None
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
                 continue
             if response.status_code == 429 or response.status_code >= 500:
@@ -236,7 +238,7 @@ class ChangeStatus:
     end: dt.datetime | None
 
     @classmethod
-    def from_record(cls, record: dict) -> "ChangeStatus":
+    def from_record(cls, record: dict) -> ChangeStatus:
         try:
             state = int(record.get("state", ""))
         except ValueError:

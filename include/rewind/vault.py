@@ -59,9 +59,13 @@ def vault_errors(cluster: Cluster, what: str, address: str) -> Iterator[None]:
     except hv.InvalidPath as exc:
         raise CredentialsError(f"{prefix} has nothing at {what}: check credentials.vault in the inventory") from exc
     except hv.InvalidRequest as exc:
-        raise CredentialsError(f"{prefix} rejected {what}: {_first_error(exc)}; check the vault connection (AppRole role_id/secret_id)") from exc
+        raise CredentialsError(
+            f"{prefix} rejected {what}: {_first_error(exc)}; check the vault connection (AppRole role_id/secret_id)"
+        ) from exc
     except (hv.InternalServerError, hv.UnexpectedError, hv.BadGateway) as exc:
-        raise CredentialsError(f"{prefix} failed {what} with an internal error ({_first_error(exc)}): check the Vault server, then re-run") from exc
+        raise CredentialsError(
+            f"{prefix} failed {what} with an internal error ({_first_error(exc)}): check the Vault server, then re-run"
+        ) from exc
     except hv.VaultError as exc:
         raise CredentialsError(f"{prefix}: {what} failed: {_first_error(exc)}") from exc
     except requests.exceptions.RequestException as exc:

@@ -23,6 +23,11 @@ def wal_gaps(pgbackrest: PgBackRest, info: StanzaInfo) -> list[str]:
 def continuity_finding(missing: list[str]) -> Finding:
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        return Finding("wal_continuity", False, f"{len(missing)} WAL segment(s) missing from the archive",
-                       f"missing: {shown}; restores that need them will fail", {"wal.gaps": len(missing)})
+        return Finding(
+            "wal_continuity",
+            False,
+            f"{len(missing)} WAL segment(s) missing from the archive",
+            f"missing: {shown}; restores that need them will fail",
+            {"wal.gaps": len(missing)},
+        )
     return Finding("wal_continuity", True, "WAL continuous from every retained backup", metrics={"wal.gaps": 0})

@@ -28,7 +28,9 @@ SEGMENT_SIZE = 16 * 1024 * 1024  # wal_segment_size; Rewind supports the default
 SEGMENTS_PER_XLOGID = 0x100000000 // SEGMENT_SIZE
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-WALDUMP_RE = re.compile(r"rmgr: (\w+)\s+len \(rec/tot\):\s+\d+/\s*\d+, tx:\s+(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [^,]+, desc: (\S+)\s?(.*)$")
+WALDUMP_RE = re.compile(
+    r"rmgr: (\w+)\s+len \(rec/tot\):\s+\d+/\s*\d+, tx:\s+(\d+), lsn: ([0-9A-F]+/[0-9A-F]+), prev [^,]+, desc: (\S+)\s?(.*)$"
+)
 
 
 # ---- LSNs and segment names ------------------------------------------------------------------------
@@ -231,11 +233,15 @@ def scan_archive(
     """Read archived WAL on the history's path newest first, `batch` segments per pg_waldump, and
     stop after the batch where `wanted` matched a record; never older than `oldest_segno`."""
     last = listing.last_segment_on(history)
-    on_path = [
-        (segno, history.timeline_of_segment(segno))
-        for segno in range(last, oldest_segno - 1, -1)
-        if last is not None and history.timeline_of_segment(segno) in listing.segments.get(segno, {})
-    ][:max_segments] if last is not None else []
+    on_path = (
+        [
+            (segno, history.timeline_of_segment(segno))
+            for segno in range(last, oldest_segno - 1, -1)
+            if last is not None and history.timeline_of_segment(segno) in listing.segments.get(segno, {})
+        ][:max_segments]
+        if last is not None
+        else []
+    )
     pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
     directory = work_dir(pgbackrest)
     found: list[WalRecord] = []

@@ -18,8 +18,10 @@ START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 def alert_callbacks(cluster: Cluster) -> dict[str, Any]:
     return {
         "on_failure_callback": RewindAlertNotifier(
-            cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow,
-            impact=cluster.alerts.impact, urgency=cluster.alerts.urgency,
+            cluster=cluster.name,
+            servicenow_conn_id=cluster.connections.servicenow,
+            impact=cluster.alerts.impact,
+            urgency=cluster.alerts.urgency,
         ),
         "on_success_callback": TaskRecoveredNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow),
     }

@@ -86,7 +86,12 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
 
     bag = import_dag_files(monkeypatch)
     assert {dag_id.split("__")[0] for dag_id in bag.dag_ids} == {
-        "rewind_backup_full", "rewind_backup_diff", "rewind_backup_incr", "rewind_pitr", "rewind_health", "rewind_verify",
+        "rewind_backup_full",
+        "rewind_backup_diff",
+        "rewind_backup_incr",
+        "rewind_pitr",
+        "rewind_health",
+        "rewind_verify",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
@@ -124,13 +129,31 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     dag = bag.dags["rewind_pitr__ledger"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand only
     assert [t.task_id for t in dag.topological_sort()] == [
-        "validate_params", "preflight", "ensure_change", "wait_for_approval", "stop_postgres", "restore",
-        "start_postgres", "wait_for_target", "validate_data", "promote", "full_backup_new_timeline",
-        "release_restore_guard", "close_change",
+        "validate_params",
+        "preflight",
+        "ensure_change",
+        "wait_for_approval",
+        "stop_postgres",
+        "restore",
+        "start_postgres",
+        "wait_for_target",
+        "validate_data",
+        "promote",
+        "full_backup_new_timeline",
+        "release_restore_guard",
+        "close_change",
     ]
     assert set(dag.params) == {
-        "target_type", "target", "target_exclusive", "target_action", "target_timeline", "backup_set",
-        "change_number", "validation_sql", "validation_database", "reason",
+        "target_type",
+        "target",
+        "target_exclusive",
+        "target_action",
+        "target_timeline",
+        "backup_set",
+        "change_number",
+        "validation_sql",
+        "validation_database",
+        "reason",
     }
     assert dag.params["target_action"] == "pause"  # nobody writes to an unvalidated cluster by default
     gate = dag.get_task("wait_for_approval")
@@ -192,6 +215,6 @@ def test_a_bad_cluster_is_an_import_error_and_the_others_keep_their_dags(monkeyp
     bag = import_dag_files(monkeypatch)
     assert "rewind_backup_full__ledger" in bag.dag_ids and "rewind_backup_full__crm" in bag.dag_ids
     assert not any(dag_id.endswith("__broken") for dag_id in bag.dag_ids)
-    (file, error), = bag.import_errors.items()
+    ((file, error),) = bag.import_errors.items()
     assert file.endswith("rewind_inventory_errors.py")
     assert f"inventory {path}: cluster 'broken': field schedules.full: 'every sunday' is not a valid 5-field cron" in error

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rewind.cli import pools_json
-from rewind.inventory import load_inventory
 from devstack.airflow import AirflowStandalone
 from devstack.net import free_port
+from rewind.cli import pools_json
+from rewind.inventory import load_inventory
 from tests.conftest import VAULT_CREDENTIALS
 
 USERS = {"auditor": ["Viewer"], "dba": ["Viewer", "DBA"], "operator": ["Viewer", "BackupOperator"]}

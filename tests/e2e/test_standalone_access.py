@@ -290,8 +290,9 @@ def test_no_custom_role_changes_connections_variables_pools_or_roles(roles, rest
         response = client.api(method, path, json=body)
         assert response.status_code == 403, (method, path, response.text)
     roles_api = f"{roles.url}/auth/fab/v1/roles/DBA"
-    response = requests.patch(roles_api, headers={"Authorization": f"Bearer {client.token()}"}, json={"name": "DBA", "actions": []},
-                              timeout=30)
+    response = requests.patch(
+        roles_api, headers={"Authorization": f"Bearer {client.token()}"}, json={"name": "DBA", "actions": []}, timeout=30
+    )
     assert response.status_code == 403, response.text
     assert requests.get(roles_api, headers={"Authorization": f"Bearer {roles.rest.token()}"}, timeout=30).status_code == 200  # the admin's
 

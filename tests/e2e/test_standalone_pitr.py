@@ -76,9 +76,17 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(st
     # again, and they refuse: this run already rewound the cluster. Nothing is stopped or restored.
     pid = postmaster_pid(demo_stack.cluster)
     rows = demo_stack.psql("select count(*) from ledger_entry")
-    response = standalone.rest_as("dba").api("POST", f"/dags/{dag_id}/clearTaskInstances", json={
-        "dag_run_id": run_id, "task_ids": ["stop_postgres"], "include_downstream": True, "only_failed": False, "dry_run": False,
-    })
+    response = standalone.rest_as("dba").api(
+        "POST",
+        f"/dags/{dag_id}/clearTaskInstances",
+        json={
+            "dag_run_id": run_id,
+            "task_ids": ["stop_postgres"],
+            "include_downstream": True,
+            "only_failed": False,
+            "dry_run": False,
+        },
+    )
     assert response.status_code == 200, response.text
     wait_for_run_state(standalone, dag_id, run_id, "failed")
     states = standalone.task_states(dag_id, run_id)
@@ -119,8 +127,9 @@ def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_n
     assert f"PITR run {first}" in task_log(standalone, dag_id, second, "validate_params")
     assert "is still active" in task_log(standalone, dag_id, second, "validate_params")
 
-    marked = standalone.rest_as("dba").api("PATCH", f"/dags/{dag_id}/dagRuns/{first}/taskInstances/wait_for_approval",
-                                           json={"new_state": "success"})
+    marked = standalone.rest_as("dba").api(
+        "PATCH", f"/dags/{dag_id}/dagRuns/{first}/taskInstances/wait_for_approval", json={"new_state": "success"}
+    )
     assert marked.status_code == 200, marked.text
     assert standalone.wait_for_run(dag_id, first)["state"] == "failed"
     states = standalone.task_states(dag_id, first)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 def test_the_runs_leased_revoked_and_logged_no_secret(standalone, demo_stack, vault):
     leases = vault.leases()
     assert len(leases) >= 6, "the backup and PITR runs should have leased credentials per task"
-    assert [l.public() for l in leases if l.revoked_by != "request"] == []
+    assert [lease.public() for lease in leases if lease.revoked_by != "request"] == []
     assert vault_iam_users(demo_stack) == []
     logs = list((standalone.home / "logs").rglob("*.log")) + list((standalone.home / "logs").rglob("*.json"))
     assert any("revoked Vault lease" in p.read_text(errors="replace") for p in logs), "no task log mentions a revocation"

@@ -12,8 +12,15 @@ VOID_CHECK = {"sql": "select count(*) from ledger_entry where status = 'void'", 
 # The whole form, as the UI sends it (dag.test() would otherwise reuse the values of an earlier run
 # on the same DAG object for params left out).
 FORM_DEFAULTS = {
-    "target": "", "target_exclusive": False, "target_action": "pause", "target_timeline": "current",
-    "backup_set": None, "change_number": None, "validation_sql": [], "validation_database": None, "reason": REASON,
+    "target": "",
+    "target_exclusive": False,
+    "target_action": "pause",
+    "target_timeline": "current",
+    "backup_set": None,
+    "change_number": None,
+    "validation_sql": [],
+    "validation_database": None,
+    "reason": REASON,
 }
 
 
@@ -74,5 +81,8 @@ def notes(servicenow, change: dict) -> list[str]:
 
 
 def incidents_for(servicenow, cluster: str, problem_prefix: str = "") -> list[dict]:
-    return [i for i in client(servicenow).query("incident", f"cmdb_ci={cluster}")
-            if i.get("correlation_id", "").startswith(f"rewind:{cluster}:{problem_prefix}")]
+    return [
+        i
+        for i in client(servicenow).query("incident", f"cmdb_ci={cluster}")
+        if i.get("correlation_id", "").startswith(f"rewind:{cluster}:{problem_prefix}")
+    ]

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from rewind.servicenow import Auth, ServiceNowClient
 from devstack.net import free_port
+from rewind.servicenow import Auth, ServiceNowClient
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +31,17 @@ def inbox(monkeypatch):
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ONCALL", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "rewind@example.com"},
-    }))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_ONCALL",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "rewind@example.com"},
+            }
+        ),
+    )
     monkeypatch.setenv("REWIND_PAGERS", "smtp:smtp_oncall:oncall@example.com")
     try:
         yield inbox
@@ -45,17 +52,29 @@ def inbox(monkeypatch):
 def test_a_new_incident_pages_once_by_email(servicenow, inbox):
     from rewind_airflow.notifiers.alerts import clear_alert, raise_alert
 
-    first = raise_alert(cluster="paged", problem="archive_failing", summary="WAL archiving is failing",
-                        details="last attempt failed", servicenow_conn_id="servicenow_default")
-    second = raise_alert(cluster="paged", problem="archive_failing", summary="WAL archiving is failing",
-                         details="still failing", servicenow_conn_id="servicenow_default")
+    first = raise_alert(
+        cluster="paged",
+        problem="archive_failing",
+        summary="WAL archiving is failing",
+        details="last attempt failed",
+        servicenow_conn_id="servicenow_default",
+    )
+    second = raise_alert(
+        cluster="paged",
+        problem="archive_failing",
+        summary="WAL archiving is failing",
+        details="still failing",
+        servicenow_conn_id="servicenow_default",
+    )
     assert (first.action, second.action) == ("opened", "noted") and first.number == second.number
     [message] = inbox.messages
     assert message.rcpt_tos == ["oncall@example.com"]
     assert f"paged: WAL archiving is failing ({first.number})" in message.content.decode()
 
-    assert clear_alert(cluster="paged", problem="archive_failing", note="archiving ok",
-                       servicenow_conn_id="servicenow_default").action == "resolved"
+    assert (
+        clear_alert(cluster="paged", problem="archive_failing", note="archiving ok", servicenow_conn_id="servicenow_default").action
+        == "resolved"
+    )
     client = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
     assert client.get_by_number("incident", first.number)["state"] == "6"
 

@@ -60,7 +60,9 @@ def test_a_missing_change_is_an_error_not_a_wait(servicenow):
 def test_trigger_serializes_to_plain_json():
     import json
 
-    classpath, kwargs = ChangeApprovalTrigger(change_number="CHG0010001", poll_interval=5, timeout_at="2026-11-25T00:00:00+00:00").serialize()
+    classpath, kwargs = ChangeApprovalTrigger(
+        change_number="CHG0010001", poll_interval=5, timeout_at="2026-11-25T00:00:00+00:00"
+    ).serialize()
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert classpath == "rewind_airflow.triggers.servicenow.ChangeApprovalTrigger"
 

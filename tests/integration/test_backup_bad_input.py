@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.net import free_port
 from rewind.inventory import load_inventory
 from rewind.pgbackrest.config import install_config
 from rewind.postgres import postmaster_pid
-from devstack.net import free_port
 from tests.conftest import load_dags, run_once
 
 pytestmark = pytest.mark.integration
@@ -63,9 +63,7 @@ def variant_inventory(demo_stack, airflow_db):
         ("drift", "drift.conf does not exist: install it with `rewind conf install --cluster drift`"),
     ],
 )
-def test_preflight_fails_with_one_clear_line_and_nothing_is_touched(
-    demo_stack, variant_inventory, monkeypatch, capfd, cluster, message
-):
+def test_preflight_fails_with_one_clear_line_and_nothing_is_touched(demo_stack, variant_inventory, monkeypatch, capfd, cluster, message):
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     monkeypatch.setenv("REWIND_INVENTORY", str(variant_inventory))

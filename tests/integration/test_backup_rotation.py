@@ -13,24 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from devstack.net import free_port
 from rewind.backup import BackupLockHeldError, take_backup
 from rewind.pgbackrest.errors import LockAcquireError
 from rewind.scratch import ScratchCluster
-from devstack.net import free_port
 from tests.conftest import load_dags
 
 pytestmark = pytest.mark.integration
 
 SNAPSHOT_SQL = (
-    "select count(*) || ' ' || coalesce(md5(string_agg(id || ':' || amount || ':' || status, ',' order by id)), '-') "
-    "from ledger_entry"
+    "select count(*) || ' ' || coalesce(md5(string_agg(id || ':' || amount || ':' || status, ',' order by id)), '-') from ledger_entry"
 )
 
 
 def write_batch(stack, first: int, rows: int) -> str:
     stack.psql(
-        "insert into ledger_entry (id, amount, status) "
-        f"select g, g * 1.25, 'posted' from generate_series({first}, {first + rows - 1}) g"
+        f"insert into ledger_entry (id, amount, status) select g, g * 1.25, 'posted' from generate_series({first}, {first + rows - 1}) g"
     )
     return stack.psql(SNAPSHOT_SQL)
 
@@ -138,8 +136,11 @@ def test_full_and_incr_runs_with_the_same_logical_date_each_take_their_own_backu
     assert runs["full"].run_id == runs["incr"].run_id  # the collision is real
     info = demo_stack.pgbackrest().info()
     taken = {
-        t: [b for b in info.backups if b.annotations.get("airflow_run_id") == runs[t].run_id
-            and b.annotations.get("airflow_dag_id") == f"rewind_backup_{t}__demo"]
+        t: [
+            b
+            for b in info.backups
+            if b.annotations.get("airflow_run_id") == runs[t].run_id and b.annotations.get("airflow_dag_id") == f"rewind_backup_{t}__demo"
+        ]
         for t in runs
     }
     assert [b.type for b in taken["full"]] == ["full"]

@@ -46,7 +46,9 @@ def test_the_guides_incident_rewound_by_time(demo_stack, pitr, servicenow, appro
     timeline_before = timeline(demo_stack)
 
     run = run_pitr(
-        pitr, target_type="time", target=target.strftime("%Y-%m-%d %H:%M:%S+00"),
+        pitr,
+        target_type="time",
+        target=target.strftime("%Y-%m-%d %H:%M:%S+00"),
         validation_sql=[VOID_CHECK, {"sql": "select count(*) from ledger_entry", "expect": 200}],
     )
 
@@ -92,7 +94,9 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    change = client(servicenow).create("change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo"})
+    change = client(servicenow).create(
+        "change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo"}
+    )
     run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)
@@ -102,7 +106,9 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     assert any(run.run_id in note for note in client(servicenow).work_notes("change_request", change["sys_id"]))
 
 
-def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backups_blocked(demo_stack, pitr, servicenow, approve_all, capfd):
+def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backups_blocked(
+    demo_stack, pitr, servicenow, approve_all, capfd
+):
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     from rewind.cli import main as rewind_cli
@@ -221,8 +227,16 @@ def test_approval_given_after_the_sensor_deferred(demo_stack, pitr, servicenow):
         ({"target_type": "lsn", "target": "0/XYZ"}, "validate_params", "is not an LSN like 0/3000060"),
         ({"target_type": "name", "target": "x; rm -rf /"}, "validate_params", "is not a restore point name Rewind accepts"),
         ({"target_type": "name", "target": "--type=immediate"}, "validate_params", "is not a restore point name Rewind accepts"),
-        ({"target_type": "name", "target": "never-created-point"}, "preflight", "restore point 'never-created-point' is not in the archived WAL"),
-        ({"target_type": "latest", "validation_sql": [{"sql": "select 1; drop table ledger_entry", "expect": 1}]}, "validate_params", "single SQL statement"),
+        (
+            {"target_type": "name", "target": "never-created-point"},
+            "preflight",
+            "restore point 'never-created-point' is not in the archived WAL",
+        ),
+        (
+            {"target_type": "latest", "validation_sql": [{"sql": "select 1; drop table ledger_entry", "expect": 1}]},
+            "validate_params",
+            "single SQL statement",
+        ),
         ({"target_type": "latest", "backup_set": "20990101-000000F"}, "preflight", "backup_set: 20990101-000000F is not in the repository"),
     ],
 )
@@ -248,11 +262,12 @@ def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow
 
 def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
     """What the restore task's retry does after a kill: --delta on a half-written data directory."""
-    from rewind.scratch import ScratchCluster
-    from devstack.net import free_port
     import shutil
     import tempfile
     from pathlib import Path
+
+    from devstack.net import free_port
+    from rewind.scratch import ScratchCluster
 
     fresh_ledger(demo_stack)
     demo_stack.psql("create table ballast as select g, repeat(md5(g::text), 8) as pad from generate_series(1, 300000) g")
@@ -270,9 +285,9 @@ def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
             killer["armed"] = False
             threading.Timer(0.2, scratch.pgbackrest.runner.terminate).start()
 
-    from rewind.runner import CommandRunner
     from rewind.credentials import repository_secrets
     from rewind.pgbackrest.client import PgBackRest
+    from rewind.runner import CommandRunner
 
     runner = CommandRunner(os_user="postgres", secrets=repository_secrets(demo_stack.cluster), line_logger=kill_once_copying)
     scratch = ScratchCluster(PgBackRest(demo_stack.cluster, runner), directory / "pg", port=free_port())

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo import DemoStack
 from rewind.pitr.journal import RunJournal
 from rewind.postgres import postmaster_pid
-from devstack.demo import DemoStack
 from tests.conftest import load_dags, run_once
 from tests.integration.conftest import pitr_dag
 from tests.integration.helpers import VOID_CHECK, assert_success, fresh_ledger, ledger, run_pitr, states, timeline, write
@@ -107,7 +107,11 @@ def build(stack: DemoStack, dag) -> History:
     assert_success(run2)
     assert ledger(stack) == (200, 0, 200)
     plan2 = RunJournal.load(stack.cluster, run2.run_id).data["plan"]
-    assert (plan2["backup_set"], plan2["timeline"], plan2["timeline_requested"]) == (pgbackrest.info().find_annotated("airflow_run_id", "history-F1").label, tl2, "current")
+    assert (plan2["backup_set"], plan2["timeline"], plan2["timeline_requested"]) == (
+        pgbackrest.info().find_annotated("airflow_run_id", "history-F1").label,
+        tl2,
+        "current",
+    )
     tl3 = timeline(stack)
     assert tl3 == tl2 + 1
     write(stack, 501, 50)  # W
@@ -117,8 +121,10 @@ def build(stack: DemoStack, dag) -> History:
     # The next hourly incremental backup and its expire, with retention_full=2 and three fulls.
     backup = run_once(load_dags()["rewind_backup_incr__branched"])
     assert backup.state == "success", states(backup)
-    labels = {"f1": pgbackrest.info().find_annotated("airflow_run_id", "history-F1").label,
-              "i1": pgbackrest.info().find_annotated("airflow_run_id", "history-I1").label}
+    labels = {
+        "f1": pgbackrest.info().find_annotated("airflow_run_id", "history-F1").label,
+        "i1": pgbackrest.info().find_annotated("airflow_run_id", "history-I1").label,
+    }
     return History(stack, dag, labels["f1"], labels["i1"], pre_rewind, tl2, tl3, lsn_d, lsn_w, [run1.run_id, run2.run_id])
 
 
@@ -146,8 +152,14 @@ def test_latest_on_the_abandoned_timeline_gives_back_the_pre_rewind_state(histor
 
 
 def test_an_lsn_on_timeline_2_from_a_timeline_1_backup_follows_timeline_2(history):
-    run = run_pitr(history.dag, target_type="lsn", target=history.lsn_d, target_timeline=str(history.tl2), backup_set=history.f1,
-                   validation_sql=[{**COUNT, "expect": 250}])
+    run = run_pitr(
+        history.dag,
+        target_type="lsn",
+        target=history.lsn_d,
+        target_timeline=str(history.tl2),
+        backup_set=history.f1,
+        validation_sql=[{**COUNT, "expect": 250}],
+    )
     assert_success(run)
     assert ledger(history.stack) == (250, 0, 350)  # A, B and D; not the void branch, not E
     plan = RunJournal.load(history.stack.cluster, run.run_id).data["plan"]
@@ -155,15 +167,22 @@ def test_an_lsn_on_timeline_2_from_a_timeline_1_backup_follows_timeline_2(histor
 
 
 def test_an_lsn_on_timeline_3_from_a_timeline_1_backup_follows_timeline_3(history):
-    run = run_pitr(history.dag, target_type="lsn", target=history.lsn_w, target_timeline=str(history.tl3), backup_set=history.f1,
-                   validation_sql=[{**COUNT, "expect": 250}])
+    run = run_pitr(
+        history.dag,
+        target_type="lsn",
+        target=history.lsn_w,
+        target_timeline=str(history.tl3),
+        backup_set=history.f1,
+        validation_sql=[{**COUNT, "expect": 250}],
+    )
     assert_success(run)
     assert ledger(history.stack) == (250, 0, 550)  # A, B and W: neither the void branch nor D and E
 
 
 def test_an_lsn_on_timeline_2_without_backup_set_takes_timeline_2s_own_backup(history):
-    run = run_pitr(history.dag, target_type="lsn", target=history.lsn_d, target_timeline=str(history.tl2),
-                   validation_sql=[{**COUNT, "expect": 250}])
+    run = run_pitr(
+        history.dag, target_type="lsn", target=history.lsn_d, target_timeline=str(history.tl2), validation_sql=[{**COUNT, "expect": 250}]
+    )
     assert_success(run)
     assert ledger(history.stack) == (250, 0, 350)
     plan = RunJournal.load(history.stack.cluster, run.run_id).data["plan"]

@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
 
 def given_change(servicenow, **fields) -> dict:
     """A change raised and approved outside Rewind, as a CAB would."""
-    return client(servicenow).create("change_request", {"short_description": "CAB-approved rewind", "state": -2,
-                                                        "approval": "approved", "cmdb_ci": "demo", **fields})
+    return client(servicenow).create(
+        "change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
+    )
 
 
 def wait_for(predicate, *, timeout: float, what: str):
@@ -80,11 +81,17 @@ def test_a_sensor_marked_success_by_hand_does_not_open_the_gate(demo_stack, pitr
     pid = postmaster_pid(demo_stack.cluster)
     incidents_before = len(incidents_for(servicenow, "demo"))
     run = run_pitr(pitr, target_type="latest", mark_success_pattern="^wait_for_approval$")
-    assert (states(run)["wait_for_approval"], states(run)["stop_postgres"], states(run)["restore"]) == ("success", "failed", "upstream_failed")
+    assert (states(run)["wait_for_approval"], states(run)["stop_postgres"], states(run)["restore"]) == (
+        "success",
+        "failed",
+        "upstream_failed",
+    )
     assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (30, 0, 30)
     change = change_of(servicenow, run)
     assert (change["approval"], change["state"]) == ("requested", "-3")  # never moved to Implement
-    assert any("stop_postgres failed" in n and "waiting for approval" in n and "nothing was touched" in n for n in notes(servicenow, change))
+    assert any(
+        "stop_postgres failed" in n and "waiting for approval" in n and "nothing was touched" in n for n in notes(servicenow, change)
+    )
     assert restore_guard.read_guard(demo_stack.cluster) is None
     assert len(incidents_for(servicenow, "demo")) == incidents_before
     servicenow.reject(change["number"])  # leave no change waiting for other tests
@@ -124,7 +131,9 @@ def test_a_finished_rewind_is_not_repeated_when_its_run_is_cleared(demo_stack, p
     assert len(client(servicenow).query("change_request", "")) == changes
 
 
-def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_its_run_is_cleared(demo_stack, pitr, servicenow, approve_all):
+def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_its_run_is_cleared(
+    demo_stack, pitr, servicenow, approve_all
+):
     """S3 goes away right after PostgreSQL stopped: the restore fails, PostgreSQL stays down, the
     change stays in Implement with a note saying so. The on-call clears the run once S3 is back: the
     same rewind finishes under the same change (no second stop, no second change) and is exact."""
@@ -136,12 +145,16 @@ def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_i
     demo_stack.psql("update ledger_entry set status = 'void'")
     logical = dt.datetime.now(dt.timezone.utc)
     run_id = f"manual__{logical.isoformat()}"
-    outage = in_background(lambda: (
-        wait_for(lambda: RunJournal.load(demo_stack.cluster, run_id).at("stopped"), timeout=120, what="PostgreSQL stopped"),
-        demo_stack.s3.stop_tls(),
-    ))
+    outage = in_background(
+        lambda: (
+            wait_for(lambda: RunJournal.load(demo_stack.cluster, run_id).at("stopped"), timeout=120, what="PostgreSQL stopped"),
+            demo_stack.s3.stop_tls(),
+        )
+    )
     try:
-        failed = run_pitr(pitr, target_type="time", target=target.isoformat(), validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical)
+        failed = run_pitr(
+            pitr, target_type="time", target=target.isoformat(), validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical
+        )
     finally:
         outage["thread"].join(timeout=130)
         demo_stack.s3.start_tls()
@@ -153,10 +166,14 @@ def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_i
     [note] = [n for n in notes(servicenow, change) if "step restore failed" in n]
     assert "PostgreSQL stopped at" in note and "no new full backup was taken" in note and "PostgreSQL is stopped" in note
 
-    again = run_pitr(pitr, target_type="time", target=target.isoformat(), validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical)
+    again = run_pitr(
+        pitr, target_type="time", target=target.isoformat(), validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical
+    )
     assert_success(again)
     assert ledger(demo_stack) == (60, 0, 60)
-    assert [c["number"] for c in client(servicenow).query("change_request", f"correlation_id=rewind:{again.dag_id}:{run_id}")] == [change["number"]]
+    assert [c["number"] for c in client(servicenow).query("change_request", f"correlation_id=rewind:{again.dag_id}:{run_id}")] == [
+        change["number"]
+    ]
     assert client(servicenow).get("change_request", change["sys_id"])["state"] == "3"
     journal = RunJournal.load(demo_stack.cluster, run_id)
     assert journal.at("stopped") < journal.at("restore_started") and journal.at("closed")
@@ -180,10 +197,16 @@ def test_a_change_that_refuses_to_close_is_told_what_the_run_really_did(demo_sta
 
 
 # ---- which change may drive a PITR --------------------------------------------------------------
-@pytest.mark.parametrize("fields, message", [
-    ({"cmdb_ci": "crm"}, "is for configuration item crm, not cluster demo"),
-    ({"correlation_id": "rewind:rewind_pitr__demo:manual__2026-11-01T02:14:00+00:00"}, "already drives rewind:rewind_pitr__demo:manual__2026-11-01"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"cmdb_ci": "crm"}, "is for configuration item crm, not cluster demo"),
+        (
+            {"correlation_id": "rewind:rewind_pitr__demo:manual__2026-11-01T02:14:00+00:00"},
+            "already drives rewind:rewind_pitr__demo:manual__2026-11-01",
+        ),
+    ],
+)
 def test_a_change_of_another_cluster_or_already_used_is_refused_before_anything(demo_stack, pitr, servicenow, capfd, fields, message):
     fresh_ledger(demo_stack)
     write(demo_stack, 1, 10)
@@ -306,10 +329,14 @@ def test_data_checks_cannot_write_reach_secrets_or_touch_other_sessions(demo_sta
     def another_session_once_restored():
         # PostgreSQL restarts during the rewind: the other session must start on the restored cluster
         wait_for(lambda: RunJournal.load(demo_stack.cluster, run_id).at("at_target"), timeout=120, what="the target")
-        sessions.append(subprocess.Popen(
-            ["runuser", "-u", "postgres", "--", *psql_argv(demo_stack.cluster, "select pg_sleep(120)")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        ))
+        sessions.append(
+            subprocess.Popen(
+                ["runuser", "-u", "postgres", "--", *psql_argv(demo_stack.cluster, "select pg_sleep(120)")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
     checks = [
         {"sql": "select pg_sleep(3)", "expect": ""},  # lets the other session connect first
@@ -317,8 +344,10 @@ def test_data_checks_cannot_write_reach_secrets_or_touch_other_sessions(demo_sta
         {"sql": "copy (select 1) to program 'env'", "expect": "x"},
         {"sql": "select lo_import('/etc/hostname')", "expect": "x"},
         {"sql": "do 'begin insert into ledger_entry values (999999, 1, ''x''); end'", "expect": "x"},
-        {"sql": "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = 'postgres' and pid <> pg_backend_pid()",
-         "expect": "1"},
+        {
+            "sql": "select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = 'postgres' and pid <> pg_backend_pid()",
+            "expect": "1",
+        },
         {"sql": "select v from planted", "expect": "x"},  # a secret in an answer is masked wherever it goes
         {"sql": "select repeat('y', 100000)", "expect": "x"},  # and an answer is bounded
     ]
@@ -342,7 +371,9 @@ def test_data_checks_cannot_write_reach_secrets_or_touch_other_sessions(demo_sta
     assert "must be superuser or have privileges of the pg_execute_server_program role" in results[2], results[2]
     assert "permission denied for function lo_import" in results[3], results[3]
     assert "read-only transaction" in results[4] or "permission denied" in results[4], results[4]
-    assert "must be a superuser to terminate superuser process" in results[5] or "permission denied to terminate process" in results[5], results[5]
+    assert "must be a superuser to terminate superuser process" in results[5] or "permission denied to terminate process" in results[5], (
+        results[5]
+    )
     assert "'***'" in results[6] and "(100000 chars)" in results[7]
     change = change_of(servicenow, run)
     incidents = incidents_for(servicenow, "demo")
@@ -369,7 +400,9 @@ def test_a_failed_check_leaves_the_cluster_paused_read_only_and_a_new_pitr_takes
     demo_stack.psql("update ledger_entry set status = 'void'")
     write(demo_stack, 1_001, 10)
     before = ledger(demo_stack)
-    run = run_pitr(pitr, target_type="time", target=target.isoformat(), validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}])
+    run = run_pitr(
+        pitr, target_type="time", target=target.isoformat(), validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}]
+    )
     assert (states(run)["validate_data"], states(run)["promote"]) == ("failed", "upstream_failed"), states(run)
     assert demo_stack.psql("select pg_is_in_recovery()::text || ' ' || pg_get_wal_replay_pause_state()") == "true paused"
     assert ledger(demo_stack) == (40, 0, 40)
@@ -395,8 +428,11 @@ def test_routine_work_skips_while_a_restore_is_in_progress(demo_stack, airflow_d
     restore_guard.advance(cluster, "restoring-now", "restoring", change="CHG0000001")
     incidents_before = len(incidents_for(servicenow, "demo"))
     try:
-        for dag_file, dag_id in (("rewind_backup.py", "rewind_backup_incr__demo"), ("rewind_health.py", "rewind_health__demo"),
-                                 ("rewind_verify.py", "rewind_verify__demo")):
+        for dag_file, dag_id in (
+            ("rewind_backup.py", "rewind_backup_incr__demo"),
+            ("rewind_health.py", "rewind_health__demo"),
+            ("rewind_verify.py", "rewind_verify__demo"),
+        ):
             run = run_once(load_dags(dag_file)[dag_id])
             assert run.state == "success" and set(states(run).values()) == {"skipped"}, (dag_id, states(run))
     finally:

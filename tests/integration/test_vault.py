@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rewind.postgres import postmaster_pid
 from devstack.airflow import REPO
+from rewind.postgres import postmaster_pid
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import FORM_DEFAULTS, assert_success, fresh_ledger, ledger, write
 
@@ -42,7 +42,7 @@ class ArgvSampler(threading.Thread):
     def pgbackrest_commands(self) -> list[str]:
         return [argv for argv in self.seen if "pgbackrest" in argv and "--stanza" in argv]
 
-    def __enter__(self) -> "ArgvSampler":
+    def __enter__(self) -> ArgvSampler:
         self.start()
         return self
 
@@ -74,9 +74,7 @@ def vault_iam_users(demo_stack) -> list[str]:
     return [u["UserName"] for u in demo_stack.s3.client("iam").list_users()["Users"] if u["UserName"].startswith("vault-")]
 
 
-def test_a_backup_with_leased_credentials_revokes_its_leases_and_leaks_nothing(
-    demo_stack, airflow_db, vault_credentials, capfd
-):
+def test_a_backup_with_leased_credentials_revokes_its_leases_and_leaks_nothing(demo_stack, airflow_db, vault_credentials, capfd):
     from airflow.utils.state import DagRunState
 
     vault = vault_credentials
@@ -90,8 +88,8 @@ def test_a_backup_with_leased_credentials_revokes_its_leases_and_leaks_nothing(
     assert backup is not None and backup.type == "full"
     # One lease per task that ran pgBackRest (preflight, backup, expire), each revoked at task end.
     leases = leases_since(vault, before)
-    assert len(leases) == 3, [l.public() for l in leases]
-    assert all(l.revoked_at is not None and l.revoked_by == "request" for l in leases)
+    assert len(leases) == 3, [lease.public() for lease in leases]
+    assert all(lease.revoked_at is not None and lease.revoked_by == "request" for lease in leases)
     assert vault_iam_users(demo_stack) == []  # Vault's revocation deleted the IAM users and keys
     assert "revoked Vault lease" in output.out
 
@@ -99,9 +97,7 @@ def test_a_backup_with_leased_credentials_revokes_its_leases_and_leaks_nothing(
     assert len(sampler.pgbackrest_commands()) >= 3, "the sampler never saw pgbackrest run"
     assert not [argv for argv in sampler.seen for s in secrets if s in argv]
     assert not [s for s in secrets if s in output.out or s in output.err]
-    assert files_containing(
-        [Path(os.environ["AIRFLOW_HOME"]), demo_stack.base, REPO], secrets, skip=(".venv", ".git")
-    ) == []
+    assert files_containing([Path(os.environ["AIRFLOW_HOME"]), demo_stack.base, REPO], secrets, skip=(".venv", ".git")) == []
 
 
 def test_a_leased_key_stops_working_once_revoked(demo_stack, vault_credentials):
@@ -139,7 +135,9 @@ def test_vault_sealed_denying_failing_or_down_fails_the_backup_before_anything_i
     vault = vault_credentials
     policy = list(vault.state.policies["rewind-demo"])
     if failure == "down":
-        monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", vault.airflow_connection(approle=vault.approle).replace(str(vault.port), str(free_port())))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_VAULT_DEFAULT", vault.airflow_connection(approle=vault.approle).replace(str(vault.port), str(free_port()))
+        )
     elif failure == "forbidden":  # authentication works, the token's policy does not cover the path
         vault.state.add_policy("rewind-demo", [])
     else:
@@ -197,7 +195,7 @@ def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials,
     assert ledger(demo_stack) == (200, 0, 200)
     leases = leases_since(vault, before)
     assert len(leases) >= 4  # preflight, stop (credential check), restore, full backup, ...
-    assert all(l.revoked_by == "request" for l in leases), [l.public() for l in leases]
+    assert all(lease.revoked_by == "request" for lease in leases), [lease.public() for lease in leases]
     assert vault_iam_users(demo_stack) == []
     secrets = [*vault.state.issued_values, demo_stack.cipher_pass, vault.approle[1]]
     assert any("restore" in argv for argv in sampler.pgbackrest_commands())
@@ -220,8 +218,11 @@ def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack
     def seal_then_approve():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            requested = [c for sys_id, c in list(servicenow.state.records["change_request"].items())
-                         if sys_id not in known and c.get("approval") == "requested"]
+            requested = [
+                c
+                for sys_id, c in list(servicenow.state.records["change_request"].items())
+                if sys_id not in known and c.get("approval") == "requested"
+            ]
             if requested:
                 vault.set_mode("sealed")
                 servicenow.approve(requested[0]["number"])
@@ -255,7 +256,7 @@ def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, 
 
     hook = PgBackRestHook(cluster="demo")
     client = hook.get_conn()
-    [lease] = [l for l in vault.leases() if l.revoked_at is None]
+    [lease] = [held for held in vault.leases() if held.revoked_at is None]
     time.sleep(8)  # well past the 3 s TTL: the simulator revokes expired leases every second
     info = client.info()
     assert info.status.code in (0, 2), info.status  # the repository was readable with the leased key
@@ -289,23 +290,26 @@ def test_sts_credentials_with_a_session_token_back_up_and_are_not_renewed(demo_s
     """assumed_role: Vault returns an STS session (ASIA key + session token). The token reaches
     pgBackRest as PGBACKREST_REPO1_S3_TOKEN, moto checks it, and a non-renewable lease is left to
     its TTL rather than renewed."""
-    from rewind.credentials import S3_TOKEN
     from devstack.vault_sim import inventory_credentials, rewind_policy_paths, s3_bucket_policy
+    from rewind.credentials import S3_TOKEN
     from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 
     vault = vault_credentials
     vault.state.sts = demo_stack.s3.client("sts")
     if "rewind-demo-sts" not in vault.state.aws_mounts["aws"]:
-        vault.state.add_aws_role("aws", "rewind-demo-sts", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=3,
-                                 credential_type="assumed_role")
+        vault.state.add_aws_role(
+            "aws", "rewind-demo-sts", s3_bucket_policy(demo_stack.s3.bucket), lease_duration_s=3, credential_type="assumed_role"
+        )
     policy = list(vault.state.policies["rewind-demo"])
-    vault.state.add_policy("rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo-sts", kv_mount="secret", kv_path="rewind/demo"))
+    vault.state.add_policy(
+        "rewind-demo", rewind_policy_paths(aws_mount="aws", aws_role="rewind-demo-sts", kv_mount="secret", kv_path="rewind/demo")
+    )
     demo_stack.use_credentials(inventory_credentials("demo", "REWIND_DEMO_", aws_role="rewind-demo-sts"))
     try:
         hook = PgBackRestHook(cluster="demo")
         assert hook.secrets()[S3_TOKEN]
         record = hook.get_conn().backup("full", annotations={"airflow_run_id": "vault-sts"})
-        [lease] = [l for l in vault.leases() if l.role == "rewind-demo-sts" and l.revoked_at is None]
+        [lease] = [held for held in vault.leases() if held.role == "rewind-demo-sts" and held.revoked_at is None]
         assert lease.access_key.startswith("ASIA") and not lease.renewable and lease.renewals == 0
         hook.release()
         assert lease.revoked_by == "request"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rewind.servicenow import Auth, ServiceNowClient
 from devstack.demo import DemoStack
+from rewind.servicenow import Auth, ServiceNowClient
 from tests.conftest import load_dags, run_once
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def statsd_listener(monkeypatch):
         while True:
             try:
                 data = sock.recv(65535).decode()
-            except socket.timeout:
+            except TimeoutError:
                 return values
             for line in data.splitlines():
                 name, _, rest = line.partition(":")
@@ -121,8 +121,11 @@ def test_s3_outage_opens_one_incident_keeps_wal_and_resolves_when_archiving_catc
         watched.s3.start_tls()
 
     watched.psql("select pg_switch_wal()")  # wakes the archiver, which retries everything waiting
-    wait_until(lambda: watched.psql(f"select count(*) from pg_ls_archive_statusdir() where name = '{segment}.ready'") == "0",
-               180, "archiving to catch up")
+    wait_until(
+        lambda: watched.psql(f"select count(*) from pg_ls_archive_statusdir() where name = '{segment}.ready'") == "0",
+        180,
+        "archiving to catch up",
+    )
     health(watched)
     [incident] = incidents(servicenow, "archive_failing")
     assert incident["state"] == "6" and "WAL archiving ok" in incident["close_notes"]

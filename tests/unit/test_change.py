@@ -164,12 +164,21 @@ def test_require_gate_while_implementing(fake_servicenow):
     assert require_gate(fake_servicenow, sys_id, step="stop_postgres", implementing=False, now=NOW).number == "CHG0010001"
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"state": -2, "approval": "requested"}, "waiting for approval"),
-    ({"state": 4, "approval": "approved"}, "is Canceled"),
-    ({"state": -1, "approval": "approved", "end_date": sn_time(NOW - dt.timedelta(minutes=1))}, "its window ended at 2026-11-24 02:19:00"),
-    ({"state": -1, "approval": "approved", "start_date": sn_time(NOW + dt.timedelta(hours=1))}, "window opens at 2026-11-24 03:20:00 UTC"),
-])
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"state": -2, "approval": "requested"}, "waiting for approval"),
+        ({"state": 4, "approval": "approved"}, "is Canceled"),
+        (
+            {"state": -1, "approval": "approved", "end_date": sn_time(NOW - dt.timedelta(minutes=1))},
+            "its window ended at 2026-11-24 02:19:00",
+        ),
+        (
+            {"state": -1, "approval": "approved", "start_date": sn_time(NOW + dt.timedelta(hours=1))},
+            "window opens at 2026-11-24 03:20:00 UTC",
+        ),
+    ],
+)
 def test_require_gate_refuses_a_step_the_change_no_longer_allows(fake_servicenow, fields, words):
     sys_id = fake_servicenow.change(**fields)["sys_id"]
     for implementing in (False, True):

@@ -54,7 +54,14 @@ def test_restore_by_time_with_everything(commands):
 
 def test_rehearsal_restore_elsewhere_without_archiving(commands):
     argv = commands.restore(restore_type="immediate", target_action="promote", pg_path="/scratch/pg", archive_mode="off")
-    assert argv == HEAD + ["--delta", "--pg1-path=/scratch/pg", "--type=immediate", "--target-action=promote", "--archive-mode=off", "restore"]
+    assert argv == HEAD + [
+        "--delta",
+        "--pg1-path=/scratch/pg",
+        "--type=immediate",
+        "--target-action=promote",
+        "--archive-mode=off",
+        "restore",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -50,9 +50,10 @@ def test_the_same_run_claims_again_unchanged(ledger):
 def test_a_second_pitr_is_refused_while_the_first_is_active_naming_it(ledger, state):
     claim(ledger, A)
     guard.set_change(ledger, A, "CHG0010001")
-    with pytest.raises(PitrAlreadyRunning, match=(
-        rf"cluster 'ledger': PITR run {A_RE} \(change CHG0010001, phase claimed, since .*\) is still active: this run does nothing"
-    )):
+    with pytest.raises(
+        PitrAlreadyRunning,
+        match=(rf"cluster 'ledger': PITR run {A_RE} \(change CHG0010001, phase claimed, since .*\) is still active: this run does nothing"),
+    ):
         claim(ledger, B, run_state=states(**{A: state}))
     assert guard.read_guard(ledger).run_id == A
     assert PitrAlreadyRunning.opens_incident is False
@@ -100,10 +101,13 @@ def test_a_failed_rewind_is_taken_over_with_its_blocks_and_the_timeline_it_left(
 def test_a_rewind_that_ended_without_recording_a_failure_needs_a_dba(ledger):
     claim(ledger, A)
     guard.advance(ledger, A, "restoring", change="CHG0010001")
-    with pytest.raises(RestoreFailed, match=(
-        rf"cluster 'ledger': PITR run {A_RE} \(change CHG0010001, phase restoring, since .*\) ended in the middle of a rewind "
-        r"without recording a failure: look at the cluster, then `rewind guard clear --cluster ledger` and trigger again"
-    )):
+    with pytest.raises(
+        RestoreFailed,
+        match=(
+            rf"cluster 'ledger': PITR run {A_RE} \(change CHG0010001, phase restoring, since .*\) ended in the middle of a rewind "
+            r"without recording a failure: look at the cluster, then `rewind guard clear --cluster ledger` and trigger again"
+        ),
+    ):
         claim(ledger, B, run_state=states(**{A: "failed"}))
 
 
@@ -160,23 +164,35 @@ def test_require_no_restore_skips_during_a_rewind_and_fails_after_a_failed_one(l
     with pytest.raises(RestoreInProgress):
         guard.require_no_restore(ledger, allowed_run_id=B)
     guard.fail(ledger, A, "start_postgres")
-    with pytest.raises(RestoreFailed, match=(
-        f"PITR run {A_RE} .*at step start_postgres.* failed and left backups blocked: when the cluster is verified, "
-        "clear it with `rewind guard clear --cluster ledger`"
-    )):
+    with pytest.raises(
+        RestoreFailed,
+        match=(
+            f"PITR run {A_RE} .*at step start_postgres.* failed and left backups blocked: when the cluster is verified, "
+            "clear it with `rewind guard clear --cluster ledger`"
+        ),
+    ):
         guard.require_no_restore(ledger)
     guard.require_no_restore(ledger, allowed_run_id=A)
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", json.dumps({"cluster": "ledger", "run_id": A, "phase": "stopped"}),
-                                     json.dumps({"cluster": "ledger", "run_id": A, "dag_id": DAG, "phase": "x", "since": "", "updated": "",
-                                                 "added_later": 1})])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[1, 2]",
+        json.dumps({"cluster": "ledger", "run_id": A, "phase": "stopped"}),
+        json.dumps({"cluster": "ledger", "run_id": A, "dag_id": DAG, "phase": "x", "since": "", "updated": "", "added_later": 1}),
+    ],
+)
 def test_a_damaged_guard_is_reported_with_the_way_out_and_clear_removes_it(ledger, content):
     state_dir(ledger)
     guard.guard_path(ledger).write_text(content)
     for use in (guard.read_guard, guard.require_no_restore, lambda c: claim(c, B)):
-        with pytest.raises(StateFileDamaged, match=rf"restore guard {guard.guard_path(ledger)} is damaged \(.*\): look at the cluster, "
-                                                  r"then remove it with `rewind guard clear --cluster ledger`"):
+        with pytest.raises(
+            StateFileDamaged,
+            match=rf"restore guard {guard.guard_path(ledger)} is damaged \(.*\): look at the cluster, "
+            r"then remove it with `rewind guard clear --cluster ledger`",
+        ):
             use(ledger)
     assert guard.clear(ledger) == f"restore guard of cluster ledger cleared (was: {content.strip()[:300]})"
     assert guard.read_guard(ledger) is None

@@ -11,14 +11,25 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def archiver(**changes) -> ArchiverState:
-    base = dict(archived_count=10, last_archived_wal="000000010000000000000009", last_archived_time=NOW - dt.timedelta(minutes=1),
-                failed_count=0, last_failed_wal=None, last_failed_time=None, ready_count=0, oldest_ready_age_s=None, archive_timeout_s=60)
+    base = dict(
+        archived_count=10,
+        last_archived_wal="000000010000000000000009",
+        last_archived_time=NOW - dt.timedelta(minutes=1),
+        failed_count=0,
+        last_failed_wal=None,
+        last_failed_time=None,
+        ready_count=0,
+        oldest_ready_age_s=None,
+        archive_timeout_s=60,
+    )
     return ArchiverState(**{**base, **changes})
 
 
 def test_archiving_ok_and_each_way_it_fails():
     assert check_archiving(archiver(), previous_failed_count=0).ok
-    failed_last = check_archiving(archiver(failed_count=3, last_failed_wal="00000001000000000000000A", last_failed_time=NOW), previous_failed_count=None)
+    failed_last = check_archiving(
+        archiver(failed_count=3, last_failed_wal="00000001000000000000000A", last_failed_time=NOW), previous_failed_count=None
+    )
     assert not failed_last.ok and "last attempt failed: 00000001000000000000000A" in failed_last.details
     recovered_between_checks = archiver(failed_count=2, last_failed_time=NOW - dt.timedelta(minutes=5))
     assert not check_archiving(recovered_between_checks, previous_failed_count=1).ok  # previous check was healthy
@@ -61,8 +72,12 @@ def test_exports_use_pgbackrest_exporter_names():
 def test_no_backup_yet_is_a_backup_age_problem_not_a_stanza_one():
     from rewind.health import check_stanza
 
-    empty = parse_info(json.dumps([{"name": "demo", "status": {"code": 2, "message": "no valid backups"}, "backup": [], "archive": [], "db": []}]), "demo")
+    empty = parse_info(
+        json.dumps([{"name": "demo", "status": {"code": 2, "message": "no valid backups"}, "backup": [], "archive": [], "db": []}]), "demo"
+    )
     assert check_stanza(empty).ok
     assert check_backup_age(empty, now=NOW).summary == "no good backup at all"
-    unreadable = parse_info(json.dumps([{"name": "demo", "status": {"code": 99, "message": "other"}, "backup": [], "archive": [], "db": []}]), "demo")
+    unreadable = parse_info(
+        json.dumps([{"name": "demo", "status": {"code": 99, "message": "other"}, "backup": [], "archive": [], "db": []}]), "demo"
+    )
     assert not check_stanza(unreadable).ok

@@ -21,19 +21,63 @@ from tests.factories import cluster_doc, inventory
 
 # Text an attacker (or a typo) would try: option and section syntax, quotes, shell and SQL
 # metacharacters, whitespace, control characters, and ordinary characters between them.
-NASTY = ["-", "--", "--repo1-path=/x", "=", "\n", "\r", "\t", " ", "[", "]", "#", ";", "'", '"', "`", "$(", ")",
-         "|", "&", ">", "<", "\\", "\x00", "/", ".", "..", "*", "%p", "{{", "}}", "\u2028", "é"]
+NASTY = [
+    "-",
+    "--",
+    "--repo1-path=/x",
+    "=",
+    "\n",
+    "\r",
+    "\t",
+    " ",
+    "[",
+    "]",
+    "#",
+    ";",
+    "'",
+    '"',
+    "`",
+    "$(",
+    ")",
+    "|",
+    "&",
+    ">",
+    "<",
+    "\\",
+    "\x00",
+    "/",
+    ".",
+    "..",
+    "*",
+    "%p",
+    "{{",
+    "}}",
+    "\u2028",
+    "é",
+]
 nasty_text = st.lists(st.one_of(st.sampled_from(NASTY), st.text(min_size=1, max_size=4)), max_size=8).map("".join)
 
 BASE = cluster_doc(stanza="ledger", repo={"ca_file": "/etc/ssl/certs/repo-ca.pem"})
 
 # (where in the cluster document, a value to put there)
 FIELDS = [
-    ("stanza",), ("queue",), ("description",),
-    ("postgres", "data_dir"), ("postgres", "socket_dir"), ("postgres", "os_user"), ("postgres", "bin_dir"),
-    ("postgres", "systemd_unit"), ("pgbackrest", "log_path"), ("pgbackrest", "config_path"),
-    ("repo", "bucket"), ("repo", "endpoint"), ("repo", "region"), ("repo", "path"), ("repo", "ca_file"),
-    ("credentials", "env_prefix"), ("schedules", "full"),
+    ("stanza",),
+    ("queue",),
+    ("description",),
+    ("postgres", "data_dir"),
+    ("postgres", "socket_dir"),
+    ("postgres", "os_user"),
+    ("postgres", "bin_dir"),
+    ("postgres", "systemd_unit"),
+    ("pgbackrest", "log_path"),
+    ("pgbackrest", "config_path"),
+    ("repo", "bucket"),
+    ("repo", "endpoint"),
+    ("repo", "region"),
+    ("repo", "path"),
+    ("repo", "ca_file"),
+    ("credentials", "env_prefix"),
+    ("schedules", "full"),
 ]
 
 
@@ -74,8 +118,12 @@ BASELINE_KEYS = _config_keys(render_config(BASELINE, inventory_path="/etc/rewind
 
 def _argvs(cluster) -> list[list[str]]:
     commands = PgBackRestCommands(cluster)
-    return [commands.check(), commands.info(), commands.backup("full", annotations={"airflow_run_id": "r"}),
-            commands.restore(restore_type="time", target="2026-11-24 02:13:30+00", target_action="promote")]
+    return [
+        commands.check(),
+        commands.info(),
+        commands.backup("full", annotations={"airflow_run_id": "r"}),
+        commands.restore(restore_type="time", target="2026-11-24 02:13:30+00", target_action="promote"),
+    ]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,7 +141,7 @@ def test_no_inventory_value_adds_a_config_line_or_a_pgbackrest_option(where, val
     # the same settings in the same sections (a section is named by the stanza)
     assert [k for _s, k in keys] == [k for _s, k in BASELINE_KEYS]
     assert len({s for s, _k in keys}) == len({s for s, _k in BASELINE_KEYS})
-    for argv, baseline in zip(_argvs(cluster), _argvs(BASELINE)):
+    for argv, baseline in zip(_argvs(cluster), _argvs(BASELINE), strict=True):
         assert _option_names(argv) == _option_names(baseline)
         assert argv[-1] == baseline[-1]  # the command itself
         assert all("\n" not in item and "\x00" not in item for item in argv)
@@ -116,8 +164,12 @@ def test_no_pitr_param_adds_a_pgbackrest_option(target_type, target, field):
         assert "\n" not in str(exc) and str(exc).startswith("param ")
         return
     argv = PgBackRestCommands(BASELINE).restore(
-        restore_type=request.pgbackrest_type, target=request.pgbackrest_target, target_exclusive=request.target_exclusive,
-        target_action=request.target_action, target_timeline=request.target_timeline, backup_set=request.backup_set,
+        restore_type=request.pgbackrest_type,
+        target=request.pgbackrest_target,
+        target_exclusive=request.target_exclusive,
+        target_action=request.target_action,
+        target_timeline=request.target_timeline,
+        backup_set=request.backup_set,
     )
     names = _option_names(argv)
     assert len(names) == len(set(names)), argv  # no option twice
@@ -130,9 +182,36 @@ def test_no_pitr_param_adds_a_pgbackrest_option(target_type, target, field):
         assert f"--target={request.target}" in argv  # verbatim, one item
 
 
-SQL_TOKENS = ["select 1", " ", ";", "'", '"', "''", "--", "/*", "*/", "$$", "$q$", "E'", "\\", "\\;", "\n",
-              "insert into probe values (1)", "drop table probe", "(", ")", "x", "as", "\\g", "\\!", "begin",
-              ", ", "select ", "$$'$$", "E'\\''"]
+SQL_TOKENS = [
+    "select 1",
+    " ",
+    ";",
+    "'",
+    '"',
+    "''",
+    "--",
+    "/*",
+    "*/",
+    "$$",
+    "$q$",
+    "E'",
+    "\\",
+    "\\;",
+    "\n",
+    "insert into probe values (1)",
+    "drop table probe",
+    "(",
+    ")",
+    "x",
+    "as",
+    "\\g",
+    "\\!",
+    "begin",
+    ", ",
+    "select ",
+    "$$'$$",
+    "E'\\''",
+]
 sql_text = st.lists(st.sampled_from(SQL_TOKENS), min_size=1, max_size=10).map("".join)
 
 
@@ -151,7 +230,7 @@ def _statements_outside_quotes(sql: str) -> int:
             quote = match.group(0)
             index += len(quote)
             continue
-        elif sql[index] == ";" and sql[index + 1:].strip():
+        elif sql[index] == ";" and sql[index + 1 :].strip():
             count += 1
         index += 1
     return count
@@ -169,8 +248,16 @@ def test_a_data_check_is_one_statement_or_refused(sql):
     assert not check.sql.rstrip().endswith(";")
 
 
-@pytest.mark.parametrize("sql", ["select 1; insert into probe values (1)", "select 1 \\; select 2", "select $$;$$; drop table probe",
-                                 "select 1 -- ; drop table probe", "select 1 /* */; drop table probe"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1; insert into probe values (1)",
+        "select 1 \\; select 2",
+        "select $$;$$; drop table probe",
+        "select 1 -- ; drop table probe",
+        "select 1 /* */; drop table probe",
+    ],
+)
 def test_known_injections_are_refused(sql):
     with pytest.raises(ValueError):
         DataCheck(sql=sql, expect="1")

@@ -49,22 +49,35 @@ def steps_journal(cluster, *steps: str, **values: str) -> RunJournal:
     return run
 
 
-@pytest.mark.parametrize("steps, described", [
-    (("stopped",), "PostgreSQL stopped at T-stopped; no new full backup was taken"),
-    (("stopped", "restore_started"), "PostgreSQL stopped at T-stopped; restore started at T-restore_started and not finished; "
-                                     "no new full backup was taken"),
-    (("stopped", "restore_started", "restored"), "PostgreSQL stopped at T-stopped; data directory restored at T-restored; "
-                                                 "no new full backup was taken"),
-    (("stopped", "restore_started", "restored", "started"),
-     "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
-     "no new full backup was taken"),
-    (("stopped", "restored", "started", "at_target"),
-     "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
-     "recovery reached the target at T-at_target (not promoted); no new full backup was taken"),
-    (("stopped", "restored", "started", "at_target", "checked", "promoted", "backup"),
-     "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
-     "promoted at T-promoted; new full backup T-backup exists"),
-])
+@pytest.mark.parametrize(
+    "steps, described",
+    [
+        (("stopped",), "PostgreSQL stopped at T-stopped; no new full backup was taken"),
+        (
+            ("stopped", "restore_started"),
+            "PostgreSQL stopped at T-stopped; restore started at T-restore_started and not finished; no new full backup was taken",
+        ),
+        (
+            ("stopped", "restore_started", "restored"),
+            "PostgreSQL stopped at T-stopped; data directory restored at T-restored; no new full backup was taken",
+        ),
+        (
+            ("stopped", "restore_started", "restored", "started"),
+            "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
+            "no new full backup was taken",
+        ),
+        (
+            ("stopped", "restored", "started", "at_target"),
+            "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
+            "recovery reached the target at T-at_target (not promoted); no new full backup was taken",
+        ),
+        (
+            ("stopped", "restored", "started", "at_target", "checked", "promoted", "backup"),
+            "PostgreSQL stopped at T-stopped; data directory restored at T-restored; PostgreSQL started on the restored data at T-started; "
+            "promoted at T-promoted; new full backup T-backup exists",
+        ),
+    ],
+)
 def test_describe_says_what_the_run_really_did(ledger, steps, described):
     assert steps_journal(ledger, *steps).describe() == described
 
@@ -75,10 +88,13 @@ def test_once_started_on_restored_data_the_run_refuses_to_stop_or_restore_again(
     run.set(change="CHG0010001")
     run.record("started", "2026-11-24T02:31:00.000+00:00")
     assert run.rewound
-    with pytest.raises(AlreadyRewound, match=(
-        r"this run already rewound cluster 'ledger' \(PostgreSQL started on the restored data at 2026-11-24T02:31:00.000\+00:00, "
-        r"change CHG0010001\): stop_postgres will not stop or restore it again; a new rewind needs a new run and a newly approved change"
-    )) as raised:
+    with pytest.raises(
+        AlreadyRewound,
+        match=(
+            r"this run already rewound cluster 'ledger' \(PostgreSQL started on the restored data at 2026-11-24T02:31:00.000\+00:00, "
+            r"change CHG0010001\): stop_postgres will not stop or restore it again; a new rewind needs a new run and a newly approved change"
+        ),
+    ) as raised:
         journal(ledger).refuse_if_rewound("stop_postgres")
     assert raised.value.opens_incident is False
 

@@ -59,11 +59,14 @@ def alert_notifier():
     return RewindAlertNotifier(cluster="ledger", servicenow_conn_id="servicenow_ledger", impact=1, urgency=3)
 
 
-@pytest.mark.parametrize("refusal", [
-    PitrParamError("param target: required for target_type time"),
-    PitrAlreadyRunning("cluster 'ledger': PITR run manual__x is still active"),
-    ChangeRejected("CHG0010001 was rejected"),
-])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        PitrParamError("param target: required for target_type time"),
+        PitrAlreadyRunning("cluster 'ledger': PITR run manual__x is still active"),
+        ChangeRejected("CHG0010001 was rejected"),
+    ],
+)
 def test_a_refusal_by_design_opens_no_incident(hooks, fake_servicenow, refusal):
     alert_notifier()(context(refusal, dag_id="rewind_pitr__ledger", task_id="validate_params"))
     assert incidents(fake_servicenow) == [] and hooks.conn_ids == []

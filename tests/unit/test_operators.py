@@ -80,8 +80,12 @@ def test_a_backup_is_annotated_with_its_run_and_a_retry_takes_no_second_one(clus
     client = FakePgBackRest(cluster)
     operator = with_hook(PgBackRestBackupOperator(task_id="backup", cluster="ledger", backup_type="full"), cluster, client)
     first = operator.execute(backup_context("rewind_backup_full__ledger", RUN))
-    assert first["annotations"] == {"airflow_dag_id": "rewind_backup_full__ledger", "airflow_run_id": RUN, "airflow_try": "1",
-                                    "rewind_requested_type": "full"}
+    assert first["annotations"] == {
+        "airflow_dag_id": "rewind_backup_full__ledger",
+        "airflow_run_id": RUN,
+        "airflow_try": "1",
+        "rewind_requested_type": "full",
+    }
     retry = operator.execute(backup_context("rewind_backup_full__ledger", RUN, try_number=2))
     assert (retry["label"], retry["reused"]) == (first["label"], True)
     assert [call[0] for call in client.calls] == ["backup"] and operator.hook.released == 2
@@ -93,7 +97,8 @@ def test_only_the_pitrs_own_full_backup_runs_under_its_guard(cluster, live_timel
     with pytest.raises(AirflowSkipException):
         routine.execute(backup_context("rewind_backup_incr__ledger", RUN))
     live_timeline.append(2)
-    new_timeline = with_hook(PgBackRestBackupOperator(task_id="full_backup_new_timeline", cluster="ledger", backup_type="full",
-                                                      restore_run_id=PITR_RUN), cluster)
+    new_timeline = with_hook(
+        PgBackRestBackupOperator(task_id="full_backup_new_timeline", cluster="ledger", backup_type="full", restore_run_id=PITR_RUN), cluster
+    )
     record = new_timeline.execute(backup_context("rewind_pitr__ledger", PITR_RUN))
     assert (record["type"], record["reused"], record["annotations"]["airflow_run_id"]) == ("full", False, PITR_RUN)

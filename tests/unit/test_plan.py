@@ -74,13 +74,16 @@ def test_on_history_takes_valid_backups_that_end_on_the_path():
     assert not on_history(no_stop, HISTORY)
 
 
-@pytest.mark.parametrize("offset, expected", [
-    (600, F2),  # the diff at +500 is newer but on timeline 2's abandoned branch
-    (300, F1),  # the incr at +200 is newer but on timeline 1's abandoned branch
-    (700, F2),  # a backup that ended at the target instant does not precede it
-    (701, F3),
-    (5000, F3),  # the newer full has pgBackRest's error flag
-])
+@pytest.mark.parametrize(
+    "offset, expected",
+    [
+        (600, F2),  # the diff at +500 is newer but on timeline 2's abandoned branch
+        (300, F1),  # the incr at +200 is newer but on timeline 1's abandoned branch
+        (700, F2),  # a backup that ended at the target instant does not precede it
+        (701, F3),
+        (5000, F3),  # the newer full has pgBackRest's error flag
+    ],
+)
 def test_choose_backup_newest_on_the_history_before_a_time(offset, expected):
     assert choose_backup(stanza_info(BACKUPS), HISTORY, request(target=at(offset))).label == expected["label"]
 
@@ -116,10 +119,13 @@ def test_a_given_backup_set_is_checked():
         choose_backup(info, HISTORY, request(target=at(600), backup_set="20261120-020000F"))
     with pytest.raises(TargetNotReachable, match=f"param backup_set: {F3_ERROR['label']} has pgBackRest's error flag"):
         choose_backup(info, HISTORY, request(target=at(5000), backup_set=F3_ERROR["label"]))
-    with pytest.raises(TargetNotReachable, match=(
-        rf"param backup_set: {D_ABANDONED['label']} \(timeline 2, stop LSN 0/6000100\) does not lead to timeline 3: "
-        "it lies on a branch that timeline 3 does not come from"
-    )):
+    with pytest.raises(
+        TargetNotReachable,
+        match=(
+            rf"param backup_set: {D_ABANDONED['label']} \(timeline 2, stop LSN 0/6000100\) does not lead to timeline 3: "
+            "it lies on a branch that timeline 3 does not come from"
+        ),
+    ):
         choose_backup(info, HISTORY, request(target=at(600), backup_set=D_ABANDONED["label"]))
     with pytest.raises(TargetNotReachable, match=f"param backup_set: {F3['label']} ended at .* / 0/6000100, after the target time"):
         choose_backup(info, HISTORY, request(target=at(600), backup_set=F3["label"]))
@@ -142,8 +148,13 @@ def test_choose_backup_on_captured_pgbackrest_output():
 def repository(tmp_path):
     def make(segments=BRANCHED_SEGMENTS, backups=BACKUPS, uploaded_at=T0 + 900):
         cluster = local_cluster(tmp_path)
-        return FakePgBackRest(cluster, backups, listing=repo_ls(segments, histories=(2, 3), uploaded_at=uploaded_at),
-                              histories={"00000002.history": HISTORY_2, "00000003.history": HISTORY_3})
+        return FakePgBackRest(
+            cluster,
+            backups,
+            listing=repo_ls(segments, histories=(2, 3), uploaded_at=uploaded_at),
+            histories={"00000002.history": HISTORY_2, "00000003.history": HISTORY_3},
+        )
+
     return make
 
 
@@ -182,10 +193,13 @@ def test_a_replan_keeps_the_timeline_it_replaces(repository):
 
 def test_a_segment_lost_on_the_path_refuses_the_plan(repository):
     lost = [pair for pair in BRANCHED_SEGMENTS if pair != (2, 4)]
-    with pytest.raises(PreflightError, match=(
-        f"WAL needed to recover from backup {F2['label']} along timeline 3 is missing from the archive: 000000020000000000000004; "
-        "choose a later target or backup"
-    )):
+    with pytest.raises(
+        PreflightError,
+        match=(
+            f"WAL needed to recover from backup {F2['label']} along timeline 3 is missing from the archive: 000000020000000000000004; "
+            "choose a later target or backup"
+        ),
+    ):
         plan_for(repository(segments=lost), request(target=at(600)))
     # a later backup does not need the lost segment
     assert plan_for(repository(segments=lost), request(target=at(750))).backup_set == F3["label"]

@@ -16,38 +16,54 @@ def request(**params):
     return parse_request({"reason": REASON, **params})
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"target_type": "immediate", "target": "0/3000060"}, "param target: must be empty for target_type immediate"),
-    ({"target_type": "latest", "target": "x"}, "param target: must be empty for target_type latest"),
-    ({"target_type": "latest", "target_exclusive": True}, "param target_exclusive: has no meaning for target_type latest"),
-    ({"target_type": "time"}, "param target: required for target_type time"),
-    ({"target_type": "xid", "target": "   "}, "param target: required for target_type xid"),
-    ({"target_type": "time", "target": "2026-11-24 02:13:30"},
-     "param target: '2026-11-24 02:13:30' has no time zone: add one, e.g. 2026-11-24 02:13:30+00"),
-    ({"target_type": "time", "target": "yesterday"}, "param target: 'yesterday' is not a timestamp: use e.g. 2026-11-24 02:13:30+00"),
-    ({"target_type": "xid", "target": "0"}, "param target: '0' is not a transaction id (a positive integer)"),
-    ({"target_type": "xid", "target": "-5"}, "param target: '-5' is not a transaction id (a positive integer)"),
-    ({"target_type": "xid", "target": str(2**63)}, f"param target: '{2**63}' is not a transaction id (a positive integer)"),
-    ({"target_type": "lsn", "target": "3000060"}, "param target: '3000060' is not an LSN like 0/3000060"),
-    ({"target_type": "name", "target": "-before"}, "param target: '-before' is not a restore point name Rewind accepts"),
-    ({"target_type": "name", "target": "before", "target_exclusive": True},
-     "param target_exclusive: not supported for restore point names"),
-    ({"target_type": "time", "target": "2026-11-24 02:13:30+00", "target_timeline": "0"},
-     "param target_timeline: '0' must be current, latest or a timeline number"),
-    ({"target_type": "immediate", "backup_set": "20261124-0200F"}, "param backup_set: '20261124-0200F' is not a pgBackRest backup label"),
-    ({"target_type": "immediate", "change_number": "CHG12"}, "param change_number: 'CHG12' is not a change number like CHG0010001"),
-    ({"target_type": "immediate", "validation_database": "ledger; drop"},
-     "param validation_database: 'ledger; drop' is not a database name Rewind accepts (letters, digits, _ $ -)"),
-    ({"target_type": "immediate", "validation_database": "-ledger"}, "param validation_database: '-ledger' is not a database name"),
-    ({"target_type": "immediate", "reason": "oops"}, "param reason: String should have at least 10 characters"),
-    ({"target_type": "immediate", "reason": "bad \x1b[31m migration"}, "param reason: must not contain control characters"),
-    ({"target_type": "immediate", "validation_sql": [{"sql": "select 1; drop table t", "expect": 1}]},
-     "param validation_sql.0.sql: must be a single SQL statement (found ';' before the end)"),
-    ({"target_type": "immediate", "validation_sql": [{"sql": "select 1"}]}, "param validation_sql.0.expect: Field required"),
-    ({"target_type": "immediate", "target_action": "shutdown"}, "param target_action: Input should be 'promote' or 'pause'"),
-    ({"target_type": "tomorrow"}, "param target_type: Input should be 'time', 'xid', 'name', 'lsn', 'immediate' or 'latest'"),
-    ({"target_type": "immediate", "approver": "me"}, "param approver: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"target_type": "immediate", "target": "0/3000060"}, "param target: must be empty for target_type immediate"),
+        ({"target_type": "latest", "target": "x"}, "param target: must be empty for target_type latest"),
+        ({"target_type": "latest", "target_exclusive": True}, "param target_exclusive: has no meaning for target_type latest"),
+        ({"target_type": "time"}, "param target: required for target_type time"),
+        ({"target_type": "xid", "target": "   "}, "param target: required for target_type xid"),
+        (
+            {"target_type": "time", "target": "2026-11-24 02:13:30"},
+            "param target: '2026-11-24 02:13:30' has no time zone: add one, e.g. 2026-11-24 02:13:30+00",
+        ),
+        ({"target_type": "time", "target": "yesterday"}, "param target: 'yesterday' is not a timestamp: use e.g. 2026-11-24 02:13:30+00"),
+        ({"target_type": "xid", "target": "0"}, "param target: '0' is not a transaction id (a positive integer)"),
+        ({"target_type": "xid", "target": "-5"}, "param target: '-5' is not a transaction id (a positive integer)"),
+        ({"target_type": "xid", "target": str(2**63)}, f"param target: '{2**63}' is not a transaction id (a positive integer)"),
+        ({"target_type": "lsn", "target": "3000060"}, "param target: '3000060' is not an LSN like 0/3000060"),
+        ({"target_type": "name", "target": "-before"}, "param target: '-before' is not a restore point name Rewind accepts"),
+        (
+            {"target_type": "name", "target": "before", "target_exclusive": True},
+            "param target_exclusive: not supported for restore point names",
+        ),
+        (
+            {"target_type": "time", "target": "2026-11-24 02:13:30+00", "target_timeline": "0"},
+            "param target_timeline: '0' must be current, latest or a timeline number",
+        ),
+        (
+            {"target_type": "immediate", "backup_set": "20261124-0200F"},
+            "param backup_set: '20261124-0200F' is not a pgBackRest backup label",
+        ),
+        ({"target_type": "immediate", "change_number": "CHG12"}, "param change_number: 'CHG12' is not a change number like CHG0010001"),
+        (
+            {"target_type": "immediate", "validation_database": "ledger; drop"},
+            "param validation_database: 'ledger; drop' is not a database name Rewind accepts (letters, digits, _ $ -)",
+        ),
+        ({"target_type": "immediate", "validation_database": "-ledger"}, "param validation_database: '-ledger' is not a database name"),
+        ({"target_type": "immediate", "reason": "oops"}, "param reason: String should have at least 10 characters"),
+        ({"target_type": "immediate", "reason": "bad \x1b[31m migration"}, "param reason: must not contain control characters"),
+        (
+            {"target_type": "immediate", "validation_sql": [{"sql": "select 1; drop table t", "expect": 1}]},
+            "param validation_sql.0.sql: must be a single SQL statement (found ';' before the end)",
+        ),
+        ({"target_type": "immediate", "validation_sql": [{"sql": "select 1"}]}, "param validation_sql.0.expect: Field required"),
+        ({"target_type": "immediate", "target_action": "shutdown"}, "param target_action: Input should be 'promote' or 'pause'"),
+        ({"target_type": "tomorrow"}, "param target_type: Input should be 'time', 'xid', 'name', 'lsn', 'immediate' or 'latest'"),
+        ({"target_type": "immediate", "approver": "me"}, "param approver: Extra inputs are not permitted"),
+    ],
+)
 def test_each_error_is_one_line_naming_the_param(params, message):
     with pytest.raises(PitrParamError) as raised:
         parse_request({"reason": REASON, **params})
@@ -78,13 +94,16 @@ def test_action_text_says_when_the_checks_run():
     assert promote.startswith("PostgreSQL promotes itself at the target (target_action=promote") and "after promotion" in promote
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("2026-11-24 02:13:30+00", "2026-11-24 02:13:30.000000+00"),
-    ("2026-11-24 03:13:30.25+01", "2026-11-24 02:13:30.250000+00"),
-    ("2026-11-24T03:13:30+01:00", "2026-11-24 02:13:30.000000+00"),
-    ("2026-11-24 02:13:30 UTC", "2026-11-24 02:13:30.000000+00"),
-    ("2026-11-23 21:13:30-05", "2026-11-24 02:13:30.000000+00"),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("2026-11-24 02:13:30+00", "2026-11-24 02:13:30.000000+00"),
+        ("2026-11-24 03:13:30.25+01", "2026-11-24 02:13:30.250000+00"),
+        ("2026-11-24T03:13:30+01:00", "2026-11-24 02:13:30.000000+00"),
+        ("2026-11-24 02:13:30 UTC", "2026-11-24 02:13:30.000000+00"),
+        ("2026-11-23 21:13:30-05", "2026-11-24 02:13:30.000000+00"),
+    ],
+)
 def test_a_time_target_reaches_pgbackrest_in_utc(target, expected):
     req = request(target_type="time", target=target)
     assert req.pgbackrest_target == expected
@@ -111,10 +130,13 @@ def test_describe():
 
 
 def test_data_checks_keep_their_expectation_as_psql_prints_it():
-    checks = request(target_type="immediate", validation_sql=[
-        {"sql": "select count(*) from ledger_entry where status = 'void';", "expect": 0},
-        {"sql": "select exists (select 1 from ledger_entry)", "expect": True},
-    ]).validation_sql
+    checks = request(
+        target_type="immediate",
+        validation_sql=[
+            {"sql": "select count(*) from ledger_entry where status = 'void';", "expect": 0},
+            {"sql": "select exists (select 1 from ledger_entry)", "expect": True},
+        ],
+    ).validation_sql
     assert [(c.sql, c.expect) for c in checks] == [
         ("select count(*) from ledger_entry where status = 'void'", "0"),
         ("select exists (select 1 from ledger_entry)", "t"),

@@ -47,8 +47,14 @@ INFO = stanza_info(BACKUPS)
 
 def hold(run_id: str, floor: str, *, ends_at: dt.datetime | None = None, floor_stopped_at: str | None = None) -> Hold:
     stopped = floor_stopped_at or INFO.get(floor).stopped_at.isoformat()
-    return Hold(run_id=run_id, created_at="2026-11-24T02:20:00+00:00", floor=floor, floor_stopped_at=stopped, timeline=1,
-                ends_at=ends_at.isoformat(timespec="seconds") if ends_at else None)
+    return Hold(
+        run_id=run_id,
+        created_at="2026-11-24T02:20:00+00:00",
+        floor=floor,
+        floor_stopped_at=stopped,
+        timeline=1,
+        ends_at=ends_at.isoformat(timespec="seconds") if ends_at else None,
+    )
 
 
 # ---- what the dry run would remove ---------------------------------------------------------------------
@@ -68,8 +74,11 @@ DRY_RUN_2_55 = """\
 
 def test_dry_run_expired_reads_pgbackrests_expire_lines():
     assert dry_run_expired(DRY_RUN_2_55) == [
-        "20261101-020000F", "20261101-020000F_20261102-020000D",
-        "20261108-020000F_20261109-020000D", "20261108-020000F_20261109-030000I", "20261127-145401F",
+        "20261101-020000F",
+        "20261101-020000F_20261102-020000D",
+        "20261108-020000F_20261109-020000D",
+        "20261108-020000F_20261109-030000I",
+        "20261127-145401F",
     ]
 
 
@@ -85,8 +94,10 @@ def test_dry_run_expired_takes_only_dry_run_expire_lines():
 def test_dry_run_expired_reads_time_based_expire_lines():
     """With recovery_window_days pgBackRest 2.45-2.59 logs 'expire time-based backup [set ]...'
     (src/command/expire/expire.c); a hold must see those too."""
-    line = "2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire time-based backup set 20261101-020000F, " \
-           "20261101-020000F_20261102-020000D"
+    line = (
+        "2026-11-27 14:54:11.102 P00   INFO: [DRY-RUN] repo1: expire time-based backup set 20261101-020000F, "
+        "20261101-020000F_20261102-020000D"
+    )
     assert dry_run_expired(line) == ["20261101-020000F", "20261101-020000F_20261102-020000D"]
 
 
@@ -125,8 +136,12 @@ def test_differential_retention_is_widened_too_so_a_held_diff_stays(tmp_path):
     """retention-diff counts differential backups on its own: a hold that reports F1's diff as held
     must keep it, not only its full."""
     cluster = local_cluster(tmp_path, repo={"retention_full": 2, "retention_diff": 1})
-    info = stanza_info([*BACKUPS, backup_json("20261108-020000F_20261109-020000D", stop=stop_of(9), wal_start="000000010000000000000007",
-                                               lsn_stop="0/7000100")])
+    info = stanza_info(
+        [
+            *BACKUPS,
+            backup_json("20261108-020000F_20261109-020000D", stop=stop_of(9), wal_start="000000010000000000000007", lsn_stop="0/7000100"),
+        ]
+    )
     plan = plan_expire(cluster, info, [F1, F1_D], [hold("run-a", F1)], now=NOW)
     assert plan.options == {"retention_full_type": "count", "retention_full": 4, "retention_diff": 2}
 
@@ -142,7 +157,11 @@ def test_a_time_retention_is_widened_to_the_floors_age(window_cluster):
     # F1 ended 2026-11-01 02:30, 26 days and 12.5 hours before NOW: 27 days, and one more
     assert plan.options == {"retention_full_type": "time", "retention_full": 28, "retention_diff": 6}
     recent = plan_expire(window_cluster, INFO, [F4_I], [hold("run-a", F4)], now=NOW)
-    assert recent.options == {"retention_full_type": "time", "retention_full": 7, "retention_diff": 6}  # 6 days old: the configured window stays
+    assert recent.options == {
+        "retention_full_type": "time",
+        "retention_full": 7,
+        "retention_diff": 6,
+    }  # 6 days old: the configured window stays
 
 
 def test_a_floor_already_gone_from_the_repository_uses_the_holds_record(window_cluster):
@@ -156,7 +175,12 @@ def test_place_hold_keeps_everything_from_the_oldest_valid_full_once_per_run(led
     with_error = stanza_info([{**BACKUPS[0], "error": True}, *BACKUPS[1:]])
     placed = place_hold(ledger, run_id="run-a", info=with_error, timeline=1, reason="r" * 300)
     assert (placed.floor, placed.floor_stopped_at, placed.timeline, placed.ends_at, len(placed.reason)) == (
-        F2, "2026-11-08T02:30:00+00:00", 1, None, 200)
+        F2,
+        "2026-11-08T02:30:00+00:00",
+        1,
+        None,
+        200,
+    )
     assert place_hold(ledger, run_id="run-a", info=INFO, timeline=2) == placed  # idempotent: the first floor stays
     assert place_hold(ledger, run_id="run-b", info=stanza_info([]), timeline=1) is None  # nothing to keep
     set_hold_change(ledger, "run-a", "CHG0010001")

@@ -32,9 +32,9 @@ def granted_by(commands: list[list[str]]) -> dict[str, dict[str, set[str]]]:
     for argv in commands:
         if argv[1:3] != ["roles", "add-perms"]:
             continue
-        roles = argv[3:argv.index("--resource")]
-        resources = argv[argv.index("--resource") + 1:argv.index("--action")]
-        [action] = argv[argv.index("--action") + 1:]
+        roles = argv[3 : argv.index("--resource")]
+        resources = argv[argv.index("--resource") + 1 : argv.index("--action")]
+        [action] = argv[argv.index("--action") + 1 :]
         for role in roles:
             for resource in resources:
                 granted.setdefault(role, {}).setdefault(resource, set()).add(action)

@@ -5,8 +5,8 @@ import time
 import pytest
 import requests
 
-from rewind.servicenow import Auth, ServiceNowClient, ServiceNowError, ServiceNowNotFound, ServiceNowUnavailable
 from devstack.servicenow_sim import ServiceNowSimulator
+from rewind.servicenow import Auth, ServiceNowClient, ServiceNowError, ServiceNowNotFound, ServiceNowUnavailable
 from tests.fakes import stop_soon
 
 
@@ -23,7 +23,9 @@ def basic(sim, **kwargs) -> ServiceNowClient:
 
 def test_change_lifecycle_with_journal_and_close_policy(sim):
     client = basic(sim)
-    change = client.create("change_request", {"short_description": "PITR", "correlation_id": "rewind:x:1", "state": -3, "approval": "requested"})
+    change = client.create(
+        "change_request", {"short_description": "PITR", "correlation_id": "rewind:x:1", "state": -3, "approval": "requested"}
+    )
     assert change["number"] == "CHG0010001" and change["state"] == "-3"
     assert client.get_by_number("change_request", "CHG0010001")["sys_id"] == change["sys_id"]
     assert [c["number"] for c in client.query("change_request", "correlation_id=rewind:x:1")] == ["CHG0010001"]
@@ -99,4 +101,3 @@ def test_approval_page_and_command(sim):
     other = client.create("change_request", {"approval": "requested", "state": -3})
     assert main(["reject", other["number"], "--url", sim.url]) == 0
     assert client.get("change_request", other["sys_id"])["approval"] == "rejected"
-

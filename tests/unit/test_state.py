@@ -40,7 +40,7 @@ def test_write_json_that_fails_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["journal.json"]
 
 
-@pytest.mark.parametrize("content, reason", [("", "Expecting value"), ("{\"a\": ", "Expecting value"), ("[]", "not a JSON object")])
+@pytest.mark.parametrize("content, reason", [("", "Expecting value"), ('{"a": ', "Expecting value"), ("[]", "not a JSON object")])
 def test_a_damaged_file_names_itself_and_the_fix(tmp_path, content, reason):
     path = tmp_path / "hold.json"
     path.write_text(content)

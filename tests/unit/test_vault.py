@@ -6,13 +6,13 @@ from __future__ import annotations
 import hvac
 import pytest
 
-from rewind.credentials import CIPHER_PASS, RepositoryCredentials
-from rewind.errors import CredentialsError
 from devstack.net import free_port
 from devstack.vault_sim import VaultSimulator, VaultState
+from rewind.credentials import CIPHER_PASS, RepositoryCredentials
+from rewind.errors import CredentialsError
 from rewind.vault import read_cipher_pass
-from tests.fakes import stop_soon
 from tests.factories import cluster_doc, inventory
+from tests.fakes import stop_soon
 
 VAULT = {"source": "vault", "vault": {"aws_role": "rewind-ledger", "kv_path": "rewind/ledger"}}
 
@@ -43,7 +43,8 @@ def test_the_passphrase_comes_from_kv_v2(vault, cluster):
 def test_postmaster_gets_the_passphrase_and_the_instance_role_by_default(vault, cluster):
     credentials = RepositoryCredentials(cluster, environ={}, vault_client=lambda: client(vault))
     assert credentials.postmaster_secrets() == {
-        "PGBACKREST_REPO1_S3_KEY_TYPE": "auto", CIPHER_PASS: "correct horse battery staple",
+        "PGBACKREST_REPO1_S3_KEY_TYPE": "auto",
+        CIPHER_PASS: "correct horse battery staple",
     }
 
 
@@ -93,7 +94,10 @@ def test_no_lease_no_revocation(vault, cluster):
     [
         ({"source": "vault"}, "field credentials: source is 'vault' but the vault section (aws_role, kv_path, ...) is missing"),
         ({"source": "env", "vault": VAULT["vault"]}, "a vault section is set but source is 'env'"),
-        ({"source": "vault", "vault": {"aws_role": "../sys", "kv_path": "x"}}, "field credentials.vault.aws_role: '../sys' must be a Vault path"),
+        (
+            {"source": "vault", "vault": {"aws_role": "../sys", "kv_path": "x"}},
+            "field credentials.vault.aws_role: '../sys' must be a Vault path",
+        ),
         ({"source": "vault", "vault": {"aws_role": "r", "kv_path": "a/b?x=1"}}, "must be a Vault path"),
     ],
 )

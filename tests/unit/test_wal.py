@@ -84,21 +84,29 @@ def test_timeline_of_segment_at_and_around_the_switch_points():
     # 0/5000100 lies inside segment 5: the switch segment is read from the newer timeline
     assert [history.timeline_of_segment(segno) for segno in (5, 6, 0x100)] == [3, 3, 3]
     assert history.path(1, 6) == [
-        "000000010000000000000001", "000000010000000000000002", "000000020000000000000003",
-        "000000020000000000000004", "000000030000000000000005", "000000030000000000000006",
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000020000000000000003",
+        "000000020000000000000004",
+        "000000030000000000000005",
+        "000000030000000000000006",
     ]
     assert TimelineHistory.parse(1, None).path(0xFE, 0x100) == [
-        "0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000",
+        "0000000100000000000000FE",
+        "0000000100000000000000FF",
+        "000000010000000100000000",
     ]
 
 
 def test_archive_listing_parses_repo_ls_json():
-    listing = ArchiveListing.parse({
-        **repo_ls(BRANCHED, histories=(2, 3), uploaded_at=1795545400),
-        "0000000100000000/000000010000000000000002.00000028.backup": {"type": "file", "size": 370, "time": 1795549999},
-        "0000000300000000/000000030000000000000009.partial": {"type": "file", "size": 1, "time": 1795549999},
-        "0000000400000000": {"type": "path"},
-    })
+    listing = ArchiveListing.parse(
+        {
+            **repo_ls(BRANCHED, histories=(2, 3), uploaded_at=1795545400),
+            "0000000100000000/000000010000000000000002.00000028.backup": {"type": "file", "size": 370, "time": 1795549999},
+            "0000000300000000/000000030000000000000009.partial": {"type": "file", "size": 1, "time": 1795549999},
+            "0000000400000000": {"type": "path"},
+        }
+    )
     assert sorted(listing.segments) == list(range(1, 10))
     assert set(listing.segments[5]) == {1, 2, 3} and set(listing.segments[9]) == {3}
     assert listing.histories == frozenset({2, 3})
@@ -168,4 +176,4 @@ def test_parse_waldump_line_on_real_pg_waldump_output():
     assert point.description == "RESTORE_POINT before migration 42"
     assert (with_subxact.xid, with_subxact.detail) == ("727", "2026-11-27 15:53:35.599646 UTC")
     assert lsn_value(with_subxact.lsn) == 0x15168E8
-    assert parse_waldump_line("pg_waldump: error: could not find file \"000000010000000000000009\"", 1) is None
+    assert parse_waldump_line('pg_waldump: error: could not find file "000000010000000000000009"', 1) is None

@@ -54,11 +54,15 @@ class PgBackRest:
         result = self.run(self.commands.verify(), timeout=self.cluster.pgbackrest.backup_timeout_s)
         if re.search(r"^\s*status: error", result.output, re.MULTILINE):
             problems = [
-                line.strip() for line in result.output.splitlines()
+                line.strip()
+                for line in result.output.splitlines()
                 if re.search(r"status: invalid|checksum invalid|missing|size invalid|other", line) and "INFO: invalid" not in line
             ]
-            raise VerifyFailedError("; ".join(problems[:6]) or "verify reported status: error", command="verify",
-                                    output_tail="\n".join(result.output.splitlines()[-20:]))
+            raise VerifyFailedError(
+                "; ".join(problems[:6]) or "verify reported status: error",
+                command="verify",
+                output_tail="\n".join(result.output.splitlines()[-20:]),
+            )
         return result
 
     def expire(self, **options) -> CommandResult:

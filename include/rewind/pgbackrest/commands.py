@@ -80,8 +80,14 @@ class PgBackRestCommands:
         """Fetch one archived WAL segment or timeline history file (decrypted) into `destination`."""
         return self._argv("archive-get", args=(wal_file, destination))
 
-    def expire(self, *, retention_full: int | None = None, retention_full_type: Literal["count", "time"] | None = None,
-               retention_diff: int | None = None, dry_run: bool = False) -> list[str]:
+    def expire(
+        self,
+        *,
+        retention_full: int | None = None,
+        retention_full_type: Literal["count", "time"] | None = None,
+        retention_diff: int | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
         """Retention; an explicit retention_full(_type) overrides the configured one for this run
         (how Rewind keeps backups a PITR hold needs, see rewind.retention)."""
         options = []

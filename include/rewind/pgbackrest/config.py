@@ -67,9 +67,7 @@ def config_drift(cluster: Cluster, *, inventory_path: Path | str) -> ConfigDrift
 def require_no_drift(cluster: Cluster, *, inventory_path: Path | str) -> None:
     drift = config_drift(cluster, inventory_path=inventory_path)
     if drift.installed is None:
-        raise ConfigDriftError(
-            f"{drift.path} does not exist: install it with `rewind conf install --cluster {cluster.name}`"
-        )
+        raise ConfigDriftError(f"{drift.path} does not exist: install it with `rewind conf install --cluster {cluster.name}`")
     if drift.drifted:
         changed = sum(1 for line in drift.diff().splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
         raise ConfigDriftError(

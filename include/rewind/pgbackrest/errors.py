@@ -132,9 +132,7 @@ class CommandTimeoutError(PgBackRestError):
 
 
 EXIT_CODES: dict[int, type[PgBackRestError]] = {
-    cls.code: cls
-    for cls in PgBackRestError.__subclasses__()
-    if cls.code and cls not in (CommandTimeoutError, VerifyFailedError)
+    cls.code: cls for cls in PgBackRestError.__subclasses__() if cls.code and cls not in (CommandTimeoutError, VerifyFailedError)
 }
 
 _ERROR_LINE = re.compile(r"(?:ERROR|ASSERT): \[(\d+)\]: (.*)")

@@ -79,7 +79,9 @@ def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, 
         raise ChangeNotUsable(f"param change_number: {number} already drives {bound}: one change, one PITR; raise a new change")
     used_by = run_using_change(cluster, number, except_run=run_id)
     if used_by:
-        raise ChangeNotUsable(f"param change_number: {number} was already used by PITR run {used_by}: one change, one PITR; raise a new change")
+        raise ChangeNotUsable(
+            f"param change_number: {number} was already used by PITR run {used_by}: one change, one PITR; raise a new change"
+        )
     return change
 
 
@@ -89,10 +91,14 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
     ours = correlation_id(dag_id, run_id)
     if request.change_number:
         change = check_given_change(client, cluster, request.change_number, dag_id=dag_id, run_id=run_id)
-        client.update(CHANGE_TABLE, change.sys_id, {
-            "correlation_id": ours,
-            "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
-        })
+        client.update(
+            CHANGE_TABLE,
+            change.sys_id,
+            {
+                "correlation_id": ours,
+                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
+            },
+        )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
     existing = client.query(CHANGE_TABLE, f"correlation_id={ours}", limit=1)
     if existing:
@@ -109,7 +115,9 @@ def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementi
     if decision != "proceed":
         raise ChangeNotUsable(f"{step} refused: {reason}: nothing was done by this step")
     if implementing and change.state != ChangeState.IMPLEMENT:
-        raise ChangeNotUsable(f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement")
+        raise ChangeNotUsable(
+            f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement"
+        )
     return change
 
 
@@ -117,8 +125,19 @@ def cancel_change(client: ServiceNowClient, sys_id: str, note: str) -> None:
     client.update(CHANGE_TABLE, sys_id, {"state": ChangeState.CANCELED.value, "work_notes": note[:MAX_NOTE_CHARS]})
 
 
-def summary(cluster: Cluster, request: PitrRequest, *, run_id: str, run_url: str, plan: dict, recovery: dict,
-            checks: list[dict], timeline: int | None, backup: dict, timings: dict[str, float]) -> str:
+def summary(
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    run_id: str,
+    run_url: str,
+    plan: dict,
+    recovery: dict,
+    checks: list[dict],
+    timeline: int | None,
+    backup: dict,
+    timings: dict[str, float],
+) -> str:
     passed = sum(1 for c in checks if c["passed"])
     lines = [
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) completed.",
@@ -134,6 +153,8 @@ def summary(cluster: Cluster, request: PitrRequest, *, run_id: str, run_url: str
     lines.append(f"Recovery: {recovery.get('stop_record') or recovery.get('state')}; now on timeline {timeline}")
     lines.append(f"Data checks: {passed}/{len(checks)} passed")
     lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
-    lines.append(f"The pre-rewind history (its backups and WAL, and the recovery window it had) is held from expiry for {cluster.pitr.hold_days:g} days after this change closes.")
+    lines.append(
+        f"The pre-rewind history (its backups and WAL, and the recovery window it had) is held from expiry for {cluster.pitr.hold_days:g} days after this change closes."
+    )
     lines.append("Timings: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items()))
     return "\n".join(lines)[:MAX_NOTE_CHARS]

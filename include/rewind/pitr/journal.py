@@ -49,7 +49,10 @@ class RunJournal:
     def load(cls, cluster: Cluster, run_id: str, *, dag_id: str | None = None) -> RunJournal:
         journal = cls(cluster, run_id, {})
         journal.data = read_json(journal.path, what="PITR run journal", fix="restore it from the task logs or remove it deliberately") or {
-            "run_id": run_id, "dag_id": dag_id, "cluster": cluster.name, "steps": {},
+            "run_id": run_id,
+            "dag_id": dag_id,
+            "cluster": cluster.name,
+            "steps": {},
         }
         return journal
 

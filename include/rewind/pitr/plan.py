@@ -87,7 +87,9 @@ def resolve_timeline(request: PitrRequest, *, cluster_timeline: int | None, list
         return highest
     if requested == "current":
         if cluster_timeline is None:
-            raise TargetNotReachable("param target_timeline: 'current' needs the cluster's pg_control, which could not be read: give a timeline number")
+            raise TargetNotReachable(
+                "param target_timeline: 'current' needs the cluster's pg_control, which could not be read: give a timeline number"
+            )
         return cluster_timeline
     number = int(requested)
     if number != 1 and number not in listing.histories:
@@ -151,8 +153,13 @@ def check_target_time(request: PitrRequest, now: dt.datetime) -> None:
 
 
 def locate_in_wal(
-    pgbackrest: PgBackRest, info: StanzaInfo, listing: ArchiveListing, history: TimelineHistory, request: PitrRequest,
-    *, log: Callable[[str], None] = print,
+    pgbackrest: PgBackRest,
+    info: StanzaInfo,
+    listing: ArchiveListing,
+    history: TimelineHistory,
+    request: PitrRequest,
+    *,
+    log: Callable[[str], None] = print,
 ) -> WalRecord:
     """The xid's commit or the restore point, newest first on the history's path, since the oldest backup."""
     if request.target_type == "xid":

@@ -56,8 +56,12 @@ def pitr_preflight(
     archive_current_wal(runner, cluster, log=log)
     info = pgbackrest.info()  # after the switch: the archive range now includes everything up to now
     return make_plan(
-        pgbackrest, request, info,
-        cluster_timeline=timeline_before or control_timeline(runner, cluster), in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log,
+        pgbackrest,
+        request,
+        info,
+        cluster_timeline=timeline_before or control_timeline(runner, cluster),
+        in_use_bytes=_in_use_bytes(runner, pgbackrest),
+        log=log,
     )
 
 
@@ -73,8 +77,15 @@ def replan(
     info = pgbackrest.info()
     if not info.ok:
         raise PreflightError(f"stanza {info.name!r} status is not ok now: [{info.status.code}] {info.status.message}")
-    plan = make_plan(pgbackrest, request, info, cluster_timeline=previous.timeline, timeline=previous.timeline,
-                     in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log)
+    plan = make_plan(
+        pgbackrest,
+        request,
+        info,
+        cluster_timeline=previous.timeline,
+        timeline=previous.timeline,
+        in_use_bytes=_in_use_bytes(runner, pgbackrest),
+        log=log,
+    )
     if plan.backup_set != previous.backup_set:
         log(f"re-planned: backup {previous.backup_set} of the preflight plan is no longer the one to use; now {plan.backup_set}")
     return plan

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from rewind.credentials import bounded, redact
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.request import DataCheck
-from rewind.credentials import bounded, redact
 from rewind.postgres import live_timeline, log_file, postmaster_pid, run_check, run_sql
 from rewind.runner import CommandFailed, CommandRunner
 
@@ -38,7 +38,9 @@ def is_running(cluster: Cluster) -> bool:
     return postmaster_pid(cluster) is not None
 
 
-def archive_current_wal(runner: CommandRunner, cluster: Cluster, *, timeout_s: float = 120, log: Callable[[str], None] = print) -> str | None:
+def archive_current_wal(
+    runner: CommandRunner, cluster: Cluster, *, timeout_s: float = 120, log: Callable[[str], None] = print
+) -> str | None:
     """Switch WAL and wait until the segment is archived, so every commit up to now is in the
     repository before PostgreSQL stops. Returns the segment, or None when PostgreSQL is down
     or a standby (nothing to switch)."""
@@ -53,7 +55,11 @@ def archive_current_wal(runner: CommandRunner, cluster: Cluster, *, timeout_s: f
     query = f"select count(*) from pg_ls_archive_statusdir() where name = '{segment}.ready'"
     while run_sql(runner, cluster, query) != "0":
         if time.monotonic() > deadline:
-            failed = run_sql(runner, cluster, "select coalesce(last_failed_wal, '-') || ' at ' || coalesce(last_failed_time::text, '-') from pg_stat_archiver")
+            failed = run_sql(
+                runner,
+                cluster,
+                "select coalesce(last_failed_wal, '-') || ' at ' || coalesce(last_failed_time::text, '-') from pg_stat_archiver",
+            )
             raise RecoveryError(
                 f"WAL segment {segment} was not archived within {timeout_s:.0f}s (last failure {failed}): fix archiving before a PITR"
             )

@@ -157,7 +157,7 @@ class PitrRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _target_matches_type(self) -> "PitrRequest":
+    def _target_matches_type(self) -> PitrRequest:
         kind, target = self.target_type, self.target
         if kind in ("immediate", "latest"):
             if target:

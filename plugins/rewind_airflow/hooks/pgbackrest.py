@@ -14,7 +14,6 @@ from rewind.inventory import Cluster, Inventory, inventory_path, load_inventory
 from rewind.pgbackrest.client import PgBackRest
 from rewind.runner import CommandRunner
 
-
 # Every secret value a hook of this process has handed out: what goes to ServiceNow or into an
 # XCom is redacted against it (Airflow's masker covers only the task log).
 _KNOWN_SECRETS: set[str] = set()

@@ -37,19 +37,28 @@ def page(summary: str, details: str, *, log: Callable[[str], None]) -> list[str]
     return paged
 
 
-def raise_alert(*, cluster: str, problem: str, summary: str, details: str, servicenow_conn_id: str,
-                impact: int = 2, urgency: int = 2, log: Callable[[str], None] = print) -> IncidentAction:
+def raise_alert(
+    *,
+    cluster: str,
+    problem: str,
+    summary: str,
+    details: str,
+    servicenow_conn_id: str,
+    impact: int = 2,
+    urgency: int = 2,
+    log: Callable[[str], None] = print,
+) -> IncidentAction:
     client = ServiceNowHook(servicenow_conn_id=servicenow_conn_id).get_conn()
-    action = report_problem(client, cluster=cluster, problem=problem, summary=f"{cluster}: {summary}", details=details,
-                            impact=impact, urgency=urgency)
+    action = report_problem(
+        client, cluster=cluster, problem=problem, summary=f"{cluster}: {summary}", details=details, impact=impact, urgency=urgency
+    )
     log(f"incident {action.number} {action.action} for {cluster}/{problem}: {summary}")
     if action.action == "opened":
         page(f"{cluster}: {summary} ({action.number})", details, log=log)
     return action
 
 
-def clear_alert(*, cluster: str, problem: str, note: str, servicenow_conn_id: str,
-                log: Callable[[str], None] = print) -> IncidentAction:
+def clear_alert(*, cluster: str, problem: str, note: str, servicenow_conn_id: str, log: Callable[[str], None] = print) -> IncidentAction:
     action = report_healthy(ServiceNowHook(servicenow_conn_id=servicenow_conn_id).get_conn(), cluster=cluster, problem=problem, note=note)
     if action.action == "resolved":
         log(f"incident {action.number} resolved for {cluster}/{problem}: {note}")
@@ -61,12 +70,24 @@ def report_findings(cluster, findings, *, log: Callable[[str], None] = print) ->
     for finding in findings:
         log(f"{finding.problem:<16} {'ok  ' if finding.ok else 'FAIL'}  {finding.summary} {finding.details if not finding.ok else ''}")
         if finding.ok:
-            clear_alert(cluster=cluster.name, problem=finding.problem, note=finding.summary,
-                        servicenow_conn_id=cluster.connections.servicenow, log=log)
+            clear_alert(
+                cluster=cluster.name,
+                problem=finding.problem,
+                note=finding.summary,
+                servicenow_conn_id=cluster.connections.servicenow,
+                log=log,
+            )
         else:
-            raise_alert(cluster=cluster.name, problem=finding.problem, summary=finding.summary, details=finding.details,
-                        servicenow_conn_id=cluster.connections.servicenow, impact=cluster.alerts.impact,
-                        urgency=cluster.alerts.urgency, log=log)
+            raise_alert(
+                cluster=cluster.name,
+                problem=finding.problem,
+                summary=finding.summary,
+                details=finding.details,
+                servicenow_conn_id=cluster.connections.servicenow,
+                impact=cluster.alerts.impact,
+                urgency=cluster.alerts.urgency,
+                log=log,
+            )
 
 
 def task_problem(context) -> str:
@@ -119,5 +140,10 @@ class TaskRecoveredNotifier(BaseNotifier):
 
     def notify(self, context) -> None:
         ti = context["ti"]
-        clear_alert(cluster=self.cluster, problem=task_problem(context), servicenow_conn_id=self.servicenow_conn_id,
-                    note=f"{ti.dag_id}.{ti.task_id} succeeded in run {context['run_id']}", log=self.log.info)
+        clear_alert(
+            cluster=self.cluster,
+            problem=task_problem(context),
+            servicenow_conn_id=self.servicenow_conn_id,
+            note=f"{ti.dag_id}.{ti.task_id} succeeded in run {context['run_id']}",
+            log=self.log.info,
+        )

@@ -10,6 +10,8 @@ from typing import Any
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from rewind import metrics
+from rewind.errors import CredentialsError
+from rewind.guard import FAILED, read_guard
 from rewind.health import (
     ARCHIVER_SQL,
     Finding,
@@ -21,8 +23,6 @@ from rewind.health import (
     parse_archiver_row,
     save_watch_state,
 )
-from rewind.errors import CredentialsError
-from rewind.guard import FAILED, read_guard
 from rewind.pgbackrest.errors import PgBackRestError
 from rewind.pgbackrest.info import STATUS_NO_BACKUP
 from rewind.retention import held_backups
@@ -66,8 +66,12 @@ def guard_finding(cluster) -> Finding:
     except StateFileDamaged as exc:
         return Finding("restore_guard", False, "restore guard file damaged: backups are blocked", str(exc))
     if guard is not None and guard.phase == FAILED:
-        return Finding("restore_guard", False, "a PITR failed mid-rewind and backups are blocked",
-                       f"{guard.describe()}. Look at the cluster, then `rewind guard clear --cluster {cluster.name}` (or run a new PITR).")
+        return Finding(
+            "restore_guard",
+            False,
+            "a PITR failed mid-rewind and backups are blocked",
+            f"{guard.describe()}. Look at the cluster, then `rewind guard clear --cluster {cluster.name}` (or run a new PITR).",
+        )
     return Finding("restore_guard", True, "no failed rewind holds the cluster")
 
 

@@ -22,9 +22,7 @@ class PgBackRestPreflightOperator(RewindClusterOperator):
     def execute_on_cluster(self, context) -> dict:
         hook = self.hook
         self.skip_while_restoring()
-        info = run_repository_preflight(
-            hook.cluster, inventory_path=hook.inventory_file, pgbackrest=hook.get_conn(), allow_no_backup=True
-        )
+        info = run_repository_preflight(hook.cluster, inventory_path=hook.inventory_file, pgbackrest=hook.get_conn(), allow_no_backup=True)
         latest = info.latest()
         summary = {
             "stanza": info.name,
@@ -84,7 +82,11 @@ class PgBackRestBackupOperator(RewindClusterOperator):
         ).as_dict()
         self.log.info(
             "backup %s (%s) stop LSN %s, %s bytes (%s in repo)",
-            record["label"], record["type"], record["stop_lsn"], record["size_bytes"], record["repo_size_bytes"],
+            record["label"],
+            record["type"],
+            record["stop_lsn"],
+            record["size_bytes"],
+            record["repo_size_bytes"],
         )
         for asset in self.outlets:
             context["outlet_events"][asset].extra = record

@@ -105,8 +105,9 @@ class PitrValidateParamsOperator(PitrOperator):
         journal.refuse_if_rewound("validate_params")
         if request.change_number:
             check_given_change(self.servicenow, cluster, request.change_number, dag_id=context["ti"].dag_id, run_id=context["run_id"])
-        guard = restore_guard.claim(cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"],
-                                    run_state=context["ti"].get_dagrun_state, log=self.log.info)
+        guard = restore_guard.claim(
+            cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_state=context["ti"].get_dagrun_state, log=self.log.info
+        )
         # the failed runs this one continues: their holds end with this run's (retention)
         journal.set(predecessors=list(guard.predecessors))
         self.log.info("PITR request: %s; reason: %s", request.describe(), request.reason)
@@ -116,7 +117,9 @@ class PitrValidateParamsOperator(PitrOperator):
 def _require_claim(cluster, run_id: str) -> restore_guard.Guard:
     guard = restore_guard.read_guard(cluster)
     if guard is None or guard.run_id != run_id:
-        raise PitrStepFailed(f"cluster {cluster.name!r}: this run does not hold the restore guard ({guard.describe() if guard else 'none'}): re-run validate_params")
+        raise PitrStepFailed(
+            f"cluster {cluster.name!r}: this run does not hold the restore guard ({guard.describe() if guard else 'none'}): re-run validate_params"
+        )
     return guard
 
 
@@ -129,9 +132,17 @@ class PitrPreflightOperator(PitrOperator):
         guard = _require_claim(cluster, context["run_id"])
         pgbackrest = self.hook.get_conn()
         if guard.timeline_before:
-            self.log.info("the cluster is mid-rewind (taken over from %s): it ran on timeline %s before", guard.took_over, guard.timeline_before)
-        plan = pitr_preflight(pgbackrest, request, runner=self.runner, inventory_path=self.hook.inventory_file,
-                              timeline_before=guard.timeline_before, log=self.log.info)
+            self.log.info(
+                "the cluster is mid-rewind (taken over from %s): it ran on timeline %s before", guard.took_over, guard.timeline_before
+            )
+        plan = pitr_preflight(
+            pgbackrest,
+            request,
+            runner=self.runner,
+            inventory_path=self.hook.inventory_file,
+            timeline_before=guard.timeline_before,
+            log=self.log.info,
+        )
         hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=plan.timeline, reason=request.reason)
         if hold:
             self.log.info("retention %s", hold.describe())
@@ -143,8 +154,9 @@ class EnsureChangeOperator(PitrOperator):
 
     def execute_on_cluster(self, context) -> dict:
         cluster, journal = self.hook.cluster, self.journal(context)
-        change = ensure_change(self.servicenow, cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"],
-                               run_url=run_url(context))
+        change = ensure_change(
+            self.servicenow, cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_url=run_url(context)
+        )
         journal.set(change=change["number"], change_sys_id=change["sys_id"])
         restore_guard.set_change(cluster, context["run_id"], change["number"])
         set_hold_change(cluster, context["run_id"], change["number"])
@@ -175,20 +187,31 @@ class StopPostgresOperator(PitrOperator):
         self.hook.postmaster_secrets()
         if journal.at("stopped") and not is_running(cluster):
             self.log.info("PostgreSQL was stopped by an earlier try of this run at %s; not stopping again", journal.at("stopped"))
-            return {"plan": journal.data["plan"], "started_at": journal.data.get("stop_started_at", started), "finished_at": _now(),
-                    "timeline_before": journal.data.get("timeline_before")}
+            return {
+                "plan": journal.data["plan"],
+                "started_at": journal.data.get("stop_started_at", started),
+                "finished_at": _now(),
+                "timeline_before": journal.data.get("timeline_before"),
+            }
         plan = replan(pgbackrest, self.pitr_request, RestorePlan.model_validate(self.plan), runner=runner, log=self.log.info)
         if plan.backup_set != self.plan["backup_set"]:
-            self.note(journal, f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
-                               f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).")
+            self.note(
+                journal,
+                f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
+                f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).",
+            )
         timeline_before = live_timeline(runner, cluster) if is_running(cluster) else None
         guard = restore_guard.advance(cluster, run_id, "stopping", change=change.number, timeline_before=timeline_before)
         journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=guard.timeline_before)
         if change.state != ChangeState.IMPLEMENT:
-            self.servicenow.update(CHANGE_TABLE, change.sys_id, {
-                "state": ChangeState.IMPLEMENT.value,
-                "work_notes": f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
-            })
+            self.servicenow.update(
+                CHANGE_TABLE,
+                change.sys_id,
+                {
+                    "state": ChangeState.IMPLEMENT.value,
+                    "work_notes": f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
+                },
+            )
         pid = postmaster_pid(cluster)
         if pid:
             archive_current_wal(runner, cluster, log=self.log.info)
@@ -212,7 +235,9 @@ class PgBackRestRestoreOperator(PitrOperator):
         cluster, request, journal, run_id = self.hook.cluster, self.pitr_request, self.journal(context), context["run_id"]
         journal.refuse_if_rewound("restore")
         if not journal.at("stopped"):
-            raise PitrStepFailed(f"restore refused: PostgreSQL of {cluster.name} was not stopped by this run (stop_postgres did not finish)")
+            raise PitrStepFailed(
+                f"restore refused: PostgreSQL of {cluster.name} was not stopped by this run (stop_postgres did not finish)"
+            )
         self.gate(journal, step="restore", implementing=True)
         if postmaster_pid(cluster):
             raise PitrStepFailed(f"PostgreSQL of {cluster.name} is running: refusing to restore over it")
@@ -271,8 +296,12 @@ class WaitForRecoveryTargetOperator(PitrOperator):
     def execute_on_cluster(self, context) -> dict:
         request, journal = self.pitr_request, self.journal(context)
         result = wait_for_recovery(
-            self.runner, self.hook.cluster, action=request.action, since_offset=self.started["log_offset"],
-            timeout_s=self.recovery_timeout_s, log=self.log.info,
+            self.runner,
+            self.hook.cluster,
+            action=request.action,
+            since_offset=self.started["log_offset"],
+            timeout_s=self.recovery_timeout_s,
+            log=self.log.info,
         ).as_dict()
         self.log.info("recovery: %s", result)
         journal.record("at_target")
@@ -290,9 +319,12 @@ class ValidateDataOperator(PitrOperator):
         request = self.pitr_request
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         results = run_data_checks(
-            self.runner, self.hook.cluster, list(request.validation_sql),
+            self.runner,
+            self.hook.cluster,
+            list(request.validation_sql),
             database=request.validation_database or self.hook.cluster.postgres.database,
-            secrets=known_secret_values(), log=self.log.info,
+            secrets=known_secret_values(),
+            log=self.log.info,
         )
         self.journal(context).record("checked")
         return results
@@ -364,16 +396,29 @@ class CloseChangeOperator(PitrOperator):
             "full backup": float(steps["backup"]["duration_s"]),
         }
         text = summary(
-            cluster, self.pitr_request, run_id=context["run_id"], run_url=run_url(context), plan=journal.data["plan"],
-            recovery=steps["recovery"], checks=steps.get("checks") or [],
-            timeline=(steps.get("promote") or steps["recovery"]).get("timeline"), backup=steps["backup"], timings=timings,
+            cluster,
+            self.pitr_request,
+            run_id=context["run_id"],
+            run_url=run_url(context),
+            plan=journal.data["plan"],
+            recovery=steps["recovery"],
+            checks=steps.get("checks") or [],
+            timeline=(steps.get("promote") or steps["recovery"]).get("timeline"),
+            backup=steps["backup"],
+            timings=timings,
         )
-        metrics.emit(cluster.name, {
-            "pitr.duration_seconds": seconds(stop_started, _now()),
-            "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
-        })
-        self.servicenow.update(CHANGE_TABLE, journal.data["change_sys_id"],
-                               {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text})
+        metrics.emit(
+            cluster.name,
+            {
+                "pitr.duration_seconds": seconds(stop_started, _now()),
+                "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
+            },
+        )
+        self.servicenow.update(
+            CHANGE_TABLE,
+            journal.data["change_sys_id"],
+            {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text},
+        )
         journal.record("closed")
         for run_id in (context["run_id"], *journal.data.get("predecessors", [])):
             hold = end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)

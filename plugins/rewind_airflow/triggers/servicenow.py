@@ -48,7 +48,9 @@ class ChangeApprovalTrigger(BaseTrigger):
             conn = await ServiceNowHook.aget_connection(self.servicenow_conn_id)
             client = ServiceNowHook.client_from_connection(conn, retries=1)
         except Exception as exc:  # a missing connection is a configuration error: report, do not hang
-            yield TriggerEvent({"status": "error", "change": self.change_number, "reason": f"ServiceNow connection {self.servicenow_conn_id!r}: {exc}"})
+            yield TriggerEvent(
+                {"status": "error", "change": self.change_number, "reason": f"ServiceNow connection {self.servicenow_conn_id!r}: {exc}"}
+            )
             return
         while True:
             now = dt.datetime.now(dt.timezone.utc)
@@ -69,6 +71,8 @@ class ChangeApprovalTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "error", "change": self.change_number, "reason": str(exc)})
                 return
             if deadline and now >= deadline:
-                yield TriggerEvent({"status": "timeout", "change": self.change_number, "reason": f"{self.change_number} not approved by {self.timeout_at}"})
+                yield TriggerEvent(
+                    {"status": "timeout", "change": self.change_number, "reason": f"{self.change_number} not approved by {self.timeout_at}"}
+                )
                 return
             await asyncio.sleep(self.poll_interval)
