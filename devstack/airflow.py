@@ -86,6 +86,19 @@ class CeleryWorker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc and self._proc.poll() is None else None
 
+    def arguments(self) -> list[str]:
+        """`airflow ...` arguments, as docker-compose.yaml's worker services run them."""
+        return [
+            "celery",
+            "worker",
+            "--queues",
+            self.queue,
+            "--celery-hostname",
+            self.celery_hostname,
+            "--concurrency",
+            str(self.concurrency),
+        ]
+
     @property
     def log_file(self) -> Path:
         return self.home / "worker.log"
@@ -417,17 +430,7 @@ class AirflowStandalone:
     def start_worker(self, worker: CeleryWorker, *, timeout: float = 120) -> None:
         """Start the worker on its host and wait until Celery says it is ready to take tasks."""
         worker.home.mkdir(parents=True, exist_ok=True)
-        argv = [
-            airflow_bin(),
-            "celery",
-            "worker",
-            "--queues",
-            worker.queue,
-            "--celery-hostname",
-            worker.celery_hostname,
-            "--concurrency",
-            str(worker.concurrency),
-        ]
+        argv = [airflow_bin(), *worker.arguments()]
         offset = worker.log_file.stat().st_size if worker.log_file.exists() else 0
         worker._proc = subprocess.Popen(
             worker.host.argv(argv) if worker.host else argv,

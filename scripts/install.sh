@@ -21,7 +21,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 command -v runuser >/dev/null || packages+=(util-linux)
 command -v redis-server >/dev/null || packages+=(redis-server)
 command -v ip >/dev/null || packages+=(iproute2)
-command -v docker-compose >/dev/null || packages+=(docker-compose)
+command -v docker-compose >/dev/null || [ -x /usr/libexec/docker/cli-plugins/docker-compose ] || packages+=(docker-compose)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${packages[*]}"
   apt-get update -qq
