@@ -180,7 +180,8 @@ class DatabaseHost:
             "--",
             "sh",
             "-c",
-            'hostname "$0" && exec "$@"',
+            # the UTS namespace's host name, without the `hostname` tool (not in every minimal Debian)
+            'echo "$0" > /proc/sys/kernel/hostname && exec "$@"',
             self.name,
             *as_user,
             *argv,
