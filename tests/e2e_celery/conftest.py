@@ -222,7 +222,7 @@ def shape():
 
         workers = [
             CeleryWorker(
-                queue=stack.queue,
+                queue=queues[name],  # the host's queue; the cluster's inventory `queue` routes its tasks
                 home=root / f"{stack.host.name}-airflow",
                 host=stack.host,
                 env={
