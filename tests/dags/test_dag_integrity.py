@@ -151,6 +151,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "target_timeline",
         "backup_set",
         "change_number",
+        "change_type",
         "validation_sql",
         "validation_database",
         "reason",

@@ -39,8 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
 
 def given_change(servicenow, **fields) -> dict:
     """A change raised and approved outside Rewind, as a CAB would."""
-    return client(servicenow).create(
-        "change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
+    return servicenow.state.create_change_for_test(
+        **{"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
     )
 
 
@@ -88,7 +88,7 @@ def test_a_sensor_marked_success_by_hand_does_not_open_the_gate(demo_stack, pitr
     )
     assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (30, 0, 30)
     change = change_of(servicenow, run)
-    assert (change["approval"], change["state"]) == ("requested", "-3")  # never moved to Implement
+    assert (change["approval"], change["state"]) == ("requested", "-4")  # Assess, waiting: never moved to Implement
     assert any(
         "stop_postgres failed" in n and "waiting for approval" in n and "nothing was touched" in n for n in notes(servicenow, change)
     )

@@ -159,6 +159,6 @@ def test_a_pitr_that_failed_mid_rewind_keeps_backups_blocked_and_tells_the_chang
 def test_a_change_that_cannot_be_noted_does_not_hide_the_failure(hooks, fake_servicenow, pitr_cluster):
     change = fake_servicenow.change(cmdb_ci="ledger")
     RunJournal.load(pitr_cluster, PITR_RUN).set(change=change["number"], change_sys_id=change["sys_id"])
-    fake_servicenow.fail("update", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
+    fake_servicenow.fail("update_change", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
     PitrFailureNotifier(cluster="ledger")(pitr_context(RuntimeError("boom"), "ensure_change"))  # logs, does not raise
     assert fake_servicenow.work_notes(CHANGE_TABLE, change["sys_id"]) == []

@@ -1,5 +1,10 @@
 """The change request a PITR runs under: what it says, how it is bound to one run, how it is
-re-checked at each destructive step, and how it is closed or cancelled."""
+re-checked at each destructive step, and how it is closed or cancelled.
+
+Every write goes through ServiceNow's Change Management API (rewind.servicenow.ServiceNowClient's
+change methods), so the change's model decides which moves are allowed: a normal change is created
+New and asks for approval by moving to Assess; an emergency change (an incident-driven rewind) moves
+to Authorize; implementing is Scheduled -> Implement; closing is Implement -> Review -> Closed."""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
-from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
+from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
+
+# Where each model asks for approval (ServiceNow starts the model's approvals on that move).
+APPROVAL_STATE = {"normal": ChangeState.ASSESS, "emergency": ChangeState.AUTHORIZE}
 
 MAX_NOTE_CHARS = 4000  # what Rewind writes into one ServiceNow journal entry or close note
 
@@ -27,7 +35,6 @@ def correlation_id(dag_id: str, run_id: str) -> str:
 def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
     target = request.describe()
     return {
-        "type": "normal",
         "short_description": f"Rewind PITR: restore {cluster.name} (stanza {cluster.stanza}) to {target}",
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
@@ -54,15 +61,13 @@ def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id
         + ("; ".join(c.sql for c in request.validation_sql) or "none given"),
         "cmdb_ci": cluster.name,
         "correlation_id": correlation_id(dag_id, run_id),
-        "state": ChangeState.AUTHORIZE.value,
-        "approval": "requested",
     }
 
 
 def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, *, dag_id: str, run_id: str) -> ChangeStatus:
     """A change named in the form must be open, raised for this cluster, and not drive another PITR."""
     try:
-        record = client.get_by_number(CHANGE_TABLE, number)
+        record = client.get_change_by_number(number)
     except ServiceNowNotFound:
         raise ChangeNotUsable(f"param change_number: {number} does not exist in ServiceNow") from None
     change = ChangeStatus.from_record(record)
@@ -87,12 +92,11 @@ def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, 
 
 def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
     """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
-    create one. Returns {number, sys_id, created}."""
+    create one of the request's model and ask for its approval. Returns {number, sys_id, created}."""
     ours = correlation_id(dag_id, run_id)
     if request.change_number:
         change = check_given_change(client, cluster, request.change_number, dag_id=dag_id, run_id=run_id)
-        client.update(
-            CHANGE_TABLE,
+        client.update_change(
             change.sys_id,
             {
                 "correlation_id": ours,
@@ -100,17 +104,23 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
             },
         )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
-    existing = client.query(CHANGE_TABLE, f"correlation_id={ours}", limit=1)
+    existing = client.find_changes(f"correlation_id={ours}", limit=1)
     if existing:
-        return {"number": existing[0]["number"], "sys_id": existing[0]["sys_id"], "created": False}
-    record = client.create(CHANGE_TABLE, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url))
-    return {"number": record["number"], "sys_id": record["sys_id"], "created": True}
+        record, created = existing[0], False
+    else:
+        record, created = (
+            client.create_change(request.change_type, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url)),
+            True,
+        )
+    if ChangeStatus.from_record(record).state == ChangeState.NEW:  # a retry may find it not yet submitted
+        record = client.move_change(record["sys_id"], APPROVAL_STATE[request.change_type])
+    return {"number": record["number"], "sys_id": record["sys_id"], "created": created}
 
 
 def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementing: bool, now: dt.datetime | None = None) -> ChangeStatus:
     """Re-read the change at the moment of a destructive step: approved, Scheduled or Implement (only
     Implement once this run has started implementing it), and now inside its window."""
-    change = ChangeStatus.from_record(client.get(CHANGE_TABLE, sys_id))
+    change = ChangeStatus.from_record(client.get_change(sys_id))
     decision, reason = change_gate(change, now or dt.datetime.now(dt.timezone.utc))
     if decision != "proceed":
         raise ChangeNotUsable(f"{step} refused: {reason}: nothing was done by this step")
@@ -121,8 +131,20 @@ def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementi
     return change
 
 
+def start_implementing(client: ServiceNowClient, change: ChangeStatus, note: str) -> None:
+    if change.state != ChangeState.IMPLEMENT:
+        client.move_change(change.sys_id, ChangeState.IMPLEMENT, {"work_notes": note[:MAX_NOTE_CHARS]})
+
+
+def close_change(client: ServiceNowClient, sys_id: str, *, close_code: str, close_notes: str) -> None:
+    """Implement -> Review -> Closed, as the model walks it."""
+    if ChangeStatus.from_record(client.get_change(sys_id)).state == ChangeState.IMPLEMENT:
+        client.move_change(sys_id, ChangeState.REVIEW)
+    client.move_change(sys_id, ChangeState.CLOSED, {"close_code": close_code, "close_notes": close_notes[:MAX_NOTE_CHARS]})
+
+
 def cancel_change(client: ServiceNowClient, sys_id: str, note: str) -> None:
-    client.update(CHANGE_TABLE, sys_id, {"state": ChangeState.CANCELED.value, "work_notes": note[:MAX_NOTE_CHARS]})
+    client.move_change(sys_id, ChangeState.CANCELED, {"work_notes": note[:MAX_NOTE_CHARS]})
 
 
 def summary(

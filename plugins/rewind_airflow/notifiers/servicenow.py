@@ -21,7 +21,7 @@ from rewind.pitr.journal import RunJournal
 from rewind.pitr.recovery import describe_state
 from rewind.retention import end_hold
 from rewind.runner import CommandRunner
-from rewind.servicenow import CHANGE_TABLE, ServiceNowError
+from rewind.servicenow import ServiceNowError
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 
@@ -77,6 +77,6 @@ class PitrFailureNotifier(BaseNotifier):
         if not sys_id:
             return  # failed before a change existed: the run's log says it all
         try:
-            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_work_note(CHANGE_TABLE, sys_id, note)
+            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_change_note(sys_id, note)
         except ServiceNowError as exc:
             self.log.error("could not add the work note to the change: %s", exc)

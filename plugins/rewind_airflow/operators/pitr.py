@@ -26,7 +26,7 @@ from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import MAX_NOTE_CHARS, check_given_change, ensure_change, require_gate, summary
+from rewind.pitr.change import MAX_NOTE_CHARS, check_given_change, close_change, ensure_change, require_gate, start_implementing, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
@@ -34,7 +34,7 @@ from rewind.pitr.recovery import archive_current_wal, is_running, log_offset, pr
 from rewind.pitr.request import PitrRequest, parse_request
 from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
 from rewind.retention import end_hold, place_hold, set_hold_change
-from rewind.servicenow import CHANGE_TABLE, ChangeState, ServiceNowClient
+from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.operators.base import RewindClusterOperator
@@ -91,7 +91,7 @@ class PitrOperator(RewindClusterOperator):
         return change
 
     def note(self, journal: RunJournal, text: str) -> None:
-        self.servicenow.add_work_note(CHANGE_TABLE, journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
+        self.servicenow.add_change_note(journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
 
 
 class PitrValidateParamsOperator(PitrOperator):
@@ -203,15 +203,9 @@ class StopPostgresOperator(PitrOperator):
         timeline_before = live_timeline(runner, cluster) if is_running(cluster) else None
         guard = restore_guard.advance(cluster, run_id, "stopping", change=change.number, timeline_before=timeline_before)
         journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=guard.timeline_before)
-        if change.state != ChangeState.IMPLEMENT:
-            self.servicenow.update(
-                CHANGE_TABLE,
-                change.sys_id,
-                {
-                    "state": ChangeState.IMPLEMENT.value,
-                    "work_notes": f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
-                },
-            )
+        start_implementing(
+            self.servicenow, change, f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}"
+        )
         pid = postmaster_pid(cluster)
         if pid:
             archive_current_wal(runner, cluster, log=self.log.info)
@@ -414,11 +408,7 @@ class CloseChangeOperator(PitrOperator):
                 "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
             },
         )
-        self.servicenow.update(
-            CHANGE_TABLE,
-            journal.data["change_sys_id"],
-            {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text},
-        )
+        close_change(self.servicenow, journal.data["change_sys_id"], close_code="successful", close_notes=text)
         journal.record("closed")
         for run_id in (context["run_id"], *journal.data.get("predecessors", [])):
             hold = end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)
