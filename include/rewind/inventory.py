@@ -37,7 +37,7 @@ DEFAULT_INVENTORY_PATH = Path("/etc/rewind/inventory.yaml")
 
 BACKUP_TYPES = ("full", "diff", "incr")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would let a trailing newline through
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -48,7 +48,7 @@ def _no_control_chars(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit")
     return value
 
@@ -82,7 +82,7 @@ Cron = Annotated[str, AfterValidator(_cron)]
 
 
 def _unit(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}$", value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}", value):
         raise ValueError(f"{value!r} is not a systemd unit name (e.g. postgresql@15-main)")
     return value
 
@@ -170,7 +170,7 @@ class RepoSettings(_Model):
 
 
 def _vault_path(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$", value) or ".." in value:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*", value) or ".." in value:
         raise ValueError(f"{value!r} must be a Vault path like 'rewind/prod-ledger' (letters, digits, _ . - and /)")
     return value
 

@@ -41,6 +41,8 @@ def test_defaults_merge_under_cluster_and_cluster_wins():
         ({"repo": {**GOOD["repo"], "cipher_type": "rot13"}}, "repo.cipher_type", "aes-256-cbc"),
         ({"stanza": "--delete"}, "stanza", "not a valid name"),
         ({"stanza": "x;rm -rf /"}, "stanza", "not a valid name"),
+        ({"stanza": "ledger\n"}, "stanza", "not a valid name"),  # "$" matches before a trailing newline
+        ({"postgres": {"data_dir": "/d", "systemd_unit": "pg\n"}}, "postgres.systemd_unit", "systemd unit"),
         ({"postgres": {"data_dir": "/data\nrepo1-path=/evil"}}, "postgres.data_dir", "control characters"),
         ({"postgres": {"data_dir": "/d", "port": 70000}}, "postgres.port", "less than"),
         ({"postgres": {"data_dir": "/d", "systemd_unit": "x; reboot"}}, "postgres.systemd_unit", "systemd unit"),
