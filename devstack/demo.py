@@ -52,6 +52,7 @@ class DemoStack:
     schedules: dict | None = None
     credentials: dict | None = None  # the inventory's credentials section; default: source env
     repo_settings: dict | None = None  # merged into the inventory's repo section (retention, ...)
+    alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -143,6 +144,7 @@ class DemoStack:
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
+                    **({"alerts": self.alerts} if self.alerts else {}),
                 }
             }
         }
@@ -154,6 +156,11 @@ class DemoStack:
         """Switch where the cluster's repository secrets come from (None: back to the environment).
         Every hook reads the inventory afresh, so the next task uses the new source."""
         self.credentials = credentials
+        self.write_inventory()
+
+    def use_alerts(self, alerts: dict | None) -> None:
+        """Set the cluster's alerts section (None: back to none). The DAGs read it when they are parsed."""
+        self.alerts = alerts
         self.write_inventory()
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Shape (see config/inventory.example.yaml for a commented example)::
     clusters:
       <name>:
         stanza, queue, postgres{...}, pgbackrest{...}, repo{...}, credentials{...},
-        schedules{full, diff, incr}, connections{...}
+        schedules{full, diff, incr}, alerts{..., pagers[...]}, connections{...}
 
 Loading validates every cluster on its own: a bad cluster is reported (file, cluster, field) and
 left out, the others load. A broken file (missing, unreadable, not YAML, wrong top level) raises.
@@ -37,7 +37,7 @@ DEFAULT_INVENTORY_PATH = Path("/etc/rewind/inventory.yaml")
 
 BACKUP_TYPES = ("full", "diff", "incr")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would let a trailing newline through
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -48,7 +48,7 @@ def _no_control_chars(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit")
     return value
 
@@ -82,7 +82,7 @@ Cron = Annotated[str, AfterValidator(_cron)]
 
 
 def _unit(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}$", value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}", value):
         raise ValueError(f"{value!r} is not a systemd unit name (e.g. postgresql@15-main)")
     return value
 
@@ -170,7 +170,7 @@ class RepoSettings(_Model):
 
 
 def _vault_path(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$", value) or ".." in value:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*", value) or ".." in value:
         raise ValueError(f"{value!r} must be a Vault path like 'rewind/prod-ledger' (letters, digits, _ . - and /)")
     return value
 
@@ -234,11 +234,71 @@ class Schedules(_Model):
     verify: Cron = "30 3 * * *"  # besides after every backup
 
 
+_EMAIL_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_SLACK_CHANNEL_RE = re.compile(r"#[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{8,20}")
+
+# The pager type each optional pager field belongs to; channel and to are required for theirs.
+_PAGER_FIELD_TYPE = {"channel": "slack", "to": "smtp", "severity": "pagerduty"}
+_PAGER_REQUIRED = {"channel", "to"}
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an e-mail address (like oncall@example.com)")
+    return value
+
+
+def _slack_channel(value: str) -> str:
+    if not _SLACK_CHANNEL_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Slack channel: '#name' (lower case) or a channel ID like C0123456789")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email)]
+SlackChannel = Annotated[str, AfterValidator(_slack_channel)]
+
+
+class Pager(_Model):
+    """Who is paged when an incident opens and told when it resolves, through an Airflow provider's
+    notifier and the Airflow connection `conn_id` (which holds the secret: routing key, token, login)."""
+
+    type: Literal["pagerduty", "slack", "slack_webhook", "smtp"]
+    conn_id: Name
+    channel: SlackChannel | None = Field(None, validate_default=True)  # slack (Web API): where to post
+    to: list[EmailAddress] | None = Field(None, validate_default=True)  # smtp: one address or a list
+    severity: Literal["critical", "error", "warning", "info"] | None = Field(None, validate_default=True)  # pagerduty; default critical
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("channel", "to", "severity")
+    @classmethod
+    def _for_its_type(cls, value, info):
+        kind = info.data.get("type")
+        if kind is None:  # the type itself is wrong: that is the error to report
+            return value
+        owner = _PAGER_FIELD_TYPE[info.field_name]
+        if value is None and kind == owner and info.field_name in _PAGER_REQUIRED:
+            raise ValueError(f"required for type {kind}")
+        if value is not None and kind != owner:
+            raise ValueError(f"only for type {owner}, not {kind}")
+        if info.field_name == "to" and value == []:
+            raise ValueError("name at least one address")
+        return value
+
+
 class Alerts(_Model):
     max_backup_age_hours: float = Field(26.0, gt=0)
     stale_archive_factor: float = Field(3.0, gt=0)  # x archive_timeout before waiting WAL is an alert
     impact: int = Field(2, ge=1, le=3)
     urgency: int = Field(2, ge=1, le=3)
+    # Paged when an incident opens (not for its repeats), told when it resolves. A cluster's own list
+    # replaces the one in `defaults` (lists are not merged); empty: nobody is paged.
+    pagers: list[Pager] = Field(default_factory=list)
 
 
 class PitrSettings(_Model):
