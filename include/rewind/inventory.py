@@ -111,6 +111,7 @@ class PostgresSettings(_Model):
     # (README "Data checks"); it must exist in the restored data, so create it before the backups.
     check_role: Name = "rewind_check"
     check_timeout_s: int = Field(60, ge=1, le=3600)  # statement_timeout of each data check
+    archive_timeout_s: int = Field(60, ge=0, le=86400)  # what onboarding sets: a quiet cluster's WAL reaches the repository within this
 
     def unit_name(self) -> str:
         return self.systemd_unit or f"postgresql@{self.version}-main"
@@ -312,6 +313,9 @@ class PitrSettings(_Model):
 class Connections(_Model):
     postgres: Name | None = None  # Airflow connection id used for SQL checks
     servicenow: Name = "servicenow_default"
+    # AWS connection (amazon provider) that may read the repository bucket's settings (versioning,
+    # Object Lock, encryption, public access block): onboarding checks the bucket's posture with it.
+    aws: Name = "aws_default"
 
 
 class Cluster(_Model):

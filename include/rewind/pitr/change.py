@@ -9,12 +9,13 @@ to Authorize; implementing is Scheduled -> Implement; closing is Implement -> Re
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
-from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
+from rewind.servicenow import ChangeModel, ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
 
 # Where each model asks for approval (ServiceNow starts the model's approvals on that move).
 APPROVAL_STATE = {"normal": ChangeState.ASSESS, "emergency": ChangeState.AUTHORIZE}
@@ -104,16 +105,25 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
             },
         )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
-    existing = client.find_changes(f"correlation_id={ours}", limit=1)
+    return open_change(
+        client,
+        correlation=ours,
+        model=request.change_type,
+        fields=lambda: change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url),
+    )
+
+
+def open_change(client: ServiceNowClient, *, correlation: str, model: ChangeModel, fields: Callable[[], dict]) -> dict:
+    """The change bound to `correlation` (a retry finds it), or a new one of `model` with `fields`;
+    submitted for approval (the move to Assess or Authorize). Returns {number, sys_id, created}.
+    Every Rewind workflow that changes production opens its change here."""
+    existing = client.find_changes(f"correlation_id={correlation}", limit=1)
     if existing:
         record, created = existing[0], False
     else:
-        record, created = (
-            client.create_change(request.change_type, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url)),
-            True,
-        )
+        record, created = client.create_change(model, {**fields(), "correlation_id": correlation}), True
     if ChangeStatus.from_record(record).state == ChangeState.NEW:  # a retry may find it not yet submitted
-        record = client.move_change(record["sys_id"], APPROVAL_STATE[request.change_type])
+        record = client.move_change(record["sys_id"], APPROVAL_STATE[model])
     return {"number": record["number"], "sys_id": record["sys_id"], "created": created}
 
 
