@@ -160,6 +160,37 @@ def test_a_cluster_archiving_elsewhere_is_refused(newcomer, capfd):
         newcomer.psql("select pg_reload_conf()")
 
 
+def test_a_stanza_of_another_database_system_is_refused(newcomer, capfd):
+    """The inventory names the right stanza, but the data directory now holds another database
+    system (a rebuilt host, a wrong data_dir): its WAL must not go into that stanza."""
+    import shutil
+
+    from devstack.demo import PG_BIN
+
+    original_id = newcomer.psql("select system_identifier from pg_control_system()")
+    newcomer.stop_postgres()
+    aside = newcomer.data_dir.with_name("data-aside")
+    newcomer.data_dir.rename(aside)
+    try:
+        newcomer.runner().run(
+            [str(PG_BIN / "initdb"), "-D", str(newcomer.data_dir), "-A", "trust", "-U", "postgres"], timeout=120, log_stdout=False
+        )
+        (newcomer.data_dir / "postgresql.auto.conf").write_text((aside / "postgresql.auto.conf").read_text())
+        newcomer.start_postgres()
+        other_id = newcomer.psql("select system_identifier from pg_control_system()")
+        run = onboard(newcomer)
+        assert states(run)["plan"] == "failed", states(run)
+        assert (
+            f"stanza 'newcomer' in s3://{POSTURED_BUCKET}/rewind/newcomer belongs to database system {original_id}, this cluster is {other_id}"
+            in (capfd.readouterr().out)
+        )
+    finally:
+        newcomer.stop_postgres()
+        shutil.rmtree(newcomer.data_dir)
+        aside.rename(newcomer.data_dir)
+        newcomer.start_postgres()
+
+
 def test_decommission_needs_the_stanza_typed_and_a_rejected_change_touches_nothing(newcomer, servicenow, capfd):
     dag = load_dags("rewind_decommission.py")["rewind_decommission__newcomer"]
     gate = dag.get_task("wait_for_approval")
