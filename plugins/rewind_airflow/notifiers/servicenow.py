@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from rewind import guard as restore_guard
+from rewind.change_control import MAX_NOTE_CHARS
 from rewind.credentials import bounded, redact
 from rewind.inventory import load_inventory
-from rewind.pitr.change import MAX_NOTE_CHARS
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.recovery import describe_state
 from rewind.retention import end_hold

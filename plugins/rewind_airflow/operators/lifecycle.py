@@ -1,5 +1,5 @@
 """Operators for a cluster's onboarding and decommissioning. The logic lives in rewind.lifecycle;
-the change request goes through rewind.pitr.change (the Change Management API), and every step that
+the change request goes through rewind.change_control (the Change Management API), and every step that
 touches production re-reads the change first."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
+from rewind.change_control import MAX_NOTE_CHARS, close_change, correlation_id, open_change, require_gate, start_implementing
 from rewind.lifecycle import (
     alter_system_sql,
     archiving_off_settings,
@@ -19,7 +20,6 @@ from rewind.lifecycle import (
     plan_onboarding,
 )
 from rewind.pgbackrest.config import install_config
-from rewind.pitr.change import MAX_NOTE_CHARS, close_change, correlation_id, open_change, require_gate, start_implementing
 from rewind.pitr.recovery import archive_current_wal
 from rewind.postgres import reload_argv, restart_argv, run_sql
 from rewind.servicenow import ChangeStatus, ServiceNowClient

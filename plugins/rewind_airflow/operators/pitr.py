@@ -25,8 +25,9 @@ from airflow.sdk import BaseHook
 from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
+from rewind.change_control import MAX_NOTE_CHARS, close_change, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import MAX_NOTE_CHARS, check_given_change, close_change, ensure_change, require_gate, start_implementing, summary
+from rewind.pitr.change import check_given_change, ensure_change, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
