@@ -95,6 +95,7 @@ for cluster in inventory.clusters.values():
             task_id="open_change",
             cluster=cluster.name,
             workflow="decommission",
+            plan=PLAN,
             summary="{{ ti.xcom_pull(task_ids='validate')['summary'] }}",
             **sn,
         )

@@ -90,6 +90,7 @@ for cluster in inventory.clusters.values():
             task_id="open_change",
             cluster=cluster.name,
             workflow="onboarding",
+            plan=PLAN,
             summary="{{ ti.xcom_pull(task_ids='plan')['describe'] }}",
             **sn,
         )

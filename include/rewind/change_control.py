@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rewind.errors import RewindError
 from rewind.servicenow import ChangeModel, ChangeState, ChangeStatus, ServiceNowClient, change_gate
@@ -31,6 +32,73 @@ class ChangeNotUsable(RewindError):
     """The change does not allow this step (not approved, another cluster's, already used, ...)."""
 
     opens_incident = False
+
+
+class RequesterUnknown(RewindError):
+    """The person who triggered a destructive run cannot be named: refused before anything."""
+
+    opens_incident = False
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who asked for a change: the ServiceNow user the triggering identity resolves to."""
+
+    sys_id: str
+    user_name: str
+    email: str
+    name: str
+    airflow_user: str
+    amr: tuple[str, ...] = ()  # the IdP's authentication methods for the session, when asserted
+
+    def describe(self) -> str:
+        mfa = f"MFA asserted by the IdP (amr: {', '.join(self.amr)})" if self.amr else "no MFA claim from the IdP"
+        return f"{self.name} <{self.email}> (Airflow user {self.airflow_user}; {mfa})"
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "amr": list(self.amr)}
+
+
+def find_person(client: ServiceNowClient, *, airflow_user: str | None, email: str | None, amr: tuple[str, ...] = ()) -> Person:
+    """The one active ServiceNow user with the triggering identity's e-mail address."""
+    who = airflow_user or "(nobody)"
+    if not email:
+        raise RequesterUnknown(
+            f"the run was triggered by {who!r}, whose e-mail address Rewind cannot see: sign in through single sign-on "
+            "(or register the identity, README 'Who asked'), then trigger again"
+        )
+    users = [u for u in client.query("sys_user", f"email={email}", limit=5) if u.get("active", "true") != "false"]
+    if len(users) != 1:
+        found = "is not a ServiceNow user" if not users else f"matches {len(users)} ServiceNow users"
+        raise RequesterUnknown(f"the run was triggered by {who!r} <{email}>, who {found}: a change must name one requester")
+    user = users[0]
+    return Person(user["sys_id"], user.get("user_name", ""), email, user.get("name") or user.get("user_name", email), who, tuple(amr))
+
+
+def find_group(client: ServiceNowClient, name: str) -> str:
+    groups = client.query("sys_user_group", f"name={name}", limit=2)
+    if len(groups) != 1:
+        raise ChangeNotUsable(
+            f"approval group {name!r} is {'not' if not groups else 'not uniquely'} in ServiceNow: fix change_control.approval_group"
+        )
+    return groups[0]["sys_id"]
+
+
+def check_approvers(client: ServiceNowClient, change: ChangeStatus, *, step: str, requester: str, approval_group: str) -> list[str]:
+    """Separation of duties: approved by someone other than the requester, from the approval group.
+    Returns the approvers' sys_ids."""
+    approvals = client.query("sysapproval_approver", f"sysapproval={change.sys_id}^state=approved", limit=100)
+    approvers = {approval["approver"] for approval in approvals}
+    others = approvers - {requester}
+    if not others:
+        why = "the requester cannot approve their own change" if approvers else "no approval of it is recorded"
+        raise ChangeNotUsable(f"{step} refused: {change.number}: {why}: another member of the approval group must approve it")
+    members = {member["user"] for member in client.query("sys_user_grmember", f"group={approval_group}", limit=1000)}
+    if not others & members:
+        raise ChangeNotUsable(
+            f"{step} refused: {change.number} was approved by someone outside its approval group: a member of it must approve"
+        )
+    return sorted(others & members)
 
 
 def correlation_id(dag_id: str, run_id: str) -> str:
@@ -51,7 +119,16 @@ def open_change(client: ServiceNowClient, *, correlation: str, model: ChangeMode
     return {"number": record["number"], "sys_id": record["sys_id"], "created": created}
 
 
-def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementing: bool, now: dt.datetime | None = None) -> ChangeStatus:
+def require_gate(
+    client: ServiceNowClient,
+    sys_id: str,
+    *,
+    step: str,
+    implementing: bool,
+    requester: str | None = None,
+    approval_group: str | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeStatus:
     """Re-read the change at the moment of a destructive step: approved, Scheduled or Implement (only
     Implement once this run has started implementing it), and now inside its window."""
     change = ChangeStatus.from_record(client.get_change(sys_id))
@@ -62,6 +139,10 @@ def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementi
         raise ChangeNotUsable(
             f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement"
         )
+    if requester is not None or approval_group is not None:
+        if not (requester and approval_group):
+            raise ChangeNotUsable(f"{step} refused: {change.number}: this run has no recorded requester or approval group")
+        check_approvers(client, change, step=step, requester=requester, approval_group=approval_group)
     return change
 
 

@@ -104,22 +104,31 @@ def use_postured_bucket(stack) -> None:
     stack.write_inventory()
 
 
-def test_a_rejected_onboarding_change_touches_nothing(newcomer, servicenow):
+@pytest.mark.parametrize("decision", ["rejected", "approved by its requester"])
+def test_an_onboarding_change_rejected_or_self_approved_touches_nothing(newcomer, servicenow, decision):
     use_postured_bucket(newcomer)
     pid = postmaster_pid(newcomer.cluster)
     known = set(servicenow.state.records["change_request"])
 
-    def reject():
+    def decide():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for sys_id, change in list(servicenow.state.records["change_request"].items()):
                 if sys_id not in known and change.get("approval") == "requested":
-                    return servicenow.reject(change["number"])
+                    if decision == "rejected":
+                        return servicenow.reject(change["number"])
+                    return servicenow.approve(change["number"], by="dba.oncall")  # the requester: separation of duties
             time.sleep(0.2)
 
-    threading.Thread(target=reject, daemon=True).start()
+    threading.Thread(target=decide, daemon=True).start()
     run = onboard(newcomer)
-    assert (states(run)["wait_for_approval"], states(run)["configure_archiving"]) == ("failed", "upstream_failed"), states(run)
+    if decision == "rejected":
+        assert (states(run)["wait_for_approval"], states(run)["configure_archiving"]) == ("failed", "upstream_failed"), states(run)
+    else:
+        steps = states(run)
+        assert (steps["wait_for_approval"], steps["begin_change"], steps["configure_archiving"]) == ("success", "failed", "upstream_failed")
+        change = next(c for c in servicenow.state.records["change_request"].values() if c["sys_id"] not in known)
+        assert change["state"] == "-2", change  # never moved to Implement
     untouched(newcomer, pid)
 
 

@@ -4,20 +4,34 @@ destructive step, implemented, closed) is rewind.change_control's, as for every 
 
 from __future__ import annotations
 
-from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, correlation_id, open_change
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
 from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound
 
 
-def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def change_fields(
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     target = request.describe()
+    who = {"requested_by": requester.sys_id} if requester else {}
+    if approval_group:
+        who["assignment_group"] = approval_group
     return {
+        **who,
         "short_description": f"Rewind PITR: restore {cluster.name} (stanza {cluster.stanza}) to {target}",
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
             f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {request.reason}\n"
+            f"Requested by: {requester.describe() if requester else 'unknown'}\n"
             f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
@@ -69,7 +83,17 @@ def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, 
     return change
 
 
-def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def ensure_change(
+    client: ServiceNowClient,
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
     create one of the request's model and ask for its approval. Returns {number, sys_id, created}."""
     ours = correlation_id(dag_id, run_id)
@@ -79,7 +103,8 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
             change.sys_id,
             {
                 "correlation_id": ours,
-                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
+                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n"
+                f"Requested by: {requester.describe() if requester else 'unknown'}\n{run_url}",
             },
         )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
@@ -87,7 +112,9 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
         client,
         correlation=ours,
         model=request.change_type,
-        fields=lambda: change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url),
+        fields=lambda: change_fields(
+            cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url, requester=requester, approval_group=approval_group
+        ),
     )
 
 
@@ -103,12 +130,16 @@ def summary(
     timeline: int | None,
     backup: dict,
     timings: dict[str, float],
+    requested_by: str | None = None,
+    approved_by: str | None = None,
 ) -> str:
     passed = sum(1 for c in checks if c["passed"])
     lines = [
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) completed.",
         f"Run: {run_id}  {run_url}",
         f"Reason: {request.reason}",
+        f"Requested by: {requested_by or 'unknown'}",
+        f"Approved by: {approved_by or 'unknown'}",
         f"Target: {request.describe()}",
         f"At the target: {request.action_text()}",
         f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']}) "

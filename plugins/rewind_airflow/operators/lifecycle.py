@@ -10,7 +10,16 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 
-from rewind.change_control import MAX_NOTE_CHARS, close_change, correlation_id, open_change, require_gate, start_implementing
+from rewind.change_control import (
+    MAX_NOTE_CHARS,
+    Person,
+    close_change,
+    correlation_id,
+    find_group,
+    open_change,
+    require_gate,
+    start_implementing,
+)
 from rewind.lifecycle import (
     alter_system_sql,
     archiving_off_settings,
@@ -24,6 +33,7 @@ from rewind.pitr.recovery import archive_current_wal
 from rewind.postgres import reload_argv, restart_argv, run_sql
 from rewind.servicenow import ChangeStatus, ServiceNowClient
 from rewind_airflow.hooks.servicenow import ServiceNowHook
+from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import RewindClusterOperator
 
 
@@ -43,7 +53,24 @@ class LifecycleOperator(RewindClusterOperator):
         return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
     def gate(self, step: str, *, implementing: bool = True) -> ChangeStatus:
-        return require_gate(self.servicenow, self.change["sys_id"], step=step, implementing=implementing)
+        return require_gate(
+            self.servicenow,
+            self.change["sys_id"],
+            step=step,
+            implementing=implementing,
+            requester=self.change.get("requester"),
+            approval_group=self.change.get("approval_group"),
+        )
+
+    def who_asked(self, context) -> dict:
+        """The person who triggered the run and the group that approves: refused before anything
+        when the person cannot be named."""
+        requester = requester_of(context, self.servicenow)
+        self.log.info("requested by %s", requester.describe())
+        return {
+            "requester": requester.as_dict(),
+            "approval_group": find_group(self.servicenow, self.hook.cluster.change_control.approval_group),
+        }
 
 
 # ---- onboarding -------------------------------------------------------------------------------------
@@ -66,7 +93,7 @@ class PlanOnboardingOperator(LifecycleOperator):
         self.log.info("onboarding plan for %s: %s", cluster.name, plan.describe())
         if plan.nothing_to_do:
             raise AirflowSkipException(f"cluster {cluster.name!r} is {plan.describe()}")
-        return plan.as_dict()
+        return {**plan.as_dict(), **self.who_asked(context)}
 
 
 class OpenChangeOperator(LifecycleOperator):
@@ -75,6 +102,7 @@ class OpenChangeOperator(LifecycleOperator):
     template_fields: Sequence[str] = ("cluster", "plan", "servicenow_conn_id", "summary")
 
     def __init__(self, *, workflow: str, summary: Any, **kwargs: Any) -> None:
+        # `plan`: the first step's XCom, holding the requester and the approval group
         super().__init__(**kwargs)
         self.workflow = workflow
         self.summary = summary
@@ -83,10 +111,16 @@ class OpenChangeOperator(LifecycleOperator):
         cluster = self.hook.cluster
         reason = dict(context["params"]).get("reason") or f"Rewind {self.workflow} of {cluster.name}"
 
+        requester = Person(**{**self.plan["requester"], "amr": tuple(self.plan["requester"].get("amr", ()))})
+
         def fields() -> dict:
             return {
+                "requested_by": requester.sys_id,
+                "assignment_group": self.plan["approval_group"],
                 "short_description": f"Rewind {self.workflow}: {cluster.name} (stanza {cluster.stanza})",
-                "description": f"{self.summary}\nReason: {reason}\nAirflow run: {context['run_id']}"[:MAX_NOTE_CHARS],
+                "description": (
+                    f"{self.summary}\nReason: {reason}\nRequested by: {requester.describe()}\nAirflow run: {context['run_id']}"
+                )[:MAX_NOTE_CHARS],
                 "justification": reason,
                 "implementation_plan": str(self.summary)[:MAX_NOTE_CHARS],
                 "backout_plan": "The previous postgresql.auto.conf settings are in this change's notes; set them back and restart.",
@@ -97,7 +131,8 @@ class OpenChangeOperator(LifecycleOperator):
             self.servicenow, correlation=correlation_id(context["ti"].dag_id, context["run_id"]), model="normal", fields=fields
         )
         self.log.info("change %s (%s)", change["number"], "created" if change["created"] else "existing")
-        return change
+        # every gate of this run checks the approval against these two (separation of duties)
+        return {**change, "requester": requester.sys_id, "approval_group": self.plan["approval_group"]}
 
 
 class BeginChangeOperator(LifecycleOperator):
@@ -185,6 +220,7 @@ class ValidateDecommissionOperator(LifecycleOperator):
         check_decommission_request(cluster, confirm_stanza=params.get("confirm_stanza") or "", reason=params.get("reason") or "")
         info = self.hook.get_conn().info()
         plan = {
+            **self.who_asked(context),
             "delete_repository": bool(params.get("delete_repository")),
             "summary": (
                 f"Decommission {cluster.name}: a final full backup into s3://{cluster.repo.bucket}{cluster.repo.path}, archiving "
