@@ -39,6 +39,8 @@ from devstack.servicenow_sim import ServiceNowSimulator, SimState
 from devstack.vault_sim import VaultSimulator, VaultState, configure_cluster, inventory_credentials
 from rewind.cli import pools_json
 from rewind.inventory import load_inventory
+from rewind_airflow.identity import identity_key
+from tests.conftest import IDENTITY
 
 EXAMPLE_INVENTORY = REPO / "config" / "inventory.example.yaml"
 
@@ -248,6 +250,11 @@ def shape():
         )
         started.append(airflow.stop)
         airflow.start(pools=pools_json(load_inventory(inventory)))
+        # Who triggers the runs: the admin, registered by an administrator as the ServiceNow
+        # simulator's on-call DBA (README "Who asked"), an Airflow Variable in the metadata database
+        # that the workers read through the execution API as production's do.
+        registered = airflow.api("POST", "/variables", json={"key": identity_key(airflow.username), "value": IDENTITY})
+        assert registered.status_code == 201, registered.text
         yield CeleryShape(root, network, airflow, clusters, servicenow, vault, redis, metadata_db, queues)
     finally:
         errors = []
