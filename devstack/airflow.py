@@ -325,11 +325,18 @@ class AirflowStandalone:
             pools_file = self.home / "rewind-pools.json"
             pools_file.write_text(json.dumps(pools))
             self.cli("pools", "import", str(pools_file))
+        self._start_everything(timeout)
+        return self
+
+    def _start_everything(self, timeout: float) -> None:
+        """The components and every worker at once, as a service manager starts them (a worker does
+        not wait for the API server: it takes tasks from the broker as soon as it is up)."""
         self._start_components()
+        offsets = {worker.queue: self._spawn_worker(worker) for worker in self.workers}
+        deadline = time.monotonic() + timeout
         self._wait_healthy(timeout)
         for worker in self.workers:
-            self.start_worker(worker, timeout=timeout)
-        return self
+            self._wait_worker_ready(worker, offsets[worker.queue], deadline)
 
     def _start_components(self) -> None:
         log = open(self.home / "standalone.log", "ab")
@@ -429,6 +436,11 @@ class AirflowStandalone:
 
     def start_worker(self, worker: CeleryWorker, *, timeout: float = 120) -> None:
         """Start the worker on its host and wait until Celery says it is ready to take tasks."""
+        offset = self._spawn_worker(worker)
+        self._wait_worker_ready(worker, offset, time.monotonic() + timeout)
+
+    def _spawn_worker(self, worker: CeleryWorker) -> int:
+        """Start the worker on its host; returns where its log stood (its `ready.` line comes after)."""
         worker.home.mkdir(parents=True, exist_ok=True)
         argv = [airflow_bin(), *worker.arguments()]
         offset = worker.log_file.stat().st_size if worker.log_file.exists() else 0
@@ -440,7 +452,9 @@ class AirflowStandalone:
             start_new_session=True,
             cwd=str(worker.home),
         )
-        deadline = time.monotonic() + timeout
+        return offset
+
+    def _wait_worker_ready(self, worker: CeleryWorker, offset: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             with open(worker.log_file, "rb") as log:
                 log.seek(offset)
@@ -451,7 +465,7 @@ class AirflowStandalone:
                     f"celery worker {worker.celery_hostname} exited with {worker._proc.returncode}: {_tail(worker.log_file)}"
                 )
             time.sleep(0.5)
-        raise TimeoutError(f"celery worker {worker.celery_hostname} not ready within {timeout:.0f}s: {_tail(worker.log_file)}")
+        raise TimeoutError(f"celery worker {worker.celery_hostname} not ready in time: {_tail(worker.log_file)}")
 
     def kill_worker(self, queue: str) -> list[int]:
         """SIGKILL the worker and everything it started (kill_tree); returns the pids."""
@@ -472,11 +486,8 @@ class AirflowStandalone:
         return killed
 
     def restart(self, *, timeout: float = 180) -> None:
-        """Start every component and worker again, as after a crash (no migration, no users)."""
-        self._start_components()
-        self._wait_healthy(timeout)
-        for worker in self.workers:
-            self.start_worker(worker, timeout=timeout)
+        """Start every component and worker again at once, as after a crash (no migration, no users)."""
+        self._start_everything(timeout)
 
     def stop(self) -> None:
         # Workers first: nothing of theirs may outlive the stack (their task processes and commands
@@ -484,8 +495,11 @@ class AirflowStandalone:
         for worker in self.workers:
             kill_tree(worker._proc)
             worker._proc = None
+        # Nothing of the production shape needs a graceful stop (its metadata database is thrown
+        # away): a short grace keeps the e2e's teardown short.
+        grace = 5 if self.celery else 30
         for component in self._components:
-            kill_process_group(component, grace=30)
+            kill_process_group(component, grace=grace)
         self._components = []
-        kill_process_group(self._proc, grace=30)
+        kill_process_group(self._proc, grace=grace)
         self._proc = None

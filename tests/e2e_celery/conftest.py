@@ -18,6 +18,7 @@ settings come from docker-compose.yaml (devstack.airflow.compose_airflow_setting
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import os
 import shutil
@@ -173,6 +174,23 @@ insert into ledger_entry select g, 'posted', repeat(md5(g::text), 8) from genera
 """
 
 
+def _leftover_processes(root: Path) -> list[str]:
+    """Processes of this run still alive: started under `root` or running something from it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().decode(errors="replace").replace("\0", " ").strip()
+        except OSError:
+            continue
+        if cwd.startswith(str(root)) or str(root) in argv:
+            found.append(f"{entry}: {argv[:200]}")
+    return found
+
+
 @pytest.fixture(scope="package")
 def shape():
     if os.geteuid() != 0:
@@ -182,6 +200,7 @@ def shape():
     root.chmod(0o755)  # the postgres user must reach its clusters' directories
     network = HostNetwork()
     started: list = []  # what to stop, in reverse
+    clusters_ready: concurrent.futures.Future | None = None
     try:
         network.create()
         hosts = {name: network.add_host(queue) for name, queue in queues.items()}
@@ -189,9 +208,8 @@ def shape():
         started.append(s3.stop)
         (root / "s3").chmod(0o755)
         inventory = root / "inventory.yaml"
-        clusters: dict[str, DemoStack] = {}
-        for name, queue in queues.items():
-            stack = DemoStack(
+        clusters = {
+            name: DemoStack(
                 root / name,
                 name=name,
                 s3=s3,
@@ -201,11 +219,8 @@ def shape():
                 inventory_file=inventory,
                 pitr_settings={"approval_poll_s": 2},
             )
-            clusters[name] = stack
-            started.append(stack.stop)
-            stack.start()
-            stack.psql(LEDGER_SQL.format(rows=20000))
-
+            for name, queue in queues.items()
+        }
         servicenow = ServiceNowSimulator(host=network.address, state=SimState(auto_approve=True)).start()
         started.append(servicenow.stop)
         state = VaultState(iam=s3.client("iam"))
@@ -213,9 +228,22 @@ def shape():
         for name, stack in clusters.items():
             policy = configure_cluster(state, cluster=name, bucket=s3.bucket, cipher_pass=stack.cipher_pass, lease_duration_s=600)
             approles[name] = state.add_approle([policy])  # a host's worker may read its own cluster's secrets only
-            stack.use_credentials(inventory_credentials(name, stack.env_prefix))
+            stack.base.mkdir(parents=True, exist_ok=True)
+            stack.use_credentials(inventory_credentials(name, stack.env_prefix))  # writes its inventory entry
+            started.append(stack.stop)
         vault = VaultSimulator(state, host=network.address).start()
         started.append(vault.stop)
+
+        # The clusters come up on their hosts while Airflow migrates its database and starts (its
+        # DAGs are paused and nothing is scheduled: no task needs a cluster before the tests).
+        def start_clusters() -> None:
+            for stack in clusters.values():
+                stack.start()
+                stack.psql(LEDGER_SQL.format(rows=20000))
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        clusters_ready = pool.submit(start_clusters)
+        pool.shutdown(wait=False)
 
         metadata_db = MetadataDatabase(root / "metadata-db", host=network.address).start()
         started.append(metadata_db.stop)
@@ -239,7 +267,13 @@ def shape():
             home=root / "airflow",
             port=free_port(),
             host=network.address,
-            env={"REWIND_INVENTORY": str(inventory), "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow.airflow_connection()},
+            env={
+                "REWIND_INVENTORY": str(inventory),
+                "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow.airflow_connection(),
+                # Only the runs the tests trigger: unpausing a DAG would otherwise also start a run
+                # for its schedule's latest time (catchup=False), a backup nobody asked for.
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            },
             paused_at_creation=True,
             auth_manager="fab",
             executor="celery",
@@ -255,17 +289,28 @@ def shape():
         # that the workers read through the execution API as production's do.
         registered = airflow.api("POST", "/variables", json={"key": identity_key(airflow.username), "value": IDENTITY})
         assert registered.status_code == 201, registered.text
+        clusters_ready.result(timeout=600)
         yield CeleryShape(root, network, airflow, clusters, servicenow, vault, redis, metadata_db, queues)
     finally:
         errors = []
+        if clusters_ready is not None:
+            try:
+                clusters_ready.result(timeout=600)  # never tear down under a cluster still starting
+            except Exception as exc:
+                errors.append(repr(exc))
         for stop in reversed(started):
             try:
                 stop()
             except Exception as exc:  # keep tearing down: nothing may keep running
                 errors.append(repr(exc))
         network.remove()
+        # Nothing of this run may outlive it, whether its tests passed or failed.
+        deadline = time.monotonic() + 15  # SIGKILLed processes take a moment to be gone
+        while (leftovers := network.leftovers() + _leftover_processes(root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if os.environ.get("REWIND_KEEP_E2E_FILES"):
             print(f"e2e_celery files kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
         assert not errors, errors
+        assert not leftovers, f"left running after the Celery e2e: {leftovers}"
