@@ -154,7 +154,7 @@ for cluster in inventory.clusters.values():
             tags=("destructive",),
             # Short: a step cut off by a crash (its heartbeat missed for [scheduler]
             # task_instance_heartbeat_timeout) resumes the rewind within a minute (README "Crash recovery").
-            retry_delay=timedelta(seconds=15),
+            retry_delay=timedelta(seconds=10),
             # A second trigger must start, to be refused by name, instead of queueing behind the first.
             max_active_runs=3,
             default_args={

@@ -495,11 +495,11 @@ class AirflowStandalone:
         for worker in self.workers:
             kill_tree(worker._proc)
             worker._proc = None
-        # Nothing of the production shape needs a graceful stop (its metadata database is thrown
-        # away): a short grace keeps the e2e's teardown short.
-        grace = 5 if self.celery else 30
+        if self.celery:  # nothing of the production shape needs a graceful stop: all is thrown away
+            self.crash()
+            return
         for component in self._components:
-            kill_process_group(component, grace=grace)
+            kill_process_group(component, grace=30)
         self._components = []
-        kill_process_group(self._proc, grace=grace)
+        kill_process_group(self._proc, grace=30)
         self._proc = None

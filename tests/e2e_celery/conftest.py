@@ -201,6 +201,11 @@ def shape():
     network = HostNetwork()
     started: list = []  # what to stop, in reverse
     clusters_ready: concurrent.futures.Future | None = None
+    began, marks = time.monotonic(), []  # setup's phases, printed (-s) to see where CI's time goes
+
+    def mark(what: str) -> None:
+        marks.append(f"{what} {time.monotonic() - began:.0f}s")
+
     try:
         network.create()
         hosts = {name: network.add_host(queue) for name, queue in queues.items()}
@@ -233,6 +238,7 @@ def shape():
             started.append(stack.stop)
         vault = VaultSimulator(state, host=network.address).start()
         started.append(vault.stop)
+        mark("hosts, S3, simulators")
 
         # The clusters come up on their hosts while Airflow migrates its database and starts (its
         # DAGs are paused and nothing is scheduled: no task needs a cluster before the tests).
@@ -240,6 +246,7 @@ def shape():
             for stack in clusters.values():
                 stack.start()
                 stack.psql(LEDGER_SQL.format(rows=20000))
+            mark("clusters")
 
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         clusters_ready = pool.submit(start_clusters)
@@ -249,6 +256,7 @@ def shape():
         started.append(metadata_db.stop)
         redis = RedisServer(root / "redis", host=network.address).start()
         started.append(redis.stop)
+        mark("metadata DB, Redis")
 
         workers = [
             CeleryWorker(
@@ -289,7 +297,9 @@ def shape():
         # that the workers read through the execution API as production's do.
         registered = airflow.api("POST", "/variables", json={"key": identity_key(airflow.username), "value": IDENTITY})
         assert registered.status_code == 201, registered.text
+        mark("Airflow")
         clusters_ready.result(timeout=600)
+        print(f"\ne2e_celery setup: {', '.join(marks)}")
         yield CeleryShape(root, network, airflow, clusters, servicenow, vault, redis, metadata_db, queues)
     finally:
         errors = []
