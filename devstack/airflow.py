@@ -319,12 +319,30 @@ class AirflowStandalone:
             self.passwords_file.touch(mode=0o600)
             self.passwords_file.write_text(json.dumps({name: secrets.token_urlsafe(12) for name in [self.username, *self.users]}))
         self.cli("db", "migrate")
-        if self.auth_manager == "fab":
-            self._create_fab_users()
-        if pools:
+        importing = None
+        if pools:  # meanwhile the users are created: each `airflow` command takes seconds to start
             pools_file = self.home / "rewind-pools.json"
             pools_file.write_text(json.dumps(pools))
-            self.cli("pools", "import", str(pools_file))
+            importing = subprocess.Popen(
+                [airflow_bin(), "pools", "import", str(pools_file)],
+                env=self.environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        try:
+            if self.auth_manager == "fab":
+                self._create_fab_users()
+        finally:
+            if importing is not None:
+                try:
+                    output, _ = importing.communicate(timeout=300)
+                except subprocess.TimeoutExpired:
+                    kill_process_group(importing, grace=5)
+                    raise
+        if importing is not None and importing.returncode != 0:
+            raise RuntimeError(f"airflow pools import exited {importing.returncode}: {output.strip()[-2000:]}")
         self._start_everything(timeout)
         return self
 
