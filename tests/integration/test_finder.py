@@ -1,11 +1,15 @@
-"""The finder on the real stack: in the ledger incident, among other traffic, it names the runaway
-UPDATE's xid from the archived WAL (DAG and CLI), and a PITR with the params it names is exact."""
+"""The ledger incident's runbook on the real stack, in one story (one rewind): the finder names the
+runaway UPDATE's xid from the archived WAL among other traffic (DAG and CLI); a PITR with the params
+it names is exact; the rewind also discarded the legitimate work committed after the UPDATE, and the
+salvage DAG's SQL, re-applied to the rewound cluster, gives back exactly that work."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +18,8 @@ from tests.integration.helpers import VOID_CHECK, assert_success, fresh_ledger, 
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
 
-FORM = {"window_end": "", "tables": [], "timeline": "current", "max_segments": 256}
-
-
-def finder_dag():
-    return load_dags("rewind_find_target.py")["rewind_find_target__demo"]
+FINDER_FORM = {"window_end": "", "tables": [], "timeline": "current", "max_segments": 256}
+ROWS = "select string_agg(id || ':' || amount || ':' || status, ',' order by id) from ledger_entry"
 
 
 def xcom(run, task_id: str):
@@ -26,7 +27,12 @@ def xcom(run, task_id: str):
     return ti.xcom_pull(task_ids=task_id, key="return_value")
 
 
-def test_the_finder_names_the_runaway_update_among_other_traffic_and_its_params_rewind_exactly(demo_stack, pitr, approve_all, capfd):
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salvaged(demo_stack, pitr, approve_all, capfd):
     from airflow.utils.state import DagRunState
 
     from rewind.cli import main as rewind_cli
@@ -40,39 +46,79 @@ def test_the_finder_names_the_runaway_update_among_other_traffic_and_its_params_
     demo_stack.psql("update ledger_entry set amount = amount + 1 where id <= 3")  # legitimate, before the incident
     demo_stack.psql("delete from ledger_entry where id = 100")
     bad = demo_stack.psql("begin; update ledger_entry set status = 'void'; select pg_current_xact_id(); commit;").split()[-1]
-    write(demo_stack, 101, 20)  # legitimate, after it
+    # legitimate work after it: new entries, one corrected, one cancelled, an old one removed, another table
+    write(demo_stack, 101, 20)
+    demo_stack.psql("update ledger_entry set amount = 7.25 where id = 101")
+    demo_stack.psql("delete from ledger_entry where id in (105, 50)")
+    demo_stack.psql(
+        "begin; insert into ledger_entry values (200, 3.10, 'posted'); insert into ledger_entry values (201, 0, 'x''y, \"z\"'); commit"
+    )
     demo_stack.psql("insert into trade (note) values ('c')")
+    # what the ledger should hold in the end: the legitimate work on top of the state before the UPDATE
+    expected = demo_stack.psql(
+        "select string_agg(id || ':' || amount || ':' || case when id < 100 then 'posted' else status end, ',' order by id) from ledger_entry"
+    )
 
-    # bad input: one line, nothing read
-    refused = run_once(finder_dag(), run_conf={**FORM, "window_start": "2026-11-27 02:00"})
+    # ---- find the target
+    finder = load_dags("rewind_find_target.py")["rewind_find_target__demo"]
+    refused = run_once(finder, run_conf={**FINDER_FORM, "window_start": "2026-11-27 02:00"})  # no time zone: one line, nothing read
     assert refused.state == DagRunState.FAILED
-
-    run = run_once(finder_dag(), run_conf={**FORM, "window_start": start, "tables": ["ledger_entry"]})
+    run = run_once(finder, run_conf={**FINDER_FORM, "window_start": start, "tables": ["ledger_entry"]})
     assert run.state == DagRunState.SUCCESS
-    result = xcom(run, "find_target")
-    assert result["suspect"]["xid"] == int(bad)
-    assert result["suspect"]["tables"] == {"public.ledger_entry": {"inserted": 0, "updated": 99, "deleted": 0}}
-    by_xid = {t["xid"]: t for t in result["transactions"]}
-    assert [t["tables"]["public.ledger_entry"] for t in result["transactions"]] == [
+    found = xcom(run, "find_target")
+    assert found["suspect"]["xid"] == int(bad)
+    assert found["suspect"]["tables"] == {"public.ledger_entry": {"inserted": 0, "updated": 99, "deleted": 0}}
+    assert [t["tables"]["public.ledger_entry"] for t in found["transactions"]] == [
         {"inserted": 0, "updated": 3, "deleted": 0},
         {"inserted": 0, "updated": 0, "deleted": 1},
         {"inserted": 0, "updated": 99, "deleted": 0},
         {"inserted": 20, "updated": 0, "deleted": 0},
+        {"inserted": 0, "updated": 1, "deleted": 0},
+        {"inserted": 0, "updated": 0, "deleted": 2},
+        {"inserted": 2, "updated": 0, "deleted": 0},
     ]  # the trade-only transactions are left out by the table filter
-    params = by_xid[int(bad)]["pitr_params"]
+    params = found["suspect"]["pitr_params"]
     assert params == {"target_type": "xid", "target": bad, "target_exclusive": True, "target_timeline": "current"}
-    assert result["recoverable"]["oldest_backup"] and result["recoverable"]["newest_segment"]
-
+    assert found["recoverable"]["oldest_backup"] and found["recoverable"]["newest_segment"]
     # the CLI reads the same WAL: every table this time
     capfd.readouterr()
     assert rewind_cli(["--inventory", str(demo_stack.inventory_path), "find-target", "--cluster", "demo", "--from", start, "--json"]) == 0
     listed = json.loads(capfd.readouterr().out)
     assert listed["suspect"]["xid"] == int(bad)
-    assert [t["tables"] for t in listed["transactions"]][0] == {"public.trade": {"inserted": 2, "updated": 0, "deleted": 0}}
+    assert listed["transactions"][0]["tables"] == {"public.trade": {"inserted": 2, "updated": 0, "deleted": 0}}
 
-    rewound = run_pitr(pitr, **params, validation_sql=[VOID_CHECK])
-    assert_success(rewound)
-    # everything before the UPDATE (the legitimate update and delete included), nothing from it on
+    # ---- rewind with the params the finder named: everything before the UPDATE, nothing from it on
+    assert_success(run_pitr(pitr, **params, validation_sql=[VOID_CHECK]))
     assert ledger(demo_stack) == (99, 0, 99)
     assert demo_stack.psql("select amount from ledger_entry where id = 3") == "5.50"
     assert demo_stack.psql("select count(*) from trade") == "2"
+
+    # ---- salvage what the rewind discarded, minus the UPDATE
+    salvage = load_dags("rewind_salvage.py")["rewind_salvage__demo"]
+    refused = run_once(salvage, run_conf={"bad_xids": ["12a"], "timeline": "previous"})
+    assert refused.state == DagRunState.FAILED
+    run = run_once(salvage, run_conf={"bad_xids": [int(bad)], "timeline": "previous"})
+    assert run.state == DagRunState.SUCCESS
+    result = xcom(run, "salvage")
+    assert result["bad_xids"] == [int(bad)] and int(bad) in result["discarded_xids"] and int(bad) not in result["salvaged_xids"]
+    assert result["tables"] == {
+        "public.ledger_entry": {"inserted": 21, "updated": 0, "deleted": 1, "review": []},
+        "public.trade": {"inserted": 1, "updated": 0, "deleted": 0, "review": []},
+    }
+    directory = Path(result["directory"])
+    assert sorted(result["files"]) == [
+        "public.ledger_entry.deleted.csv",
+        "public.ledger_entry.inserted.csv",
+        "public.trade.inserted.csv",
+        "salvage.postgres.sql",
+    ]
+    assert not (directory / "pg").exists()  # the scratch cluster is gone
+    assert read_csv(directory / "public.ledger_entry.deleted.csv") == [["id"], ["50"]]  # 105 came after the target: nothing to delete
+    inserted = read_csv(directory / "public.ledger_entry.inserted.csv")
+    assert inserted[0] == ["id", "amount", "status"] and ["101", "7.25", "posted"] in inserted and ["201", "0.00", 'x\'y, "z"'] in inserted
+    assert read_csv(directory / "public.trade.inserted.csv") == [["id", "note"], ["3", "c"]]
+
+    # the DBA reviews and applies the SQL to the rewound cluster: exactly the legitimate rows
+    demo_stack.psql((directory / "salvage.postgres.sql").read_text())
+    assert demo_stack.psql(ROWS) == expected
+    assert demo_stack.psql("select string_agg(note, ',' order by id) from trade") == "a,b,c"
