@@ -361,6 +361,7 @@ def write_files(result: SalvageResult, directory: Path) -> list[str]:
         sql.append("commit;")
         (directory / sql_file(database)).write_text("\n".join(sql) + "\n")
         files.append(sql_file(database))
+    result.directory, result.files = directory, files
     return files
 
 
@@ -459,5 +460,5 @@ def salvage(
     finally:
         scratch.remove()
     result = SalvageResult(scope, backup.label, sorted(transactions), salvaged, bad, tables, skipped, directory)
-    result.files = write_files(result, directory)
+    write_files(result, directory)
     return result
