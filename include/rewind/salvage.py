@@ -122,6 +122,7 @@ class TableSalvage:
     database: str
     key: list[str]
     columns: list[str]
+    sequences: dict[str, str] = field(default_factory=dict)  # column -> its sequence (serial, identity)
     inserted: list[Row] = field(default_factory=list)
     updated: list[Row] = field(default_factory=list)
     deleted: list[Row] = field(default_factory=list)
@@ -134,6 +135,14 @@ class TableSalvage:
         others = [c for c in self.columns if c not in self.key]
         action = "do update set " + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others) if others else "do nothing"
         return f"insert into {target} select * from json_populate_record(null::{target}, {quote_literal(row.record)}) on conflict ({keys}) {action};"
+
+    def sequence_sql(self) -> list[str]:
+        """Move each column's sequence past the values inserted (never backwards)."""
+        target = qualified(self.table)
+        return [
+            f"select setval({quote_literal(seq)}, greatest((select max({quote_ident(col)}) from {target}), (select last_value from {seq})));"
+            for col, seq in sorted(self.sequences.items())
+        ]
 
     def delete_sql(self, row: Row) -> str:
         target = qualified(self.table)
@@ -209,6 +218,17 @@ TABLE_INFO_SQL = (
     "and not a.attisdropped) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
     "where c.relkind in ('r', 'p') and pg_relation_filenode(c.oid) = any('{{{nodes}}}'::oid[])"
 )
+
+
+def sequences_of(query: Callable[[str, str], str], table: str, database: str) -> dict[str, str]:
+    """The sequences behind the table's serial and identity columns."""
+    rows = query(
+        f"select a.attname || '|' || pg_get_serial_sequence({quote_literal(qualified(table))}, a.attname) from pg_attribute a "
+        f"where a.attrelid = {quote_literal(qualified(table))}::regclass and a.attnum > 0 and not a.attisdropped "
+        f"and pg_get_serial_sequence({quote_literal(qualified(table))}, a.attname) is not null",
+        database,
+    )
+    return dict(row.split("|", 1) for row in rows.splitlines() if row)
 
 
 @dataclass
@@ -310,7 +330,7 @@ def compare(
             if not key:
                 skipped.append(f"{name} (no primary key)")
                 continue
-            table = TableSalvage(name, database, key, columns)
+            table = TableSalvage(name, database, key, columns, sequences_of(scratch_query, name, database))
             changed = parse_rows(scratch_query(changed_rows_query(name, key, legit_ids), database))
             target_keys = {row.key: row for row in parse_rows(live_query(key_query(name, key), database))}
             latest_keys = {row.key for row in parse_rows(scratch_query(key_query(name, key), database))}
@@ -357,6 +377,7 @@ def write_files(result: SalvageResult, directory: Path) -> list[str]:
             sql.append(f"-- {t.table}: {len(t.inserted)} inserted, {len(t.updated)} updated, {len(t.deleted)} deleted")
             sql += [t.upsert_sql(row) for row in (*t.inserted, *t.updated)]
             sql += [t.delete_sql(row) for row in t.deleted]
+            sql += t.sequence_sql() if t.inserted or t.updated else []
             sql += [f"-- REVIEW {t.table}: {note}" for note in t.review]
         sql.append("commit;")
         (directory / sql_file(database)).write_text("\n".join(sql) + "\n")

@@ -53,7 +53,7 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
     demo_stack.psql(
         "begin; insert into ledger_entry values (200, 3.10, 'posted'); insert into ledger_entry values (201, 0, 'x''y, \"z\"'); commit"
     )
-    demo_stack.psql("insert into trade (note) values ('c')")
+    demo_stack.psql("insert into trade (note) select 'c' || g from generate_series(1, 40) g")  # ids 3..42: past what the sequence logged
     # what the ledger should hold in the end: the legitimate work on top of the state before the UPDATE
     expected = demo_stack.psql(
         "select string_agg(id || ':' || amount || ':' || case when id < 100 then 'posted' else status end, ',' order by id) from ledger_entry"
@@ -103,7 +103,7 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
     assert result["bad_xids"] == [int(bad)] and int(bad) in result["discarded_xids"] and int(bad) not in result["salvaged_xids"]
     assert result["tables"] == {
         "public.ledger_entry": {"inserted": 21, "updated": 0, "deleted": 1, "review": []},
-        "public.trade": {"inserted": 1, "updated": 0, "deleted": 0, "review": []},
+        "public.trade": {"inserted": 40, "updated": 0, "deleted": 0, "review": []},
     }
     directory = Path(result["directory"])
     assert sorted(result["files"]) == [
@@ -116,9 +116,11 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
     assert read_csv(directory / "public.ledger_entry.deleted.csv") == [["id"], ["50"]]  # 105 came after the target: nothing to delete
     inserted = read_csv(directory / "public.ledger_entry.inserted.csv")
     assert inserted[0] == ["id", "amount", "status"] and ["101", "7.25", "posted"] in inserted and ["201", "0.00", 'x\'y, "z"'] in inserted
-    assert read_csv(directory / "public.trade.inserted.csv") == [["id", "note"], ["3", "c"]]
+    assert read_csv(directory / "public.trade.inserted.csv") == [["id", "note"], *([str(i + 2), f"c{i}"] for i in range(1, 41))]
 
     # the DBA reviews and applies the SQL to the rewound cluster: exactly the legitimate rows
     demo_stack.psql((directory / "salvage.postgres.sql").read_text())
     assert demo_stack.psql(ROWS) == expected
-    assert demo_stack.psql("select string_agg(note, ',' order by id) from trade") == "a,b,c"
+    assert demo_stack.psql("select count(*) || ' ' || max(id) from trade") == "42 42"
+    # the sequence was rewound too (to what it had logged ahead: 34): the SQL moved it past the salvaged ids
+    assert demo_stack.psql("insert into trade (note) values ('d') returning id") == "43"

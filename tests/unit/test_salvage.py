@@ -67,7 +67,7 @@ def test_rows_sorted_by_whether_the_key_existed_at_the_target_and_mixed_deletion
 
 def test_sql_upserts_by_key_and_deletes_with_values_quoted_and_csv_keeps_numerics_exact(tmp_path):
     assert parse_rows('[1]\t{"id":1,"note":"tab\\there"}\n') == [Row("[1]", '{"id":1,"note":"tab\\there"}')]
-    table = TableSalvage('public.we"ird', "app", ["id", "k"], ["id", "k", "amount"])
+    table = TableSalvage('public.we"ird', "app", ["id", "k"], ["id", "k", "amount"], {"id": 'public."we""ird_id_seq"'})
     table.inserted = rows(('[1,"a"]', '{"id":1,"k":"a","amount":12.50}'), ('[2,"b"]', '{"id":2,"k":"it\'s","amount":null}'))
     table.deleted = rows(('[3,"c"]', '{"id":3,"k":"c"}'))
     result = SalvageResult(Scope(2, 0x15289B8, 3), "20261127-183841F", [726, 728], [728], [726], [table], [], tmp_path)
@@ -83,6 +83,9 @@ def test_sql_upserts_by_key_and_deletes_with_values_quoted_and_csv_keeps_numeric
         'delete from "public"."we""ird" where ("id", "k") = (select "id", "k" from json_populate_record(null::"public"."we""ird", '
         '\'{"id":3,"k":"c"}\'));'
     ) in sql
+    assert sql[-2] == (
+        """select setval('public."we""ird_id_seq"', greatest((select max("id") from "public"."we""ird"), (select last_value from public."we""ird_id_seq")));"""
+    )
     assert rows_csv(table, "inserted").splitlines() == ["id,k,amount", "1,a,12.50", "2,it's,"]
     assert rows_csv(table, "deleted").splitlines() == ["id,k", "3,c"]
     assert "salvage.app.sql, then apply it" in result.summary().replace("review ", "")
