@@ -296,7 +296,12 @@ def ddl_of(xact: Transaction, names: Names) -> tuple[str, ...]:
     for table in rewritten:
         found.append(f"TRUNCATE or rewrite of {table} (new file; old files unlinked at commit)")
     if xact.dropped_files and not xact.dropped_oids and not rewritten:
-        found.append("relation files unlinked at commit: " + ", ".join(names.table(r) for r in xact.dropped_files))
+        files = ", ".join(names.table(r) for r in xact.dropped_files)
+        found.append(
+            f"TRUNCATE or rewrite (new file; old files unlinked at commit: {files})"
+            if xact.created
+            else f"files unlinked at commit: {files}"
+        )
     created_tables = sorted(
         names.files[r][0] for r in xact.created if r in names.files and names.files[r][1] in ("r", "m", "p") and r not in xact.dropped_files
     )
@@ -389,17 +394,19 @@ def recoverable(info, listing: ArchiveListing, history: TimelineHistory) -> Reco
 
 def render_table(found: list[Finding]) -> str:
     """The transactions as a fixed-width table for the task log and the CLI."""
-    header = f"{'xid':>10}  {'committed (UTC)':<26}  {'lsn':<12}  {'table':<32}  {'ins':>7}  {'upd':>7}  {'del':>7}  ddl"
+    width = max([len("table"), *(len(t) for f in found for t in f.tables)])
+    header = f"{'xid':>10}  {'committed (UTC)':<26}  {'lsn':<12}  {'table':<{width}}  {'ins':>7}  {'upd':>7}  {'del':>7}  ddl"
     lines = [header, "-" * len(header)]
     for f in found:
         when = f"{f.committed_at:%Y-%m-%d %H:%M:%S.%f}"
         rows = list(f.tables.items()) or [("-", {"inserted": 0, "updated": 0, "deleted": 0})]
         for index, (table, counts) in enumerate(rows):
             first = index == 0
-            lines.append(
-                f"{(str(f.xid) if first else ''):>10}  {(when if first else ''):<26}  {(f.lsn if first else ''):<12}  {table[:32]:<32}  "
+            line = (
+                f"{(str(f.xid) if first else ''):>10}  {(when if first else ''):<26}  {(f.lsn if first else ''):<12}  {table:<{width}}  "
                 f"{counts['inserted']:>7}  {counts['updated']:>7}  {counts['deleted']:>7}  {'; '.join(f.ddl) if first else ''}"
             )
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -413,7 +420,7 @@ def params_line(finding: Finding) -> str:
 
 
 def largest(found: list[Finding]) -> Finding | None:
-    """The likeliest culprit to name first: DDL that drops or rewrites, else the most rows changed or deleted."""
+    """The likeliest culprit to name first: DDL that drops or rewrites (the earliest), else the most rows updated or deleted."""
     if not found:
         return None
     return max(found, key=lambda f: (any(d.startswith(("DROP", "TRUNCATE")) for d in f.ddl), _changed(f)))
