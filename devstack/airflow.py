@@ -71,6 +71,9 @@ class AirflowStandalone:
     auth_manager: str = "simple"
     # FAB only: more people, name -> roles (each gets a generated password, see password(name)).
     users: dict[str, list[str]] = field(default_factory=dict)
+    # FAB only: the components besides the API server (a test that runs no task needs only the DAG
+    # processor, which serializes the DAGs and applies their access_control).
+    components: tuple[str, ...] = ("scheduler", "dag-processor", "triggerer")
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _components: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _rest: AirflowRestClient | None = field(default=None, repr=False)
@@ -189,7 +192,7 @@ class AirflowStandalone:
                 subprocess.Popen(
                     [airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.home)
                 )
-                for component in ("scheduler", "dag-processor", "triggerer")
+                for component in self.components
             ]
             command = [airflow_bin(), "api-server"]
         else:

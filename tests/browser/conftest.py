@@ -1,0 +1,79 @@
+"""One real Airflow signing people in through the OIDC simulator (devstack/oidc_sim.py) with the
+unchanged config/webserver_config.py, and Debian's chromium driven by playwright.
+
+Lean on purpose: the API server and the DAG processor only (it serializes the DAGs and applies
+their access_control); no scheduler, so a triggered run is created and never starts, and no
+database cluster: the demo cluster is an inventory entry only."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.airflow import AirflowStandalone
+from devstack.net import free_port
+from devstack.oidc_sim import OidcSimulator, OidcState
+from tests.factories import cluster_doc
+
+CHROMIUM = "/usr/bin/chromium"
+# The ServiceNow simulator's seeded people (README "Who asked, who approved"), as the IdP knows them.
+PEOPLE = {
+    "dba.oncall": {"email": "dba.oncall@example.com", "groups": ["rewind-dba"], "amr": ["pwd", "mfa", "otp"]},
+    "ops.outsider": {"email": "ops.outsider@example.com", "groups": ["rewind-auditors"], "amr": ["pwd"]},
+}
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Screenshots of every step, kept after the run (the path is printed)."""
+    path = Path(tempfile.mkdtemp(prefix="rewind-browser-"))
+    print(f"\nbrowser test artifacts (screenshots): {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def oidc():
+    sim = OidcSimulator(state=OidcState()).start()
+    for username, person in PEOPLE.items():
+        sim.add_user(username, **person)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="session")
+def sso_airflow(oidc):
+    home = Path(tempfile.mkdtemp(prefix="rewind-sso-"))
+    inventory = home / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({"clusters": {"demo": cluster_doc()}}))
+    port = free_port()
+    oidc.state.redirect_uris = [f"http://127.0.0.1:{port}/auth/oauth-authorized/oidc"]
+    airflow = AirflowStandalone(
+        home=home,
+        port=port,
+        env={"REWIND_INVENTORY": str(inventory), **oidc.airflow_env()},
+        paused_at_creation=True,
+        auth_manager="fab",
+        components=("dag-processor",),
+    )
+    try:
+        airflow.start()
+        yield airflow
+    finally:
+        airflow.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
