@@ -24,6 +24,7 @@ For people and tests:
     GET  /sim/logins                             every successful login (username, groups, amr, at)
 
     python -m devstack.oidc_sim serve --port 8095 --redirect-uri http://127.0.0.1:8080/auth/oauth-authorized/oidc
+    python -m devstack.oidc_sim groups dba.oncall rewind-auditors     (the next sign-in shows it)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import copy
 import html
 import json
+import os
 import secrets
 import sys
 import threading
@@ -410,48 +412,62 @@ class OidcSimulator:
         self.state.set_groups(username, groups)
 
     def airflow_env(self, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin",)) -> dict[str, str]:
-        """The unchanged config/webserver_config.py, with this simulator as the identity provider:
-        what every Airflow component (and `airflow` command) of the deployment gets."""
-        return {
-            "AIRFLOW__FAB__CONFIG_FILE": str(REPO / "config" / "webserver_config.py"),
-            "REWIND_SSO_API_USERS": ",".join(api_users),
-            "REWIND_OIDC_ISSUER": self.issuer,
-            "REWIND_OIDC_CLIENT_ID": self.state.client_id,
-            "REWIND_OIDC_CLIENT_SECRET": self.state.client_secret,
-            "REWIND_OIDC_PROVIDER": provider,
-            "REWIND_OIDC_SCOPE": "openid email profile groups",
-        }
+        return airflow_env(self.issuer, self.state.client_id, self.state.client_secret, provider=provider, api_users=api_users)
 
 
+def airflow_env(
+    issuer: str, client_id: str, client_secret: str, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin",)
+) -> dict:
+    """The unchanged config/webserver_config.py with the simulator as the identity provider: what
+    every Airflow component (and `airflow` command) of the deployment gets. `api_users` keep a
+    password for REST tokens (the airflow_api connection's user)."""
+    return {
+        "AIRFLOW__FAB__CONFIG_FILE": str(REPO / "config" / "webserver_config.py"),
+        "REWIND_SSO_API_USERS": ",".join(api_users),
+        "REWIND_OIDC_ISSUER": issuer,
+        "REWIND_OIDC_CLIENT_ID": client_id,
+        "REWIND_OIDC_CLIENT_SECRET": client_secret,
+        "REWIND_OIDC_PROVIDER": provider,
+        "REWIND_OIDC_SCOPE": "openid email profile groups",
+    }
+
+
+# The local stack's people: the ServiceNow simulator's seeded users (README "Who asked, who
+# approved") as the IdP knows them, plus a platform owner.
 DEMO_USERS = {
-    "dba": {"email": "dba@rewind.example", "groups": ["rewind-dba"], "amr": ["pwd", "mfa", "otp"]},
-    "operator": {"email": "operator@rewind.example", "groups": ["rewind-backup-operators"], "amr": ["pwd", "mfa", "otp"]},
-    "auditor": {"email": "auditor@rewind.example", "groups": ["rewind-auditors"], "amr": ["pwd"]},
+    "dba.oncall": {"email": "dba.oncall@example.com", "groups": ["rewind-dba"], "amr": ["pwd", "mfa", "otp"]},
+    "cab.approver": {"email": "cab.approver@example.com", "groups": ["rewind-auditors"], "amr": ["pwd", "mfa", "otp"]},
+    "ops.outsider": {"email": "ops.outsider@example.com", "groups": ["rewind-auditors"], "amr": ["pwd"]},
+    "platform.admin": {"email": "platform.admin@example.com", "groups": ["rewind-airflow-admins"], "amr": ["pwd", "mfa", "otp"]},
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oidc-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve with the demo users (dba, operator, auditor) and print their passwords")
+    serve = sub.add_parser(
+        "serve",
+        help="serve with the demo users; secrets from the environment: OIDC_SIM_CLIENT_SECRET, "
+        "OIDC_SIM_PASSWORDS ({username: password}; generated and printed when unset)",
+    )
     serve.add_argument("--port", type=int, default=8095)
     serve.add_argument("--redirect-uri", action="append", required=True, help="Airflow's http://HOST:PORT/auth/oauth-authorized/<provider>")
-    serve.add_argument("--client-secret", default=None, help="default: generated")
-    move = sub.add_parser("groups", help="set a user's groups: oidc-sim groups dba rewind-auditors")
+    move = sub.add_parser("groups", help="set a user's groups: oidc-sim groups dba.oncall rewind-auditors")
     move.add_argument("username")
     move.add_argument("groups", nargs="*")
     move.add_argument("--url", default="http://127.0.0.1:8095")
     args = parser.parse_args(argv)
     if args.command == "serve":
         state = OidcState(redirect_uris=args.redirect_uri)
-        if args.client_secret:
-            state.client_secret = args.client_secret
+        state.client_secret = os.environ.get("OIDC_SIM_CLIENT_SECRET") or state.client_secret
+        passwords = json.loads(os.environ.get("OIDC_SIM_PASSWORDS") or "{}")
         for name, user in DEMO_USERS.items():
-            state.add_user(name, **user)
+            state.add_user(name, password=passwords.get(name), **user)
         sim = OidcSimulator(args.port, state)
-        print(f"OIDC simulator on {sim.url} (client {state.client_id}, secret {state.client_secret})", flush=True)
+        print(f"OIDC simulator on {sim.url} (client {state.client_id})", flush=True)
         for name, user in state.users.items():
-            print(f"  {name}: password {user.password}, groups {user.groups}, amr {user.amr}", flush=True)
+            shown = "as given" if name in passwords else user.password
+            print(f"  {name}: password {shown}, groups {user.groups}, amr {user.amr}", flush=True)
         try:
             sim.server.serve_forever()
         except KeyboardInterrupt:

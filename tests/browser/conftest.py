@@ -15,15 +15,13 @@ import yaml
 
 from devstack.airflow import AirflowStandalone
 from devstack.net import free_port
-from devstack.oidc_sim import OidcSimulator, OidcState
+from devstack.oidc_sim import DEMO_USERS, OidcSimulator, OidcState
 from tests.factories import cluster_doc
 
 CHROMIUM = "/usr/bin/chromium"
-# The ServiceNow simulator's seeded people (README "Who asked, who approved"), as the IdP knows them.
-PEOPLE = {
-    "dba.oncall": {"email": "dba.oncall@example.com", "groups": ["rewind-dba"], "amr": ["pwd", "mfa", "otp"]},
-    "ops.outsider": {"email": "ops.outsider@example.com", "groups": ["rewind-auditors"], "amr": ["pwd"]},
-}
+# The local stack's people (the ServiceNow simulator's seeded users as the IdP knows them):
+# dba.oncall in rewind-dba, ops.outsider in rewind-auditors.
+PEOPLE = {name: DEMO_USERS[name] for name in ("dba.oncall", "ops.outsider")}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +57,7 @@ def sso_airflow(oidc):
         paused_at_creation=True,
         auth_manager="fab",
         components=("dag-processor",),
+        apply_roles=False,  # the roles exist; nobody clears or marks here
     )
     try:
         airflow.start()

@@ -30,11 +30,12 @@ REASON = "browser test: the demo ledger lost rows at 02:13"
 
 def sign_in(browser, airflow, oidc, username: str, shots, step: str):
     """A new browser (no cookies: no Airflow session, and the simulator keeps no IdP session) that
-    signs in through the IdP's form and lands on the PITR's page."""
+    signs in through the IdP's form and lands on the PITR's page (where the UI itself would send a
+    stranger, by way of this login page)."""
     context = browser.new_context(viewport={"width": 1280, "height": 1400})
     page = context.new_page()
-    page.goto(f"{airflow.url}/dags/{PITR}")
-    page.wait_for_url(f"{airflow.url}/auth/login/**")  # the UI sends a stranger to FAB's login page
+    page.goto(f"{airflow.url}/auth/login/?next=/dags/{PITR}")
+    page.get_by_text("Sign In with oidc").wait_for()
     assert page.locator("input[type=password]").count() == 0  # no password form: the IdP only
     shots(page, f"{step}-1-airflow-login")
     with page.expect_request(lambda r: r.url.startswith(f"{oidc.url}/authorize")) as authorize:
@@ -76,7 +77,9 @@ def runs(airflow) -> list[dict]:
 def test_people_sign_in_through_the_idp_and_their_groups_decide_who_may_rewind(sso_airflow, oidc, browser, artifacts):
     airflow = sso_airflow
     airflow.wait_for_dag(PITR)
-    shots = lambda page, name: page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)  # noqa: E731
+
+    def shots(page, name):
+        page.screenshot(path=str(artifacts / f"{name}.png"))
 
     # Passwords: none for people (the REST service account keeps its own).
     token = requests.post(f"{airflow.url}/auth/token", json={"username": "dba.oncall@example.com", "password": "x" * 12}, timeout=30)
