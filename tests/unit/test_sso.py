@@ -131,3 +131,14 @@ def test_the_config_is_oauth_only_with_pkce_and_roles_synced_at_every_login(monk
 def test_a_bad_setting_stops_the_api_server_naming_it(monkeypatch, env, message):
     with pytest.raises(RuntimeError, match=message):
         load_config(monkeypatch, **env)
+
+
+def test_the_local_stacks_servicenow_page_names_each_changes_requester():
+    """The local stack with --sso: a DBA signs in through the IdP, triggers a PITR, and the change on
+    the simulator's page names them (what README "Single sign-on" tells people to look for)."""
+    from devstack.servicenow_sim import SimState, _page
+
+    state = SimState()
+    dba = state.user("dba.oncall")
+    state.create_change("normal", {"short_description": "Rewind PITR: restore demo", "requested_by": dba["sys_id"]})
+    assert "<td>DBA On-Call &lt;dba.oncall@example.com&gt;</td>" in _page(state)
