@@ -1,5 +1,5 @@
 """Single sign-on for Rewind's Airflow: the FAB auth manager's webserver_config.py for OAuth/OpenID
-Connect (README "Who may do what (roles)" > "Single sign-on"). The same file serves Okta, Entra ID
+Connect (README "Single sign-on"). The same file serves Okta, Entra ID
 and the development stack's simulator (devstack/oidc_sim.py): everything that differs is in the
 environment of the API server (and of every `airflow` command, which reads this file too).
 

@@ -10,9 +10,10 @@ On every sign-in through the identity provider:
   every role; everybody else gets exactly the roles their groups map to (AUTH_ROLES_SYNC_AT_LOGIN);
 - an email already recorded for another IdP subject is refused (an address handed to a new person,
   or an IdP account that set someone else's address): an Admin deletes the old
-  `rewind_identity__<email>` Variable first;
+  identity Variable (rewind_airflow.identity.identity_key) first;
 - the local REST service accounts (`REWIND_SSO_API_USERS`) cannot be signed into through the IdP;
-- the Variable `rewind_identity__<username>` is written (rewind_airflow.identity).
+- the Variable rewind_airflow.identity.identity_key(username) is written (rewind.sso.login_record),
+  which rewind_airflow.identity.requester_of reads when the person triggers a run.
 
 And there is no password login for people: a password is accepted (POST /auth/token, the only
 place left that takes one) for the REST service accounts only.
