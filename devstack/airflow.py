@@ -231,6 +231,11 @@ class AirflowStandalone:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def component_pids(self) -> list[int]:
+        """FAB only: the scheduler, DAG processor and triggerer, each the leader of its process group."""
+        return [component.pid for component in self._components]
+
     def password(self, username: str | None = None) -> str | None:
         try:
             return json.loads(self.passwords_file.read_text()).get(username or self.username)

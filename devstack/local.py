@@ -80,6 +80,8 @@ def status() -> int:
         if name == "oidc" and not state.get(name):
             continue
         print(f"{name:8} pid {state.get(name)}: {'running' if _alive(state.get(name)) else 'stopped'}")
+    for pid in state.get("airflow_components") or []:
+        print(f"{'':8} pid {pid}: {'running' if _alive(pid) else 'stopped'} (Airflow component)")
     print(f"postgres data {state.get('data_dir')}: {'running' if state.get('data_dir') and _pg_running(state) else 'stopped'}")
     return 0
 
@@ -222,6 +224,8 @@ def up(sso: bool = False) -> int:
                 "vault": vault.pid,
                 "oidc": oidc.pid if oidc else None,
                 "airflow": airflow.pid,
+                # with --sso (FAB) the other components run beside the API server, each in its own group
+                "airflow_components": airflow.component_pids,
                 "data_dir": str(stack.data_dir),
                 "inventory": str(stack.inventory_path),
                 "url": airflow.url,
@@ -268,9 +272,12 @@ Stop everything, as root: scripts/local-stack.sh down
 def _kill(state: dict, name: str, grace_s: float = 30.0) -> None:
     """SIGTERM the process group a component was started in; SIGKILL what is left after grace_s
     (Airflow's scheduler can hang on shutdown, orphaned, after its standalone parent has exited)."""
+    _kill_group(state.get(name), grace_s)
+
+
+def _kill_group(pgid: int | None, grace_s: float = 30.0) -> None:
     import time
 
-    pgid = state.get(name)
     if not pgid:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -292,6 +299,8 @@ def down(quiet: bool = False) -> int:
     (its shutdown archives the last WAL), then the simulators."""
     state = _state()
     _kill(state, "airflow")
+    for pgid in state.get("airflow_components") or []:
+        _kill_group(pgid)
     if state.get("inventory") and Path(state["inventory"]).exists():
         cluster = load_inventory(state["inventory"]).get("demo")
         if postmaster_pid(cluster):
