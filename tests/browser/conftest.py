@@ -24,12 +24,20 @@ CHROMIUM = "/usr/bin/chromium"
 PEOPLE = {name: DEMO_USERS[name] for name in ("dba.oncall", "ops.outsider")}
 
 
+ARTIFACTS: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    """Screenshots of every step, kept after the run (the path is printed)."""
+    """Screenshots of every step, kept after the run: the directory is named in pytest's summary."""
     path = Path(tempfile.mkdtemp(prefix="rewind-browser-"))
-    print(f"\nbrowser test artifacts (screenshots): {path}")
+    ARTIFACTS.append(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    for path in ARTIFACTS:
+        terminalreporter.write_line(f"browser test artifacts (screenshots of every step): {path}")
 
 
 @pytest.fixture(scope="session")
