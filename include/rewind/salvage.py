@@ -19,8 +19,8 @@ Limits (said in the summary when they apply): a row changed by a bad transaction
 legitimate one carries both changes (listed for review); a deletion cannot be told apart by who
 made it when a bad transaction also deleted rows of that table (listed for review, not in the
 SQL); the state at the target is read from the rewound cluster, so rows it changed since the
-rewind count as changed there; tables without a primary key are not salvaged; generated columns
-make the INSERTs fail (edit them out); rows of a discarded transaction that began before the WAL
+rewind count as changed there; tables without a primary key are not salvaged (generated columns
+are left to PostgreSQL to compute, identity columns keep the salvaged values); rows of a discarded transaction that began before the WAL
 read (one segment before the switch) may leave its table unlisted.
 """
 
@@ -134,7 +134,12 @@ class TableSalvage:
         keys = ", ".join(map(quote_ident, self.key))
         others = [c for c in self.columns if c not in self.key]
         action = "do update set " + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others) if others else "do nothing"
-        return f"insert into {target} select * from json_populate_record(null::{target}, {quote_literal(row.record)}) on conflict ({keys}) {action};"
+        columns = ", ".join(map(quote_ident, self.columns))  # generated columns left out: PostgreSQL computes them
+        # OVERRIDING SYSTEM VALUE: an identity ALWAYS column takes the salvaged row's value
+        return (
+            f"insert into {target} ({columns}) overriding system value select {columns} "
+            f"from json_populate_record(null::{target}, {quote_literal(row.record)}) on conflict ({keys}) {action};"
+        )
 
     def sequence_sql(self) -> list[str]:
         """Move each column's sequence past the values inserted (never backwards)."""
@@ -215,7 +220,7 @@ TABLE_INFO_SQL = (
     "coalesce((select string_agg(a.attname, ',' order by array_position(i.indkey::int2[], a.attnum)) from pg_index i "
     "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[]) where i.indrelid = c.oid and i.indisprimary), '') "
     "|| '|' || (select string_agg(a.attname, ',' order by a.attnum) from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 "
-    "and not a.attisdropped) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+    "and not a.attisdropped and a.attgenerated = '') from pg_class c join pg_namespace n on n.oid = c.relnamespace "
     "where c.relkind in ('r', 'p') and pg_relation_filenode(c.oid) = any('{{{nodes}}}'::oid[])"
 )
 

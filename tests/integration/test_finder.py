@@ -38,7 +38,11 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
     from rewind.cli import main as rewind_cli
 
     fresh_ledger(demo_stack)
-    demo_stack.psql("drop table if exists trade; create table trade (id serial primary key, note text)")
+    # identity ALWAYS and a generated column: salvage's SQL must insert into both as they are
+    demo_stack.psql(
+        "drop table if exists trade; create table trade (id bigint generated always as identity primary key, note text, "
+        "note_length int generated always as (length(note)) stored)"
+    )
     write(demo_stack, 1, 100)
     time.sleep(1.1)
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=0.5)).strftime("%Y-%m-%d %H:%M:%S.%f+00")
@@ -122,5 +126,6 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
     demo_stack.psql((directory / "salvage.postgres.sql").read_text())
     assert demo_stack.psql(ROWS) == expected
     assert demo_stack.psql("select count(*) || ' ' || max(id) from trade") == "42 42"
+    assert demo_stack.psql("select count(*) from trade where note_length = length(note)") == "42"
     # the sequence was rewound too (to what it had logged ahead: 34): the SQL moved it past the salvaged ids
     assert demo_stack.psql("insert into trade (note) values ('d') returning id") == "43"

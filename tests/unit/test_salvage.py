@@ -76,7 +76,8 @@ def test_sql_upserts_by_key_and_deletes_with_values_quoted_and_csv_keeps_numeric
     sql = (tmp_path / "salvage.app.sql").read_text().splitlines()
     assert sql[4] == "begin;" and sql[-1] == "commit;"
     assert (
-        'insert into "public"."we""ird" select * from json_populate_record(null::"public"."we""ird", '
+        'insert into "public"."we""ird" ("id", "k", "amount") overriding system value select "id", "k", "amount" '
+        'from json_populate_record(null::"public"."we""ird", '
         '\'{"id":2,"k":"it\'\'s","amount":null}\') on conflict ("id", "k") do update set "amount" = excluded."amount";'
     ) in sql
     assert (
