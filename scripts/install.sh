@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything Rewind needs on a Debian 12/13 machine; idempotent. Run as root.
 #   apt: PostgreSQL (15 where available), pgBackRest, stunnel4 (TLS in front of the S3 simulator),
+#        chromium (the browser tests drive Debian's chromium with playwright; playwright's own download is not used),
 #        and for the production-shape e2e (tests/e2e_celery) and the compose check: redis-server
 #        (the Celery broker), iproute2 (a network namespace per database host), docker-compose
 #        (validates docker-compose.yaml offline)
@@ -19,6 +20,7 @@ command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || packages+=(st
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 command -v runuser >/dev/null || packages+=(util-linux)
+command -v chromium >/dev/null || packages+=(chromium)
 command -v redis-server >/dev/null || packages+=(redis-server)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v docker-compose >/dev/null || [ -x /usr/libexec/docker/cli-plugins/docker-compose ] || packages+=(docker-compose)
