@@ -30,6 +30,7 @@ def summary(
     mark: dict | None = None,
     restored: dict | None = None,
     checks: list[dict] | None = None,
+    copy_counts: dict[str, int] | None = None,
     annotated: dict | None = None,
     removed: dict | None = None,
 ) -> str:
@@ -61,6 +62,8 @@ def summary(
             lines.append(f"Check {check['name']}: {'ok' if check['ok'] else 'FAILED'}: {bounded(check['summary'], 400)}")
     else:
         lines.append("Checks: not reached")
+    if copy_counts:
+        lines.append("Rows on the copy: " + ", ".join(f"{table} {rows}" for table, rows in sorted(copy_counts.items())))
     if annotated:
         lines.append(f"Backup {annotated['label']} annotated " + ", ".join(f"{k}={v}" for k, v in annotated["annotations"].items()))
     if removed is not None:

@@ -62,8 +62,8 @@ def parse_target(text: str, *, now: dt.datetime) -> tuple[str, dt.datetime | Non
     else:
         try:
             when = parse_target_time(text)
-        except ValueError as exc:
-            raise RehearsalRefused(f"param target: {exc}: {TARGET_HELP}") from None
+        except ValueError:
+            raise RehearsalRefused(f"param target: {text!r} is neither latest, an age nor a time: {TARGET_HELP}") from None
         if when > now:
             raise RehearsalRefused(f"param target: {when:%Y-%m-%d %H:%M:%S} UTC is in the future (now {now:%Y-%m-%d %H:%M:%S} UTC)")
     return "time", when.astimezone(dt.timezone.utc)

@@ -104,6 +104,7 @@ class RehearsalFailureNotifier(RewindAlertNotifier):
                 mark=pulled["mark_production"],
                 restored=pulled["restore_scratch"],
                 checks=checked.get("checks"),
+                copy_counts=checked.get("counts"),
             )
         except Exception as exc:  # the evidence must never hide the original failure
             self.log.warning("the evidence so far could not be gathered: %s", exc)

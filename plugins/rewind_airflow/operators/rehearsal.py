@@ -342,6 +342,7 @@ class CloseRehearsalChangeOperator(RehearsalOperator):
             mark=steps["mark"],
             restored=steps["restored"],
             checks=[*steps["checked"]["checks"], steps["compared"]],
+            copy_counts=steps["checked"].get("counts"),
             annotated=steps["annotated"],
             removed=steps["removed"],
         )
