@@ -557,6 +557,23 @@ def make_handler(state: SimState):
 def _page(state: SimState) -> str:
     with state.lock:
         changes = sorted(state.records["change_request"].values(), key=lambda r: r["number"], reverse=True)
+        tasks = sorted(state.records["change_task"].values(), key=lambda r: r["number"], reverse=True)
+    numbers = {change["sys_id"]: change["number"] for change in changes}
+    task_rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(value)}</td>"
+            for value in (
+                task["number"],
+                numbers.get(task.get("change_request", ""), ""),
+                task.get("short_description", ""),
+                TASK_LABELS.get(task.get("state", ""), task.get("state", "")),
+                task.get("close_code", ""),
+            )
+        )
+        + f"<td><pre>{html.escape(task.get('close_notes', ''))}</pre></td></tr>"
+        for task in tasks
+    )
     rows = []
     for change in changes:
         buttons = ""
@@ -580,7 +597,8 @@ def _page(state: SimState) -> str:
         "<h1>ServiceNow simulator: change requests</h1><p>state: -5 New, -3 Authorize, -2 Scheduled, -1 Implement, 3 Closed, 4 Canceled</p>"
         "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th></th></tr>"
         + "".join(rows)
-        + "</table></body></html>"
+        + "</table><h2>Change tasks</h2><table><tr><th>number</th><th>change</th><th>short description</th><th>state</th>"
+        "<th>close code</th><th>close notes</th></tr>" + task_rows + "</table></body></html>"
     )
 
 
@@ -622,6 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8091)
     serve.add_argument("--user", default="rewind")
     serve.add_argument("--password", default=None, help="default: $SERVICENOW_SIM_PASSWORD or generated")
+    serve.add_argument(
+        "--standard-template",
+        action="append",
+        default=[],
+        metavar="SYS_ID=SHORT_DESCRIPTION",
+        help="a published standard change template (repeatable)",
+    )
     for verdict in ("approve", "reject"):
         decide = sub.add_parser(verdict)
         decide.add_argument("number")
@@ -632,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
 
         state = SimState(username=args.user)
         state.password = args.password or os.environ.get("SERVICENOW_SIM_PASSWORD") or state.password
+        for template in args.standard_template:
+            sys_id, _, short_description = template.partition("=")
+            state.templates[sys_id] = {"short_description": short_description or sys_id}
         sim = ServiceNowSimulator(args.port, state)
         print(f"ServiceNow simulator on {sim.url} (user {state.username})", flush=True)
         try:
