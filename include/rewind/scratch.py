@@ -73,8 +73,15 @@ class ScratchCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chown(self.directory, user.pw_uid, user.pw_gid)
         self.directory.chmod(0o700)
+        # Tablespaces too go under the scratch directory: restored where the backup says, they
+        # would land in production's own tablespace directories (and --delta would rewrite them).
+        tablespaces = self.directory / "tablespaces"
+        tablespaces.mkdir(exist_ok=True)
+        os.chown(tablespaces, user.pw_uid, user.pw_gid)
+        tablespaces.chmod(0o700)
         self.pgbackrest.restore(
             pg_path=str(self.data_dir),
+            tablespace_map_all=str(tablespaces),
             backup_set=backup_set,
             restore_type=restore_type,
             target=target,

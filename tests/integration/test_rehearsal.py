@@ -17,6 +17,7 @@ ServiceNow simulator + StatsD), on one cluster of its own, in this order:
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import struct
 import tempfile
@@ -40,13 +41,14 @@ REASON = "monthly proof that the ledger's backups restore"
 
 @pytest.fixture(scope="module")
 def rehearsed(airflow_db, servicenow):
-    """Cluster 'rehearsed' with a ledger, a full backup, and rows written after it (replayed from WAL)."""
+    """Cluster 'rehearsed' with a ledger, a table in a tablespace, a full backup, and rows written
+    after it (replayed from WAL), among them a table created in the tablespace after the backup."""
     servicenow.state.templates[TEMPLATE] = {"short_description": "Monthly restore rehearsal (standard change)", "category": "database"}
     saved = dict(os.environ)
     stack = DemoStack(
         Path(tempfile.mkdtemp(prefix="rewind-stack-", dir="/tmp")),
         name="rehearsed",
-        rehearsal={"change_template": TEMPLATE, "tables": ["public.ledger_entry"]},
+        rehearsal={"change_template": TEMPLATE, "tables": ["public.ledger_entry", "public.ts_rows"]},
     )
     try:
         stack.start()
@@ -55,8 +57,17 @@ def rehearsed(airflow_db, servicenow):
         os.environ.update(stack.worker_env())
         fresh_ledger(stack)
         write(stack, 1, 500)
+        tablespace = stack.base / "tablespace"
+        tablespace.mkdir()
+        owner = pwd.getpwnam(stack.os_user)
+        os.chown(tablespace, owner.pw_uid, owner.pw_gid)
+        stack.psql(f"create tablespace rehearsal_ts location '{tablespace}'")
+        stack.psql("create table ts_rows tablespace rehearsal_ts as select g as id from generate_series(1, 10) g")
         stack.pgbackrest().backup("full", annotations={"airflow_run_id": "rehearsal-base"})
         write(stack, 501, 100)
+        # a file in production's tablespace the backup does not have: a restore that wrote there
+        # (instead of under the scratch directory) with --delta would remove it
+        stack.psql("create table ts_after tablespace rehearsal_ts as select g as id from generate_series(1, 7) g")
         yield stack
     finally:
         os.environ.clear()
@@ -174,7 +185,10 @@ def test_a_rehearsal_proves_the_newest_backup_and_leaves_production_as_it_was(re
         assert f"Backup proved: {label} (full" in evidence and "--archive-mode=off" in evidence
         assert "restore point rewind-rehearsal-" in evidence and "RTO: " in evidence and "RPO at that moment: " in evidence
         # production's 600 rows at the restore point, the last 100 of them only in WAL after the backup
-        assert "row counts: ok: equal to production at the restore point (production/copy): public.ledger_entry 600/600" in evidence
+        assert (
+            "row counts: ok: equal to production at the restore point (production/copy): public.ledger_entry 600/600, public.ts_rows 10/10"
+            in evidence
+        )
         for check in ("pg_amcheck: ok", "pg_dump postgres: ok", "pg_checksums: ok: every page checksum is valid", "archive untouched: ok"):
             assert f"Check {check}" in evidence, check
 
@@ -190,6 +204,8 @@ def test_a_rehearsal_proves_the_newest_backup_and_leaves_production_as_it_was(re
     assert postmaster_pid(stack.cluster) == pid  # production never stopped
     assert timelines_in_archive(stack) == timelines  # the promoted copy's timeline never reached the repository
     assert stack.psql("select count(*) from ledger_entry") == "600"
+    # the copy's tablespace was under the scratch directory: production's is as it was
+    assert stack.psql("select (select count(*) from ts_rows) || ' ' || (select count(*) from ts_after)") == "10 7"
 
 
 # ---- a damaged index that only pg_amcheck --heapallindexed sees ---------------------------------------

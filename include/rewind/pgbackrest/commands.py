@@ -146,12 +146,17 @@ class PgBackRestCommands:
         delta: bool = True,
         pg_path: str | None = None,
         archive_mode: Literal["preserve", "off"] | None = None,
+        tablespace_map_all: str | None = None,
     ) -> list[str]:
+        """tablespace_map_all: every tablespace restored under this directory instead of where the
+        backed-up cluster had it (a restore elsewhere must never write into the original's)."""
         options: list[str] = []
         if delta:
             options.append(_option("delta"))
         if pg_path:
             options.append(_option("pg1-path", pg_path))
+        if tablespace_map_all:
+            options.append(_option("tablespace-map-all", tablespace_map_all))
         if backup_set:
             options.append(_option("set", backup_set))
         if restore_type != "default":
