@@ -171,6 +171,5 @@ for cluster in inventory.clusters.values():
         )
 
         validate >> open_change >> mark >> restore_scratch >> check_scratch >> compare >> annotate >> remove_scratch >> close_change
-        (
-            annotate >> close_change
-        )  # closed successful only when the backup was annotated, whatever remove_scratch's trigger rule lets through
+        # closed successful only when the backup was annotated, whatever remove_scratch's trigger rule lets through
+        annotate >> close_change
