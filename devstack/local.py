@@ -222,6 +222,8 @@ def up(sso: bool = False) -> int:
             "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
             # Who the local admin is to ServiceNow (README "Who asked, who approved"): the
             # simulator's on-call DBA, so the CAB approver on the simulator page may approve.
+            # the run links Rewind writes into changes and notes point at this stack's own port
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{PORT}",
             "AIRFLOW_VAR_REWIND_IDENTITY__ADMIN": json.dumps({"email": "dba.oncall@example.com", "amr": ["pwd"]}),
             **stack.worker_env(),
             **sso_env,

@@ -85,8 +85,8 @@ class ScratchCluster:
             backup_set=backup_set,
             restore_type=restore_type,
             target=target,
-            target_action="promote",
             target_timeline=target_timeline,
+            target_action="promote",
             archive_mode="off",
             delta=True,
         )
