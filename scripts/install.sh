@@ -36,4 +36,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e . -e ./devstack 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$want" > "$stamp"
 fi
+# checkov scans terraform/ (tests/unit/test_terraform.py) from a venv of its own inside this one:
+# its pins (boto3, packaging, networkx, and an `hcl2` module of its own) conflict with the runtime's
+# (see terraform/requirements-checkov.txt). Inside $VENV it is ignored by git and ruff like $VENV.
+CHECKOV_VENV="$VENV/checkov"
+checkov_stamp="$CHECKOV_VENV/.rewind-requirements.sha256"
+checkov_want=$(sha256sum < terraform/requirements-checkov.txt | cut -d' ' -f1)
+if [ ! -f "$checkov_stamp" ] || [ "$(cat "$checkov_stamp")" != "$checkov_want" ]; then
+  [ -x "$CHECKOV_VENV/bin/python" ] || python3 -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/pip" install -q --disable-pip-version-check -r terraform/requirements-checkov.txt 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$checkov_want" > "$checkov_stamp"
+fi
 echo "install.sh: $(pgbackrest version), $("$VENV/bin/airflow" version 2>/dev/null | tail -1 | sed 's/^/Airflow /'), $(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')"
