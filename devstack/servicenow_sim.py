@@ -44,7 +44,16 @@ import requests
 from devstack.net import LoopbackHTTPService
 
 PREFIXES = {"change_request": "CHG", "change_task": "CTASK", "incident": "INC"}
-TABLES = set(PREFIXES) | {"sys_journal_field"}
+TABLES = set(PREFIXES) | {"sys_journal_field", "sys_user", "sys_user_group", "sys_user_grmember", "sysapproval_approver"}
+# People and the approval group the simulator starts with (SimState.add_user adds more):
+# the on-call DBA who asks for changes, a CAB member who approves them, and someone outside the CAB.
+APPROVAL_GROUP = "Database CAB"
+DEFAULT_APPROVER = "cab.approver"
+SEED_USERS = {
+    "dba.oncall": ("dba.oncall@example.com", "DBA On-Call", ()),
+    "cab.approver": ("cab.approver@example.com", "CAB Approver", (APPROVAL_GROUP,)),
+    "ops.outsider": ("ops.outsider@example.com", "Ops Outsider", ()),
+}
 
 
 def _now() -> str:
@@ -74,6 +83,39 @@ class SimState:
     mandatory_on_close: list[str] = field(default_factory=list)
     # Standard change templates (sys_id -> fields every change made from it starts with).
     templates: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for user_name, (email, name, groups) in SEED_USERS.items():
+            self.add_user(user_name, email=email, name=name, groups=groups)
+
+    # ---- people, groups, approvals --------------------------------------------------------------------
+    def add_user(self, user_name: str, *, email: str, name: str | None = None, groups=(), active: bool = True) -> dict:
+        with self.lock:
+            user = self.create(
+                "sys_user", {"user_name": user_name, "email": email, "name": name or user_name, "active": str(active).lower()}
+            )
+            for group in groups:
+                self.add_to_group(user_name, group)
+            return user
+
+    def group(self, name: str) -> dict:
+        with self.lock:
+            found = self.query("sys_user_group", f"name={name}")
+            return found[0] if found else self.create("sys_user_group", {"name": name})
+
+    def user(self, user_name: str) -> dict:
+        [user] = self.query("sys_user", f"user_name={user_name}")
+        return user
+
+    def add_to_group(self, user_name: str, group: str) -> None:
+        self.create("sys_user_grmember", {"user": self.user(user_name)["sys_id"], "group": self.group(group)["sys_id"]})
+
+    def remove_from_group(self, user_name: str, group: str) -> None:
+        with self.lock:
+            user, group_id = self.user(user_name)["sys_id"], self.group(group)["sys_id"]
+            for member in self.query("sys_user_grmember", f"user={user}^group={group_id}"):
+                del self.records["sys_user_grmember"][member["sys_id"]]
+
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # ---- records --------------------------------------------------------------------------------
@@ -188,10 +230,8 @@ class SimState:
                     fields.setdefault("approval", "requested")
             record = self.update("change_request", sys_id, fields)
             if self.auto_approve and record.get("approval") == "requested":
-                record = self.update(
-                    "change_request",
-                    sys_id,
-                    {"approval": "approved", "state": "-2", "work_notes": "Approved automatically (simulator auto-approve)"},
+                record = self.decide(
+                    record["number"], "approve", by=DEFAULT_APPROVER, note="Approved automatically (simulator auto-approve)"
                 )
             return record
 
@@ -203,17 +243,22 @@ class SimState:
         with self.lock:
             return next((r for r in self.records["change_request"].values() if r["number"] == number), None)
 
-    def decide(self, number: str, verdict: str) -> dict:
-        change = self.find_change(number)
-        if change is None:
-            raise KeyError(number)
-        if verdict == "approve":
-            return self.update(
-                "change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": "Approved in the simulator"}
+    def decide(self, number: str, verdict: str, *, by: str = DEFAULT_APPROVER, note: str | None = None) -> dict:
+        """An approver's decision: recorded in sysapproval_approver (who, what), as ServiceNow does."""
+        with self.lock:
+            change = self.find_change(number)
+            if change is None:
+                raise KeyError(number)
+            approver = self.user(by)
+            state = "approved" if verdict == "approve" else "rejected"
+            self.create(
+                "sysapproval_approver",
+                {"sysapproval": change["sys_id"], "approver": approver["sys_id"], "state": state, "source_table": "change_request"},
             )
-        return self.update(
-            "change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": "Rejected in the simulator"}
-        )
+            text = note or f"{'Approved' if state == 'approved' else 'Rejected'} by {approver['name']} in the simulator"
+            if state == "approved":
+                return self.update("change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": text})
+            return self.update("change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": text})
 
 
 class PolicyError(Exception):
@@ -319,6 +364,8 @@ def make_handler(state: SimState):
             table = parts[3]
             if table not in TABLES:
                 return self._error(403, "Operation Failed", f"ACL exception: no access to table {table}")
+            if table in ("sys_user", "sys_user_group", "sys_user_grmember", "sysapproval_approver") and method != "GET":
+                return self._error(403, "Operation Failed", f"ACL exception: the integration user may read {table}, not write it")
             if table == "change_request" and method != "GET":
                 return self._error(
                     403, "Operation Failed", "ACL exception: change_request is written through the Change Management API (/api/sn_chg_rest)"
@@ -397,9 +444,10 @@ def make_handler(state: SimState):
             if url.path == "/" and method == "GET":
                 return self._send(200, _page(state), "text/html; charset=utf-8")
             if parts[1:2] == ["changes"] and len(parts) == 4 and method == "POST" and parts[3] in ("approve", "reject"):
+                by = parse_qs(url.query).get("as", [DEFAULT_APPROVER])[0]
                 try:
-                    record = state.decide(parts[2], parts[3])
-                except KeyError:
+                    record = state.decide(parts[2], parts[3], by=by)
+                except (KeyError, ValueError):
                     return self._error(404, "No Record found", parts[2])
                 if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                     self.send_response(303)
@@ -482,11 +530,11 @@ class ServiceNowSimulator(LoopbackHTTPService):
             }
         )
 
-    def approve(self, number: str) -> dict:
-        return self.state.decide(number, "approve")
+    def approve(self, number: str, *, by: str = DEFAULT_APPROVER) -> dict:
+        return self.state.decide(number, "approve", by=by)
 
-    def reject(self, number: str) -> dict:
-        return self.state.decide(number, "reject")
+    def reject(self, number: str, *, by: str = DEFAULT_APPROVER) -> dict:
+        return self.state.decide(number, "reject", by=by)
 
     def fail_next(self, count: int, status: int = 503, delay_s: float = 0.0) -> None:
         with self.state.lock:

@@ -38,7 +38,9 @@ DEFAULT_INVENTORY_PATH = Path("/etc/rewind/inventory.yaml")
 BACKUP_TYPES = ("full", "diff", "incr")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would let a trailing newline through
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and Unicode's line/paragraph separators: each ends a line for someone
+# (str.splitlines reads \x85 and \u2028 as line breaks), so none belongs in a path or a name.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _no_control_chars(value: str) -> str:
@@ -111,6 +113,7 @@ class PostgresSettings(_Model):
     # (README "Data checks"); it must exist in the restored data, so create it before the backups.
     check_role: Name = "rewind_check"
     check_timeout_s: int = Field(60, ge=1, le=3600)  # statement_timeout of each data check
+    archive_timeout_s: int = Field(60, ge=0, le=86400)  # what onboarding sets: a quiet cluster's WAL reaches the repository within this
 
     def unit_name(self) -> str:
         return self.systemd_unit or f"postgresql@{self.version}-main"
@@ -309,9 +312,18 @@ class PitrSettings(_Model):
     approval_timeout_h: float = Field(24.0, gt=0, le=24 * 30)  # then the change is cancelled
 
 
+class ChangeControl(_Model):
+    # The ServiceNow group whose members approve this cluster's changes. A change is acted on only
+    # when approved by a member of it who is not the person who asked for it.
+    approval_group: SafeStr = "Database CAB"
+
+
 class Connections(_Model):
     postgres: Name | None = None  # Airflow connection id used for SQL checks
     servicenow: Name = "servicenow_default"
+    # AWS connection (amazon provider) that may read the repository bucket's settings (versioning,
+    # Object Lock, encryption, public access block): onboarding checks the bucket's posture with it.
+    aws: Name = "aws_default"
 
 
 class Cluster(_Model):
@@ -326,6 +338,7 @@ class Cluster(_Model):
     schedules: Schedules = Schedules()
     alerts: Alerts = Alerts()
     pitr: PitrSettings = PitrSettings()
+    change_control: ChangeControl = ChangeControl()
     connections: Connections = Connections()
     # Rewind's own durable state on the database host: the restore guard, each PITR run's journal,
     # retention holds, the watchdog's memory. Must survive reboots (not /tmp).

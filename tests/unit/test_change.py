@@ -8,16 +8,8 @@ import datetime as dt
 
 import pytest
 
-from rewind.pitr.change import (
-    MAX_NOTE_CHARS,
-    ChangeNotUsable,
-    cancel_change,
-    change_fields,
-    check_given_change,
-    correlation_id,
-    ensure_change,
-    require_gate,
-)
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, cancel_change, correlation_id, require_gate
+from rewind.pitr.change import change_fields, check_given_change, ensure_change
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import parse_request
 from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, change_gate, sn_time
@@ -166,7 +158,7 @@ def test_a_retry_submits_a_change_left_new_by_an_earlier_try(ledger, fake_servic
 
 
 def test_closing_walks_the_model_and_a_move_it_forbids_is_refused(ledger, fake_servicenow):
-    from rewind.pitr.change import close_change, start_implementing
+    from rewind.change_control import close_change, start_implementing
     from rewind.servicenow import ServiceNowError
 
     made = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id=RUN, run_url=URL)

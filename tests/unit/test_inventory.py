@@ -44,6 +44,12 @@ def test_defaults_merge_under_cluster_and_cluster_wins():
         ({"stanza": "ledger\n"}, "stanza", "not a valid name"),  # "$" matches before a trailing newline
         ({"postgres": {"data_dir": "/d", "systemd_unit": "pg\n"}}, "postgres.systemd_unit", "systemd unit"),
         ({"postgres": {"data_dir": "/data\nrepo1-path=/evil"}}, "postgres.data_dir", "control characters"),
+        (
+            {"postgres": {"data_dir": "/data\x85repo1-path=/evil"}},
+            "postgres.data_dir",
+            "control characters",
+        ),  # NEL: a line break to splitlines
+        ({"postgres": {"data_dir": "/data\u2028x"}}, "postgres.data_dir", "control characters"),
         ({"postgres": {"data_dir": "/d", "port": 70000}}, "postgres.port", "less than"),
         ({"postgres": {"data_dir": "/d", "systemd_unit": "x; reboot"}}, "postgres.systemd_unit", "systemd unit"),
         ({"credentials": {"env_prefix": "lower_"}}, "credentials.env_prefix", "upper-case"),

@@ -42,7 +42,7 @@ def test_change_lifecycle_through_the_change_management_api(sim):
     assert client.get_change(sys_id)["state"] == "-2"
     client.move_change(sys_id, ChangeState.IMPLEMENT, {"work_notes": "first"})
     client.add_change_note(sys_id, "second")
-    assert client.work_notes("change_request", sys_id) == ["Approved in the simulator", "first", "second"]
+    assert client.work_notes("change_request", sys_id) == ["Approved by CAB Approver in the simulator", "first", "second"]
     client.move_change(sys_id, ChangeState.REVIEW)
     with pytest.raises(ServiceNowError, match="Data Policy Exception: The following fields are mandatory: Close code, Close notes"):
         client.move_change(sys_id, ChangeState.CLOSED)
@@ -82,7 +82,7 @@ def test_clear_errors_for_401_403_404(sim):
     with pytest.raises(ServiceNowError, match="401 not authenticated: check the connection's credentials"):
         wrong.query("change_request", "")
     with pytest.raises(ServiceNowError, match="403 forbidden: the integration user lacks a role"):
-        basic(sim).query("sys_user", "")
+        basic(sim).query("sys_properties", "")
     with pytest.raises(ServiceNowNotFound, match="404"):
         basic(sim).get("change_request", "0" * 32)
     with pytest.raises(ServiceNowNotFound, match="no change_request with number CHG0099999"):
@@ -136,3 +136,70 @@ def test_approval_page_and_command(sim):
     other = sim.state.create_change_for_test(approval="requested", state=-3)
     assert main(["reject", other["number"], "--url", sim.url]) == 0
     assert client.get("change_request", other["sys_id"])["approval"] == "rejected"
+
+
+# ---- who asked, who approved (separation of duties) -------------------------------------------------
+def submitted_change(client: ServiceNowClient) -> dict:
+    from rewind.change_control import ChangeStatus
+    from rewind.servicenow import ChangeState
+
+    record = client.create_change("normal", {"short_description": "PITR", "correlation_id": "rewind:sod:1"})
+    client.move_change(record["sys_id"], ChangeState.ASSESS)
+    return ChangeStatus.from_record(client.get_change(record["sys_id"]))
+
+
+def test_the_requester_is_the_one_active_servicenow_user_with_the_identitys_address(sim):
+    from rewind.change_control import RequesterUnknown, find_person
+
+    client = basic(sim)
+    person = find_person(client, airflow_user="alice", email="dba.oncall@example.com", amr=("pwd", "otp"))
+    assert (person.sys_id, person.user_name) == (sim.state.user("dba.oncall")["sys_id"], "dba.oncall")
+    assert person.describe() == "DBA On-Call <dba.oncall@example.com> (Airflow user alice; MFA asserted by the IdP (amr: pwd, otp))"
+    with pytest.raises(RequesterUnknown, match="whose e-mail address Rewind cannot see"):
+        find_person(client, airflow_user="admin", email=None)
+    with pytest.raises(RequesterUnknown, match="<nobody@example.com>, who is not a ServiceNow user"):
+        find_person(client, airflow_user="bob", email="nobody@example.com")
+    sim.state.add_user("dba.twin", email="dba.oncall@example.com")
+    with pytest.raises(RequesterUnknown, match="matches 2 ServiceNow users"):
+        find_person(client, airflow_user="alice", email="dba.oncall@example.com")
+    sim.state.add_user("gone", email="gone@example.com", active=False)
+    with pytest.raises(RequesterUnknown, match="is not a ServiceNow user"):
+        find_person(client, airflow_user="gone", email="gone@example.com")
+
+
+@pytest.mark.parametrize(
+    "approver, outcome",
+    [
+        ("cab.approver", None),
+        ("dba.oncall", "the requester cannot approve their own change"),
+        ("ops.outsider", "approved by someone outside its approval group"),
+        (None, "no approval of it is recorded"),
+    ],
+)
+def test_only_another_member_of_the_approval_group_approves(sim, approver, outcome):
+    from rewind.change_control import ChangeNotUsable, check_approvers, find_group
+
+    client = basic(sim)
+    change = submitted_change(client)
+    if approver:
+        sim.state.decide(change.number, "approve", by=approver)
+    requester, cab = sim.state.user("dba.oncall")["sys_id"], find_group(client, "Database CAB")
+    if outcome is None:
+        assert check_approvers(client, change, step="stop", requester=requester, approval_group=cab) == [sim.state.user(approver)["sys_id"]]
+    else:
+        with pytest.raises(ChangeNotUsable, match=f"stop refused: {change.number}.*{outcome}"):
+            check_approvers(client, change, step="stop", requester=requester, approval_group=cab)
+
+
+def test_an_approver_who_left_the_group_no_longer_counts(sim):
+    from rewind.change_control import ChangeNotUsable, check_approvers, find_group
+
+    client = basic(sim)
+    change = submitted_change(client)
+    sim.state.decide(change.number, "approve", by="cab.approver")
+    requester, cab = sim.state.user("dba.oncall")["sys_id"], find_group(client, "Database CAB")
+    sim.state.remove_from_group("cab.approver", "Database CAB")
+    with pytest.raises(ChangeNotUsable, match="outside its approval group"):
+        check_approvers(client, change, step="restore", requester=requester, approval_group=cab)
+    with pytest.raises(ChangeNotUsable, match="approval group 'Nobody' is not in ServiceNow: fix change_control.approval_group"):
+        find_group(client, "Nobody")

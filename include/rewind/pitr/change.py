@@ -1,44 +1,37 @@
-"""The change request a PITR runs under: what it says, how it is bound to one run, how it is
-re-checked at each destructive step, and how it is closed or cancelled.
-
-Every write goes through ServiceNow's Change Management API (rewind.servicenow.ServiceNowClient's
-change methods), so the change's model decides which moves are allowed: a normal change is created
-New and asks for approval by moving to Assess; an emergency change (an incident-driven rewind) moves
-to Authorize; implementing is Scheduled -> Implement; closing is Implement -> Review -> Closed."""
+"""The change request a PITR runs under: what it says, a change named in the form checked and bound
+to the run, and the summary it is closed with. The change's life itself (opened, re-checked at each
+destructive step, implemented, closed) is rewind.change_control's, as for every workflow."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-from rewind.errors import RewindError
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
-from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
-
-# Where each model asks for approval (ServiceNow starts the model's approvals on that move).
-APPROVAL_STATE = {"normal": ChangeState.ASSESS, "emergency": ChangeState.AUTHORIZE}
-
-MAX_NOTE_CHARS = 4000  # what Rewind writes into one ServiceNow journal entry or close note
+from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound
 
 
-class ChangeNotUsable(RewindError):
-    """The change does not allow this step (not approved, another cluster's, already used, ...)."""
-
-    opens_incident = False
-
-
-def correlation_id(dag_id: str, run_id: str) -> str:
-    return f"rewind:{dag_id}:{run_id}"
-
-
-def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def change_fields(
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     target = request.describe()
+    who = {"requested_by": requester.sys_id} if requester else {}
+    if approval_group:
+        who["assignment_group"] = approval_group
     return {
+        **who,
         "short_description": f"Rewind PITR: restore {cluster.name} (stanza {cluster.stanza}) to {target}",
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
             f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {request.reason}\n"
+            f"Requested by: {requester.describe() if requester else 'unknown'}\n"
             f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
@@ -90,7 +83,17 @@ def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, 
     return change
 
 
-def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def ensure_change(
+    client: ServiceNowClient,
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
     create one of the request's model and ask for its approval. Returns {number, sys_id, created}."""
     ours = correlation_id(dag_id, run_id)
@@ -100,51 +103,19 @@ def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrReque
             change.sys_id,
             {
                 "correlation_id": ours,
-                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
+                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n"
+                f"Requested by: {requester.describe() if requester else 'unknown'}\n{run_url}",
             },
         )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
-    existing = client.find_changes(f"correlation_id={ours}", limit=1)
-    if existing:
-        record, created = existing[0], False
-    else:
-        record, created = (
-            client.create_change(request.change_type, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url)),
-            True,
-        )
-    if ChangeStatus.from_record(record).state == ChangeState.NEW:  # a retry may find it not yet submitted
-        record = client.move_change(record["sys_id"], APPROVAL_STATE[request.change_type])
-    return {"number": record["number"], "sys_id": record["sys_id"], "created": created}
-
-
-def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementing: bool, now: dt.datetime | None = None) -> ChangeStatus:
-    """Re-read the change at the moment of a destructive step: approved, Scheduled or Implement (only
-    Implement once this run has started implementing it), and now inside its window."""
-    change = ChangeStatus.from_record(client.get_change(sys_id))
-    decision, reason = change_gate(change, now or dt.datetime.now(dt.timezone.utc))
-    if decision != "proceed":
-        raise ChangeNotUsable(f"{step} refused: {reason}: nothing was done by this step")
-    if implementing and change.state != ChangeState.IMPLEMENT:
-        raise ChangeNotUsable(
-            f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement"
-        )
-    return change
-
-
-def start_implementing(client: ServiceNowClient, change: ChangeStatus, note: str) -> None:
-    if change.state != ChangeState.IMPLEMENT:
-        client.move_change(change.sys_id, ChangeState.IMPLEMENT, {"work_notes": note[:MAX_NOTE_CHARS]})
-
-
-def close_change(client: ServiceNowClient, sys_id: str, *, close_code: str, close_notes: str) -> None:
-    """Implement -> Review -> Closed, as the model walks it."""
-    if ChangeStatus.from_record(client.get_change(sys_id)).state == ChangeState.IMPLEMENT:
-        client.move_change(sys_id, ChangeState.REVIEW)
-    client.move_change(sys_id, ChangeState.CLOSED, {"close_code": close_code, "close_notes": close_notes[:MAX_NOTE_CHARS]})
-
-
-def cancel_change(client: ServiceNowClient, sys_id: str, note: str) -> None:
-    client.move_change(sys_id, ChangeState.CANCELED, {"work_notes": note[:MAX_NOTE_CHARS]})
+    return open_change(
+        client,
+        correlation=ours,
+        model=request.change_type,
+        fields=lambda: change_fields(
+            cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url, requester=requester, approval_group=approval_group
+        ),
+    )
 
 
 def summary(
@@ -159,12 +130,16 @@ def summary(
     timeline: int | None,
     backup: dict,
     timings: dict[str, float],
+    requested_by: str | None = None,
+    approved_by: str | None = None,
 ) -> str:
     passed = sum(1 for c in checks if c["passed"])
     lines = [
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) completed.",
         f"Run: {run_id}  {run_url}",
         f"Reason: {request.reason}",
+        f"Requested by: {requested_by or 'unknown'}",
+        f"Approved by: {approved_by or 'unknown'}",
         f"Target: {request.describe()}",
         f"At the target: {request.action_text()}",
         f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']}) "

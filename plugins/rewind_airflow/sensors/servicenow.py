@@ -11,7 +11,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from rewind.pitr.change import cancel_change
+from rewind.change_control import cancel_change
 from rewind.servicenow import ChangeStatus, ServiceNowError, ServiceNowUnavailable, change_gate
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
