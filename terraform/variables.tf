@@ -1,5 +1,5 @@
 variable "bucket_name" {
-  description = "The repository bucket (the inventory's repo.bucket). Object Lock can only be enabled when a bucket is created, so this module creates it."
+  description = "The repository bucket (the inventory's repo.bucket), which this module creates with Object Lock enabled. An existing bucket: enable versioning and Object Lock on it first (irreversible), then import it (README.md)."
   type        = string
 
   validation {
