@@ -132,6 +132,7 @@ def up(sso: bool = False) -> int:
         return 0
     down(quiet=True)
     shutil.rmtree(HOME / "stack", ignore_errors=True)
+    shutil.rmtree(HOME / "newcomer", ignore_errors=True)
     HOME.mkdir(parents=True, exist_ok=True)
     HOME.chmod(0o755)
 
@@ -207,6 +208,7 @@ def up(sso: bool = False) -> int:
     wait_for_port(VAULT_PORT, timeout=30, process=vault)
     vault_conn = vault_sim.airflow_connection(VAULT_PORT, approle=approle)
     stack.use_credentials(vault_sim.inventory_credentials(stack.name, stack.env_prefix))
+    newcomer = _start_newcomer(stack)
     oidc, sso_env, people = None, {}, {}
     if sso:
         print("starting the OIDC simulator (people sign in to Airflow through it) ...", flush=True)
@@ -220,10 +222,14 @@ def up(sso: bool = False) -> int:
             "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn,
             "AIRFLOW_CONN_VAULT_DEFAULT": vault_conn,
             "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
-            # Who the local admin is to ServiceNow (README "Who asked, who approved"): the
-            # simulator's on-call DBA, so the CAB approver on the simulator page may approve.
+            "AIRFLOW_CONN_REWIND_PG_NEWCOMER": newcomer.postgres_connection(),
+            # onboarding checks the newcomer's bucket posture through the amazon provider's S3Hook
+            "AIRFLOW_CONN_AWS_DEFAULT": newcomer.aws_connection(),
+            **newcomer.worker_env(),
             # the run links Rewind writes into changes and notes point at this stack's own port
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{PORT}",
+            # Who the local admin is to ServiceNow (README "Who asked, who approved"): the
+            # simulator's on-call DBA, so the CAB approver on the simulator page may approve.
             "AIRFLOW_VAR_REWIND_IDENTITY__ADMIN": json.dumps({"email": "dba.oncall@example.com", "amr": ["pwd"]}),
             **stack.worker_env(),
             **sso_env,
@@ -245,6 +251,8 @@ def up(sso: bool = False) -> int:
                 # with --sso (FAB) the other components run beside the API server, each in its own group
                 "airflow_components": airflow.component_pids,
                 "data_dir": str(stack.data_dir),
+                "newcomer_moto": newcomer.s3._moto.pid,
+                "newcomer_stunnel": newcomer.s3._stunnel.pid,
                 "inventory": str(stack.inventory_path),
                 "url": airflow.url,
                 "password": password,
@@ -268,7 +276,8 @@ def up(sso: bool = False) -> int:
 Rewind local stack is up.
   Airflow UI   {airflow.url}   {login}
   DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo,
-               rewind_rehearsal__demo, rewind_onboard__demo, rewind_decommission__demo
+               rewind_rehearsal__demo, rewind_find_target__demo, rewind_salvage__demo, rewind_decommission__demo,
+               rewind_onboard__newcomer (and the newcomer's other DAGs, which skip until it is onboarded)
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
                .venv/bin/python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
@@ -284,12 +293,35 @@ Rehearse a restore: trigger rewind_rehearsal__demo (after the first full backup)
 is pre-approved by the simulator's template "Monthly restore rehearsal", so nobody approves it: the
 backup is restored into a scratch copy, checked, compared with the ledger and removed, and the change
 and its change task close with the evidence (RTO, RPO, each check) on the simulator page.
+Onboard a second cluster: "newcomer" runs without archiving (socket {newcomer.pg_home}, port
+{newcomer.pg_port}), its repository a bucket made as terraform/ declares it ({newcomer.s3.url}).
+Trigger rewind_onboard__newcomer with a reason, approve its change on the simulator page as the CAB
+approver, and watch archiving configured, PostgreSQL restarted inside the change window, the stanza
+created, the first full backup taken and verified, and the change closed; a second run says there is
+nothing to do.
 Simulate an S3 outage, as root: scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
 open an incident on the ServiceNow page and resolve it once S3 is back.
 Stop everything, as root: scripts/local-stack.sh down
 """
     )
     return 0
+
+
+NEWCOMER_DATA_SQL = """
+create table if not exists customer (id bigint primary key, name text not null);
+insert into customer select g, 'customer ' || g from generate_series(1, 1000) g on conflict do nothing;
+"""
+
+
+def _start_newcomer(demo: DemoStack) -> DemoStack:
+    """A second cluster, running for years without archiving, to onboard from the UI: its entry is in
+    the shared inventory (the DAGs exist), its repository a bucket with the posture terraform/ gives
+    (versioning, Object Lock, SSE-KMS, public access blocked), its S3 keys in the workers' environment."""
+    print("starting a second cluster, not yet archiving (newcomer), and its repository bucket ...", flush=True)
+    newcomer = DemoStack(HOME / "newcomer", name="newcomer", onboarded=False, s3_as_code=True, inventory_file=demo.inventory_path)
+    newcomer.start()
+    newcomer.psql(NEWCOMER_DATA_SQL)
+    return newcomer
 
 
 def _kill(state: dict, name: str, grace_s: float = 30.0) -> None:
@@ -325,10 +357,12 @@ def down(quiet: bool = False) -> int:
     for pgid in state.get("airflow_components") or []:
         _kill_group(pgid)
     if state.get("inventory") and Path(state["inventory"]).exists():
-        cluster = load_inventory(state["inventory"]).get("demo")
-        if postmaster_pid(cluster):
-            CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=330, check=False)
-    for name in ("servicenow", "vault", "oidc", "stunnel", "moto"):
+        inventory = load_inventory(state["inventory"])
+        for name in ("demo", "newcomer"):
+            cluster = inventory.clusters.get(name)
+            if cluster and postmaster_pid(cluster):
+                CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=330, check=False)
+    for name in ("servicenow", "vault", "oidc", "stunnel", "moto", "newcomer_stunnel", "newcomer_moto"):
         _kill(state, name)
     STATE.unlink(missing_ok=True)
     if not quiet:
