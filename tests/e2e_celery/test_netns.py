@@ -14,6 +14,8 @@ import pytest
 
 from devstack.netns import HostNetwork, remove_stale
 
+# Network namespaces need the host's own mount namespace: this runs where the Celery e2e runs (not in
+# the other release's chroot, which cannot create them).
 pytestmark = pytest.mark.integration
 
 # A run that dies: creates a network with one host running a process, prints its tag and that
