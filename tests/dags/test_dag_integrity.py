@@ -169,7 +169,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     module, _, name = classpath.rpartition(".")
     assert module.startswith("rewind_airflow.") and getattr(importlib.import_module(module), name) is ChangeApprovalTrigger
     assert ChangeApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
-    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 30.0)
+    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 5.0)
     from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 
     # every step settles the restore guard and notes the change when it fails
