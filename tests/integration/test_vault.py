@@ -267,6 +267,36 @@ def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, 
     assert sum(r["path"] == "auth/approle/login" for r in vault.state.requests) == logins_before  # the token did it
 
 
+def test_a_revocation_that_hangs_does_not_hold_the_end_of_the_task(demo_stack, vault_credentials):
+    """Revoking a lease makes Vault delete the key in AWS IAM: when that hangs (here the simulator's
+    revocation waits 8 s before it deletes the IAM user), the end of the task waits for it a bounded
+    time, says so, and goes on; the revocation still lands (or the lease's TTL ends the key)."""
+    import hvac
+
+    from rewind.credentials import RepositoryCredentials
+
+    vault = vault_credentials
+    messages: list[str] = []
+    credentials = RepositoryCredentials(
+        demo_stack.cluster, vault_client=lambda: hvac.Client(url=vault.url, token=vault.state.root_token), log=messages.append
+    )
+    credentials.secrets()
+    [lease] = [held for held in vault.leases() if held.revoked_at is None]
+    vault.set_delay("sys/leases/revoke", 8)
+    try:
+        credentials.release(wait_s=1)
+        assert lease.revoked_at is None  # release() is back while Vault is still waiting on IAM
+        [warning] = [m for m in messages if m.startswith("WARNING: revoking Vault lease")]
+        assert f"lease {lease.lease_id} did not finish within 1s" in warning and "the lease expires by itself within" in warning
+        deadline = time.monotonic() + 60
+        while lease.revoked_at is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        vault.set_delay("sys/leases/revoke", 0)
+    assert lease.revoked_by == "request"  # the request released in the background got through
+    assert vault_iam_users(demo_stack) == []
+
+
 def test_the_cli_reaches_vault_like_the_vault_cli_and_revokes_its_lease(demo_stack, vault_credentials, monkeypatch, capsys):
     """`rewind metrics` on a Vault cluster: VAULT_ADDR + VAULT_ROLE_ID/VAULT_SECRET_ID (AppRole)."""
     import json
