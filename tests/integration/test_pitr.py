@@ -119,7 +119,7 @@ def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backu
     run = run_pitr(pitr, target_type="latest", validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}])
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states["validate_data"] == TaskInstanceState.FAILED
+    assert states["stop_restore_promote"] == TaskInstanceState.FAILED
     assert states["full_backup_new_timeline"] == TaskInstanceState.UPSTREAM_FAILED
     assert {b.label for b in demo_stack.pgbackrest().info().backup} == backups_before  # no new full backup
     change = closed_change(servicenow, run)
@@ -196,7 +196,7 @@ def test_rejected_change_never_touches_postgres(demo_stack, pitr, servicenow, ca
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["wait_for_approval"] == TaskInstanceState.FAILED
-    assert states["stop_postgres"] == TaskInstanceState.UPSTREAM_FAILED
+    assert states["stop_restore_promote"] == TaskInstanceState.UPSTREAM_FAILED
     assert postmaster_pid(demo_stack.cluster) == pid
     assert ledger(demo_stack) == (40, 0, 40)
     number = decision["change"]["number"]

@@ -194,7 +194,7 @@ def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials,
     assert_success(run)
     assert ledger(demo_stack) == (200, 0, 200)
     leases = leases_since(vault, before)
-    assert len(leases) >= 4  # preflight, stop (credential check), restore, full backup, ...
+    assert len(leases) >= 3  # preflight, stop_restore_promote (one lease from the stop to the promotion), full backup, ...
     assert all(lease.revoked_by == "request" for lease in leases), [lease.public() for lease in leases]
     assert vault_iam_users(demo_stack) == []
     secrets = [*vault.state.issued_values, demo_stack.cipher_pass, vault.approle[1]]
@@ -205,7 +205,7 @@ def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials,
 
 def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack, pitr_dag, vault_credentials, servicenow, capfd):
     """Vault checked again right before the destructive step: sealed between approval and stop ->
-    the stop task fails with the reason and PostgreSQL keeps running (same postmaster)."""
+    the stop fails with the reason and PostgreSQL keeps running (same postmaster)."""
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     vault = vault_credentials
@@ -236,7 +236,7 @@ def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == DagRunState.FAILED
     assert states["wait_for_approval"] == TaskInstanceState.SUCCESS
-    assert states["stop_postgres"] == TaskInstanceState.FAILED, states
+    assert states["stop_restore_promote"] == TaskInstanceState.FAILED, states
     assert "is sealed" in capfd.readouterr().out
     assert postmaster_pid(demo_stack.cluster) == pid_before
     assert ledger(demo_stack) == rows_before
