@@ -1,13 +1,14 @@
 """Approval -> writable, and downtime, of a PITR through the real scheduler and triggerer, against
 the same steps done by hand on the same data; rounds alternate, all in one run.
 
-    .venv/bin/python bench/pitr_downtime.py [--rows 1000000] [--rounds 3] [--poll S] [--airflow-env KEY=VALUE ...]
+    .venv/bin/python bench/pitr_downtime.py [--rows 1000000] [--bad-rows 5000] [--rounds 3] [--poll S] [--airflow-env KEY=VALUE ...]
 
 The stack: the demo cluster (PostgreSQL + pgBackRest + S3 over TLS) with a ledger of --rows rows,
 repository keys leased from the Vault simulator per task (as in the local stack and production),
 the ServiceNow simulator, and Airflow's real API server, scheduler, DAG processor and triggerer
-(`airflow standalone`, LocalExecutor). A PITR DAG round triggers rewind_pitr__demo with a time
-target and a data check, waits until `wait_for_approval` has deferred to the triggerer, then
+(`airflow standalone`, LocalExecutor, task logs at INFO). Each round sets a time target, then a
+bad update voids --bad-rows rows spread over the ledger. A PITR DAG round triggers
+rewind_pitr__demo with that target and a data check, waits until `wait_for_approval` has deferred to the triggerer, then
 approves the change in the simulator at a point spread over the poll interval (round k at
 (k + 0.5)/rounds of it: the poll's phase is what a real approver hits). A by-hand round does what
 a DBA would type for the same rewind: archive the current WAL and stop PostgreSQL, `pgbackrest
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -72,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bad-rows", type=int, default=5000, help="rows the bad update after each target voids, spread over the ledger")
     parser.add_argument("--poll", type=float, default=None, help="inventory pitr.approval_poll_s (default: the product's default)")
     parser.add_argument("--airflow-env", action="append", default=[], help="extra Airflow setting for every component, KEY=VALUE")
     args = parser.parse_args()
@@ -128,6 +131,7 @@ def main() -> None:
                 "AIRFLOW_CONN_SERVICENOW_DEFAULT": sim.airflow_connection(),
                 "AIRFLOW_CONN_VAULT_DEFAULT": vault.airflow_connection(approle=approle),
                 **stack.worker_env(),
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # as deployed: the task logs are the audit trail
                 **extra_env,
             },
             paused_at_creation=True,
@@ -138,11 +142,12 @@ def main() -> None:
         log_path = Path(cluster.postgres.log_file)
 
         def make_target(round_: int) -> str:
-            """A target between the ledger as it was and a bad update of a tenth of it."""
+            """A target between the ledger as it was and a bad update of --bad-rows rows spread over it."""
             time.sleep(1.1)
             target = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
             time.sleep(1.1)
-            stack.psql(f"update ledger_entry set status = 'void' where id % 10 = {round_ % 10}")
+            every = max(1, args.rows // args.bad_rows)
+            stack.psql(f"update ledger_entry set status = 'void' where id % {every} = {round_ % every}")
             return target
 
         def dag_round(k: int) -> dict:
@@ -165,12 +170,14 @@ def main() -> None:
             if run["state"] != "success":
                 raise RuntimeError(f"PITR run {run_id} {run['state']}: {airflow.task_states(DAG_ID, run_id)}")
             shutdown, ready = log_events(log_path, offset)
+            window = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/stop_restore_promote/xcomEntries/return_value")
+            timings = window.json().get("value", {}).get("timings_s", {}) if window.ok else {}
             tis = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
             steps = sorted(
                 ((ti["task_id"], parse_ts(ti["start_date"]), parse_ts(ti["end_date"])) for ti in tis if ti["start_date"]),
                 key=lambda step: step[1],
             )
-            return {"approved": approved_at, "shutdown": shutdown, "ready": ready, "steps": steps}
+            return {"approved": approved_at, "shutdown": shutdown, "ready": ready, "steps": steps, "timings": timings}
 
         def hand_round(k: int) -> dict:
             target = make_target(k)
@@ -178,8 +185,11 @@ def main() -> None:
             timeline = control_timeline(runner, cluster)
             offset = log_offset(cluster)
             started = time.time()
+            marks = [("archive_wal", time.monotonic())]
             archive_current_wal(runner, cluster, log=lambda _m: None)
+            marks.append(("stop", time.monotonic()))
             runner.run(stop_argv(cluster, mode="fast"), timeout=330)
+            marks.append(("restore", time.monotonic()))
             pgbackrest.restore(
                 restore_type="time",
                 target=target,
@@ -189,13 +199,19 @@ def main() -> None:
                 backup_set=label,
                 delta=True,
             )
+            marks.append(("start", time.monotonic()))
             runner.run(start_nowait_argv(cluster), timeout=120)
+            marks.append(("wait_for_target", time.monotonic()))
             wait_for_recovery(runner, cluster, action="pause", since_offset=offset, timeout_s=900, log=lambda _m: None)
+            marks.append(("checks", time.monotonic()))
             run_data_checks(runner, cluster, [DataCheck(**VOID_CHECK)], database="postgres", log=lambda _m: None)
+            marks.append(("promote", time.monotonic()))
             promote(runner, cluster)
+            marks.append(("", time.monotonic()))
             shutdown, ready = log_events(log_path, offset)
             pgbackrest.backup("full", annotations={})  # what the DAG does next; not timed
-            return {"approved": started, "shutdown": shutdown, "ready": ready, "steps": []}
+            steps = {name: round(marks[i + 1][1] - at, 2) for i, (name, at) in enumerate(marks[:-1])}
+            return {"approved": started, "shutdown": shutdown, "ready": ready, "steps": [], "timings": steps}
 
         runner = stack.runner(line_logger=lambda _line: None)
         results: dict[str, list[dict]] = {"dag": [], "hand": []}
@@ -219,11 +235,14 @@ def main() -> None:
                         for task, start, end in result["steps"]
                         if end and end >= base - 1 and task not in ("full_backup_new_timeline", "release_restore_guard", "close_change")
                     )
+                if result.get("timings"):
+                    line += "   | steps " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in result["timings"].items())
                 print(line, flush=True)
 
         def figures(kind: str, key: str) -> list[float]:
             return [r["ready"] - r[key] for r in results[kind]]
 
+        print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
         for title, key, goal in (("approval -> writable", "approved", 5.0), ("downtime", "shutdown", 0.5)):
             dag_values, hand_values = figures("dag", key), figures("hand", key)
             dag_m, hand_m = statistics.median(dag_values), statistics.median(hand_values)
