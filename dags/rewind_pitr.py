@@ -66,7 +66,16 @@ PARAMS = {
     "backup_set": Param(
         None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"
     ),
-    "change_number": Param(None, type=["null", "string"], title="Change number", description="leave empty: Rewind opens a normal change"),
+    "change_number": Param(
+        None, type=["null", "string"], title="Change number", description="leave empty: Rewind opens a change of the type below"
+    ),
+    "change_type": Param(
+        "normal",
+        type="string",
+        enum=["normal", "emergency"],
+        title="Change type",
+        description="normal: the CAB approves · emergency: an incident-driven rewind, the emergency approvers decide",
+    ),
     "validation_sql": Param(
         [],
         type="array",

@@ -52,6 +52,9 @@ class DemoStack:
     schedules: dict | None = None
     credentials: dict | None = None  # the inventory's credentials section; default: source env
     repo_settings: dict | None = None  # merged into the inventory's repo section (retention, ...)
+    # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
+    onboarded: bool = True
+    alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -143,6 +146,7 @@ class DemoStack:
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
+                    **({"alerts": self.alerts} if self.alerts else {}),
                 }
             }
         }
@@ -156,6 +160,11 @@ class DemoStack:
         self.credentials = credentials
         self.write_inventory()
 
+    def use_alerts(self, alerts: dict | None) -> None:
+        """Set the cluster's alerts section (None: back to none). The DAGs read it when they are parsed."""
+        self.alerts = alerts
+        self.write_inventory()
+
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> DemoStack:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -165,15 +174,31 @@ class DemoStack:
         self.s3.start()
         (self.base / "s3").chmod(0o755)
         self.write_inventory()
-        install_config(self.cluster, inventory_path=self.inventory_path)
+        if self.onboarded:
+            install_config(self.cluster, inventory_path=self.inventory_path)
         self._initdb()
         self.start_postgres()
         # The PITR data checks' role (README, Data checks): it must exist before the backups so that
         # it exists in every restored state.
         role = self.cluster.postgres.check_role
         self.psql(f"create role {role} login; grant pg_read_all_data to {role}")
-        self.pgbackrest().stanza_create()
+        if self.onboarded:
+            self.pgbackrest().stanza_create()
         return self
+
+    def aws_connection(self) -> str:
+        """The Airflow AWS connection (JSON, for AIRFLOW_CONN_AWS_DEFAULT) to the S3 API over TLS."""
+        import json
+
+        assert self.s3 is not None
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": self.s3.access_key,
+                "password": self.s3.secret_key,
+                "extra": {"endpoint_url": self.s3.url, "region_name": self.s3.region, "verify": str(self.s3.ca_file)},
+            }
+        )
 
     def _initdb(self) -> None:
         user = pwd.getpwnam(self.os_user)
@@ -192,14 +217,13 @@ class DemoStack:
             "listen_addresses": "127.0.0.1",
             "port": str(self.pg_port),
             "unix_socket_directories": str(self.pg_home),
-            "wal_level": "replica",
-            "archive_mode": "on",
-            "archive_command": archive_command,
-            "archive_timeout": "60",
-            "max_wal_senders": "3",
             "log_min_messages": "info",
             "shared_buffers": "32MB",
         }
+        if self.onboarded:
+            settings.update(
+                wal_level="replica", archive_mode="on", archive_command=archive_command, archive_timeout="60", max_wal_senders="3"
+            )
         lines = [f"{k} = '{v}'" for k, v in settings.items()]
         with open(self.data_dir / "postgresql.auto.conf", "a") as conf:
             conf.write("\n".join(lines) + "\n")

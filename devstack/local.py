@@ -165,6 +165,9 @@ def up() -> int:
             "AIRFLOW_CONN_SERVICENOW_DEFAULT": servicenow_conn,
             "AIRFLOW_CONN_VAULT_DEFAULT": vault_conn,
             "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
+            # Who the local admin is to ServiceNow (README "Who asked, who approved"): the
+            # simulator's on-call DBA, so the CAB approver on the simulator page may approve.
+            "AIRFLOW_VAR_REWIND_IDENTITY__ADMIN": json.dumps({"email": "dba.oncall@example.com", "amr": ["pwd"]}),
             **stack.worker_env(),
         },
     )
@@ -203,9 +206,9 @@ Rewind local stack is up.
 Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
 trigger rewind_pitr__demo with target_type "time" and a time before your mistake, approve the
 change on the simulator page, and watch the restore complete and the change close.
-Simulate an S3 outage: sudo scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
+Simulate an S3 outage, as root: scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
 open an incident on the ServiceNow page and resolve it once S3 is back.
-Stop everything: sudo scripts/local-stack.sh down
+Stop everything, as root: scripts/local-stack.sh down
 """
     )
     return 0

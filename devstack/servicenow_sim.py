@@ -1,7 +1,11 @@
 """A ServiceNow simulator for tests and the local stack, on loopback.
 
 Speaks the Table API subset Rewind uses, with ServiceNow's JSON shapes: `{"result": ...}`, every
-field value a string, errors as `{"error": {"message", "detail"}, "status": "failure"}`;
+field value a string, errors as `{"error": {"message", "detail"}, "status": "failure"}`; and the
+Change Management API (`/api/sn_chg_rest/change...`: create normal/emergency/standard changes, get,
+query, update, `nextstates`), which enforces each change model's transitions and refuses a move the
+model does not allow with 400, as ServiceNow does. Like an instance whose admins lock changes down,
+it refuses Table API writes to change_request (403): Rewind must go through the change model.
 `sysparm_query` (`field=value`, `field!=value`, joined by `^`), `sysparm_fields`, `sysparm_limit`;
 tables change_request, change_task, incident and the journal table sys_journal_field (work notes
 written through `work_notes` land there, as in ServiceNow); numbers CHG0010001, CTASK0010001,
@@ -40,7 +44,16 @@ import requests
 from devstack.net import LoopbackHTTPService
 
 PREFIXES = {"change_request": "CHG", "change_task": "CTASK", "incident": "INC"}
-TABLES = set(PREFIXES) | {"sys_journal_field"}
+TABLES = set(PREFIXES) | {"sys_journal_field", "sys_user", "sys_user_group", "sys_user_grmember", "sysapproval_approver"}
+# People and the approval group the simulator starts with (SimState.add_user adds more):
+# the on-call DBA who asks for changes, a CAB member who approves them, and someone outside the CAB.
+APPROVAL_GROUP = "Database CAB"
+DEFAULT_APPROVER = "cab.approver"
+SEED_USERS = {
+    "dba.oncall": ("dba.oncall@example.com", "DBA On-Call", ()),
+    "cab.approver": ("cab.approver@example.com", "CAB Approver", (APPROVAL_GROUP,)),
+    "ops.outsider": ("ops.outsider@example.com", "Ops Outsider", ()),
+}
 
 
 def _now() -> str:
@@ -68,6 +81,41 @@ class SimState:
     auto_approve: bool = False  # approve every change as soon as its approval is requested
     # Fields an admin's data policy makes mandatory for closing a change, besides close_code/notes.
     mandatory_on_close: list[str] = field(default_factory=list)
+    # Standard change templates (sys_id -> fields every change made from it starts with).
+    templates: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for user_name, (email, name, groups) in SEED_USERS.items():
+            self.add_user(user_name, email=email, name=name, groups=groups)
+
+    # ---- people, groups, approvals --------------------------------------------------------------------
+    def add_user(self, user_name: str, *, email: str, name: str | None = None, groups=(), active: bool = True) -> dict:
+        with self.lock:
+            user = self.create(
+                "sys_user", {"user_name": user_name, "email": email, "name": name or user_name, "active": str(active).lower()}
+            )
+            for group in groups:
+                self.add_to_group(user_name, group)
+            return user
+
+    def group(self, name: str) -> dict:
+        with self.lock:
+            found = self.query("sys_user_group", f"name={name}")
+            return found[0] if found else self.create("sys_user_group", {"name": name})
+
+    def user(self, user_name: str) -> dict:
+        [user] = self.query("sys_user", f"user_name={user_name}")
+        return user
+
+    def add_to_group(self, user_name: str, group: str) -> None:
+        self.create("sys_user_grmember", {"user": self.user(user_name)["sys_id"], "group": self.group(group)["sys_id"]})
+
+    def remove_from_group(self, user_name: str, group: str) -> None:
+        with self.lock:
+            user, group_id = self.user(user_name)["sys_id"], self.group(group)["sys_id"]
+            for member in self.query("sys_user_grmember", f"user={user}^group={group_id}"):
+                del self.records["sys_user_grmember"][member["sys_id"]]
+
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # ---- records --------------------------------------------------------------------------------
@@ -90,9 +138,6 @@ class SimState:
             self.records[table][record["sys_id"]] = record
             if notes:
                 self._journal(table, record["sys_id"], notes)
-            if table == "change_request" and self.auto_approve and record["approval"] == "requested":
-                record.update(approval="approved", state="-2")
-                self._journal(table, record["sys_id"], "Approved automatically (simulator auto-approve)")
             return dict(record)
 
     def update(self, table: str, sys_id: str, fields: dict) -> dict:
@@ -144,25 +189,102 @@ class SimState:
         with self.lock:
             return [dict(r) for r in self.records[table].values() if matches(r)]
 
+    # ---- the Change Management API's change models --------------------------------------------------
+    def next_states(self, sys_id: str) -> list[int]:
+        with self.lock:
+            record = self.records["change_request"][sys_id]
+            state = int(record["state"])
+            return sorted({state, *MODELS[record.get("type") or "normal"][state]})
+
+    def create_change(self, model: str, fields: dict, *, template: str | None = None) -> dict:
+        """POST /api/sn_chg_rest/change/<model>: always New (standard: Scheduled, approved by its template)."""
+        if model not in MODELS:
+            raise PolicyError(f"unknown change model {model!r}")
+        fields = {k: v for k, v in fields.items() if k not in ("state", "approval", "type", "number", "sys_id")}
+        if model == "standard":
+            if template not in self.templates:
+                raise LookupError(template)
+            return self.create(
+                "change_request",
+                {
+                    **self.templates[template],
+                    **fields,
+                    "type": "standard",
+                    "state": -2,
+                    "approval": "approved",
+                    "std_change_producer_version": template,
+                },
+            )
+        return self.create("change_request", {**fields, "type": model, "state": -5, "approval": "not requested"})
+
+    def update_change(self, sys_id: str, fields: dict) -> dict:
+        """PATCH /api/sn_chg_rest/change/<sys_id>: a state change must be one the change's model allows."""
+        with self.lock:
+            record = self.records["change_request"][sys_id]
+            fields = {k: "" if v is None else str(v) for k, v in fields.items()}
+            if "state" in fields and fields["state"] != record["state"]:
+                model, here, to = record.get("type") or "normal", int(record["state"]), int(fields["state"])
+                if to not in MODELS[model][here]:
+                    raise TransitionError(f"a {model} change cannot move from {STATE_LABELS[here]} to {STATE_LABELS.get(to, to)}")
+                if to == ASKS_FOR_APPROVAL.get(model):
+                    fields.setdefault("approval", "requested")
+            record = self.update("change_request", sys_id, fields)
+            if self.auto_approve and record.get("approval") == "requested":
+                record = self.decide(
+                    record["number"], "approve", by=DEFAULT_APPROVER, note="Approved automatically (simulator auto-approve)"
+                )
+            return record
+
+    def create_change_for_test(self, **fields) -> dict:
+        """A change as people make it in ServiceNow's own UI (e.g. one a CAB approved), any state."""
+        return self.create("change_request", {"type": "normal", **fields})
+
     def find_change(self, number: str) -> dict | None:
         with self.lock:
             return next((r for r in self.records["change_request"].values() if r["number"] == number), None)
 
-    def decide(self, number: str, verdict: str) -> dict:
-        change = self.find_change(number)
-        if change is None:
-            raise KeyError(number)
-        if verdict == "approve":
-            return self.update(
-                "change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": "Approved in the simulator"}
+    def decide(self, number: str, verdict: str, *, by: str = DEFAULT_APPROVER, note: str | None = None) -> dict:
+        """An approver's decision: recorded in sysapproval_approver (who, what), as ServiceNow does."""
+        with self.lock:
+            change = self.find_change(number)
+            if change is None:
+                raise KeyError(number)
+            approver = self.user(by)
+            state = "approved" if verdict == "approve" else "rejected"
+            self.create(
+                "sysapproval_approver",
+                {"sysapproval": change["sys_id"], "approver": approver["sys_id"], "state": state, "source_table": "change_request"},
             )
-        return self.update(
-            "change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": "Rejected in the simulator"}
-        )
+            text = note or f"{'Approved' if state == 'approved' else 'Rejected'} by {approver['name']} in the simulator"
+            if state == "approved":
+                return self.update("change_request", change["sys_id"], {"approval": "approved", "state": "-2", "work_notes": text})
+            return self.update("change_request", change["sys_id"], {"approval": "rejected", "state": "-5", "work_notes": text})
 
 
 class PolicyError(Exception):
     pass
+
+
+class TransitionError(PolicyError):
+    pass
+
+
+# The states each change model lets a change move to from each state (what nextstates answers),
+# besides staying where it is. Approval is the simulator's (approve/reject below): asking for it is
+# the move to Assess (normal) or Authorize (emergency); standard changes are approved by their template.
+MODELS = {
+    "normal": {-5: {-4, 4}, -4: {-3, -5, 4}, -3: {-2, -5, 4}, -2: {-1, 4}, -1: {0, 4}, 0: {3, 4}, 3: set(), 4: set()},
+    "emergency": {-5: {-3, 4}, -3: {-2, -5, 4}, -2: {-1, 4}, -1: {0, 4}, 0: {3, 4}, 3: set(), 4: set()},
+    "standard": {-5: {-2, 4}, -2: {-1, 4}, -1: {0, 4}, 0: {3, 4}, 3: set(), 4: set()},
+}
+STATE_LABELS = {-5: "New", -4: "Assess", -3: "Authorize", -2: "Scheduled", -1: "Implement", 0: "Review", 3: "Closed", 4: "Canceled"}
+ASKS_FOR_APPROVAL = {"normal": -4, "emergency": -3}
+
+
+def as_display(record: dict) -> dict:
+    """A record as the Change Management API returns it: every field {value, display_value}."""
+    labels = {"state": lambda v: STATE_LABELS.get(int(v), v) if v.lstrip("-").isdigit() else v}
+    return {k: {"value": v, "display_value": labels.get(k, lambda x: x)(v)} for k, v in record.items()}
 
 
 def make_handler(state: SimState):
@@ -229,6 +351,8 @@ def make_handler(state: SimState):
                     state.tokens.add(token)
                     return self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": 1799})
                 return self._send(401, {"error": "access_denied", "error_description": "invalid client"})
+            if parts[:3] == ["api", "sn_chg_rest", "change"]:
+                return self._change_api(method, parts[3:], params)
             if parts[:3] != ["api", "now", "table"] or len(parts) < 4:
                 return self._error(400, "Invalid URL", url.path)
             with state.lock:
@@ -240,6 +364,12 @@ def make_handler(state: SimState):
             table = parts[3]
             if table not in TABLES:
                 return self._error(403, "Operation Failed", f"ACL exception: no access to table {table}")
+            if table in ("sys_user", "sys_user_group", "sys_user_grmember", "sysapproval_approver") and method != "GET":
+                return self._error(403, "Operation Failed", f"ACL exception: the integration user may read {table}, not write it")
+            if table == "change_request" and method != "GET":
+                return self._error(
+                    403, "Operation Failed", "ACL exception: change_request is written through the Change Management API (/api/sn_chg_rest)"
+                )
             sys_id = parts[4] if len(parts) > 4 else None
             try:
                 if method == "GET" and sys_id is None:
@@ -264,13 +394,60 @@ def make_handler(state: SimState):
                 return self._error(400, "Data Policy Exception", str(exc))
             return self._error(405, "Method not supported", f"{method} {url.path}")
 
+        def _change_api(self, method: str, path: list[str], params: dict) -> None:
+            with state.lock:
+                state.requests.append(
+                    {"method": method, "path": "/api/sn_chg_rest/change/" + "/".join(path), "query": params.get("sysparm_query", "")}
+                )
+            if self._fault():
+                return None
+            if not self._authenticated():
+                return self._error(401, "User Not Authenticated", "Required to provide Auth information")
+            changes = state.records["change_request"]
+            try:
+                body = self._body() if method in ("POST", "PATCH", "PUT") else {}
+                if method == "GET" and not path:
+                    records = state.query("change_request", params.get("sysparm_query", ""))
+                    return self._send(200, {"result": [as_display(r) for r in records[: int(params.get("sysparm_limit", "10000"))]]})
+                if method == "POST" and len(path) == 1 and path[0] in ("normal", "emergency"):
+                    return self._send(200, {"result": as_display(state.create_change(path[0], body))})
+                if method == "POST" and len(path) == 2 and path[0] == "standard":
+                    try:
+                        return self._send(200, {"result": as_display(state.create_change("standard", body, template=path[1]))})
+                    except LookupError:
+                        return self._error(404, "No Record found", f"standard change template {path[1]}")
+                sys_id = path[0] if path else None
+                if sys_id not in changes:
+                    return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
+                if method == "GET" and len(path) == 1:
+                    return self._send(200, {"result": as_display(dict(changes[sys_id]))})
+                if method == "GET" and path[1:] == ["nextstates"]:
+                    available = state.next_states(sys_id)
+                    return self._send(
+                        200,
+                        {
+                            "result": {
+                                "available_states": [str(s) for s in available],
+                                "state_label": {str(s): STATE_LABELS[s] for s in available},
+                            }
+                        },
+                    )
+                if method in ("PATCH", "PUT") and len(path) == 1:
+                    return self._send(200, {"result": as_display(state.update_change(sys_id, body))})
+            except PolicyError as exc:
+                return self._error(
+                    400, "Data Policy Exception" if not isinstance(exc, TransitionError) else "Invalid state transition", str(exc)
+                )
+            return self._error(405, "Method not supported", f"{method} /api/sn_chg_rest/change/{'/'.join(path)}")
+
         def _sim(self, method: str, parts: list[str], url) -> None:
             if url.path == "/" and method == "GET":
                 return self._send(200, _page(state), "text/html; charset=utf-8")
             if parts[1:2] == ["changes"] and len(parts) == 4 and method == "POST" and parts[3] in ("approve", "reject"):
+                by = parse_qs(url.query).get("as", [DEFAULT_APPROVER])[0]
                 try:
-                    record = state.decide(parts[2], parts[3])
-                except KeyError:
+                    record = state.decide(parts[2], parts[3], by=by)
+                except (KeyError, ValueError):
                     return self._error(404, "No Record found", parts[2])
                 if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                     self.send_response(303)
@@ -353,11 +530,11 @@ class ServiceNowSimulator(LoopbackHTTPService):
             }
         )
 
-    def approve(self, number: str) -> dict:
-        return self.state.decide(number, "approve")
+    def approve(self, number: str, *, by: str = DEFAULT_APPROVER) -> dict:
+        return self.state.decide(number, "approve", by=by)
 
-    def reject(self, number: str) -> dict:
-        return self.state.decide(number, "reject")
+    def reject(self, number: str, *, by: str = DEFAULT_APPROVER) -> dict:
+        return self.state.decide(number, "reject", by=by)
 
     def fail_next(self, count: int, status: int = 503, delay_s: float = 0.0) -> None:
         with self.state.lock:

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install.sh: run as root (sudo $0): it installs Debian packages" >&2
+  echo "install.sh: run as root: it installs Debian packages" >&2
   exit 2
 fi
 

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test-in-debian.sh: run as root (sudo $0): it builds and enters a chroot" >&2
+  echo "test-in-debian.sh: run as root: it builds and enters a chroot" >&2
   exit 2
 fi
 RELEASE=${1:-}

@@ -20,6 +20,11 @@ from devstack.airflow import REPO, hermetic_env  # imports no airflow
 from devstack.vault_sim import inventory_credentials  # nor does this
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rewind-airflow-home-"))
+# Who the tests' runs are triggered by: dag.test() runs as "dag_test", the e2e runs as the REST users.
+# Each is the on-call DBA of the ServiceNow simulator, as single sign-on records an identity (the
+# Airflow Variable rewind_identity__<user>), with a multi-factor claim.
+IDENTITY = '{"email": "dba.oncall@example.com", "amr": ["pwd", "otp"], "idp": "test"}'
+os.environ.update({f"AIRFLOW_VAR_REWIND_IDENTITY__{user}": IDENTITY for user in ("DAG_TEST", "ADMIN", "DBA")})
 os.environ.update({**hermetic_env(_AIRFLOW_HOME), "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
 os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
 

@@ -15,7 +15,7 @@ from rewind.pgbackrest.commands import PgBackRestCommands
 from rewind.pgbackrest.errors import FileMissingError
 from rewind.pgbackrest.info import StanzaInfo, parse_info
 from rewind.runner import CommandResult
-from rewind.servicenow import CHANGE_TABLE, ServiceNowError, ServiceNowNotFound
+from rewind.servicenow import CHANGE_TABLE, ServiceNowClient, ServiceNowError, ServiceNowNotFound
 from tests.factories import backup_json, info_json
 
 
@@ -73,10 +73,51 @@ class FakeServiceNow:
         records = self.state.query("sys_journal_field", f"element_id={sys_id}^element=work_notes^name={table}")
         return [r["value"] for r in sorted(records, key=lambda r: r["sys_created_on"])]
 
+    # ---- Change Management API (the simulator's change models) ------------------------------------------
+    def _sim_change(self, method: str, call):
+        self._check(method)
+        try:
+            return call()
+        except KeyError:
+            raise ServiceNowNotFound(f"ServiceNow {method}: 404 No Record found") from None
+        except PolicyError as exc:
+            raise ServiceNowError(f"ServiceNow {method}: HTTP 400: {exc}") from None
+
+    def create_change(self, model: str, fields: dict) -> dict:
+        return self._sim_change("create_change", lambda: self.state.create_change(model, fields))
+
+    def create_standard_change(self, template_sys_id: str, fields: dict) -> dict:
+        return self._sim_change("create_change", lambda: self.state.create_change("standard", fields, template=template_sys_id))
+
+    def get_change(self, sys_id: str) -> dict:
+        return self._sim_change("get_change", lambda: dict(self.state.records[CHANGE_TABLE][sys_id]))
+
+    def find_changes(self, query: str, *, limit: int = 100) -> list[dict]:
+        self._check("find_changes")
+        return self.state.query(CHANGE_TABLE, query)[:limit]
+
+    def get_change_by_number(self, number: str) -> dict:
+        found = self.find_changes(f"number={number}", limit=1)
+        if not found:
+            raise ServiceNowNotFound(f"ServiceNow: no change request with number {number}")
+        return found[0]
+
+    def update_change(self, sys_id: str, fields: dict) -> dict:
+        return self._sim_change("update_change", lambda: self.state.update_change(sys_id, fields))
+
+    def add_change_note(self, sys_id: str, note: str) -> dict:
+        return self.update_change(sys_id, {"work_notes": note})
+
+    def next_states(self, sys_id: str) -> set[int]:
+        return set(self._sim_change("next_states", lambda: self.state.next_states(sys_id)))
+
+    def move_change(self, sys_id: str, to, fields: dict | None = None) -> dict:
+        return ServiceNowClient.move_change(self, sys_id, to, fields)  # the real client's logic over the simulator's model
+
     # ---- for tests -------------------------------------------------------------------------------
     def change(self, **fields) -> dict:
         """A change as a requester raises it in ServiceNow (Authorize, approval requested) with `fields` over it."""
-        return self.state.create(CHANGE_TABLE, {"short_description": "PITR", "state": -3, "approval": "requested", **fields})
+        return self.state.create_change_for_test(**{"short_description": "PITR", "state": -3, "approval": "requested", **fields})
 
     def records(self, table: str) -> list[dict]:
         return [dict(r) for r in self.state.records[table].values()]

@@ -15,16 +15,32 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.state import StateFileDamaged, read_json, state_dir, write_json
 
-CLAIMED = "claimed"  # params valid; preflight, change, approval wait: nothing touched yet
-FAILED = "failed"
-# What a rewind goes through once PostgreSQL is to be stopped; each blocks backups.
-RESTORE_PHASES = ("stopping", "stopped", "restoring", "restored", "started", "at_target", "promoted", "backed_up")
+
+class Phase(str, Enum):
+    """Where a PITR run is with its cluster. Stored by value in the guard file."""
+
+    CLAIMED = "claimed"  # params valid; preflight, change, approval wait: nothing touched yet
+    # What a rewind goes through once PostgreSQL is to be stopped; each blocks backups.
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESTORING = "restoring"
+    RESTORED = "restored"
+    STARTED = "started"
+    AT_TARGET = "at_target"
+    PROMOTED = "promoted"
+    BACKED_UP = "backed_up"
+    FAILED = "failed"  # a step failed after the claim: left up on purpose (see the module's docstring)
+
+
+CLAIMED, FAILED = Phase.CLAIMED, Phase.FAILED
+RESTORE_PHASES = tuple(p for p in Phase if p not in (Phase.CLAIMED, Phase.FAILED))
 ACTIVE_RUN_STATES = ("queued", "running")
 
 RunState = Callable[[str, str], str | None]  # (dag_id, run_id) -> Airflow DagRun state, None if unknown
@@ -49,7 +65,7 @@ class Guard:
     cluster: str
     run_id: str
     dag_id: str
-    phase: str
+    phase: Phase
     since: str
     updated: str
     change: str | None = None
@@ -64,7 +80,7 @@ class Guard:
 
     def describe(self) -> str:
         step = f" at step {self.failed_step}" if self.failed_step else ""
-        return f"PITR run {self.run_id} (change {self.change or '-'}, phase {self.phase}{step}, since {self.since})"
+        return f"PITR run {self.run_id} (change {self.change or '-'}, phase {Phase(self.phase).value}{step}, since {self.since})"
 
 
 def _now() -> str:
@@ -84,8 +100,8 @@ def read_guard(cluster: Cluster) -> Guard | None:
     if data is None:
         return None
     try:
-        return Guard(**{**data, "predecessors": tuple(data.get("predecessors", ()))})
-    except TypeError as exc:
+        return Guard(**{**data, "phase": Phase(data.get("phase")), "predecessors": tuple(data.get("predecessors", ()))})
+    except (TypeError, ValueError) as exc:
         raise StateFileDamaged(
             f"restore guard {guard_path(cluster)} is damaged ({exc}): look at the cluster, then remove it with "
             f"`rewind guard clear --cluster {cluster.name}`"
@@ -94,7 +110,7 @@ def read_guard(cluster: Cluster) -> Guard | None:
 
 def _write(cluster: Cluster, guard: Guard) -> Guard:
     state_dir(cluster)
-    write_json(guard_path(cluster), {**asdict(guard), "predecessors": list(guard.predecessors)})
+    write_json(guard_path(cluster), {**asdict(guard), "phase": guard.phase.value, "predecessors": list(guard.predecessors)})
     return guard
 
 
@@ -158,10 +174,11 @@ def _own(cluster: Cluster, run_id: str) -> Guard:
     return existing
 
 
-def advance(cluster: Cluster, run_id: str, phase: str, *, change: str | None = None, timeline_before: int | None = None) -> Guard:
+def advance(cluster: Cluster, run_id: str, phase: Phase | str, *, change: str | None = None, timeline_before: int | None = None) -> Guard:
     """Move this run's guard to `phase` (one of RESTORE_PHASES: backups are blocked from now on)."""
+    phase = Phase(phase)
     if phase not in RESTORE_PHASES:
-        raise ValueError(f"unknown restore phase {phase!r}")
+        raise ValueError(f"{phase.value!r} is not a restore phase")
     guard = _own(cluster, run_id)
     return _write(
         cluster,

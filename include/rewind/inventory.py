@@ -7,7 +7,7 @@ Shape (see config/inventory.example.yaml for a commented example)::
     clusters:
       <name>:
         stanza, queue, postgres{...}, pgbackrest{...}, repo{...}, credentials{...},
-        schedules{full, diff, incr}, connections{...}
+        schedules{full, diff, incr}, alerts{..., pagers[...]}, connections{...}
 
 Loading validates every cluster on its own: a bad cluster is reported (file, cluster, field) and
 left out, the others load. A broken file (missing, unreadable, not YAML, wrong top level) raises.
@@ -37,8 +37,10 @@ DEFAULT_INVENTORY_PATH = Path("/etc/rewind/inventory.yaml")
 
 BACKUP_TYPES = ("full", "diff", "incr")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would let a trailing newline through
+# C0 and C1 controls and Unicode's line/paragraph separators: each ends a line for someone
+# (str.splitlines reads \x85 and \u2028 as line breaks), so none belongs in a path or a name.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _no_control_chars(value: str) -> str:
@@ -48,7 +50,7 @@ def _no_control_chars(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid name: use letters, digits, '_', '.', '-' and start with a letter or digit")
     return value
 
@@ -82,7 +84,7 @@ Cron = Annotated[str, AfterValidator(_cron)]
 
 
 def _unit(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}$", value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,250}", value):
         raise ValueError(f"{value!r} is not a systemd unit name (e.g. postgresql@15-main)")
     return value
 
@@ -111,6 +113,7 @@ class PostgresSettings(_Model):
     # (README "Data checks"); it must exist in the restored data, so create it before the backups.
     check_role: Name = "rewind_check"
     check_timeout_s: int = Field(60, ge=1, le=3600)  # statement_timeout of each data check
+    archive_timeout_s: int = Field(60, ge=0, le=86400)  # what onboarding sets: a quiet cluster's WAL reaches the repository within this
 
     def unit_name(self) -> str:
         return self.systemd_unit or f"postgresql@{self.version}-main"
@@ -170,7 +173,7 @@ class RepoSettings(_Model):
 
 
 def _vault_path(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$", value) or ".." in value:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*", value) or ".." in value:
         raise ValueError(f"{value!r} must be a Vault path like 'rewind/prod-ledger' (letters, digits, _ . - and /)")
     return value
 
@@ -234,11 +237,71 @@ class Schedules(_Model):
     verify: Cron = "30 3 * * *"  # besides after every backup
 
 
+_EMAIL_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_SLACK_CHANNEL_RE = re.compile(r"#[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{8,20}")
+
+# The pager type each optional pager field belongs to; channel and to are required for theirs.
+_PAGER_FIELD_TYPE = {"channel": "slack", "to": "smtp", "severity": "pagerduty"}
+_PAGER_REQUIRED = {"channel", "to"}
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an e-mail address (like oncall@example.com)")
+    return value
+
+
+def _slack_channel(value: str) -> str:
+    if not _SLACK_CHANNEL_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Slack channel: '#name' (lower case) or a channel ID like C0123456789")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email)]
+SlackChannel = Annotated[str, AfterValidator(_slack_channel)]
+
+
+class Pager(_Model):
+    """Who is paged when an incident opens and told when it resolves, through an Airflow provider's
+    notifier and the Airflow connection `conn_id` (which holds the secret: routing key, token, login)."""
+
+    type: Literal["pagerduty", "slack", "slack_webhook", "smtp"]
+    conn_id: Name
+    channel: SlackChannel | None = Field(None, validate_default=True)  # slack (Web API): where to post
+    to: list[EmailAddress] | None = Field(None, validate_default=True)  # smtp: one address or a list
+    severity: Literal["critical", "error", "warning", "info"] | None = Field(None, validate_default=True)  # pagerduty; default critical
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("channel", "to", "severity")
+    @classmethod
+    def _for_its_type(cls, value, info):
+        kind = info.data.get("type")
+        if kind is None:  # the type itself is wrong: that is the error to report
+            return value
+        owner = _PAGER_FIELD_TYPE[info.field_name]
+        if value is None and kind == owner and info.field_name in _PAGER_REQUIRED:
+            raise ValueError(f"required for type {kind}")
+        if value is not None and kind != owner:
+            raise ValueError(f"only for type {owner}, not {kind}")
+        if info.field_name == "to" and value == []:
+            raise ValueError("name at least one address")
+        return value
+
+
 class Alerts(_Model):
     max_backup_age_hours: float = Field(26.0, gt=0)
     stale_archive_factor: float = Field(3.0, gt=0)  # x archive_timeout before waiting WAL is an alert
     impact: int = Field(2, ge=1, le=3)
     urgency: int = Field(2, ge=1, le=3)
+    # Paged when an incident opens (not for its repeats), told when it resolves. A cluster's own list
+    # replaces the one in `defaults` (lists are not merged); empty: nobody is paged.
+    pagers: list[Pager] = Field(default_factory=list)
 
 
 class PitrSettings(_Model):
@@ -251,9 +314,18 @@ class PitrSettings(_Model):
     approval_timeout_h: float = Field(24.0, gt=0, le=24 * 30)  # then the change is cancelled
 
 
+class ChangeControl(_Model):
+    # The ServiceNow group whose members approve this cluster's changes. A change is acted on only
+    # when approved by a member of it who is not the person who asked for it.
+    approval_group: SafeStr = "Database CAB"
+
+
 class Connections(_Model):
     postgres: Name | None = None  # Airflow connection id used for SQL checks
     servicenow: Name = "servicenow_default"
+    # AWS connection (amazon provider) that may read the repository bucket's settings (versioning,
+    # Object Lock, encryption, public access block): onboarding checks the bucket's posture with it.
+    aws: Name = "aws_default"
 
 
 class Cluster(_Model):
@@ -268,6 +340,7 @@ class Cluster(_Model):
     schedules: Schedules = Schedules()
     alerts: Alerts = Alerts()
     pitr: PitrSettings = PitrSettings()
+    change_control: ChangeControl = ChangeControl()
     connections: Connections = Connections()
     # Rewind's own durable state on the database host: the restore guard, each PITR run's journal,
     # retention holds, the watchdog's memory. Must survive reboots (not /tmp).

@@ -31,6 +31,25 @@ def stop_argv(cluster: Cluster, *, mode: str = "fast") -> list[str]:
     return [pg_ctl(cluster), "stop", "-D", cluster.postgres.data_dir, "-m", mode, "-w", "-t", "300"]
 
 
+def restart_argv(cluster: Cluster) -> list[str]:
+    """Restart (fast shutdown, then start): what archive_mode and wal_level need to change."""
+    if cluster.postgres.control == "systemd":
+        return ["systemctl", "restart", cluster.postgres.unit_name()]
+    return [
+        pg_ctl(cluster),
+        "restart",
+        "-D",
+        cluster.postgres.data_dir,
+        "-m",
+        "fast",
+        "-l",
+        cluster.postgres.pg_ctl_log(),
+        "-w",
+        "-t",
+        "300",
+    ]
+
+
 def reload_argv(cluster: Cluster) -> list[str]:
     """Reload configuration (e.g. after archive_command changes during onboarding)."""
     if cluster.postgres.control == "systemd":

@@ -54,7 +54,7 @@ def check_version(pgbackrest: PgBackRest) -> tuple[int, int]:
     return version
 
 
-def check_stanza(cluster: Cluster, info: StanzaInfo, *, allow_no_backup: bool) -> None:
+def require_stanza_ok(cluster: Cluster, info: StanzaInfo, *, allow_no_backup: bool) -> None:
     code = info.status.code
     if info.ok or (allow_no_backup and code == STATUS_NO_BACKUP):
         return
@@ -78,5 +78,5 @@ def run_repository_preflight(
     check_s3_reachable(cluster)
     check_version(pgbackrest)
     info = pgbackrest.info()
-    check_stanza(cluster, info, allow_no_backup=allow_no_backup)
+    require_stanza_ok(cluster, info, allow_no_backup=allow_no_backup)
     return info

@@ -43,6 +43,7 @@ class ChangeState(IntEnum):
 
 
 CHANGE_STATES = {state.value: state.label for state in ChangeState}
+ChangeModel = Literal["normal", "emergency"]
 CHANGE_NUMBER_RE = re.compile(r"^CHG\d{7,}$")
 SN_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -213,6 +214,72 @@ class ServiceNowClient:
         if not isinstance(result, dict) or "sys_id" not in result:
             raise ServiceNowError(f"ServiceNow {table}: answer is not a record (no sys_id)")
         return result
+
+    # ---- Change Management API ------------------------------------------------------------------
+    # Changes are written only through /api/sn_chg_rest: it enforces the change model's states and
+    # transitions (the Table API would let a write skip them), answers every field as
+    # {"value", "display_value"}, and knows which states a change may move to next.
+    def _change(self, method: str, path: str, **kwargs) -> dict:
+        result = self._result(method, f"/api/sn_chg_rest/change{path}", **kwargs)
+        if isinstance(result, list) and len(result) == 1:  # some releases wrap one record in a list
+            result = result[0]
+        return self._record(_values(result), "change_request")
+
+    def create_change(self, model: ChangeModel, fields: dict[str, Any]) -> dict:
+        """A normal or emergency change, in state New (POST /change/normal|emergency)."""
+        return self._change("POST", f"/{model}", json=_strings(fields))
+
+    def create_standard_change(self, template_sys_id: str, fields: dict[str, Any]) -> dict:
+        """A standard (pre-approved) change from its published template."""
+        return self._change("POST", f"/standard/{template_sys_id}", json=_strings(fields))
+
+    def get_change(self, sys_id: str) -> dict:
+        return self._change("GET", f"/{sys_id}")
+
+    def find_changes(self, query: str, *, limit: int = 100) -> list[dict]:
+        result = self._result("GET", "/api/sn_chg_rest/change", params={"sysparm_query": query, "sysparm_limit": str(limit)})
+        if not isinstance(result, list):
+            raise ServiceNowError("ServiceNow GET /api/sn_chg_rest/change: expected a list of change requests")
+        return [_values(record) for record in result]
+
+    def get_change_by_number(self, number: str) -> dict:
+        found = self.find_changes(f"number={number}", limit=1)
+        if not found:
+            raise ServiceNowNotFound(f"ServiceNow: no change request with number {number}")
+        return found[0]
+
+    def update_change(self, sys_id: str, fields: dict[str, Any]) -> dict:
+        return self._change("PATCH", f"/{sys_id}", json=_strings(fields))
+
+    def add_change_note(self, sys_id: str, note: str) -> dict:
+        return self.update_change(sys_id, {"work_notes": note})
+
+    def next_states(self, sys_id: str) -> set[int]:
+        """The states the change may move to from where it is (its current state included)."""
+        result = self._result("GET", f"/api/sn_chg_rest/change/{sys_id}/nextstates")
+        try:
+            return {int(state) for state in result["available_states"]}
+        except (KeyError, TypeError, ValueError):
+            raise ServiceNowError(f"ServiceNow change {sys_id}: nextstates answer has no available_states") from None
+
+    def move_change(self, sys_id: str, to: ChangeState, fields: dict[str, Any] | None = None) -> dict:
+        """Move the change to `to` as its model allows, with `fields` in the same update."""
+        available = self.next_states(sys_id)
+        if to not in available:
+            change = ChangeStatus.from_record(self.get_change(sys_id))
+            allowed = ", ".join(CHANGE_STATES.get(s, str(s)) for s in sorted(available - {change.state})) or "none"
+            raise ServiceNowError(
+                f"change {change.number} cannot move from {change.state_name} to {to.label} (its model allows: {allowed})"
+            )
+        return self.update_change(sys_id, {**(fields or {}), "state": to.value})
+
+
+def _values(record: Any) -> Any:
+    """A Change Management API record ({field: {"value", "display_value"}}) as the Table API
+    returns it ({field: value})."""
+    if not isinstance(record, dict):
+        return record
+    return {key: value.get("value", "") if isinstance(value, dict) and "value" in value else value for key, value in record.items()}
 
 
 def _strings(fields: dict[str, Any]) -> dict[str, str]:

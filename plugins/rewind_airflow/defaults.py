@@ -1,6 +1,7 @@
 """What every Rewind DAG of a cluster shares, in one place, so the workflow files cannot drift:
 start date, no catchup, one active run, owner, the cluster's worker queue, retries, tags, who may
-run it, and the alert callbacks (an incident when a task fails, resolved when it next succeeds)."""
+run it, and the alert callbacks (an incident when a task fails, resolved when it next succeeds; the
+cluster's pagers told of both)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
 def alert_callbacks(cluster: Cluster) -> dict[str, Any]:
+    pagers = [pager.model_dump(exclude_none=True) for pager in cluster.alerts.pagers]  # plain data in the notifiers
     return {
         "on_failure_callback": RewindAlertNotifier(
             cluster=cluster.name,
             servicenow_conn_id=cluster.connections.servicenow,
             impact=cluster.alerts.impact,
             urgency=cluster.alerts.urgency,
+            pagers=pagers,
         ),
-        "on_success_callback": TaskRecoveredNotifier(cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow),
+        "on_success_callback": TaskRecoveredNotifier(
+            cluster=cluster.name, servicenow_conn_id=cluster.connections.servicenow, pagers=pagers
+        ),
     }
 
 

@@ -70,6 +70,7 @@ def test_the_guard_really_catches_io_at_import(monkeypatch, tmp_path):
 # Steps deliberately not retried, and why.
 NOT_RETRIED = {
     "validate_params": "bad params do not get better on a second try",
+    "validate": "a decommission form with the wrong stanza name does not get better on a second try",
 }
 
 
@@ -90,6 +91,8 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
         "rewind_pitr",
         "rewind_health",
         "rewind_verify",
+        "rewind_onboard",
+        "rewind_decommission",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
@@ -105,11 +108,14 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
             assert TaskRecoveredNotifier in _callbacks(task.on_success_callback), (dag_id, task.task_id)
 
 
-def test_only_a_dba_may_run_a_pitr_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
+DBA_ONLY_WORKFLOWS = ("rewind_pitr__", "rewind_onboard__", "rewind_decommission__")
+
+
+def test_only_a_dba_may_run_what_changes_production_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
     bag = import_dag_files(monkeypatch)
     for dag_id, dag in bag.dags.items():
         roles = set(dag.access_control or {})
-        if dag_id.startswith("rewind_pitr__"):
+        if dag_id.startswith(DBA_ONLY_WORKFLOWS):
             assert roles == {"DBA"}, dag_id
         else:
             assert roles == {"DBA", "BackupOperator"}, dag_id
@@ -144,6 +150,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "target_timeline",
         "backup_set",
         "change_number",
+        "change_type",
         "validation_sql",
         "validation_database",
         "reason",
@@ -217,3 +224,38 @@ def test_a_bad_cluster_is_an_import_error_and_the_others_keep_their_dags(monkeyp
     ((file, error),) = bag.import_errors.items()
     assert file.endswith("rewind_inventory_errors.py")
     assert f"inventory {path}: cluster 'broken': field schedules.full: 'every sunday' is not a valid 5-field cron" in error
+
+
+def test_onboarding_and_decommissioning_read_like_their_runbooks_and_gate_the_restart(monkeypatch, example_inventory):
+    from rewind_airflow.notifiers.servicenow import ChangeFailureNotifier
+
+    bag = import_dag_files(monkeypatch)
+    onboard, decommission = bag.dags["rewind_onboard__ledger"], bag.dags["rewind_decommission__ledger"]
+    assert [t.task_id for t in onboard.topological_sort()] == [
+        "plan",
+        "open_change",
+        "wait_for_approval",
+        "begin_change",
+        "configure_archiving",
+        "restart_postgres",
+        "check",
+        "first_full_backup",
+        "verify",
+        "close_change",
+    ]
+    assert [t.task_id for t in decommission.topological_sort()] == [
+        "validate",
+        "open_change",
+        "wait_for_approval",
+        "begin_change",
+        "final_full_backup",
+        "stop_archiving",
+        "stop_stanza",
+        "close_change",
+    ]
+    for dag in (onboard, decommission):
+        assert type(dag.timetable).__name__ == "NullTimetable" and dag.get_task("wait_for_approval").deferrable
+        for task in dag.tasks:
+            assert ChangeFailureNotifier in _callbacks(task.on_failure_callback), (dag.dag_id, task.task_id)
+    assert set(decommission.params) == {"confirm_stanza", "delete_repository", "reason"}
+    assert decommission.params["delete_repository"] is False  # the repository is kept unless asked

@@ -138,5 +138,5 @@ def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_n
     assert postmaster_pid(demo_stack.cluster) == pid
     sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
     [change] = sn.query("change_request", f"correlation_id=rewind:{dag_id}:{first}")
-    assert change["state"] == "-3"  # never Implement
+    assert change["state"] == "-4"  # Assess, waiting: never Implement
     servicenow.reject(change["number"])  # leave nothing pending

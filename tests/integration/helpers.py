@@ -18,6 +18,7 @@ FORM_DEFAULTS = {
     "target_timeline": "current",
     "backup_set": None,
     "change_number": None,
+    "change_type": "normal",
     "validation_sql": [],
     "validation_database": None,
     "reason": REASON,

@@ -9,15 +9,14 @@ import datetime as dt
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
-from rewind.servicenow import Auth, ServiceNowClient
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
 pytestmark = pytest.mark.integration
 
 
 def new_change(servicenow, **fields) -> dict:
-    client = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
-    return client.create("change_request", {"state": -3, "approval": "requested", **fields})
+    """A change waiting for approval, as a requester raised it in ServiceNow."""
+    return servicenow.state.create_change_for_test(**{"state": -3, "approval": "requested", **fields})
 
 
 async def first_event(trigger, *, approve=None, after_s=0.0):

@@ -77,15 +77,19 @@ def test_rewind_by_xid_exclusive_of_the_bad_transaction(demo_stack, pitr, approv
     assert ledger(demo_stack) == (120, 0, 120)
 
 
-def test_rewind_to_a_named_restore_point_with_pause_then_promote(demo_stack, pitr, approve_all):
+def test_rewind_to_a_named_restore_point_with_pause_then_promote_under_an_emergency_change(demo_stack, pitr, servicenow, approve_all):
     fresh_ledger(demo_stack)
     write(demo_stack, 1, 80)
     demo_stack.psql("select pg_create_restore_point('before-migration-42')")
     the_incident(demo_stack)
-    run = run_pitr(pitr, target_type="name", target="before-migration-42", target_action="pause", validation_sql=[VOID_CHECK])
+    run = run_pitr(
+        pitr, target_type="name", target="before-migration-42", target_action="pause", validation_sql=[VOID_CHECK], change_type="emergency"
+    )
     assert_success(run)
     assert ledger(demo_stack) == (80, 0, 80)
     assert demo_stack.psql("select pg_is_in_recovery()") == "f"
+    change = change_of(servicenow, run)
+    assert (change["type"], change["state"], change["close_code"]) == ("emergency", "3", "successful")
 
 
 def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
@@ -94,9 +98,7 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    change = client(servicenow).create(
-        "change_request", {"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo"}
-    )
+    change = servicenow.state.create_change_for_test(short_description="CAB-approved rewind", state=-2, approval="approved", cmdb_ci="demo")
     run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)

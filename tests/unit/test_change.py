@@ -8,16 +8,8 @@ import datetime as dt
 
 import pytest
 
-from rewind.pitr.change import (
-    MAX_NOTE_CHARS,
-    ChangeNotUsable,
-    cancel_change,
-    change_fields,
-    check_given_change,
-    correlation_id,
-    ensure_change,
-    require_gate,
-)
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, cancel_change, correlation_id, require_gate
+from rewind.pitr.change import change_fields, check_given_change, ensure_change
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import parse_request
 from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, change_gate, sn_time
@@ -72,7 +64,8 @@ def test_change_fields_describe_the_rewind_and_bind_the_run(ledger):
     assert fields["short_description"] == (
         "Rewind PITR: restore ledger (stanza ledger) to time 2026-11-24 02:13:30.000000+00 (inclusive, action pause, timeline current)"
     )
-    assert (fields["cmdb_ci"], fields["correlation_id"], fields["state"], fields["approval"]) == ("ledger", OURS, -3, "requested")
+    assert (fields["cmdb_ci"], fields["correlation_id"]) == ("ledger", OURS)
+    assert "state" not in fields and "approval" not in fields  # the change model decides those, not the requester
     assert f"Reason: {REASON}" in fields["description"] and URL in fields["description"]
     assert "s3://backups/pg/ledger" in fields["description"]
     assert "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass." in fields["implementation_plan"]
@@ -135,12 +128,47 @@ def test_ensure_change_creates_one_and_a_retry_finds_it(ledger, fake_servicenow)
     first = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id=RUN, run_url=URL)
     assert first["created"] and first["number"] == "CHG0010001"
     record = fake_servicenow.get(CHANGE_TABLE, first["sys_id"])
-    assert (record["correlation_id"], record["cmdb_ci"], record["state"], record["approval"]) == (OURS, "ledger", "-3", "requested")
+    # a normal change, created New through the Change Management API, asks for approval by moving to Assess
+    assert (record["correlation_id"], record["cmdb_ci"], record["type"], record["state"], record["approval"]) == (
+        OURS,
+        "ledger",
+        "normal",
+        "-4",
+        "requested",
+    )
     retry = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id=RUN, run_url=URL)
     assert retry == {**first, "created": False}
     other_run = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id="manual__other", run_url=URL)
     assert other_run["created"] and other_run["number"] == "CHG0010002"
     assert correlation_id(DAG, RUN) == OURS
+
+
+def test_an_emergency_change_asks_the_emergency_approvers(ledger, fake_servicenow):
+    made = ensure_change(fake_servicenow, ledger, request(change_type="emergency"), dag_id=DAG, run_id=RUN, run_url=URL)
+    record = fake_servicenow.get(CHANGE_TABLE, made["sys_id"])
+    assert (record["type"], record["state"], record["approval"]) == ("emergency", "-3", "requested")
+
+
+def test_a_retry_submits_a_change_left_new_by_an_earlier_try(ledger, fake_servicenow):
+    left = fake_servicenow.create_change("normal", {"correlation_id": OURS, "cmdb_ci": "ledger"})
+    assert left["state"] == "-5"
+    again = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id=RUN, run_url=URL)
+    assert again == {"number": left["number"], "sys_id": left["sys_id"], "created": False}
+    assert fake_servicenow.get(CHANGE_TABLE, left["sys_id"])["state"] == "-4"
+
+
+def test_closing_walks_the_model_and_a_move_it_forbids_is_refused(ledger, fake_servicenow):
+    from rewind.change_control import close_change, start_implementing
+    from rewind.servicenow import ServiceNowError
+
+    made = ensure_change(fake_servicenow, ledger, request(), dag_id=DAG, run_id=RUN, run_url=URL)
+    with pytest.raises(ServiceNowError, match=r"cannot move from Assess to Implement \(its model allows: New, Authorize, Canceled\)"):
+        start_implementing(fake_servicenow, ChangeStatus.from_record(fake_servicenow.get_change(made["sys_id"])), "go")
+    fake_servicenow.state.decide(made["number"], "approve")  # the CAB: Scheduled, approved
+    start_implementing(fake_servicenow, ChangeStatus.from_record(fake_servicenow.get_change(made["sys_id"])), "go")
+    close_change(fake_servicenow, made["sys_id"], close_code="successful", close_notes="done")
+    record = fake_servicenow.get(CHANGE_TABLE, made["sys_id"])
+    assert (record["state"], record["close_code"]) == ("3", "successful")
 
 
 def test_ensure_change_refuses_a_given_change_it_may_not_use(ledger, fake_servicenow):
@@ -187,7 +215,7 @@ def test_require_gate_refuses_a_step_the_change_no_longer_allows(fake_servicenow
 
 
 def test_cancel_change_bounds_its_note(fake_servicenow):
-    sys_id = fake_servicenow.change()["sys_id"]
+    sys_id = fake_servicenow.change(type="normal")["sys_id"]
     cancel_change(fake_servicenow, sys_id, "x" * (MAX_NOTE_CHARS + 10))
     assert fake_servicenow.get(CHANGE_TABLE, sys_id)["state"] == "4"
     assert fake_servicenow.work_notes(CHANGE_TABLE, sys_id) == ["x" * MAX_NOTE_CHARS]

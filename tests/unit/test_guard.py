@@ -118,7 +118,7 @@ def test_advance_blocks_backups_and_keeps_the_first_timeline_and_the_change(ledg
     assert (stopping.phase, stopping.blocks_backups, stopping.change, stopping.timeline_before) == ("stopping", True, "CHG0010001", 3)
     later = guard.advance(ledger, A, "started", timeline_before=4)
     assert (later.phase, later.timeline_before, later.change) == ("started", 3, "CHG0010001")
-    with pytest.raises(ValueError, match="unknown restore phase 'claimed'"):
+    with pytest.raises(ValueError, match="'claimed' is not a restore phase"):
         guard.advance(ledger, A, "claimed")
     with pytest.raises(RestoreFailed, match=rf"the restore guard is not held by this run \(held by PITR run {A_RE} "):
         guard.advance(ledger, B, "stopping")

@@ -41,7 +41,15 @@ def test_defaults_merge_under_cluster_and_cluster_wins():
         ({"repo": {**GOOD["repo"], "cipher_type": "rot13"}}, "repo.cipher_type", "aes-256-cbc"),
         ({"stanza": "--delete"}, "stanza", "not a valid name"),
         ({"stanza": "x;rm -rf /"}, "stanza", "not a valid name"),
+        ({"stanza": "ledger\n"}, "stanza", "not a valid name"),  # "$" matches before a trailing newline
+        ({"postgres": {"data_dir": "/d", "systemd_unit": "pg\n"}}, "postgres.systemd_unit", "systemd unit"),
         ({"postgres": {"data_dir": "/data\nrepo1-path=/evil"}}, "postgres.data_dir", "control characters"),
+        (
+            {"postgres": {"data_dir": "/data\x85repo1-path=/evil"}},
+            "postgres.data_dir",
+            "control characters",
+        ),  # NEL: a line break to splitlines
+        ({"postgres": {"data_dir": "/data\u2028x"}}, "postgres.data_dir", "control characters"),
         ({"postgres": {"data_dir": "/d", "port": 70000}}, "postgres.port", "less than"),
         ({"postgres": {"data_dir": "/d", "systemd_unit": "x; reboot"}}, "postgres.systemd_unit", "systemd unit"),
         ({"credentials": {"env_prefix": "lower_"}}, "credentials.env_prefix", "upper-case"),
@@ -99,3 +107,71 @@ def test_example_inventory_is_valid():
     loaded = load_inventory(example)
     assert loaded.errors == {}
     assert loaded.clusters
+
+
+# ---- alerts.pagers -------------------------------------------------------------------------------
+PAGERDUTY = {"type": "pagerduty", "conn_id": "pagerduty_dba"}
+SLACK = {"type": "slack", "conn_id": "slack_dba", "channel": "#dba-oncall"}
+MAIL = {"type": "smtp", "conn_id": "smtp_oncall", "to": "oncall@example.com"}
+
+
+def pagers_of(cluster) -> list[dict]:
+    return [pager.model_dump(exclude_none=True) for pager in cluster.alerts.pagers]
+
+
+def test_pagers_come_from_defaults_and_a_clusters_own_list_replaces_them():
+    clusters = {
+        "ledger": GOOD,
+        "crm": {**GOOD, "alerts": {"pagers": [SLACK, {"type": "slack_webhook", "conn_id": "slack_crm"}]}},
+        "quiet": {**GOOD, "alerts": {"pagers": []}},
+    }
+    loaded = inv(clusters, defaults={"alerts": {"impact": 1, "pagers": [PAGERDUTY, MAIL]}})
+    assert loaded.errors == {}
+    assert pagers_of(loaded.get("ledger")) == [PAGERDUTY, {**MAIL, "to": ["oncall@example.com"]}]
+    assert pagers_of(loaded.get("crm")) == [SLACK, {"type": "slack_webhook", "conn_id": "slack_crm"}]
+    assert loaded.get("crm").alerts.impact == 1  # the rest of the section still merges
+    assert pagers_of(loaded.get("quiet")) == []
+    assert inv({"ledger": GOOD}).get("ledger").alerts.pagers == []  # nobody is paged unless configured
+
+
+@pytest.mark.parametrize(
+    "pager, field, words",
+    [
+        ({"type": "opsgenie", "conn_id": "x"}, "alerts.pagers.0.type", "'pagerduty', 'slack', 'slack_webhook' or 'smtp'"),
+        ({"conn_id": "x"}, "alerts.pagers.0.type", "required"),
+        ({"type": "pagerduty"}, "alerts.pagers.0.conn_id", "required"),
+        ({"type": "pagerduty", "conn_id": "pd;rm -rf /"}, "alerts.pagers.0.conn_id", "not a valid name"),
+        ({"type": "pagerduty", "conn_id": "pd\n"}, "alerts.pagers.0.conn_id", "not a valid name"),
+        (
+            {"type": "pagerduty", "conn_id": "pd", "severity": "urgent"},
+            "alerts.pagers.0.severity",
+            "'critical', 'error', 'warning' or 'info'",
+        ),
+        ({"type": "pagerduty", "conn_id": "pd", "to": "a@example.com"}, "alerts.pagers.0.to", "only for type smtp, not pagerduty"),
+        ({"type": "slack", "conn_id": "s"}, "alerts.pagers.0.channel", "required for type slack"),
+        ({"type": "slack", "conn_id": "s", "channel": "dba-oncall"}, "alerts.pagers.0.channel", "not a Slack channel"),
+        ({"type": "slack", "conn_id": "s", "channel": "#dba\n"}, "alerts.pagers.0.channel", "not a Slack channel"),
+        ({"type": "slack_webhook", "conn_id": "s", "channel": "#dba"}, "alerts.pagers.0.channel", "only for type slack, not slack_webhook"),
+        ({"type": "smtp", "conn_id": "m"}, "alerts.pagers.0.to", "required for type smtp"),
+        ({"type": "smtp", "conn_id": "m", "to": []}, "alerts.pagers.0.to", "at least one address"),
+        ({"type": "smtp", "conn_id": "m", "to": "oncall"}, "alerts.pagers.0.to.0", "not an e-mail address"),
+        ({"type": "smtp", "conn_id": "m", "to": ["a@example.com", "b@example"]}, "alerts.pagers.0.to.1", "not an e-mail address"),
+        ({"type": "smtp", "conn_id": "m", "to": "a@example.com\nBcc: x@evil.example"}, "alerts.pagers.0.to.0", "not an e-mail address"),
+        ({"type": "smtp", "conn_id": "m", "to": "a@example.com, b@example.com"}, "alerts.pagers.0.to.0", "not an e-mail address"),
+        ({"type": "smtp", "conn_id": "m", "to": "a@example.com", "cc": "b@example.com"}, "alerts.pagers.0.cc", "Extra inputs"),
+    ],
+)
+def test_a_bad_pager_is_one_line_naming_its_field(pager, field, words):
+    loaded = inv({"good": GOOD, "bad": {**GOOD, "alerts": {"pagers": [pager]}}})
+    assert list(loaded.clusters) == ["good"]
+    message = loaded.errors["bad"]
+    assert message.startswith(f"inventory /etc/rewind/inventory.yaml: cluster 'bad': field {field}: "), message
+    assert words in message and "\n" not in message
+
+
+def test_a_bad_pager_in_defaults_is_reported_for_every_cluster_that_inherits_it():
+    loaded = inv(
+        {"a": GOOD, "b": {**GOOD, "alerts": {"pagers": [PAGERDUTY]}}}, defaults={"alerts": {"pagers": [{"type": "slack", "conn_id": "s"}]}}
+    )
+    assert list(loaded.clusters) == ["b"]
+    assert "field alerts.pagers.0.channel: required for type slack" in loaded.errors["a"]

@@ -5,6 +5,8 @@ guard settled, the hold ended when nothing was touched, the change told what the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rewind import guard
@@ -15,13 +17,14 @@ from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import PitrParamError
 from rewind.retention import get_hold, place_hold
 from rewind.servicenow import CHANGE_TABLE, ServiceNowUnavailable
+from rewind_airflow.defaults import alert_callbacks
 from rewind_airflow.hooks import pgbackrest as pgbackrest_hook
 from rewind_airflow.notifiers import alerts
 from rewind_airflow.notifiers import servicenow as pitr_notifier
 from rewind_airflow.notifiers.alerts import RewindAlertNotifier, TaskRecoveredNotifier
 from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 from rewind_airflow.sensors.servicenow import ChangeRejected
-from tests.factories import local_cluster_doc, stanza_info, write_inventory
+from tests.factories import cluster, local_cluster_doc, stanza_info, write_inventory
 from tests.fakes import FakeTaskInstance, servicenow_hook_class
 from tests.unit.test_retention import BACKUPS
 
@@ -39,7 +42,6 @@ def secrets(monkeypatch):
 
 @pytest.fixture
 def hooks(monkeypatch, fake_servicenow):
-    monkeypatch.delenv("REWIND_PAGERS", raising=False)  # nobody is paged
     hook = servicenow_hook_class(fake_servicenow)
     monkeypatch.setattr(alerts, "ServiceNowHook", hook)
     monkeypatch.setattr(pitr_notifier, "ServiceNowHook", hook)
@@ -105,6 +107,28 @@ def test_a_task_that_succeeds_resolves_its_own_incident_only(hooks, fake_service
     assert len(incidents(fake_servicenow)) == 3  # a new incident, paged again, not a note on the resolved one
 
 
+def test_the_callbacks_carry_the_clusters_pagers_as_plain_data():
+    """Every DAG's callbacks get the cluster's pagers from the inventory, as JSON-able dicts that
+    turn back into the validated pagers when the callback runs."""
+    pagers = [
+        {"type": "pagerduty", "conn_id": "pagerduty_dba", "severity": "error"},
+        {"type": "smtp", "conn_id": "smtp_oncall", "to": ["oncall@example.com"]},
+    ]
+    ledger = cluster("ledger", alerts={"pagers": pagers})
+    callbacks = alert_callbacks(ledger)
+    for notifier in (callbacks["on_failure_callback"], callbacks["on_success_callback"]):
+        assert json.loads(json.dumps(notifier.pagers)) == pagers
+        assert alerts.pagers_from(notifier.pagers) == ledger.alerts.pagers
+
+
+def test_what_slack_is_told_is_text_not_markup():
+    page = alerts.Page("opened", "ledger", "archive_failing", "INC0010001", "archiving <!channel> & co", "x > y")
+    assert page.slack_text() == ":rotating_light: *Rewind: ledger: archiving &lt;!channel&gt; &amp; co (INC0010001)*\n```x &gt; y```"
+    assert alerts.Page("resolved", "ledger", "archive_failing", "INC0010001", "archiving ok").slack_text() == (
+        ":white_check_mark: Rewind: ledger: resolved archive_failing (INC0010001): archiving ok"
+    )
+
+
 # ---- PitrFailureNotifier ---------------------------------------------------------------------------------
 PITR_RUN = "manual__2026-11-24T02:20:00+00:00"
 
@@ -161,6 +185,6 @@ def test_a_pitr_that_failed_mid_rewind_keeps_backups_blocked_and_tells_the_chang
 def test_a_change_that_cannot_be_noted_does_not_hide_the_failure(hooks, fake_servicenow, pitr_cluster):
     change = fake_servicenow.change(cmdb_ci="ledger")
     RunJournal.load(pitr_cluster, PITR_RUN).set(change=change["number"], change_sys_id=change["sys_id"])
-    fake_servicenow.fail("update", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
+    fake_servicenow.fail("update_change", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
     PitrFailureNotifier(cluster="ledger")(pitr_context(RuntimeError("boom"), "ensure_change"))  # logs, does not raise
     assert fake_servicenow.work_notes(CHANGE_TABLE, change["sys_id"]) == []

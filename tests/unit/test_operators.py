@@ -36,16 +36,16 @@ def rewinding(cluster, phase: str = "stopping") -> None:
     guard.advance(cluster, PITR_RUN, phase, change="CHG0010001")
 
 
-def test_skip_while_restoring_skips_during_a_rewind_and_raises_after_a_failed_one(cluster):
+def test_skip_unless_routine_work_may_run_skips_during_a_rewind_and_raises_after_a_failed_one(cluster):
     operator = with_hook(RewindClusterOperator(task_id="check", cluster="ledger"), cluster)
-    operator.skip_while_restoring()
+    operator.skip_unless_routine_work_may_run()
     rewinding(cluster)
     with pytest.raises(AirflowSkipException, match="cluster 'ledger': restore in progress"):
-        operator.skip_while_restoring()
-    operator.skip_while_restoring(allowed_run_id=PITR_RUN)
+        operator.skip_unless_routine_work_may_run()
+    operator.skip_unless_routine_work_may_run(allowed_run_id=PITR_RUN)
     guard.fail(cluster, PITR_RUN, "restore")
     with pytest.raises(RestoreFailed, match="failed and left backups blocked"):  # not a skip: a DBA must look
-        operator.skip_while_restoring()
+        operator.skip_unless_routine_work_may_run()
 
 
 def test_expire_applies_retention_with_holds(cluster):

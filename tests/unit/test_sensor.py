@@ -63,7 +63,7 @@ def test_a_timeout_cancels_the_change_and_ends_the_run(sensor, change, fake_serv
 
 
 def test_a_timeout_still_ends_the_run_when_the_change_cannot_be_cancelled(sensor, change, fake_servicenow):
-    fake_servicenow.fail("update", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
+    fake_servicenow.fail("update_change", ServiceNowUnavailable("ServiceNow PATCH: HTTP 503 after 5 attempts"))
     with pytest.raises(ApprovalTimedOut):
         resume(sensor, {"status": "timeout", "change": change["number"], "reason": "not approved in time"})
     assert fake_servicenow.get(CHANGE_TABLE, change["sys_id"])["state"] == "-3"

@@ -49,6 +49,12 @@ class PgBackRest:
     def check(self) -> CommandResult:
         return self.run(self.commands.check())
 
+    def stop(self) -> CommandResult:
+        return self.run(self.commands.stop())
+
+    def stanza_delete(self) -> CommandResult:
+        return self.run(self.commands.stanza_delete())
+
     def verify(self) -> CommandResult:
         """Raises VerifyFailedError when the summary says `status: error` (the exit code is 0)."""
         result = self.run(self.commands.verify(), timeout=self.cluster.pgbackrest.backup_timeout_s)

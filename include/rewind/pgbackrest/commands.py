@@ -63,6 +63,15 @@ class PgBackRestCommands:
     def check(self) -> list[str]:
         return self._argv("check")
 
+    def stop(self) -> list[str]:
+        """No further pgBackRest command of this stanza on this host (decommission)."""
+        return self._argv("stop")
+
+    def stanza_delete(self) -> list[str]:
+        """Remove the stanza and everything of it from the repository; --force because PostgreSQL may
+        still run (a decommissioned cluster is kept until its owners drop it)."""
+        return self._argv("stanza-delete", _option("force"))
+
     def info(self, *, backup_set: str | None = None) -> list[str]:
         options = [_option("output", "json")]
         if backup_set:

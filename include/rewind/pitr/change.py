@@ -1,37 +1,37 @@
-"""The change request a PITR runs under: what it says, how it is bound to one run, how it is
-re-checked at each destructive step, and how it is closed or cancelled."""
+"""The change request a PITR runs under: what it says, a change named in the form checked and bound
+to the run, and the summary it is closed with. The change's life itself (opened, re-checked at each
+destructive step, implemented, closed) is rewind.change_control's, as for every workflow."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-from rewind.errors import RewindError
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
-from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound, change_gate
-
-MAX_NOTE_CHARS = 4000  # what Rewind writes into one ServiceNow journal entry or close note
+from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound
 
 
-class ChangeNotUsable(RewindError):
-    """The change does not allow this step (not approved, another cluster's, already used, ...)."""
-
-    opens_incident = False
-
-
-def correlation_id(dag_id: str, run_id: str) -> str:
-    return f"rewind:{dag_id}:{run_id}"
-
-
-def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def change_fields(
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     target = request.describe()
+    who = {"requested_by": requester.sys_id} if requester else {}
+    if approval_group:
+        who["assignment_group"] = approval_group
     return {
-        "type": "normal",
+        **who,
         "short_description": f"Rewind PITR: restore {cluster.name} (stanza {cluster.stanza}) to {target}",
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
             f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {request.reason}\n"
+            f"Requested by: {requester.describe() if requester else 'unknown'}\n"
             f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
@@ -54,15 +54,13 @@ def change_fields(cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id
         + ("; ".join(c.sql for c in request.validation_sql) or "none given"),
         "cmdb_ci": cluster.name,
         "correlation_id": correlation_id(dag_id, run_id),
-        "state": ChangeState.AUTHORIZE.value,
-        "approval": "requested",
     }
 
 
 def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, *, dag_id: str, run_id: str) -> ChangeStatus:
     """A change named in the form must be open, raised for this cluster, and not drive another PITR."""
     try:
-        record = client.get_by_number(CHANGE_TABLE, number)
+        record = client.get_change_by_number(number)
     except ServiceNowNotFound:
         raise ChangeNotUsable(f"param change_number: {number} does not exist in ServiceNow") from None
     change = ChangeStatus.from_record(record)
@@ -85,44 +83,39 @@ def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, 
     return change
 
 
-def ensure_change(client: ServiceNowClient, cluster: Cluster, request: PitrRequest, *, dag_id: str, run_id: str, run_url: str) -> dict:
+def ensure_change(
+    client: ServiceNowClient,
+    cluster: Cluster,
+    request: PitrRequest,
+    *,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    requester: Person | None = None,
+    approval_group: str | None = None,
+) -> dict:
     """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
-    create one. Returns {number, sys_id, created}."""
+    create one of the request's model and ask for its approval. Returns {number, sys_id, created}."""
     ours = correlation_id(dag_id, run_id)
     if request.change_number:
         change = check_given_change(client, cluster, request.change_number, dag_id=dag_id, run_id=run_id)
-        client.update(
-            CHANGE_TABLE,
+        client.update_change(
             change.sys_id,
             {
                 "correlation_id": ours,
-                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n{run_url}",
+                "work_notes": f"Rewind PITR run {run_id} will implement this change: {request.describe()}.\nAt the target: {request.action_text()}.\n"
+                f"Requested by: {requester.describe() if requester else 'unknown'}\n{run_url}",
             },
         )
         return {"number": change.number, "sys_id": change.sys_id, "created": False}
-    existing = client.query(CHANGE_TABLE, f"correlation_id={ours}", limit=1)
-    if existing:
-        return {"number": existing[0]["number"], "sys_id": existing[0]["sys_id"], "created": False}
-    record = client.create(CHANGE_TABLE, change_fields(cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url))
-    return {"number": record["number"], "sys_id": record["sys_id"], "created": True}
-
-
-def require_gate(client: ServiceNowClient, sys_id: str, *, step: str, implementing: bool, now: dt.datetime | None = None) -> ChangeStatus:
-    """Re-read the change at the moment of a destructive step: approved, Scheduled or Implement (only
-    Implement once this run has started implementing it), and now inside its window."""
-    change = ChangeStatus.from_record(client.get(CHANGE_TABLE, sys_id))
-    decision, reason = change_gate(change, now or dt.datetime.now(dt.timezone.utc))
-    if decision != "proceed":
-        raise ChangeNotUsable(f"{step} refused: {reason}: nothing was done by this step")
-    if implementing and change.state != ChangeState.IMPLEMENT:
-        raise ChangeNotUsable(
-            f"{step} refused: {change.number} is {change.state_name}, not Implement: it is no longer this run's to implement"
-        )
-    return change
-
-
-def cancel_change(client: ServiceNowClient, sys_id: str, note: str) -> None:
-    client.update(CHANGE_TABLE, sys_id, {"state": ChangeState.CANCELED.value, "work_notes": note[:MAX_NOTE_CHARS]})
+    return open_change(
+        client,
+        correlation=ours,
+        model=request.change_type,
+        fields=lambda: change_fields(
+            cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url, requester=requester, approval_group=approval_group
+        ),
+    )
 
 
 def summary(
@@ -137,12 +130,16 @@ def summary(
     timeline: int | None,
     backup: dict,
     timings: dict[str, float],
+    requested_by: str | None = None,
+    approved_by: str | None = None,
 ) -> str:
     passed = sum(1 for c in checks if c["passed"])
     lines = [
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) completed.",
         f"Run: {run_id}  {run_url}",
         f"Reason: {request.reason}",
+        f"Requested by: {requested_by or 'unknown'}",
+        f"Approved by: {approved_by or 'unknown'}",
         f"Target: {request.describe()}",
         f"At the target: {request.action_text()}",
         f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']}) "

@@ -105,6 +105,8 @@ class PitrRequest(BaseModel):
     target_timeline: str = "current"
     backup_set: str | None = None
     change_number: str | None = None
+    # normal (default): the CAB approves; emergency: for an incident-driven rewind, the emergency model's approvers
+    change_type: Literal["normal", "emergency"] = "normal"
     validation_sql: list[DataCheck] = []
     validation_database: str | None = None  # where the checks run; default the cluster's main database
     reason: str = Field(min_length=10, max_length=2000)

@@ -94,6 +94,11 @@ class PgBackRestHook(BaseHook):
             self._client = PgBackRest(self.cluster, self._runner(self.secrets()))
         return self._client
 
+    def client_for(self, cluster: Cluster) -> PgBackRest:
+        """pgBackRest with this task's secrets for another rendering of the cluster (e.g. a config in
+        a temporary file, to read the repository before anything is installed)."""
+        return PgBackRest(cluster, self._runner(self.secrets()))
+
     def os_runner(self) -> CommandRunner:
         """Commands as the cluster's OS user with no repository secret (psql, pg_ctl stop, ...)."""
         return self._runner({})

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from rewind import guard as restore_guard
+from rewind.change_control import MAX_NOTE_CHARS
 from rewind.credentials import bounded, redact
 from rewind.inventory import load_inventory
-from rewind.pitr.change import MAX_NOTE_CHARS
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.recovery import describe_state
 from rewind.retention import end_hold
 from rewind.runner import CommandRunner
-from rewind.servicenow import CHANGE_TABLE, ServiceNowError
+from rewind.servicenow import ServiceNowError
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 
@@ -80,6 +80,29 @@ class PitrFailureNotifier(BaseNotifier):
         if not sys_id:
             return  # failed before a change existed: the run's log says it all
         try:
-            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_work_note(CHANGE_TABLE, sys_id, note)
+            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_change_note(sys_id, note)
+        except ServiceNowError as exc:
+            self.log.error("could not add the work note to the change: %s", exc)
+
+
+class ChangeFailureNotifier(BaseNotifier):
+    """on_failure_callback of the onboarding and decommissioning steps: which step failed, and why,
+    on the run's change (when it has one yet). Masked and bounded."""
+
+    template_fields: Sequence[str] = ("change_sys_id",)
+
+    def __init__(self, *, change_sys_id: str, servicenow_conn_id: str = "servicenow_default") -> None:
+        super().__init__()
+        self.change_sys_id = change_sys_id
+        self.servicenow_conn_id = servicenow_conn_id
+
+    def notify(self, context) -> None:
+        if not self.change_sys_id or self.change_sys_id == "None":
+            return  # failed before the change was opened: the run's log says it all
+        ti = context["ti"]
+        exception = bounded(redact(str(context.get("exception")), known_secret_values()), 1500)
+        note = f"Rewind run {context['run_id']}: step {ti.task_id} failed (try {ti.try_number}): {exception}\nSee the Airflow task log."
+        try:
+            ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn().add_change_note(self.change_sys_id, note[:MAX_NOTE_CHARS])
         except ServiceNowError as exc:
             self.log.error("could not add the work note to the change: %s", exc)

@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from rewind.guard import RestoreInProgress, require_no_restore
+from rewind.lifecycle import decommissioned
 from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 
 
@@ -41,9 +42,16 @@ class RewindClusterOperator(BaseOperator):
     def execute_on_cluster(self, context) -> Any:
         raise NotImplementedError
 
-    def skip_while_restoring(self, *, allowed_run_id: str | None = None) -> None:
-        """Routine work waits while a PITR replaces the data directory: skipped, not failed, no
-        incident. A PITR that failed mid-rewind is another matter: that raises (the cluster needs a DBA)."""
+    def skip_unless_routine_work_may_run(self, *, allowed_run_id: str | None = None) -> None:
+        """Routine work (backups, verify, the watchdog) skips, not fails and opens no incident, while
+        a PITR replaces the data directory and once the cluster is decommissioned. A PITR that failed
+        mid-rewind is another matter: that raises (the cluster needs a DBA)."""
+        retired = decommissioned(self.hook.cluster)
+        if retired:
+            raise AirflowSkipException(
+                f"cluster {self.hook.cluster.name!r} was decommissioned at {retired.get('at')} by run {retired.get('run_id')} "
+                f"(change {retired.get('change')}): remove it from the inventory"
+            )
         try:
             require_no_restore(self.hook.cluster, allowed_run_id=allowed_run_id)
         except RestoreInProgress as exc:

@@ -87,7 +87,7 @@ class HealthCheckOperator(RewindClusterOperator):
         findings: list[Finding] = [guard_finding(cluster)]
         hold_metrics: dict[str, float] = {}
         if findings[0].ok:
-            self.skip_while_restoring()
+            self.skip_unless_routine_work_may_run()
         now = dt.datetime.now(dt.timezone.utc)
         state_file = state_dir(cluster) / "watchdog.json"
         last = load_watch_state(state_file)

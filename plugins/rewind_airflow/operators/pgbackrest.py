@@ -21,7 +21,7 @@ class PgBackRestPreflightOperator(RewindClusterOperator):
 
     def execute_on_cluster(self, context) -> dict:
         hook = self.hook
-        self.skip_while_restoring()
+        self.skip_unless_routine_work_may_run()
         info = run_repository_preflight(hook.cluster, inventory_path=hook.inventory_file, pgbackrest=hook.get_conn(), allow_no_backup=True)
         latest = info.latest()
         summary = {
@@ -65,7 +65,7 @@ class PgBackRestBackupOperator(RewindClusterOperator):
 
     def execute_on_cluster(self, context) -> dict:
         ti = context["ti"]
-        self.skip_while_restoring(allowed_run_id=self.restore_run_id)
+        self.skip_unless_routine_work_may_run(allowed_run_id=self.restore_run_id)
         annotations = {
             **{str(k): str(v) for k, v in self.extra_annotations.items()},
             DAG_ID_ANNOTATION: ti.dag_id,
@@ -98,5 +98,5 @@ class PgBackRestExpireOperator(RewindClusterOperator):
     (rewind.retention), and log what it removed and what it held."""
 
     def execute_on_cluster(self, context) -> dict:
-        self.skip_while_restoring()
+        self.skip_unless_routine_work_may_run()
         return expire_with_holds(self.hook.get_conn(), log=self.log.info)

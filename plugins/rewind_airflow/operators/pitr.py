@@ -27,8 +27,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
+from rewind.change_control import MAX_NOTE_CHARS, Person, close_change, find_group, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import MAX_NOTE_CHARS, check_given_change, ensure_change, require_gate, summary
+from rewind.pitr.change import check_given_change, ensure_change, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
@@ -36,9 +37,10 @@ from rewind.pitr.recovery import archive_current_wal, is_running, log_offset, pr
 from rewind.pitr.request import PitrRequest, parse_request
 from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
 from rewind.retention import end_hold, place_hold, set_hold_change
-from rewind.servicenow import CHANGE_TABLE, ChangeState, ServiceNowClient
+from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.hooks.servicenow import ServiceNowHook
+from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import RewindClusterOperator
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 
@@ -88,12 +90,32 @@ class PitrOperator(RewindClusterOperator):
         sys_id = journal.data.get("change_sys_id")
         if not sys_id:
             raise PitrStepFailed(f"{step}: this run has no change bound to it (ensure_change did not run): nothing was done")
-        change = require_gate(self.servicenow, sys_id, step=step, implementing=implementing)
+        change = require_gate(
+            self.servicenow,
+            sys_id,
+            step=step,
+            implementing=implementing,
+            requester=(journal.data.get("requester") or {}).get("sys_id"),
+            approval_group=journal.data.get("approval_group"),
+        )
         self.log.info("%s: %s is approved, %s, inside its window", step, change.number, change.state_name)
         return change
 
+    def requested_by(self, journal: RunJournal) -> str | None:
+        requester = journal.data.get("requester")
+        return Person(**{**requester, "amr": tuple(requester.get("amr", ()))}).describe() if requester else None
+
+    def approved_by(self, journal: RunJournal) -> str | None:
+        """The approvers ServiceNow recorded, by name: for the close notes and the run note."""
+        approvals = self.servicenow.query("sysapproval_approver", f"sysapproval={journal.data['change_sys_id']}^state=approved", limit=20)
+        names = []
+        for approval in approvals:
+            users = self.servicenow.query("sys_user", f"sys_id={approval['approver']}", limit=1)
+            names.append(f"{users[0].get('name')} <{users[0].get('email')}>" if users else approval["approver"])
+        return ", ".join(names) or None
+
     def note(self, journal: RunJournal, text: str) -> None:
-        self.servicenow.add_work_note(CHANGE_TABLE, journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
+        self.servicenow.add_change_note(journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
 
 
 class PitrValidateParamsOperator(PitrOperator):
@@ -105,13 +127,18 @@ class PitrValidateParamsOperator(PitrOperator):
         request = parse_request(dict(context["params"]))
         journal = self.journal(context)
         journal.refuse_if_rewound("validate_params")
+        # Who asked: a person ServiceNow knows, or nothing happens (the change names them, and they
+        # may not approve it themselves).
+        requester = requester_of(context, self.servicenow)
+        approval_group = find_group(self.servicenow, cluster.change_control.approval_group)
         if request.change_number:
             check_given_change(self.servicenow, cluster, request.change_number, dag_id=context["ti"].dag_id, run_id=context["run_id"])
         guard = restore_guard.claim(
             cluster, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_state=context["ti"].get_dagrun_state, log=self.log.info
         )
         # the failed runs this one continues: their holds end with this run's (retention)
-        journal.set(predecessors=list(guard.predecessors))
+        journal.set(predecessors=list(guard.predecessors), requester=requester.as_dict(), approval_group=approval_group)
+        self.log.info("requested by %s", requester.describe())
         self.log.info("PITR request: %s; reason: %s", request.describe(), request.reason)
         return request.model_dump(mode="json")
 
@@ -156,8 +183,16 @@ class EnsureChangeOperator(PitrOperator):
 
     def execute_on_cluster(self, context) -> dict:
         cluster, journal = self.hook.cluster, self.journal(context)
+        requester = journal.data.get("requester")
         change = ensure_change(
-            self.servicenow, cluster, self.pitr_request, dag_id=context["ti"].dag_id, run_id=context["run_id"], run_url=run_url(context)
+            self.servicenow,
+            cluster,
+            self.pitr_request,
+            dag_id=context["ti"].dag_id,
+            run_id=context["run_id"],
+            run_url=run_url(context),
+            requester=Person(**{**requester, "amr": tuple(requester.get("amr", ()))}) if requester else None,
+            approval_group=journal.data.get("approval_group"),
         )
         journal.set(change=change["number"], change_sys_id=change["sys_id"])
         restore_guard.set_change(cluster, context["run_id"], change["number"])
@@ -303,25 +338,17 @@ class StopRestorePromoteOperator(PitrOperator):
         pid = postmaster_pid(cluster)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewind-change") as pool:
             # The change moves to Implement while the current WAL is archived; both before the stop.
-            implement = (
-                pool.submit(
-                    self.servicenow.update,
-                    CHANGE_TABLE,
-                    change.sys_id,
-                    {
-                        "state": ChangeState.IMPLEMENT.value,
-                        "work_notes": f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
-                    },
-                )
-                if change.state != ChangeState.IMPLEMENT
-                else None
+            implement = pool.submit(
+                start_implementing,
+                self.servicenow,
+                change,
+                f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
             )
             try:
                 if pid:
                     archive_current_wal(runner, cluster, log=self.log.info)
             finally:
-                if implement is not None:
-                    implement.result()
+                implement.result()
         if pid:
             runner.run(stop_argv(cluster, mode="fast"), timeout=330)
         else:
@@ -505,6 +532,8 @@ class CloseChangeOperator(PitrOperator):
             timeline=(steps.get("promote") or steps["recovery"]).get("timeline"),
             backup=steps["backup"],
             timings=timings,
+            requested_by=self.requested_by(journal),
+            approved_by=self.approved_by(journal),
         )
         metrics.emit(
             cluster.name,
@@ -513,11 +542,7 @@ class CloseChangeOperator(PitrOperator):
                 "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
             },
         )
-        self.servicenow.update(
-            CHANGE_TABLE,
-            journal.data["change_sys_id"],
-            {"state": ChangeState.CLOSED.value, "close_code": "successful", "close_notes": text},
-        )
+        close_change(self.servicenow, journal.data["change_sys_id"], close_code="successful", close_notes=text)
         journal.record("closed")
         for run_id in (context["run_id"], *journal.data.get("predecessors", [])):
             hold = end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)

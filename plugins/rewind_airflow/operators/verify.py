@@ -19,7 +19,7 @@ class VerifyRepositoryOperator(RewindClusterOperator):
     so the run history shows red where the repository could not be trusted."""
 
     def execute_on_cluster(self, context) -> list[dict[str, Any]]:
-        self.skip_while_restoring()
+        self.skip_unless_routine_work_may_run()
         cluster, client = self.hook.cluster, self.hook.get_conn()
         findings: list[Finding] = []
         for problem, run in (("check", client.check), ("verify", client.verify)):

@@ -11,8 +11,8 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from rewind.pitr.change import cancel_change
-from rewind.servicenow import CHANGE_TABLE, ChangeStatus, ServiceNowError, ServiceNowUnavailable, change_gate
+from rewind.change_control import cancel_change
+from rewind.servicenow import ChangeStatus, ServiceNowError, ServiceNowUnavailable, change_gate
 from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
@@ -65,7 +65,7 @@ class ChangeApprovalSensor(BaseSensorOperator):
 
     def _decide(self) -> tuple[str, str, ChangeStatus | None]:
         try:
-            change = ChangeStatus.from_record(self.hook.get_conn().get_by_number(CHANGE_TABLE, self.change_number))
+            change = ChangeStatus.from_record(self.hook.get_conn().get_change_by_number(self.change_number))
         except ServiceNowUnavailable as exc:
             return "wait", f"ServiceNow unavailable, will retry: {exc}", None
         decision, reason = change_gate(change, dt.datetime.now(dt.timezone.utc))
@@ -75,7 +75,7 @@ class ChangeApprovalSensor(BaseSensorOperator):
         """Cancel the change (the request it made is void) and end the run."""
         note = f"Rewind: no approval within the wait ({reason}); change cancelled, nothing was touched. Trigger a new PITR if still needed."
         try:
-            record = self.hook.get_conn().get_by_number(CHANGE_TABLE, self.change_number)
+            record = self.hook.get_conn().get_change_by_number(self.change_number)
             cancel_change(self.hook.get_conn(), record["sys_id"], note)
             self.log.info("cancelled %s: %s", self.change_number, note)
         except ServiceNowError as exc:

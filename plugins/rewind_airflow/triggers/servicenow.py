@@ -61,7 +61,7 @@ class ChangeApprovalTrigger(BaseTrigger):
         while True:
             now = dt.datetime.now(dt.timezone.utc)
             try:
-                record = await asyncio.to_thread(client.get_by_number, "change_request", self.change_number)
+                record = await asyncio.to_thread(client.get_change_by_number, self.change_number)
                 change = ChangeStatus.from_record(record)
                 decision, reason = change_gate(change, now)
                 if decision == "proceed":
