@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     change_of,
     client,
     fresh_ledger,
+    given_change,
     incidents_for,
     ledger,
     run_pitr,
@@ -98,7 +99,7 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    change = servicenow.state.create_change_for_test(short_description="CAB-approved rewind", state=-2, approval="approved", cmdb_ci="demo")
+    change = given_change(servicenow)
     run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     change_of,
     client,
     fresh_ledger,
+    given_change,
     incidents_for,
     ledger,
     notes,
@@ -35,13 +36,6 @@ from tests.integration.helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
-
-
-def given_change(servicenow, **fields) -> dict:
-    """A change raised and approved outside Rewind, as a CAB would."""
-    return servicenow.state.create_change_for_test(
-        **{"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
-    )
 
 
 def wait_for(predicate, *, timeout: float, what: str):
