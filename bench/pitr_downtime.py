@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
 import yaml
 from _airflow_env import setup
 
@@ -68,6 +69,9 @@ def log_events(path: Path, offset: int) -> tuple[float | None, float | None]:
 
 def parse_ts(value: str | None) -> float | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+IDENTITY = '{"email": "dba.oncall@example.com", "amr": ["pwd", "otp"], "idp": "bench"}'
 
 
 def main() -> None:
@@ -132,11 +136,27 @@ def main() -> None:
                 "AIRFLOW_CONN_VAULT_DEFAULT": vault.airflow_connection(approle=approle),
                 **stack.worker_env(),
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # as deployed: the task logs are the audit trail
+                # who triggers: the REST user is the simulator's on-call DBA (single sign-on's record, MFA);
+                # the CAB member approves (separation of duties)
+                **{f"AIRFLOW_VAR_REWIND_IDENTITY__{user}": IDENTITY for user in ("ADMIN", "DBA")},
                 **extra_env,
             },
             paused_at_creation=True,
         )
         airflow.start(pools=pools_json(load_inventory(stack.inventory_path)))
+        rest_api = airflow.api
+
+        def api_patiently(method: str, path: str, **kwargs):
+            """A GET the API server did not answer in time (a loaded machine) is asked again."""
+            for attempt in range(6):
+                try:
+                    return rest_api(method, path, **kwargs)
+                except requests.exceptions.RequestException:
+                    if method != "GET" or attempt == 5:
+                        raise
+                    time.sleep(2)
+
+        airflow.api = api_patiently
         airflow.wait_for_dag(DAG_ID)
         sn = ServiceNowClient(sim.url, Auth("basic", sim.state.username, sim.state.password))
         log_path = Path(cluster.postgres.log_file)
