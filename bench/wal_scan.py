@@ -59,7 +59,7 @@ def main() -> None:
             )
         recent_xid = transaction()
         archive_current_wal(runner, stack.cluster, log=lambda _m: None)
-        wal_mb = int(stack.psql(f"select (pg_current_wal_lsn() - '{start_lsn}'::pg_lsn) / 1048576"))
+        wal_mb = int(float(stack.psql(f"select (pg_current_wal_lsn() - '{start_lsn}'::pg_lsn) / 1048576")))
         version = ".".join(map(str, pgbackrest.version()))
         print(
             f"{wal_mb} MB of WAL archived after the backup; pgBackRest {version}; process-max {stack.cluster.pgbackrest.process_max}",
