@@ -55,6 +55,9 @@ class DemoStack:
     # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
+    # True: the S3 bucket is created as terraform/ declares it (Object Lock GOVERNANCE, versioning,
+    # SSE-KMS with a bucket key, the lifecycle, no public access); see devstack/s3tls.py
+    s3_as_code: bool = False
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -170,7 +173,7 @@ class DemoStack:
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # the postgres user must traverse to its own directories
         self.pg_port = self.pg_port or free_port()
-        self.s3 = S3OverTLS(self.base / "s3")
+        self.s3 = S3OverTLS(self.base / "s3", as_code=self.s3_as_code)
         self.s3.start()
         (self.base / "s3").chmod(0o755)
         self.write_inventory()

@@ -483,8 +483,11 @@ def make_handler(state: SimState):
 def _page(state: SimState) -> str:
     with state.lock:
         changes = sorted(state.records["change_request"].values(), key=lambda r: r["number"], reverse=True)
+        users = {sys_id: user for sys_id, user in state.records["sys_user"].items()}
     rows = []
     for change in changes:
+        requester = users.get(change.get("requested_by", ""))
+        requested_by = f"{requester['name']} <{requester['email']}>" if requester else change.get("requested_by", "")
         buttons = ""
         if change.get("approval") == "requested":
             buttons = "".join(
@@ -498,13 +501,13 @@ def _page(state: SimState) -> str:
                 f"<td>{html.escape(change.get(k, ''))}</td>"
                 for k in ("number", "short_description", "state", "approval", "start_date", "end_date", "close_code")
             )
-            + f"<td>{buttons}</td></tr>"
+            + f"<td>{html.escape(requested_by)}</td><td>{buttons}</td></tr>"
         )
     return (
         "<!doctype html><html><head><title>ServiceNow simulator</title><meta http-equiv='refresh' content='10'>"
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
         "<h1>ServiceNow simulator: change requests</h1><p>state: -5 New, -3 Authorize, -2 Scheduled, -1 Implement, 3 Closed, 4 Canceled</p>"
-        "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th></th></tr>"
+        "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th>requested by</th><th></th></tr>"
         + "".join(rows)
         + "</table></body></html>"
     )

@@ -35,7 +35,14 @@ class ScratchCluster:
         )
         return cluster.model_copy(update={"postgres": postgres})
 
-    def restore(self, *, backup_set: str | None = None, restore_type: str = "immediate", target: str | None = None) -> None:
+    def restore(
+        self,
+        *,
+        backup_set: str | None = None,
+        restore_type: str = "immediate",
+        target: str | None = None,
+        target_timeline: str | None = None,
+    ) -> None:
         user = pwd.getpwnam(self.pgbackrest.cluster.postgres.os_user)
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chown(self.directory, user.pw_uid, user.pw_gid)
@@ -45,6 +52,7 @@ class ScratchCluster:
             backup_set=backup_set,
             restore_type=restore_type,
             target=target,
+            target_timeline=target_timeline,
             target_action="promote",
             archive_mode="off",
             delta=True,

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +237,71 @@ def scan_windows(segments: list[tuple[int, int]], *, first: int, largest: int) -
     return windows
 
 
+@dataclass
+class ScanStats:
+    segments: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def segments_on_path(listing: ArchiveListing, history: TimelineHistory, *, oldest_segno: int) -> list[tuple[int, int]]:
+    """(segment number, timeline) of the archived segments on the history's path, newest first,
+    none older than `oldest_segno`."""
+    last = listing.last_segment_on(history)
+    if last is None:
+        return []
+    return [
+        (segno, history.timeline_of_segment(segno))
+        for segno in range(last, oldest_segno - 1, -1)
+        if history.timeline_of_segment(segno) in listing.segments.get(segno, {})
+    ]
+
+
+def waldump_archive(
+    pgbackrest: PgBackRest,
+    on_path: list[tuple[int, int]],
+    *,
+    batch: int = 16,
+    stats: ScanStats | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[list[tuple[int, list[str]]]]:
+    """pg_waldump over archived segments (newest first, as segments_on_path lists them), fetched
+    with `archive-get` into a private directory `batch` at a time: yields, per batch, the
+    (timeline, output lines) of each pg_waldump run (one per timeline in the batch). Consecutive batches overlap by one segment (records span files), so a
+    record can be yielded twice: key records by LSN. Commit times are printed in UTC. The caller
+    stops when it has what it wants; the fetched WAL is removed however the iteration ends."""
+    stats = stats if stats is not None else ScanStats()
+    pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
+    directory = work_dir(pgbackrest)
+    started = time.monotonic()
+    try:
+        index = 0
+        while index < len(on_path):
+            window = on_path[index : index + batch]
+            index += batch - 1 if len(window) == batch else batch  # overlap one segment: records span files
+            dumps = []
+            for timeline in sorted({tli for _seg, tli in window}):
+                names = sorted(segment_name(tli, segno) for segno, tli in window if tli == timeline)
+                for child in directory.iterdir():
+                    child.unlink()
+                for name in names:
+                    pgbackrest.archive_get(name, str(directory / name))
+                stats.segments.update(segment_parts(name)[1] for name in names)
+                result = pgbackrest.runner.run(
+                    [pg_waldump, "--path", str(directory), names[0], names[-1]],
+                    timeout=600,
+                    check=False,
+                    log_stdout=False,
+                    extra_env={"TZ": "UTC"},
+                )
+                dumps.append((timeline, result.stdout.splitlines()))
+            yield dumps
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        stats.seconds = time.monotonic() - started
+        count = len(stats.segments)
+        log(f"scanned {count} archived WAL segment(s) in {stats.seconds:.1f}s ({stats.seconds / max(count, 1):.2f}s per segment)")
+
+
 def scan_archive(
     pgbackrest: PgBackRest,
     listing: ArchiveListing,
@@ -260,17 +325,8 @@ def scan_archive(
     an xid, XLOG for a restore point; `xid`: that transaction's records), so little is parsed.
     Segments are fetched by `workers` archive-gets at once (default: the cluster's process-max), the
     next window while pg_waldump reads this one."""
-    last = listing.last_segment_on(history)
     floor = oldest_segno if newer_than is None else max(oldest_segno, newer_than + 1)
-    on_path = (
-        [
-            (segno, history.timeline_of_segment(segno))
-            for segno in range(last, floor - 1, -1)
-            if history.timeline_of_segment(segno) in listing.segments.get(segno, {})
-        ][:max_segments]
-        if last is not None
-        else []
-    )
+    on_path = segments_on_path(listing, history, oldest_segno=floor)[:max_segments]
     windows = scan_windows(on_path, first=first_window, largest=largest_window)
     pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
     filters = [*(["--rmgr", rmgr] if rmgr else []), *(["--xid", xid] if xid else [])]
@@ -315,6 +371,7 @@ def scan_archive(
                             timeout=600,
                             check=False,
                             log_stdout=False,
+                            extra_env={"TZ": "UTC"},
                         )
                         found.extend(r for line in result.stdout.splitlines() if (r := parse_waldump_line(line, timeline)) and wanted(r))
                     if found:

@@ -93,6 +93,8 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
         "rewind_verify",
         "rewind_onboard",
         "rewind_decommission",
+        "rewind_find_target",
+        "rewind_salvage",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
@@ -108,7 +110,7 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
             assert TaskRecoveredNotifier in _callbacks(task.on_success_callback), (dag_id, task.task_id)
 
 
-DBA_ONLY_WORKFLOWS = ("rewind_pitr__", "rewind_onboard__", "rewind_decommission__")
+DBA_ONLY_WORKFLOWS = ("rewind_pitr__", "rewind_onboard__", "rewind_decommission__", "rewind_find_target__", "rewind_salvage__")
 
 
 def test_only_a_dba_may_run_what_changes_production_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
