@@ -552,8 +552,13 @@ class CloseChangeOperator(PitrOperator):
         self._set_run_note(context, f"{journal.change} closed successful\n{text}")
         return text
 
+    # Airflow's REST API refuses a run note longer than this (422); the full summary is in the change.
+    MAX_RUN_NOTE_CHARS = 1000
+
     def _set_run_note(self, context, note: str) -> None:
         """The execution API cannot change a run's note; the public REST API can."""
+        if len(note) > self.MAX_RUN_NOTE_CHARS:
+            note = note[: self.MAX_RUN_NOTE_CHARS - 50].rstrip() + "\n… (the change's close notes have it all)"
         try:
             conn = BaseHook.get_connection(self.airflow_api_conn_id)
         except Exception:  # not configured: the summary is in the change and this task's XCom
