@@ -55,6 +55,7 @@ class DemoStack:
     # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
+    rehearsal: dict | None = None  # the inventory's rehearsal section (change_template, tables, ...); default: none
     # True: the S3 bucket is created as terraform/ declares it (Object Lock GOVERNANCE, versioning,
     # SSE-KMS with a bucket key, the lifecycle, no public access); see devstack/s3tls.py
     s3_as_code: bool = False
@@ -150,6 +151,7 @@ class DemoStack:
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
                     **({"alerts": self.alerts} if self.alerts else {}),
+                    **({"rehearsal": self.rehearsal} if self.rehearsal else {}),
                 }
             }
         }
@@ -161,6 +163,11 @@ class DemoStack:
         """Switch where the cluster's repository secrets come from (None: back to the environment).
         Every hook reads the inventory afresh, so the next task uses the new source."""
         self.credentials = credentials
+        self.write_inventory()
+
+    def use_rehearsal(self, rehearsal: dict | None) -> None:
+        """Set the cluster's rehearsal section (None: back to none). The DAGs read it when they are parsed."""
+        self.rehearsal = rehearsal
         self.write_inventory()
 
     def use_alerts(self, alerts: dict | None) -> None:

@@ -40,6 +40,9 @@ SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
 VAULT_PORT = int(os.environ.get("REWIND_LOCAL_VAULT_PORT", "8200"))
 OIDC_PORT = int(os.environ.get("REWIND_LOCAL_OIDC_PORT", "8095"))
 STATE = HOME / "state.json"
+# The demo's standard change template "Monthly restore rehearsal" in the ServiceNow simulator: the
+# demo cluster's rehearsal runs under standard changes made from it (README, Monthly restore rehearsal).
+REHEARSAL_TEMPLATE = "5e1ea75a1b0c4d2e9f3a7b6c8d9e0f1a"
 
 DEMO_DATA_SQL = """
 create table if not exists ledger_entry (
@@ -134,13 +137,26 @@ def up(sso: bool = False) -> int:
 
     print("starting PostgreSQL 15 + pgBackRest + S3 over TLS ...", flush=True)
     # The watchdog runs every 5 minutes here so an S3 outage shows (and clears) while you watch.
-    stack = DemoStack(HOME / "stack", schedules={"health": "*/5 * * * *"})
+    stack = DemoStack(
+        HOME / "stack",
+        schedules={"health": "*/5 * * * *"},
+        rehearsal={"change_template": REHEARSAL_TEMPLATE, "tables": ["public.ledger_entry"]},
+    )
     stack.start()
     stack.psql(DEMO_DATA_SQL)
     print("starting the ServiceNow simulator ...", flush=True)
     servicenow_password = secrets.token_urlsafe(12)
     servicenow = subprocess.Popen(
-        [sys.executable, "-m", "devstack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
+        [
+            sys.executable,
+            "-m",
+            "devstack.servicenow_sim",
+            "serve",
+            "--port",
+            str(SERVICENOW_PORT),
+            "--standard-template",
+            f"{REHEARSAL_TEMPLATE}=Monthly restore rehearsal",
+        ],
         env={**os.environ, "SERVICENOW_SIM_PASSWORD": servicenow_password},
         stdout=open(HOME / "servicenow.log", "ab"),
         stderr=subprocess.STDOUT,
@@ -251,7 +267,8 @@ def up(sso: bool = False) -> int:
         f"""
 Rewind local stack is up.
   Airflow UI   {airflow.url}   {login}
-  DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo
+  DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo,
+               rewind_rehearsal__demo, rewind_onboard__demo, rewind_decommission__demo
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
                .venv/bin/python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
@@ -263,6 +280,10 @@ Rewind local stack is up.
 Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
 trigger rewind_pitr__demo with target_type "time" and a time before your mistake, approve the
 change on the simulator page, and watch the restore complete and the change close.
+Rehearse a restore: trigger rewind_rehearsal__demo (after the first full backup). Its standard change
+is pre-approved by the simulator's template "Monthly restore rehearsal", so nobody approves it: the
+backup is restored into a scratch copy, checked, compared with the ledger and removed, and the change
+and its change task close with the evidence (RTO, RPO, each check) on the simulator page.
 Simulate an S3 outage, as root: scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
 open an incident on the ServiceNow page and resolve it once S3 is back.
 Stop everything, as root: scripts/local-stack.sh down

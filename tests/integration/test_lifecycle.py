@@ -93,6 +93,17 @@ def use_postured_bucket(stack) -> None:
     stack.write_inventory()
 
 
+def test_an_onboarding_whose_requester_cannot_be_named_is_refused_before_anything(newcomer, servicenow, monkeypatch, capfd):
+    use_postured_bucket(newcomer)
+    monkeypatch.setenv("AIRFLOW_VAR_REWIND_IDENTITY__DAG_TEST", '{"email": "stranger@example.com", "amr": ["pwd"]}')
+    pid, changes = postmaster_pid(newcomer.cluster), len(client(servicenow).query("change_request", ""))
+    run = onboard(newcomer)
+    assert states(run)["plan"] == "failed", states(run)
+    assert "the run was triggered by 'dag_test' <stranger@example.com>, who is not a ServiceNow user" in capfd.readouterr().out
+    untouched(newcomer, pid)
+    assert len(client(servicenow).query("change_request", "")) == changes
+
+
 @pytest.mark.parametrize("decision", ["rejected", "approved by its requester"])
 def test_an_onboarding_change_rejected_or_self_approved_touches_nothing(newcomer, servicenow, decision):
     use_postured_bucket(newcomer)
