@@ -119,7 +119,7 @@ def main() -> None:
         threading.Thread(target=approver, daemon=True).start()
         run = dag.test(run_conf={**base_conf, "target": target_now()})
         assert run.state == "success", run.state
-        stop_started = {ti.task_id: ti for ti in run.get_task_instances()}["stop_postgres"].start_date
+        stop_started = {ti.task_id: ti for ti in run.get_task_instances()}["stop_restore_promote"].start_date
         latency = (stop_started - approved["at"]).total_seconds()
         print(f"approval pickup latency: {latency:.1f} s with a 5 s poll (goal <= 10 s)")
 

@@ -1,8 +1,12 @@
 """Point-in-time recovery of one cluster, behind a ServiceNow change approval.
 
     validate_params -> preflight -> ensure_change -> wait_for_approval (deferrable)
-      -> stop_postgres -> restore (--delta) -> start_postgres -> wait_for_target
-      -> validate_data -> promote -> full_backup_new_timeline -> release_restore_guard -> close_change
+      -> stop_restore_promote: stop_postgres -> restore (--delta) -> start_postgres -> wait_for_target
+                               -> validate_data -> promote
+      -> full_backup_new_timeline -> release_restore_guard -> close_change
+
+The downtime (stop_postgres to promote) is one task, so that no scheduler hand-off sits inside it;
+its steps are the runbook's, each with its own checks, journaled and logged under its name.
 
 Triggered by hand with the params form. Nothing is stopped or restored before the params, the
 repository, the target and the change have all been checked, and the change and the plan are
@@ -24,16 +28,11 @@ from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 from rewind_airflow.operators.pitr import (
     CloseChangeOperator,
     EnsureChangeOperator,
-    PgBackRestRestoreOperator,
     PitrFullBackupOperator,
     PitrPreflightOperator,
     PitrValidateParamsOperator,
-    PromoteOperator,
     ReleaseRestoreGuardOperator,
-    StartPostgresOperator,
-    StopPostgresOperator,
-    ValidateDataOperator,
-    WaitForRecoveryTargetOperator,
+    StopRestorePromoteOperator,
 )
 from rewind_airflow.sensors.servicenow import ChangeApprovalSensor
 
@@ -116,17 +115,19 @@ def doc_md(cluster: Cluster) -> str:
         | `preflight` | repository reachable and decryptable, config not drifted, stanza ok; archives the current WAL; resolves the timeline to a number; target not in the future, found in the archived WAL; a backup on the timeline's history before it; every WAL segment between them archived; free disk; data-check role safe. From here the pre-rewind history is held from expiry | WAL switch only |
         | `ensure_change` | binds `change_number` to this run, else opens a normal change naming cluster, target, what happens at the target and the run | ServiceNow |
         | `wait_for_approval` | waits in the triggerer until approved **and** Scheduled/Implement **and** inside the window; rejection ends the run; no decision within {cluster.pitr.approval_timeout_h:g} h cancels the change | nothing |
-        | `stop_postgres` | **re-reads the change** (approved, Scheduled/Implement, in window) and **re-plans** from the repository as it is now; then the restore guard (blocks backups), change to Implement, WAL archived, PostgreSQL stopped (`{cluster.postgres.control}`) | **PostgreSQL** |
-        | `restore` | change re-read; `pgbackrest restore --delta --set=<plan> --type=<target type> --target=… --target-timeline=<number>` | **data directory** |
-        | `start_postgres` / `wait_for_target` | change re-read; starts recovery; waits until paused at the target (or promoted); fails loudly if PostgreSQL reports the target was not reached | PostgreSQL |
-        | `validate_data` | the data checks as `{cluster.postgres.check_role}` (no superuser, read-only, {cluster.postgres.check_timeout_s} s each) on the cluster still paused at the target | nothing |
-        | `promote` | promotes only when the checks passed; new timeline | PostgreSQL |
+        | `stop_restore_promote` | the downtime, in one task (no scheduler hand-off inside it), step by step: | |
+        | · `stop_postgres` | **re-reads the change** (approved, Scheduled/Implement, in window) and **re-plans** from the repository as it is now; then the restore guard (blocks backups), change to Implement, WAL archived, PostgreSQL stopped (`{cluster.postgres.control}`) | **PostgreSQL** |
+        | · `restore` | change re-read; `pgbackrest restore --delta --set=<plan> --type=<target type> --target=… --target-timeline=<number>` | **data directory** |
+        | · `start_postgres` / `wait_for_target` | change re-read; starts recovery; waits until paused at the target (or promoted); fails loudly if PostgreSQL reports the target was not reached | PostgreSQL |
+        | · `validate_data` | the data checks as `{cluster.postgres.check_role}` (no superuser, read-only, {cluster.postgres.check_timeout_s} s each) on the cluster still paused at the target | nothing |
+        | · `promote` | promotes only when the checks passed; new timeline | PostgreSQL |
         | `full_backup_new_timeline` | full backup annotated with the change number | repository |
         | `release_restore_guard` / `close_change` | backups resume; change closed `successful` with the summary, also set as this run's note; the pre-rewind history stays held {cluster.pitr.hold_days:g} days | ServiceNow |
 
         **At most once:** a run that has started PostgreSQL on restored data never stops or restores it
-        again, whatever is cleared; before that, a retry of the stop, restore or start finishes the
-        same rewind under the same change while it is approved, in Implement and inside its window.
+        again, whatever is cleared (a retry goes on from `wait_for_target`; after promotion it refuses);
+        before that, a retry finishes the same rewind under the same change while it is approved, in
+        Implement and inside its window. A failed data check or a missed target is not retried.
         One PITR of this cluster at a time (a second trigger is refused, naming the first); no backup of
         the stanza runs while a restore does. On failure after approval: a work note on the change
         says what the run did (stopped, restored, started, promoted, new full backup or not) and the
@@ -172,28 +173,9 @@ for cluster in inventory.clusters.values():
             timeout=cluster.pitr.approval_timeout_h * 3600,
             **sn,
         )
-        stop_postgres = StopPostgresOperator(
-            task_id="stop_postgres", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn
+        stop_restore_promote = StopRestorePromoteOperator(
+            task_id="stop_restore_promote", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn
         )
-        restore = PgBackRestRestoreOperator(
-            task_id="restore",
-            cluster=cluster.name,
-            request=REQUEST,
-            pool=cluster.pool,
-            execution_timeout=timedelta(seconds=cluster.pgbackrest.backup_timeout_s),
-            **sn,
-        )
-        start_postgres = StartPostgresOperator(task_id="start_postgres", cluster=cluster.name, **sn)
-        wait_for_target = WaitForRecoveryTargetOperator(
-            task_id="wait_for_target",
-            cluster=cluster.name,
-            request=REQUEST,
-            retries=0,
-            started="{{ ti.xcom_pull(task_ids='start_postgres') }}",
-            **sn,
-        )
-        validate_data = ValidateDataOperator(task_id="validate_data", cluster=cluster.name, request=REQUEST, retries=0, **sn)
-        promote = PromoteOperator(task_id="promote", cluster=cluster.name, request=REQUEST, **sn)
         full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
         release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
         close_change = CloseChangeOperator(
@@ -201,10 +183,10 @@ for cluster in inventory.clusters.values():
             cluster=cluster.name,
             request=REQUEST,
             steps={
-                "stop": "{{ ti.xcom_pull(task_ids='stop_postgres') }}",
-                "recovery": "{{ ti.xcom_pull(task_ids='wait_for_target') }}",
-                "checks": "{{ ti.xcom_pull(task_ids='validate_data') }}",
-                "promote": "{{ ti.xcom_pull(task_ids='promote') }}",
+                "stop": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['stop'] }}",
+                "recovery": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['recovery'] }}",
+                "checks": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['checks'] }}",
+                "promote": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['promote'] }}",
                 "backup": "{{ ti.xcom_pull(task_ids='full_backup_new_timeline') }}",
             },
             **sn,
@@ -215,12 +197,7 @@ for cluster in inventory.clusters.values():
             >> preflight
             >> ensure_change
             >> wait_for_approval
-            >> stop_postgres
-            >> restore
-            >> start_postgres
-            >> wait_for_target
-            >> validate_data
-            >> promote
+            >> stop_restore_promote
             >> full_backup
             >> release_guard
             >> close_change

@@ -18,6 +18,9 @@ leased key stops working against S3 at the same moment it would in production.
 
 For tests and people:
     POST /sim/mode   {"mode": "ok" | "sealed" | "forbidden" | "error"}   (error = HTTP 500)
+    POST /sim/delay  {"path": "sys/leases/revoke", "seconds": 30}: every request whose API path
+                     starts with `path` waits that long, then is carried out and answered (a slow
+                     Vault, or a revocation waiting on the AWS IAM/S3 behind it); 0 removes it
     GET  /sim/leases every lease issued, with revoked / expired flags (no secret values)
 
     python -m devstack.vault_sim serve --port 8200 --s3-url ... (see --help)
@@ -111,11 +114,16 @@ class VaultState:
     # files for them. Vault itself of course knows them too.
     issued_values: list[str] = field(default_factory=list)
     mode: str = "ok"
+    delays: dict[str, float] = field(default_factory=dict)  # API path prefix -> seconds its requests take
     requests: list[dict] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
         self.tokens.setdefault(self.root_token, Token(policies=["root"]))
+
+    def delay_for(self, api: str) -> float:
+        with self.lock:
+            return max((seconds for prefix, seconds in self.delays.items() if api.startswith(prefix)), default=0.0)
 
     # ---- configuration (what an operator would do with the vault CLI) -----------------------------
     def put_kv(self, mount: str, path: str, data: dict) -> None:
@@ -282,6 +290,9 @@ def make_handler(state: VaultState):
 
         def _route(self, method: str) -> None:
             url = urlparse(self.path)
+            delay = state.delay_for(url.path[len("/v1/") :]) if url.path.startswith("/v1/") else 0.0
+            if delay:  # the request waits (on the AWS behind Vault), then is carried out, even if its client gave up
+                time.sleep(delay)
             path = url.path
             if path.startswith("/sim/"):
                 return self._sim(method, path)
@@ -385,6 +396,18 @@ def make_handler(state: VaultState):
                 with state.lock:
                     state.mode = mode
                 return self._send(200, {"mode": mode})
+            if path == "/sim/delay" and method == "POST":
+                body = self._body()
+                try:
+                    seconds = float(body.get("seconds", 0))
+                except (TypeError, ValueError):
+                    return self._errors(400, "seconds must be a number")
+                with state.lock:
+                    if seconds > 0:
+                        state.delays[str(body.get("path", ""))] = seconds
+                    else:
+                        state.delays.pop(str(body.get("path", "")), None)
+                return self._send(200, {"delays": dict(state.delays)})
             if path == "/sim/leases" and method == "GET":
                 with state.lock:
                     return self._send(200, {"leases": [lease.public() for lease in state.leases.values()]})
@@ -430,6 +453,14 @@ class VaultSimulator(LoopbackHTTPService):
     def leases(self) -> list[Lease]:
         with self.state.lock:
             return list(self.state.leases.values())
+
+    def set_delay(self, path: str, seconds: float) -> None:
+        """Requests whose API path starts with `path` wait `seconds`, then are carried out and answered."""
+        with self.state.lock:
+            if seconds > 0:
+                self.state.delays[path] = seconds
+            else:
+                self.state.delays.pop(path, None)
 
     def stop(self) -> None:
         self._stop.set()

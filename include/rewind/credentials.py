@@ -9,7 +9,8 @@ not a log line. Where they come from is the inventory's `credentials.source`:
 
 Two consumers with different lifetimes:
   - `secrets()`: Rewind's own pgBackRest commands (backup, restore, info, ...), for one task;
-    `release()` revokes a Vault lease when the task ends, whether it succeeded or failed;
+    `release()` revokes a Vault lease when the task ends, whether it succeeded or failed, waiting
+    for Vault a few seconds at most (a revocation that hangs is left to the lease's TTL);
   - `postmaster_secrets()`: what PostgreSQL itself needs for archive_command / restore_command when
     Rewind starts it with pg_ctl. It outlives the task, so never a per-task lease: S3 keys from
     `credentials.postmaster_s3_keys` (env, or the instance role), passphrase from the source.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -98,10 +100,11 @@ class LeaseRenewer(threading.Thread):
                 self._log(f"WARNING: {exc}; retrying in {self.RETRY_S:.0f}s")
                 self._remaining = self.RETRY_S * 1.5
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 30) -> None:
+        """Stop renewing; a renewal under way is waited for at most `wait_s` (the thread is a daemon)."""
         self._stop_event.set()
         if self.is_alive():
-            self.join(timeout=30)
+            self.join(timeout=wait_s)
 
 
 class RepositoryCredentials:
@@ -126,6 +129,7 @@ class RepositoryCredentials:
         self._secrets: dict[str, str] | None = None
         self._cipher_pass: str | None = None
         self.lease = None  # rewind.vault.S3Lease while one is held
+        self._lease_ends = 0.0  # time.monotonic() when the held lease runs out unless renewed
         self._renewer: LeaseRenewer | None = None
         self.log = log
 
@@ -160,9 +164,16 @@ class RepositoryCredentials:
 
         cipher_pass = self._vault_cipher_pass()  # read first: a failure here leaves no lease behind
         self.lease = lease = lease_s3_keys(self._vault(), self.cluster, self.cluster.credentials.vault)
+        self._lease_ends = time.monotonic() + lease.lease_duration_s
         self.log(f"leased S3 credentials from Vault: lease {lease.lease_id}, {lease.lease_duration_s}s")
+
+        def renew() -> int:
+            remaining = renew_lease(self._vault(), self.cluster, lease.lease_id)
+            self._lease_ends = time.monotonic() + remaining
+            return remaining
+
         if lease.renewable and lease.lease_duration_s > 0:
-            self._renewer = LeaseRenewer(lambda: renew_lease(self._vault(), self.cluster, lease.lease_id), lease.lease_duration_s, self.log)
+            self._renewer = LeaseRenewer(renew, lease.lease_duration_s, self.log)
             self._renewer.start()
         secrets = {S3_KEY: lease.access_key, S3_KEY_SECRET: lease.secret_key}
         if lease.security_token:
@@ -184,19 +195,43 @@ class RepositoryCredentials:
                 secrets[CIPHER_PASS] = cipher_pass
         return secrets
 
-    def release(self) -> None:
-        """Revoke the S3 lease, if one is held. A failed revocation is logged, not raised: the task's
-        own outcome stands, and Vault revokes the lease itself when its TTL runs out."""
+    # How long the end of a task waits for Vault to revoke its lease. Revoking makes Vault delete
+    # the key in AWS (IAM), so a slow or hung AWS/S3 makes the revocation hang with it; the task's
+    # outcome must not wait for that. What is not revoked in time ends with the lease's TTL.
+    REVOKE_WAIT_S = 5.0
+
+    def release(self, *, wait_s: float | None = None) -> None:
+        """Revoke the S3 lease, if one is held, waiting for Vault at most `wait_s` (REVOKE_WAIT_S).
+        A revocation that fails, or is still under way when the wait ends (it goes on in the
+        background while this process lives), is logged, not raised: the task's own outcome stands,
+        and Vault revokes the lease itself when its TTL runs out, which also ends the key."""
+        wait_s = self.REVOKE_WAIT_S if wait_s is None else wait_s
         lease, self.lease, self._secrets = self.lease, None, None
         if self._renewer is not None:
-            self._renewer.stop()
+            self._renewer.stop(wait_s)
             self._renewer = None
         if lease is None:
             return
         from rewind.vault import revoke_lease
 
-        try:
-            revoke_lease(self._vault(), self.cluster, lease.lease_id)
+        outcome: dict[str, BaseException] = {}
+
+        def revoke() -> None:
+            try:
+                revoke_lease(self._vault(), self.cluster, lease.lease_id)
+            except BaseException as exc:  # reported below, never lost in the thread
+                outcome["error"] = exc
+
+        revoker = threading.Thread(target=revoke, name="rewind-lease-revoke", daemon=True)
+        revoker.start()
+        revoker.join(wait_s)
+        ttl = f"the lease expires by itself within {max(0, round(self._lease_ends - time.monotonic()))}s (its TTL)"
+        if revoker.is_alive():
+            self.log(
+                f"WARNING: revoking Vault lease {lease.lease_id} did not finish within {wait_s:g}s (Vault, or the AWS IAM/S3 "
+                f"behind it, is slow or unreachable); not waiting longer: {ttl}"
+            )
+        elif "error" in outcome:
+            self.log(f"WARNING: {outcome['error']}; {ttl}")
+        else:
             self.log(f"revoked Vault lease {lease.lease_id}")
-        except CredentialsError as exc:
-            self.log(f"WARNING: {exc}; the lease expires by itself after {lease.lease_duration_s}s")

@@ -308,7 +308,9 @@ class PitrSettings(_Model):
     # How long after a PITR's change closes its pre-rewind history (backups and WAL of the abandoned
     # timeline, and the recovery window it had) is still kept from expiry (rewind.retention).
     hold_days: float = Field(14.0, ge=0, le=3650)
-    approval_poll_s: float = Field(30.0, ge=1, le=3600)  # one small GET per waiting change
+    # How often the triggerer asks ServiceNow whether a waiting change was approved: one small GET
+    # (one record, a few fields) per waiting change per poll; half of it is the mean wait after the click.
+    approval_poll_s: float = Field(5.0, ge=1, le=3600)
     approval_timeout_h: float = Field(24.0, gt=0, le=24 * 30)  # then the change is cancelled
 
 

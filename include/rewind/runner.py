@@ -171,6 +171,11 @@ class CommandRunner:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
+    def sibling(self) -> CommandRunner:
+        """Another runner for the same OS user, secrets and log: to run commands side by side (each
+        runner runs one command at a time, and terminates its own)."""
+        return CommandRunner(os_user=self.os_user, secrets=self._secrets, line_logger=self._line_logger, cwd=self._cwd)
+
     def _identity(self) -> dict:
         try:
             user = pwd.getpwnam(self.os_user)

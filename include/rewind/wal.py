@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pwd
+import queue
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,6 +221,22 @@ class ScanResult:
     seconds: float
 
 
+def scan_windows(segments: list[tuple[int, int]], *, first: int, largest: int) -> list[list[tuple[int, int]]]:
+    """Newest-first (segment, timeline) pairs cut into windows for pg_waldump: the first `first`
+    segments long (a target is usually recent), each next one twice as long up to `largest`; each
+    window shares its oldest segment with the next one (a record can start in one segment and end
+    in the next)."""
+    # at least two segments a window: a window of one could not share a segment with the next
+    windows, index, size = [], 0, max(2, first)
+    while index < len(segments):
+        windows.append(segments[index : index + size])
+        if index + size >= len(segments):
+            break
+        index += size - 1
+        size = min(size * 2, max(largest, 2))
+    return windows
+
+
 @dataclass
 class ScanStats:
     segments: set[int] = field(default_factory=set)
@@ -291,24 +309,87 @@ def scan_archive(
     wanted: Callable[[WalRecord], bool],
     *,
     oldest_segno: int,
+    newer_than: int | None = None,
+    rmgr: str | None = None,
+    xid: str | None = None,
     max_segments: int = 512,
-    batch: int = 16,
+    first_window: int = 2,
+    largest_window: int = 8,
+    workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> ScanResult:
-    """Read archived WAL on the history's path newest first, `batch` segments per pg_waldump, and
-    stop after the batch where `wanted` matched a record; never older than `oldest_segno`."""
-    on_path = segments_on_path(listing, history, oldest_segno=oldest_segno)[:max_segments]
+    """Read archived WAL on the history's path newest first and stop after the first window where
+    `wanted` matched a record; never older than `oldest_segno` (the oldest backup's first segment),
+    nor at or before `newer_than` (what an earlier scan of this plan already read: an archived
+    segment never changes). pg_waldump prints only what a target can name (`rmgr`: Transaction for
+    an xid, XLOG for a restore point; `xid`: that transaction's records), so little is parsed.
+    Segments are fetched by `workers` archive-gets at once (default: the cluster's process-max), the
+    next window while pg_waldump reads this one."""
+    floor = oldest_segno if newer_than is None else max(oldest_segno, newer_than + 1)
+    on_path = segments_on_path(listing, history, oldest_segno=floor)[:max_segments]
+    windows = scan_windows(on_path, first=first_window, largest=largest_window)
+    pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
+    filters = [*(["--rmgr", rmgr] if rmgr else []), *(["--xid", xid] if xid else [])]
+    directory = work_dir(pgbackrest)
+    workers = max(1, workers or pgbackrest.cluster.pgbackrest.process_max)
+    fetchers = [PgBackRest(pgbackrest.cluster, pgbackrest.runner.sibling()) for _ in range(workers)]
+    idle: queue.SimpleQueue[PgBackRest] = queue.SimpleQueue()
+    for fetcher in fetchers:
+        idle.put(fetcher)
+    fetched: dict[str, Future] = {}
+
+    def fetch(name: str) -> None:
+        fetcher = idle.get()
+        try:
+            fetcher.archive_get(name, str(directory / name))
+        finally:
+            idle.put(fetcher)
+
+    def prefetch(pool: ThreadPoolExecutor, window: list[tuple[int, int]]) -> None:
+        for segno, tli in window:
+            name = segment_name(tli, segno)
+            if name not in fetched:
+                fetched[name] = pool.submit(fetch, name)
+
     found: list[WalRecord] = []
-    stats = ScanStats()
-    dumps = waldump_archive(pgbackrest, on_path, batch=batch, stats=stats, log=log)
+    scanned: set[int] = set()
+    started = time.monotonic()
     try:
-        for window in dumps:
-            found.extend(r for timeline, lines in window for line in lines if (r := parse_waldump_line(line, timeline)) and wanted(r))
-            if found:
-                break
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rewind-archive-get") as pool:
+            try:
+                for number, window in enumerate(windows):
+                    prefetch(pool, window)
+                    if number + 1 < len(windows):
+                        prefetch(pool, windows[number + 1])  # fetched while pg_waldump reads this window
+                    for timeline in sorted({tli for _seg, tli in window}):
+                        names = sorted(segment_name(tli, segno) for segno, tli in window if tli == timeline)
+                        for name in names:
+                            fetched[name].result()
+                        scanned.update(segment_parts(name)[1] for name in names)
+                        result = pgbackrest.runner.run(
+                            [pg_waldump, *filters, "--path", str(directory), names[0], names[-1]],
+                            timeout=600,
+                            check=False,
+                            log_stdout=False,
+                            extra_env={"TZ": "UTC"},
+                        )
+                        found.extend(r for line in result.stdout.splitlines() if (r := parse_waldump_line(line, timeline)) and wanted(r))
+                    if found:
+                        break
+                    keep = segment_name(window[-1][1], window[-1][0])  # shared with the next window
+                    for segno, tli in window:
+                        if (name := segment_name(tli, segno)) != keep:
+                            (directory / name).unlink(missing_ok=True)
+            finally:  # found, done or interrupted: what is still being fetched is not needed
+                for future in fetched.values():
+                    future.cancel()
+                for fetcher in fetchers:
+                    fetcher.runner.terminate()
     finally:
-        dumps.close()
-    return ScanResult(found, len(stats.segments), stats.seconds)
+        shutil.rmtree(directory, ignore_errors=True)
+    seconds = time.monotonic() - started
+    log(f"scanned {len(scanned)} archived WAL segment(s) in {seconds:.1f}s ({seconds / max(len(scanned), 1):.2f}s per segment)")
+    return ScanResult(found, len(scanned), seconds)
 
 
 def oldest_start_segment(starts: Iterable[str | None]) -> int:

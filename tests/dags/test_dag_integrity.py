@@ -71,8 +71,6 @@ def test_the_guard_really_catches_io_at_import(monkeypatch, tmp_path):
 NOT_RETRIED = {
     "validate_params": "bad params do not get better on a second try",
     "validate": "a decommission form with the wrong stanza name, or a rehearsal's bad params or inventory, do not get better on a second try",
-    "wait_for_target": "a second wait cannot change what recovery did; the failure must be read",
-    "validate_data": "a failed data check must stop the run, not be asked again",
     "check_scratch": "a check that found a damaged copy must be read, not asked again (and it stopped the copy)",
     "compare": "row counts that differ must be read, not asked again",
 }
@@ -158,12 +156,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "preflight",
         "ensure_change",
         "wait_for_approval",
-        "stop_postgres",
-        "restore",
-        "start_postgres",
-        "wait_for_target",
-        "validate_data",
-        "promote",
+        "stop_restore_promote",
         "full_backup_new_timeline",
         "release_restore_guard",
         "close_change",
@@ -195,14 +188,20 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     module, _, name = classpath.rpartition(".")
     assert module.startswith("rewind_airflow.") and getattr(importlib.import_module(module), name) is ChangeApprovalTrigger
     assert ChangeApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
-    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 30.0)
+    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 5.0)
     from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 
     # every step settles the restore guard and notes the change when it fails
     for task in dag.tasks:
         assert PitrFailureNotifier in _callbacks(task.on_failure_callback), task.task_id
-    for task_id in ("stop_postgres", "restore", "full_backup_new_timeline"):
+    for task_id in ("stop_restore_promote", "full_backup_new_timeline"):
         assert dag.get_task(task_id).pool == "rewind_ledger"
+    # The downtime is one task; its steps are the runbook's, in order, and a failed data check or a
+    # missed target is not tried again (a second wait or check cannot change what recovery did).
+    from rewind_airflow.operators.pitr import FINAL_STEPS, WINDOW_STEPS
+
+    assert WINDOW_STEPS == ("stop_postgres", "restore", "start_postgres", "wait_for_target", "validate_data", "promote")
+    assert FINAL_STEPS == ("wait_for_target", "validate_data")
     assert "destructive" in dag.tags
 
 

@@ -81,7 +81,7 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(st
         f"/dags/{dag_id}/clearTaskInstances",
         json={
             "dag_run_id": run_id,
-            "task_ids": ["stop_postgres"],
+            "task_ids": ["stop_restore_promote"],
             "include_downstream": True,
             "only_failed": False,
             "dry_run": False,
@@ -90,8 +90,8 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(st
     assert response.status_code == 200, response.text
     wait_for_run_state(standalone, dag_id, run_id, "failed")
     states = standalone.task_states(dag_id, run_id)
-    assert (states["stop_postgres"], states["restore"]) == ("failed", "upstream_failed"), states
-    assert "this run already rewound cluster 'demo'" in task_log(standalone, dag_id, run_id, "stop_postgres")
+    assert (states["stop_restore_promote"], states["full_backup_new_timeline"]) == ("failed", "upstream_failed"), states
+    assert "this run already rewound cluster 'demo'" in task_log(standalone, dag_id, run_id, "stop_restore_promote")
     assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select count(*) from ledger_entry") == rows
 
 
@@ -133,8 +133,8 @@ def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_n
     assert marked.status_code == 200, marked.text
     assert standalone.wait_for_run(dag_id, first)["state"] == "failed"
     states = standalone.task_states(dag_id, first)
-    assert (states["stop_postgres"], states["restore"]) == ("failed", "upstream_failed"), states
-    assert "waiting for approval" in task_log(standalone, dag_id, first, "stop_postgres")
+    assert (states["stop_restore_promote"], states["full_backup_new_timeline"]) == ("failed", "upstream_failed"), states
+    assert "waiting for approval" in task_log(standalone, dag_id, first, "stop_restore_promote")
     assert postmaster_pid(demo_stack.cluster) == pid
     sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
     [change] = sn.query("change_request", f"correlation_id=rewind:{dag_id}:{first}")

@@ -154,8 +154,9 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
         shape.wait_for_run(incr, crm_runs[-1])
     shape.wait_for_run(pitr, run_id, timeout=400)
 
-    # resumed within a minute of the restart: the restore's second try, on ledger's host
-    restores = shape.tries(pitr, run_id, "restore")
+    # resumed within a minute of the restart: the second try of the downtime task (stop_restore_promote,
+    # whose restore step the crash cut; it does not stop again and restores with --delta), on ledger's host
+    restores = shape.tries(pitr, run_id, "stop_restore_promote")
     assert len(restores) == 2 and restores[-1]["state"] == "success", restores
     resumed_after = utc(restores[1]["start_date"]) - restarted_at
     completed_after = utc(shape.airflow.api("GET", f"/dags/{pitr}/dagRuns/{run_id}").json()["end_date"]) - restarted_at
@@ -175,7 +176,7 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
 
     # crm's backups ran on crm's host, and succeeded while ledger was stopped, restored and rewound
     tis = shape.task_instances(pitr, run_id)
-    rewind_window = (utc(tis["stop_postgres"]["start_date"]), utc(tis["release_restore_guard"]["end_date"]))
+    rewind_window = (utc(tis["stop_restore_promote"]["start_date"]), utc(tis["release_restore_guard"]["end_date"]))
     assert {r["dag_run_id"] for r in shape.airflow.api("GET", f"/dags/{incr}/dagRuns").json()["dag_runs"]} == set(crm_runs)
     during = []
     for crm_run in crm_runs:

@@ -3,6 +3,7 @@ ServiceNow as a test reads it."""
 
 from __future__ import annotations
 
+from devstack.servicenow_sim import DEFAULT_APPROVER
 from rewind.servicenow import Auth, ServiceNowClient
 from tests.conftest import run_once
 
@@ -87,3 +88,16 @@ def incidents_for(servicenow, cluster: str, problem_prefix: str = "") -> list[di
         for i in client(servicenow).query("incident", f"cmdb_ci={cluster}")
         if i.get("correlation_id", "").startswith(f"rewind:{cluster}:{problem_prefix}")
     ]
+
+
+def given_change(servicenow, **fields) -> dict:
+    """A change raised and approved outside Rewind, as a CAB would: its approval recorded by a CAB member."""
+    change = servicenow.state.create_change_for_test(
+        **{"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
+    )
+    approver = servicenow.state.user(DEFAULT_APPROVER)
+    servicenow.state.create(
+        "sysapproval_approver",
+        {"sysapproval": change["sys_id"], "approver": approver["sys_id"], "state": "approved", "source_table": "change_request"},
+    )
+    return change

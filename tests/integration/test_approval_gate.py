@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 
 import pytest
+from airflow.triggers.base import TaskSuccessEvent
 
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
@@ -27,14 +28,17 @@ async def first_event(trigger, *, approve=None, after_s=0.0):
     async for event in trigger.run():
         if task:
             await task
-        return event.payload
+        return event if isinstance(event, TaskSuccessEvent) else event.payload
 
 
 def test_outages_are_retried_inside_the_trigger_until_approved(servicenow):
     change = new_change(servicenow)
     servicenow.fail_next(4, status=503)  # two polls' worth of failures (client retries once)
     trigger = ChangeApprovalTrigger(change_number=change["number"], poll_interval=0.2)
-    payload = asyncio.run(first_event(trigger, approve=lambda: servicenow.approve(change["number"]), after_s=1.5))
+    event = asyncio.run(first_event(trigger, approve=lambda: servicenow.approve(change["number"]), after_s=1.5))
+    # the approval ends the sensor's task from the triggerer, its XCom the approval
+    assert isinstance(event, TaskSuccessEvent) and event.task_instance_state == "success"
+    payload = event.xcoms["return_value"]
     assert payload["status"] == "approved" and payload["change"] == change["number"]
 
 

@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     change_of,
     client,
     fresh_ledger,
+    given_change,
     incidents_for,
     ledger,
     run_pitr,
@@ -98,7 +99,7 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     write(demo_stack, 1, 60)
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
-    change = servicenow.state.create_change_for_test(short_description="CAB-approved rewind", state=-2, approval="approved", cmdb_ci="demo")
+    change = given_change(servicenow)
     run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)
@@ -121,7 +122,7 @@ def test_failure_after_approval_notes_the_change_takes_no_backup_and_keeps_backu
     run = run_pitr(pitr, target_type="latest", validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}])
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states["validate_data"] == TaskInstanceState.FAILED
+    assert states["stop_restore_promote"] == TaskInstanceState.FAILED
     assert states["full_backup_new_timeline"] == TaskInstanceState.UPSTREAM_FAILED
     assert {b.label for b in demo_stack.pgbackrest().info().backup} == backups_before  # no new full backup
     change = closed_change(servicenow, run)
@@ -198,7 +199,7 @@ def test_rejected_change_never_touches_postgres(demo_stack, pitr, servicenow, ca
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["wait_for_approval"] == TaskInstanceState.FAILED
-    assert states["stop_postgres"] == TaskInstanceState.UPSTREAM_FAILED
+    assert states["stop_restore_promote"] == TaskInstanceState.UPSTREAM_FAILED
     assert postmaster_pid(demo_stack.cluster) == pid
     assert ledger(demo_stack) == (40, 0, 40)
     number = decision["change"]["number"]

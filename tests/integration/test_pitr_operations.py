@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     change_of,
     client,
     fresh_ledger,
+    given_change,
     incidents_for,
     ledger,
     notes,
@@ -35,13 +36,6 @@ from tests.integration.helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
-
-
-def given_change(servicenow, **fields) -> dict:
-    """A change raised and approved outside Rewind, as a CAB would."""
-    return servicenow.state.create_change_for_test(
-        **{"short_description": "CAB-approved rewind", "state": -2, "approval": "approved", "cmdb_ci": "demo", **fields}
-    )
 
 
 def wait_for(predicate, *, timeout: float, what: str):
@@ -81,7 +75,7 @@ def test_a_sensor_marked_success_by_hand_does_not_open_the_gate(demo_stack, pitr
     pid = postmaster_pid(demo_stack.cluster)
     incidents_before = len(incidents_for(servicenow, "demo"))
     run = run_pitr(pitr, target_type="latest", mark_success_pattern="^wait_for_approval$")
-    assert (states(run)["wait_for_approval"], states(run)["stop_postgres"], states(run)["restore"]) == (
+    assert (states(run)["wait_for_approval"], states(run)["stop_restore_promote"], states(run)["full_backup_new_timeline"]) == (
         "success",
         "failed",
         "upstream_failed",
@@ -104,7 +98,7 @@ def test_a_change_whose_window_ended_stops_nothing(demo_stack, pitr, servicenow)
     now = dt.datetime.now(dt.timezone.utc)
     change = given_change(servicenow, start_date=sn_time(now - dt.timedelta(hours=2)), end_date=sn_time(now - dt.timedelta(minutes=1)))
     run = run_pitr(pitr, target_type="latest", change_number=change["number"], mark_success_pattern="^wait_for_approval$")
-    assert states(run)["stop_postgres"] == "failed", states(run)
+    assert states(run)["stop_restore_promote"] == "failed", states(run)
     assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (20, 0, 20)
     assert any("its window ended" in n for n in notes(servicenow, change))
     assert client(servicenow).get("change_request", change["sys_id"])["state"] == "-2"
@@ -125,7 +119,7 @@ def test_a_finished_rewind_is_not_repeated_when_its_run_is_cleared(demo_stack, p
     capfd.readouterr()
     again = run_pitr(pitr, target_type="latest", logical_date=logical, run_after=logical)
     assert again.run_id == first.run_id
-    assert states(again)["validate_params"] == "failed" and states(again)["stop_postgres"] == "upstream_failed", states(again)
+    assert states(again)["validate_params"] == "failed" and states(again)["stop_restore_promote"] == "upstream_failed", states(again)
     assert "this run already rewound cluster 'demo'" in capfd.readouterr().out
     assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (45, 0, 1_005)
     assert len(client(servicenow).query("change_request", "")) == changes
@@ -145,12 +139,17 @@ def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_i
     demo_stack.psql("update ledger_entry set status = 'void'")
     logical = dt.datetime.now(dt.timezone.utc)
     run_id = f"manual__{logical.isoformat()}"
-    outage = in_background(
-        lambda: (
-            wait_for(lambda: RunJournal.load(demo_stack.cluster, run_id).at("stopped"), timeout=120, what="PostgreSQL stopped"),
-            demo_stack.s3.stop_tls(),
-        )
-    )
+
+    def s3_down_once_postgres_stopped():
+        # The restore follows the stop at once, in the same task: S3 goes the moment PostgreSQL is gone.
+        deadline = time.monotonic() + 120
+        while postmaster_pid(demo_stack.cluster) is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError("PostgreSQL was never stopped")
+            time.sleep(0.005)
+        demo_stack.s3.stop_tls()
+
+    outage = in_background(s3_down_once_postgres_stopped)
     try:
         failed = run_pitr(
             pitr, target_type="time", target=target.isoformat(), validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical
@@ -159,7 +158,7 @@ def test_a_restore_that_failed_while_s3_was_down_finishes_the_same_rewind_when_i
         outage["thread"].join(timeout=130)
         demo_stack.s3.start_tls()
     assert "error" not in outage, outage
-    assert failed.run_id == run_id and states(failed)["restore"] == "failed", states(failed)
+    assert failed.run_id == run_id and states(failed)["stop_restore_promote"] == "failed", states(failed)
     assert postmaster_pid(demo_stack.cluster) is None
     change = change_of(servicenow, failed)
     assert change["state"] == "-1"
@@ -357,7 +356,7 @@ def test_data_checks_cannot_write_reach_secrets_or_touch_other_sessions(demo_sta
         output = capfd.readouterr().out
         helper["thread"].join(timeout=10)
         assert "error" not in helper, helper
-        assert states(run)["validate_data"] == "failed", states(run)
+        assert states(run)["stop_restore_promote"] == "failed", states(run)
         [other] = sessions
         assert other.poll() is None, "a data check terminated another session"
     finally:
@@ -410,7 +409,7 @@ def test_a_failed_check_leaves_the_cluster_paused_read_only_and_a_new_pitr_takes
     run = run_pitr(
         pitr, target_type="time", target=target.isoformat(), validation_sql=[{"sql": "select count(*) from ledger_entry", "expect": 999}]
     )
-    assert (states(run)["validate_data"], states(run)["promote"]) == ("failed", "upstream_failed"), states(run)
+    assert (states(run)["stop_restore_promote"], states(run)["full_backup_new_timeline"]) == ("failed", "upstream_failed"), states(run)
     assert demo_stack.psql("select pg_is_in_recovery()::text || ' ' || pg_get_wal_replay_pause_state()") == "true paused"
     assert ledger(demo_stack) == (40, 0, 40)
     with pytest.raises(Exception, match="read-only transaction"):
@@ -502,7 +501,7 @@ def test_an_approval_by_the_requester_or_an_outsider_stops_nothing(demo_stack, p
     run = run_pitr(pitr, target_type="latest")
     approval["thread"].join(timeout=10)
     assert "error" not in approval, approval
-    assert (states(run)["wait_for_approval"], states(run)["stop_postgres"]) == ("success", "failed"), states(run)
+    assert (states(run)["wait_for_approval"], states(run)["stop_restore_promote"]) == ("success", "failed"), states(run)
     assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (7, 0, 7)
     assert any("stop_postgres refused" in n and words in n for n in notes(servicenow, change_of(servicenow, run)))
 

@@ -197,7 +197,7 @@ def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials,
     assert_success(run)
     assert ledger(demo_stack) == (200, 0, 200)
     leases = leases_since(vault, before)
-    assert len(leases) >= 4  # preflight, stop (credential check), restore, full backup, ...
+    assert len(leases) >= 3  # preflight, stop_restore_promote (one lease from the stop to the promotion), full backup, ...
     assert all(lease.revoked_by == "request" for lease in leases), [lease.public() for lease in leases]
     assert vault_iam_users(demo_stack) == []
     secrets = [*vault.state.issued_values, demo_stack.cipher_pass, vault.approle[1]]
@@ -208,7 +208,7 @@ def test_a_pitr_with_leased_credentials(demo_stack, pitr_dag, vault_credentials,
 
 def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack, pitr_dag, vault_credentials, servicenow, capfd):
     """Vault checked again right before the destructive step: sealed between approval and stop ->
-    the stop task fails with the reason and PostgreSQL keeps running (same postmaster)."""
+    the stop fails with the reason and PostgreSQL keeps running (same postmaster)."""
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     vault = vault_credentials
@@ -239,7 +239,7 @@ def test_vault_sealed_after_approval_fails_before_postgres_is_stopped(demo_stack
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == DagRunState.FAILED
     assert states["wait_for_approval"] == TaskInstanceState.SUCCESS
-    assert states["stop_postgres"] == TaskInstanceState.FAILED, states
+    assert states["stop_restore_promote"] == TaskInstanceState.FAILED, states
     assert "is sealed" in capfd.readouterr().out
     assert postmaster_pid(demo_stack.cluster) == pid_before
     assert ledger(demo_stack) == rows_before
@@ -268,6 +268,37 @@ def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, 
     assert lease.revoked_by == "request"
     assert vault_iam_users(demo_stack) == []
     assert sum(r["path"] == "auth/approle/login" for r in vault.state.requests) == logins_before  # the token did it
+
+
+def test_a_revocation_that_hangs_does_not_hold_the_end_of_the_task(demo_stack, vault_credentials):
+    """Revoking a lease makes Vault delete the key in AWS IAM: when that hangs (here the simulator's
+    revocation waits 8 s before it deletes the IAM user), the end of the task waits for it a bounded
+    time, says so, and goes on; the revocation still lands (or the lease's TTL ends the key)."""
+    import hvac
+
+    from rewind.credentials import RepositoryCredentials
+
+    vault = vault_credentials
+    messages: list[str] = []
+    credentials = RepositoryCredentials(
+        demo_stack.cluster, vault_client=lambda: hvac.Client(url=vault.url, token=vault.state.root_token), log=messages.append
+    )
+    credentials.secrets()
+    [lease] = [held for held in vault.leases() if held.revoked_at is None]
+    vault.set_delay("sys/leases/revoke", 8)
+    try:
+        credentials.release(wait_s=1)
+        assert lease.revoked_at is None  # release() is back while Vault is still waiting on IAM
+        [warning] = [m for m in messages if m.startswith("WARNING: revoking Vault lease")]
+        assert f"lease {lease.lease_id} did not finish within 1s" in warning and "the lease expires by itself within" in warning
+        deadline = time.monotonic() + 60
+        # the simulator marks the lease revoked, then deletes its IAM user (as Vault's revocation does)
+        while (lease.revoked_at is None or vault_iam_users(demo_stack)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        vault.set_delay("sys/leases/revoke", 0)
+    assert lease.revoked_by == "request"  # the request released in the background got through
+    assert vault_iam_users(demo_stack) == []
 
 
 def test_the_cli_reaches_vault_like_the_vault_cli_and_revokes_its_lease(demo_stack, vault_credentials, monkeypatch, capsys):

@@ -164,14 +164,16 @@ def test_a_pitr_that_failed_mid_rewind_keeps_backups_blocked_and_tells_the_chang
     journal.record("stopped", "2026-11-24T02:31:00.000+00:00")
     journal.record("restore_started", "2026-11-24T02:31:05.000+00:00")
 
-    PitrFailureNotifier(cluster="ledger")(pitr_context(RuntimeError(f"pgbackrest restore failed [95]: {secrets}"), "restore"))
+    failure = RuntimeError(f"pgbackrest restore failed [95]: {secrets}")
+    failure.pitr_step = "restore"  # what stop_restore_promote sets on the failure of one of its steps
+    PitrFailureNotifier(cluster="ledger")(pitr_context(failure, "stop_restore_promote"))
 
     held = guard.read_guard(pitr_cluster)
     assert (held.phase, held.failed_step, held.blocks_backups) == ("failed", "restore", True)
     assert get_hold(pitr_cluster, PITR_RUN).ends_at is None  # open until a DBA clears the guard
     [note] = fake_servicenow.work_notes(CHANGE_TABLE, change["sys_id"])
     assert note.splitlines() == [
-        f"Rewind PITR run {PITR_RUN}: step restore failed (try 1): pgbackrest restore failed [95]: ***",
+        f"Rewind PITR run {PITR_RUN}: step restore failed (task stop_restore_promote, try 1): pgbackrest restore failed [95]: ***",
         "What this run did: PostgreSQL stopped at 2026-11-24T02:31:00.000+00:00; restore started at 2026-11-24T02:31:05.000+00:00 "
         "and not finished; no new full backup was taken.",
         "Cluster ledger: PostgreSQL is stopped. Restore guard is up (phase failed at restore): backups of ledger are blocked until "

@@ -9,7 +9,7 @@ import pytest
 
 from rewind.errors import PreflightError
 from rewind.pgbackrest.info import parse_info
-from rewind.pitr.plan import TargetNotReachable, choose_backup, make_plan, on_history, resolve_timeline
+from rewind.pitr.plan import TargetNotReachable, check_free_disk, choose_backup, make_plan, on_history, resolve_timeline
 from rewind.pitr.request import parse_request
 from rewind.wal import ArchiveListing, TimelineHistory
 from tests.factories import (
@@ -213,3 +213,112 @@ def test_targets_beyond_the_archive_are_not_reachable(repository):
         plan_for(repository(uploaded_at=T0 + 300), request(target=at(600)))
     with pytest.raises(TargetNotReachable, match="timeline 4 is not in the archive"):
         plan_for(repository(), request(target=at(600), target_timeline="4"))
+
+
+# ---- free disk -------------------------------------------------------------------------------------
+@pytest.fixture
+def disk(monkeypatch):
+    """The file system's free space, as statvfs reports it, set by the test."""
+    import shutil
+
+    free = {"bytes": 0}
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - free["bytes"], free["bytes"]))
+    return free
+
+
+def data_directory(tmp_path, files: int, size: int):
+    base = tmp_path / "data" / "base" / "5"
+    base.mkdir(parents=True)
+    for number in range(files):
+        (base / str(16384 + number)).write_bytes(b"x" * size)
+    return tmp_path / "data"
+
+
+def test_free_space_that_covers_the_backup_is_all_the_check_looks_at(tmp_path, disk):
+    disk["bytes"] = 2 * 2**30
+    data = data_directory(tmp_path, 3, 4096)
+    check_free_disk(str(data), 2**30, in_use_bytes=lambda: pytest.fail("the live cluster was asked"))
+    check_free_disk(str(data), 2**30, in_use_bytes=None)  # PostgreSQL down: no walk either
+
+
+def test_short_free_space_counts_what_the_data_directory_occupies_and_no_more(tmp_path, disk, monkeypatch):
+    from rewind.pitr import plan as plan_module
+
+    data = data_directory(tmp_path, 40, 64 * 1024)
+    disk["bytes"] = 1024 * 1024
+    check_free_disk(str(data), 1024 * 1024, in_use_bytes=lambda: 200 * 1024)  # the live cluster's figure covers the shortfall
+    with pytest.raises(PreflightError, match=r"not enough disk for the restore under .*: needs 0\.0 GiB"):
+        check_free_disk(str(data), 2 * 1024 * 1024, in_use_bytes=lambda: 0)
+    # PostgreSQL down: the files are counted only until the shortfall (about 2 of the 40 files) is covered
+    counted = []
+    real = plan_module.allocated_bytes_until
+    monkeypatch.setattr(plan_module, "allocated_bytes_until", lambda path, enough: counted.append(real(path, enough)) or counted[-1])
+    check_free_disk(str(data), 1024 * 1024, in_use_bytes=None)
+    shortfall = int(1024 * 1024 * 1.10) - 1024 * 1024
+    assert shortfall <= counted[0] <= 2 * 64 * 1024  # two of the forty files
+    with pytest.raises(PreflightError, match="free \\+ current data directory"):
+        check_free_disk(str(data), 5 * 1024 * 1024, in_use_bytes=None)  # does not fit: the whole directory was counted
+    assert counted[-1] >= 40 * 64 * 1024
+
+
+# ---- the target in the WAL: what is read, and what a re-plan reads again ---------------------------
+def test_wal_windows_start_small_grow_and_share_a_segment():
+    from rewind.wal import scan_windows
+
+    newest_first = [(segno, 3) for segno in range(20, 0, -1)]
+    windows = scan_windows(newest_first, first=2, largest=8)
+    assert [[segno for segno, _tli in window] for window in windows] == [
+        [20, 19],
+        [19, 18, 17, 16],
+        [16, 15, 14, 13, 12, 11, 10, 9],
+        [9, 8, 7, 6, 5, 4, 3, 2],
+        [2, 1],
+    ]
+    assert scan_windows([], first=2, largest=8) == []
+    assert scan_windows([(5, 1)], first=2, largest=8) == [[(5, 1)]]
+    # a first window of one would share no segment with the next: windows are two segments at least
+    assert [[segno for segno, _tli in window] for window in scan_windows(newest_first[:5], first=1, largest=1)] == [
+        [20, 19],
+        [19, 18],
+        [18, 17],
+        [17, 16],
+    ]
+
+
+def test_a_replan_reads_only_the_wal_archived_since_the_plan_it_replaces(repository, monkeypatch):
+    from rewind.pitr import plan as plan_module
+    from rewind.wal import ScanResult, WalRecord
+
+    scans = []
+    found = {"record": WalRecord("RESTORE_POINT", "0/7000028", 3, None, "before-migration-42")}
+
+    def scan(pgbackrest, listing, history, wanted, *, oldest_segno, newer_than=None, log, **filters):
+        scans.append((oldest_segno, newer_than, filters))
+        record = found["record"]
+        return ScanResult([record] if record and wanted(record) else [], 1, 0.1)
+
+    monkeypatch.setattr(plan_module, "scan_archive", scan)
+    first = plan_for(repository(), request("name", "before-migration-42"))
+    assert (first.target_lsn, first.target_record, first.wal_scanned_to) == (
+        "0/7000028",
+        "RESTORE_POINT before-migration-42",
+        "000000030000000000000009",
+    )
+    assert scans[-1] == (2, None, {"rmgr": "XLOG"})  # since the oldest backup's first segment; XLOG records only
+
+    # Nothing archived since: nothing is read again, and the record found before stands.
+    found["record"] = None
+    again = plan_for(repository(), request("name", "before-migration-42"), timeline=3, previous=first)
+    assert scans[-1][1] == 9 and (again.target_lsn, again.target_record) == (first.target_lsn, first.target_record)
+    # A plan of another archive (a stanza upgrade since): its finding does not stand, all is read again.
+    with pytest.raises(TargetNotReachable):  # nothing names it in the whole archive now
+        plan_for(repository(), request("name", "before-migration-42"), timeline=3, previous=first.model_copy(update={"archive_id": "17-2"}))
+    assert scans[-1][1] is None
+    # WAL archived since: read from the last segment read before (a record may span into the next).
+    more = [*BRANCHED_SEGMENTS, (3, 10), (3, 11)]
+    later = plan_for(repository(segments=more), request("name", "before-migration-42"), timeline=3, previous=first)
+    assert scans[-1][1] == 8 and later.target_lsn == first.target_lsn and later.wal_scanned_to == "00000003000000000000000B"
+    # An xid: Transaction records of that xid only.
+    found["record"] = WalRecord("COMMIT", "0/7000100", 3, "1234", "2026-11-24 06:10:00 UTC")
+    xid = plan_for(repository(), request("xid", "1234"))
+    assert scans[-1][2] == {"rmgr": "Transaction", "xid": "1234"} and xid.target_lsn == "0/7000100"

@@ -38,6 +38,12 @@ def test_an_approved_event_lets_the_run_go_on(sensor, change):
     assert resume(sensor, event) == event
 
 
+def test_an_approval_that_ended_the_task_in_the_triggerer_is_accepted_where_dag_test_resumes_it(sensor):
+    # The real triggerer marks the task successful itself (TaskSuccessEvent); dag.test() runs the
+    # trigger inline and resumes the task with that event's payload.
+    assert resume(sensor, "success") is None
+
+
 def test_a_rejected_change_ends_the_run_without_an_incident(sensor, change):
     reason = f"{change['number']} (state New, approval rejected) was rejected: the restore will not run"
     with pytest.raises(ChangeRejected, match=re.escape(reason)) as raised:

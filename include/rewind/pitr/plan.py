@@ -15,6 +15,7 @@ found in the archived WAL itself (rewind.wal.scan_archive), which also proves it
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -64,9 +65,11 @@ class RestorePlan(BaseModel):
     timeline_requested: str  # the param: current, latest or N
     target_lsn: str | None = None
     target_record: str | None = None
+    wal_scanned_to: str | None = None  # xid/name: the newest segment the search for the target read (from there back to it)
     wal_first: str  # first and last segment the recovery needs, on the timeline's path
     wal_last: str
     archive_max: str | None = None
+    archive_id: str | None = None  # the archive (<pg version>-<db id>) the plan read: what a re-plan reads again
 
     def as_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -159,22 +162,30 @@ def locate_in_wal(
     history: TimelineHistory,
     request: PitrRequest,
     *,
+    newer_than: int | None = None,
     log: Callable[[str], None] = print,
-) -> WalRecord:
-    """The xid's commit or the restore point, newest first on the history's path, since the oldest backup."""
+) -> WalRecord | None:
+    """The xid's commit or the restore point, newest first on the history's path, since the oldest
+    backup. With `newer_than` (a re-plan: the WAL up to that segment was read when the plan was
+    made), only WAL archived since is read, and None means nothing newer names the target."""
     if request.target_type == "xid":
         what = f"transaction {request.target}"
+        # pg_waldump prints the 32-bit xid; Transaction records only (COMMIT, ABORT), of that xid only
+        filters = {"rmgr": "Transaction", "xid": request.target if int(request.target) < 2**32 else None}
 
         def wanted(record: WalRecord) -> bool:
             return record.xid == request.target and record.kind in ("COMMIT", "ABORT")
     else:
         what = f"restore point {request.target!r}"
+        filters = {"rmgr": "XLOG"}  # RESTORE_POINT is an XLOG record
 
         def wanted(record: WalRecord) -> bool:
             return record.kind == "RESTORE_POINT" and record.detail == request.target
 
     oldest = oldest_start_segment(b.archive.start for b in info.backups if not b.error)
-    result = scan_archive(pgbackrest, listing, history, wanted, oldest_segno=oldest, log=log)
+    result = scan_archive(pgbackrest, listing, history, wanted, oldest_segno=oldest, newer_than=newer_than, log=log, **filters)
+    if not result.matches and newer_than is not None:
+        return None
     if not result.matches:
         raise TargetNotReachable(
             f"{what} is not in the archived WAL since the oldest backup ({result.segments_scanned} segments on timeline "
@@ -186,20 +197,54 @@ def locate_in_wal(
     return newest
 
 
-def check_free_disk(data_dir: str, needed_bytes: int, *, in_use_bytes: int | None = None, margin: float = 1.10) -> None:
-    """A --delta restore rewrites at most the backup's size; free space plus what the data
-    directory already uses must cover that with a margin. `in_use_bytes` (the live cluster's own
-    figure) spares a walk of the whole data directory."""
+InUse = int | Callable[[], int | None] | None
+
+
+def allocated_bytes_until(directory: Path, enough: int) -> int:
+    """What the files under `directory` occupy on its file system (allocated blocks), counted only
+    until `enough` is reached: the walk stops there. Symbolic links are not followed (pg_wal or a
+    tablespace elsewhere is another file system's space)."""
+    total, pending = 0, [directory]
+    while pending and total < enough:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:  # vanished meanwhile
+                    continue
+                if total >= enough:
+                    break
+    return total
+
+
+def check_free_disk(data_dir: str, needed_bytes: int, *, in_use_bytes: InUse = None, margin: float = 1.10) -> None:
+    """A --delta restore writes at most the backup's size, in place: the space the current data
+    directory occupies is reused (its files are rewritten or removed). The file system's free space
+    (statvfs) is looked at first, and when it alone covers the backup with the margin, that is all.
+    Only when it falls short does the data directory's own space count, and only as much as the
+    shortfall: `in_use_bytes`, the live cluster's own figure (a number, or a callable asked only then:
+    pg_database_size while PostgreSQL runs), else the data directory's files are counted until the
+    shortfall is covered. A whole walk happens only when the restore does not fit."""
     path = Path(data_dir)
     probe = path if path.exists() else path.parent
     usage = shutil.disk_usage(probe)
-    if in_use_bytes is None:
-        in_use_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
     needed = int(needed_bytes * margin)
-    if usage.free + in_use_bytes < needed:
+    if usage.free >= needed:
+        return
+    in_use = in_use_bytes() if callable(in_use_bytes) else in_use_bytes
+    if in_use is None:
+        in_use = allocated_bytes_until(path, needed - usage.free) if path.is_dir() else 0
+    if usage.free + in_use < needed:
         raise PreflightError(
             f"not enough disk for the restore under {data_dir}: needs {needed / 2**30:.1f} GiB, "
-            f"{(usage.free + in_use_bytes) / 2**30:.1f} GiB available (free + current data directory)"
+            f"{(usage.free + in_use) / 2**30:.1f} GiB available (free + current data directory)"
         )
 
 
@@ -211,29 +256,54 @@ def make_plan(
     *,
     cluster_timeline: int | None,
     timeline: int | None = None,
-    in_use_bytes: int | None = None,
+    previous: RestorePlan | None = None,
+    in_use_bytes: InUse = None,
+    read_ahead: tuple[str, ArchiveListing, TimelineHistory] | None = None,
     log: Callable[[str], None] = print,
 ) -> RestorePlan:
     """Resolve the timeline (or keep the given one: a re-plan follows the plan it replaces), locate
     the target, choose the backup, and prove that every WAL segment recovery needs along the
-    timeline is in the archive."""
+    timeline is in the archive. A re-plan (`previous`) searches only the WAL archived since the
+    plan it replaces was made for an xid or restore point: archived segments never change, so what
+    was read then need not be read again, and the WAL check below proves the target's segment is
+    still there."""
     archive = info.current_archive()
     if archive is None or not archive.max:
         raise PreflightError(f"stanza {info.name!r} has no archived WAL: is archive_command working?")
-    listing = read_archive(pgbackrest, archive.id)
+    # `read_ahead`: (archive id, listing, history) read alongside `info` by a re-plan, used when
+    # they are of the archive and timeline this plan needs
+    ahead = read_ahead if read_ahead and read_ahead[0] == archive.id and timeline == read_ahead[2].timeline else None
+    listing = ahead[1] if ahead else read_archive(pgbackrest, archive.id)
     if timeline is None:
         timeline = resolve_timeline(request, cluster_timeline=cluster_timeline, listing=listing)
-    history = read_history(pgbackrest, timeline)
+    history = ahead[2] if ahead else read_history(pgbackrest, timeline)
     last_on_path = listing.last_segment_on(history)
     if last_on_path is None:
         raise PreflightError(f"no archived WAL on timeline {timeline}'s history")
 
-    record: WalRecord | None = None
     target_lsn: str | None = None
+    target_record: str | None = None
+    scanned_to: str | None = None
     if request.target_type in ("xid", "name"):
-        record = locate_in_wal(pgbackrest, info, listing, history, request, log=log)
-        target_lsn = record.lsn
-        log(f"target found in archived WAL: {record.description} at {record.lsn} (timeline {record.timeline})")
+        # what the plan replaced found stands only for the same archive (a stanza upgrade starts another)
+        known = (
+            previous
+            if previous is not None and previous.target_lsn and previous.wal_scanned_to and previous.archive_id == archive.id
+            else None
+        )
+        newer_than = None
+        if known:
+            read_to = segment_parts(known.wal_scanned_to)[1]
+            # the segment read last is read again when WAL follows it: a record can start there and end in the next
+            newer_than = read_to - 1 if last_on_path > read_to else read_to
+        record = locate_in_wal(pgbackrest, info, listing, history, request, newer_than=newer_than, log=log)
+        scanned_to = segment_name(history.timeline_of_segment(last_on_path), last_on_path)
+        if record is None:
+            target_lsn, target_record = known.target_lsn, known.target_record
+            log(f"target as found before: {target_record} at {target_lsn} (nothing in the WAL archived since names it)")
+        else:
+            target_lsn, target_record = record.lsn, record.description
+            log(f"target found in archived WAL: {record.description} at {record.lsn} (timeline {record.timeline})")
     elif request.target_type == "lsn":
         target_lsn = request.pgbackrest_target
         end_of_archive = (last_on_path + 1) * SEGMENT_SIZE
@@ -275,10 +345,12 @@ def make_plan(
         timeline=timeline,
         timeline_requested=request.target_timeline,
         target_lsn=target_lsn,
-        target_record=record.description if record else None,
+        target_record=target_record,
+        wal_scanned_to=scanned_to,
         wal_first=segment_name(history.timeline_of_segment(first), first),
         wal_last=segment_name(history.timeline_of_segment(last), last),
         archive_max=archive.max,
+        archive_id=archive.id,
     )
     log(f"restore plan: {plan.describe()}")
     return plan

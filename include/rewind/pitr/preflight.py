@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rewind.errors import PreflightError
@@ -25,13 +26,19 @@ from rewind.pitr.request import PitrRequest
 from rewind.postgres import check_role_problem, control_timeline, run_sql
 from rewind.preflight import run_repository_preflight
 from rewind.runner import CommandRunner
+from rewind.wal import read_archive, read_history
 
 
-def _in_use_bytes(runner: CommandRunner, pgbackrest: PgBackRest) -> int | None:
-    """What the live cluster's databases occupy (spares walking the data directory), if it runs."""
-    if not is_running(pgbackrest.cluster):
-        return None
-    return int(run_sql(runner, pgbackrest.cluster, "select sum(pg_database_size(oid))::bigint from pg_database"))
+def _in_use_bytes(runner: CommandRunner, pgbackrest: PgBackRest) -> Callable[[], int | None]:
+    """What the live cluster's databases occupy, if it runs: asked by the free-disk check only when
+    the free space alone does not cover the restore."""
+
+    def ask() -> int | None:
+        if not is_running(pgbackrest.cluster):
+            return None
+        return int(run_sql(runner, pgbackrest.cluster, "select sum(pg_database_size(oid))::bigint from pg_database"))
+
+    return ask
 
 
 def pitr_preflight(
@@ -73,8 +80,16 @@ def replan(
     runner: CommandRunner,
     log: Callable[[str], None] = print,
 ) -> RestorePlan:
-    """The plan again, on the same timeline, from the repository as it is now."""
-    info = pgbackrest.info()
+    """The plan again, on the same timeline, from the repository as it is now. The archive listing
+    and the timeline's history are read alongside `info` (the plan names both), not after it."""
+    if previous.archive_id:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rewind-replan") as pool:
+            listing = pool.submit(read_archive, PgBackRest(pgbackrest.cluster, pgbackrest.runner.sibling()), previous.archive_id)
+            history = pool.submit(read_history, PgBackRest(pgbackrest.cluster, pgbackrest.runner.sibling()), previous.timeline)
+            info = pgbackrest.info()
+            read_ahead = (previous.archive_id, listing.result(), history.result())
+    else:
+        info, read_ahead = pgbackrest.info(), None
     if not info.ok:
         raise PreflightError(f"stanza {info.name!r} status is not ok now: [{info.status.code}] {info.status.message}")
     plan = make_plan(
@@ -83,6 +98,8 @@ def replan(
         info,
         cluster_timeline=previous.timeline,
         timeline=previous.timeline,
+        previous=previous,
+        read_ahead=read_ahead,
         in_use_bytes=_in_use_bytes(runner, pgbackrest),
         log=log,
     )

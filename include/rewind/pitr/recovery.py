@@ -63,7 +63,7 @@ def archive_current_wal(
             raise RecoveryError(
                 f"WAL segment {segment} was not archived within {timeout_s:.0f}s (last failure {failed}): fix archiving before a PITR"
             )
-        time.sleep(0.5)
+        time.sleep(0.1)
     log(f"WAL up to segment {segment} is archived")
     return segment
 
@@ -103,7 +103,7 @@ def wait_for_recovery(
     action: str,
     since_offset: int,
     timeout_s: float,
-    poll_s: float = 0.25,
+    poll_s: float = 0.1,
     log: Callable[[str], None] = print,
 ) -> RecoveryResult:
     deadline = time.monotonic() + timeout_s

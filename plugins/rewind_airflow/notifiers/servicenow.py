@@ -42,17 +42,20 @@ class PitrFailureNotifier(BaseNotifier):
 
     def notify(self, context) -> None:
         ti, run_id = context["ti"], context["run_id"]
+        # stop_restore_promote runs several runbook steps: its failure names the one that failed
+        step = getattr(context.get("exception"), "pitr_step", None) or ti.task_id
+        task = "" if step == ti.task_id else f"task {ti.task_id}, "
         exception = bounded(redact(str(context.get("exception")), known_secret_values()), 1500)
         cluster = load_inventory().get(self.cluster)
         journal = RunJournal.load(cluster, run_id)
         try:
             held = restore_guard.read_guard(cluster)
-            guard = restore_guard.fail(cluster, run_id, ti.task_id)
+            guard = restore_guard.fail(cluster, run_id, step)
         except Exception as exc:  # settling the guard must never hide the original failure
             guard_text = f"Restore guard state unknown ({exc})."
         else:
             if guard is not None and guard.run_id == run_id:
-                guard_text = f"Restore guard is up (phase failed at {ti.task_id}): backups of {cluster.name} are blocked until a DBA clears it or a new PITR takes it over."
+                guard_text = f"Restore guard is up (phase failed at {step}): backups of {cluster.name} are blocked until a DBA clears it or a new PITR takes it over."
             elif held is not None and held.run_id == run_id:
                 guard_text = "The restore guard is released: nothing blocks backups."
             else:
@@ -64,7 +67,7 @@ class PitrFailureNotifier(BaseNotifier):
         except Exception as exc:  # describing must never hide the original failure
             state = f"cluster state unknown ({exc})"
         lines = [
-            f"Rewind PITR run {run_id}: step {ti.task_id} failed (try {ti.try_number}): {exception}",
+            f"Rewind PITR run {run_id}: step {step} failed ({task}try {ti.try_number}): {exception}",
             f"What this run did: {journal.describe()}.",
             f"Cluster {cluster.name}: {state}. {guard_text}",
         ]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
 
 from rewind import guard as restore_guard
 from rewind import metrics
@@ -199,28 +201,125 @@ class EnsureChangeOperator(PitrOperator):
         return change
 
 
-class StopPostgresOperator(PitrOperator):
-    """The point of no return. Re-reads the change and re-plans from the repository as it is now;
-    only then raises the restore guard, marks the change Implement, archives the current WAL and
-    stops PostgreSQL. A retry after the stop does not stop again."""
+# The steps of the downtime, in runbook order, as the journal, the task log and the change's notes name them.
+WINDOW_STEPS = ("stop_postgres", "restore", "start_postgres", "wait_for_target", "validate_data", "promote")
+# A failure here cannot be changed by trying again (recovery did not reach the target, a data check
+# failed): the task fails without its retry, and the failure is read.
+FINAL_STEPS = ("wait_for_target", "validate_data")
+
+
+class PitrStepFinal(AirflowFailException):
+    """A failure of a step a retry cannot change: ends the task without its retry. Same message and
+    incident policy as the failure it carries."""
+
+    def __init__(self, original: BaseException, step: str) -> None:
+        super().__init__(str(original))
+        self.opens_incident = getattr(original, "opens_incident", True)
+        self.pitr_step = step
+
+
+def _with_gate(gate: Callable[[], Any], work: Callable[[], Any]) -> tuple[Any, Any]:
+    """The change gate (one ServiceNow GET) alongside read-only work that must be done before the
+    step acts anyway; nothing acts until both are back, and a refusal of the gate is what is reported."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewind-gate") as pool:
+        gated = pool.submit(gate)
+        try:
+            result = work()
+        except BaseException:
+            gated.result()  # raises the gate's refusal, if there is one
+            raise
+        return gated.result(), result
+
+
+class StopRestorePromoteOperator(PitrOperator):
+    """The downtime of a rewind, in one task, so that no scheduler hand-off sits inside it:
+
+        stop_postgres -> restore -> start_postgres -> wait_for_target -> validate_data -> promote
+
+    Each step does what it did as a task of its own, in the same order, with the same checks:
+    - stop_postgres, the point of no return: re-reads the change and re-plans from the repository as
+      it is now; only then raises the restore guard, marks the change Implement, archives the current
+      WAL and stops PostgreSQL. A retry after the stop does not stop again;
+    - restore: only after this run stopped PostgreSQL and while it is down, the change re-read, the
+      plan's backup still valid; `pgbackrest restore --delta` of the plan recorded at the stop (its
+      backup set, the request's target, the plan's numeric timeline); a retry converges (--delta);
+    - start_postgres: the change re-read; starts recovery without waiting;
+    - wait_for_target: until recovery stopped at the target and paused (or promoted) as asked; fails
+      loudly when PostgreSQL reports the target was not reached;
+    - validate_data: the request's checks as the check role, read-only, on the cluster still paused;
+    - promote: only when this run's checks passed (recorded in its journal); returns the new timeline.
+    Every step reads the run's journal before acting and records what it did right after. A retry
+    (or a clear) after PostgreSQL was started on the restored data goes on from wait_for_target and
+    never stops or restores again; once the run has promoted and checked, it refuses outright.
+    The gate's ServiceNow GET runs alongside the read-only work that precedes each act (the re-plan,
+    the backup check), never after the act."""
 
     template_fields: Sequence[str] = ("cluster", "request", "plan", "servicenow_conn_id")
 
-    def __init__(self, *, plan: Any, **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, recovery_timeout_s: float = 6 * 3600, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
+        self.recovery_timeout_s = recovery_timeout_s
 
     def execute_on_cluster(self, context) -> dict:
+        journal = self.journal(context)
+        if journal.at("promoted") and journal.at("checked"):
+            journal.refuse_if_rewound(self.task_id)
+        rewound = journal.rewound
+        if rewound:
+            self.log.info(
+                "PostgreSQL was started on the restored data by an earlier try at %s: going on from wait_for_target", journal.at("started")
+            )
+        results: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        for step in WINDOW_STEPS:
+            if rewound and step in ("stop_postgres", "restore"):
+                continue
+            self.log.info("---- %s ----", step)
+            began = time.monotonic()
+            try:
+                results[step] = getattr(self, f"_{step}")(context, journal)
+            except AirflowFailException as exc:
+                exc.pitr_step = step
+                raise
+            except Exception as exc:
+                if step in FINAL_STEPS:
+                    raise PitrStepFinal(exc, step) from exc
+                exc.pitr_step = step  # the failure note names the step (rewind_airflow.notifiers.servicenow)
+                raise
+            timings[step] = round(time.monotonic() - began, 3)
+        self.log.info("steps: %s", ", ".join(f"{step} {seconds:.2f}s" for step, seconds in timings.items()))
+        return {
+            "stop": results.get("stop_postgres"),
+            "restore": results.get("restore"),
+            "start": results["start_postgres"],
+            "recovery": results["wait_for_target"],
+            "checks": results["validate_data"],
+            "promote": results["promote"],
+            "timings_s": timings,
+        }
+
+    # ---- stop_postgres ------------------------------------------------------------------------------
+    def _stop_postgres(self, context, journal: RunJournal) -> dict:
         started = _now()
-        cluster, runner, journal, run_id = self.hook.cluster, self.runner, self.journal(context), context["run_id"]
+        cluster, runner, run_id = self.hook.cluster, self.runner, context["run_id"]
         journal.refuse_if_rewound("stop_postgres")
         _require_claim(cluster, run_id)
-        change = self.gate(journal, step="stop_postgres", implementing=journal.at("stopped") is not None)
-        # Nothing is stopped unless the restore and the restart can get their credentials: the
-        # repository secrets (a Vault lease, revoked when this task ends) and PostgreSQL's own.
-        pgbackrest = self.hook.get_conn()
-        self.hook.postmaster_secrets()
-        if journal.at("stopped") and not is_running(cluster):
+        implementing = journal.at("stopped") is not None
+        self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+        def prepare() -> tuple[RestorePlan | None, int | None]:
+            # Nothing is stopped unless the restore and the restart can get their credentials: the
+            # repository secrets (a Vault lease, revoked when this task ends) and PostgreSQL's own.
+            pgbackrest = self.hook.get_conn()
+            self.hook.postmaster_secrets()
+            if journal.at("stopped") and not is_running(cluster):
+                return None, None
+            plan = replan(pgbackrest, self.pitr_request, RestorePlan.model_validate(self.plan), runner=runner, log=self.log.info)
+            return plan, live_timeline(runner, cluster) if is_running(cluster) else None
+
+        change, (plan, timeline_before) = _with_gate(lambda: self.gate(journal, step="stop_postgres", implementing=implementing), prepare)
+        if plan is None:
             self.log.info("PostgreSQL was stopped by an earlier try of this run at %s; not stopping again", journal.at("stopped"))
             return {
                 "plan": journal.data["plan"],
@@ -228,22 +327,29 @@ class StopPostgresOperator(PitrOperator):
                 "finished_at": _now(),
                 "timeline_before": journal.data.get("timeline_before"),
             }
-        plan = replan(pgbackrest, self.pitr_request, RestorePlan.model_validate(self.plan), runner=runner, log=self.log.info)
         if plan.backup_set != self.plan["backup_set"]:
             self.note(
                 journal,
                 f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
                 f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).",
             )
-        timeline_before = live_timeline(runner, cluster) if is_running(cluster) else None
         guard = restore_guard.advance(cluster, run_id, "stopping", change=change.number, timeline_before=timeline_before)
         journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=guard.timeline_before)
-        start_implementing(
-            self.servicenow, change, f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}"
-        )
         pid = postmaster_pid(cluster)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewind-change") as pool:
+            # The change moves to Implement while the current WAL is archived; both before the stop.
+            implement = pool.submit(
+                start_implementing,
+                self.servicenow,
+                change,
+                f"Implementation started by {run_id}: stopping PostgreSQL of {cluster.name}; plan: {plan.describe()}",
+            )
+            try:
+                if pid:
+                    archive_current_wal(runner, cluster, log=self.log.info)
+            finally:
+                implement.result()
         if pid:
-            archive_current_wal(runner, cluster, log=self.log.info)
             runner.run(stop_argv(cluster, mode="fast"), timeout=330)
         else:
             self.log.info("PostgreSQL was already stopped")
@@ -251,29 +357,37 @@ class StopPostgresOperator(PitrOperator):
             raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
         journal.record("stopped")
         restore_guard.advance(cluster, run_id, "stopped")
+        self._backup_checked = (plan.backup_set, time.monotonic())  # by the re-plan, from the repository as it was at the stop
         return {"plan": plan.as_dict(), "pid_before": pid, "timeline_before": timeline_before, "started_at": started, "finished_at": _now()}
 
-
-class PgBackRestRestoreOperator(PitrOperator):
-    """`pgbackrest restore --delta` of the plan recorded at the stop: its backup set, the request's
-    target, the plan's numeric timeline (argv items only). Only after this run stopped PostgreSQL
-    and before it started it on restored data; a retry converges (--delta)."""
-
-    def execute_on_cluster(self, context) -> dict:
+    # ---- restore ------------------------------------------------------------------------------------
+    def _restore(self, context, journal: RunJournal) -> dict:
         started = _now()
-        cluster, request, journal, run_id = self.hook.cluster, self.pitr_request, self.journal(context), context["run_id"]
+        cluster, request, run_id = self.hook.cluster, self.pitr_request, context["run_id"]
         journal.refuse_if_rewound("restore")
         if not journal.at("stopped"):
             raise PitrStepFailed(
                 f"restore refused: PostgreSQL of {cluster.name} was not stopped by this run (stop_postgres did not finish)"
             )
-        self.gate(journal, step="restore", implementing=True)
-        if postmaster_pid(cluster):
-            raise PitrStepFailed(f"PostgreSQL of {cluster.name} is running: refusing to restore over it")
         plan = RestorePlan.model_validate(journal.data["plan"])
         pgbackrest = self.hook.get_conn()
-        backup = pgbackrest.info().get(plan.backup_set)
-        if backup is None or backup.error:
+        self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+        def backup_of_plan_valid() -> bool:
+            if postmaster_pid(cluster):
+                raise PitrStepFailed(f"PostgreSQL of {cluster.name} is running: refusing to restore over it")
+            checked, at = getattr(self, "_backup_checked", (None, 0.0))
+            if checked == plan.backup_set:
+                # This try re-planned from the repository right before it stopped PostgreSQL, seconds
+                # ago, with the restore guard up since (no backup or expire of the stanza runs): asking
+                # again would only add to the downtime. pgBackRest itself refuses a set that is gone.
+                self.log.info("backup %s was checked by the re-plan %.1fs ago, just before the stop", checked, time.monotonic() - at)
+                return True
+            backup = pgbackrest.info().get(plan.backup_set)  # a retry: the repository may have changed since
+            return backup is not None and not backup.error
+
+        _change, valid = _with_gate(lambda: self.gate(journal, step="restore", implementing=True), backup_of_plan_valid)
+        if not valid:
             raise PreflightError(f"backup {plan.backup_set} of the plan is no longer valid in the repository: nothing was restored")
         restore_guard.advance(cluster, run_id, "restoring")
         journal.record("restore_started")
@@ -290,12 +404,10 @@ class PgBackRestRestoreOperator(PitrOperator):
         restore_guard.advance(cluster, run_id, "restored")
         return {"backup_set": plan.backup_set, "timeline": plan.timeline, "started_at": started, "finished_at": _now()}
 
-
-class StartPostgresOperator(PitrOperator):
-    """Start PostgreSQL on the restored data without waiting: recovery is watched by the next step."""
-
-    def execute_on_cluster(self, context) -> dict:
-        cluster, journal, run_id = self.hook.cluster, self.journal(context), context["run_id"]
+    # ---- start_postgres -----------------------------------------------------------------------------
+    def _start_postgres(self, context, journal: RunJournal) -> dict:
+        """Start PostgreSQL on the restored data without waiting: recovery is watched by the next step."""
+        cluster, run_id = self.hook.cluster, context["run_id"]
         if journal.rewound and is_running(cluster):
             self.log.info("PostgreSQL was started on the restored data at %s and is running", journal.at("started"))
             return {"log_offset": journal.data.get("log_offset", 0), "started_at": journal.at("started")}
@@ -310,25 +422,15 @@ class StartPostgresOperator(PitrOperator):
         restore_guard.advance(cluster, run_id, "started")
         return {"log_offset": offset, "started_at": journal.at("started")}
 
-
-class WaitForRecoveryTargetOperator(PitrOperator):
-    """Wait until recovery stopped at the target and paused (or promoted) as asked; fail loudly
-    when PostgreSQL reports the target was not reached."""
-
-    template_fields: Sequence[str] = ("cluster", "request", "started", "servicenow_conn_id")
-
-    def __init__(self, *, started: Any, recovery_timeout_s: float = 6 * 3600, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.started = started
-        self.recovery_timeout_s = recovery_timeout_s
-
-    def execute_on_cluster(self, context) -> dict:
-        request, journal = self.pitr_request, self.journal(context)
+    # ---- wait_for_target ----------------------------------------------------------------------------
+    def _wait_for_target(self, context, journal: RunJournal) -> dict:
+        """Until recovery stopped at the target and paused (or promoted) as asked; loud when PostgreSQL
+        reports the target was not reached."""
         result = wait_for_recovery(
             self.runner,
             self.hook.cluster,
-            action=request.action,
-            since_offset=self.started["log_offset"],
+            action=self.pitr_request.action,
+            since_offset=journal.data.get("log_offset", 0),
             timeout_s=self.recovery_timeout_s,
             log=self.log.info,
         ).as_dict()
@@ -339,12 +441,10 @@ class WaitForRecoveryTargetOperator(PitrOperator):
         restore_guard.advance(self.hook.cluster, context["run_id"], "at_target" if result["state"] == "paused" else "promoted")
         return {**result, "finished_at": _now()}
 
-
-class ValidateDataOperator(PitrOperator):
-    """The request's data checks as the check role, read-only; with target_action pause the cluster
-    is still paused at the target, so nobody has written to it yet."""
-
-    def execute_on_cluster(self, context) -> list[dict]:
+    # ---- validate_data ------------------------------------------------------------------------------
+    def _validate_data(self, context, journal: RunJournal) -> list[dict]:
+        """The request's data checks as the check role, read-only; with target_action pause the
+        cluster is still paused at the target, so nobody has written to it yet."""
         request = self.pitr_request
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         results = run_data_checks(
@@ -355,16 +455,13 @@ class ValidateDataOperator(PitrOperator):
             secrets=known_secret_values(),
             log=self.log.info,
         )
-        self.journal(context).record("checked")
+        journal.record("checked")
         return results
 
-
-class PromoteOperator(PitrOperator):
-    """Promote when recovery paused at the target and this run's data checks passed (recorded in its
-    journal: a validate_data marked success by hand does not count); returns the new timeline."""
-
-    def execute_on_cluster(self, context) -> dict:
-        journal = self.journal(context)
+    # ---- promote ------------------------------------------------------------------------------------
+    def _promote(self, context, journal: RunJournal) -> dict:
+        """Promote when recovery paused at the target and this run's data checks passed (recorded in
+        its journal: a step that did not run to success here does not count)."""
         if self.pitr_request.action == "pause" and not journal.at("checked") and not journal.at("promoted"):
             raise PitrStepFailed(
                 f"promote refused: the data checks of this run did not pass (validate_data was not run to success here); "
@@ -455,8 +552,13 @@ class CloseChangeOperator(PitrOperator):
         self._set_run_note(context, f"{journal.change} closed successful\n{text}")
         return text
 
+    # Airflow's REST API refuses a run note longer than this (422); the full summary is in the change.
+    MAX_RUN_NOTE_CHARS = 1000
+
     def _set_run_note(self, context, note: str) -> None:
         """The execution API cannot change a run's note; the public REST API can."""
+        if len(note) > self.MAX_RUN_NOTE_CHARS:
+            note = note[: self.MAX_RUN_NOTE_CHARS - 50].rstrip() + "\n… (the change's close notes have it all)"
         try:
             conn = BaseHook.get_connection(self.airflow_api_conn_id)
         except Exception:  # not configured: the summary is in the change and this task's XCom

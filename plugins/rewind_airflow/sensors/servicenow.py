@@ -33,7 +33,7 @@ class ChangeApprovalSensor(BaseSensorOperator):
     """Proceeds only when the change is approved, Scheduled or Implement, and inside its window.
 
     Deferrable by default: after one immediate check it hands the wait to the triggerer
-    (`ChangeApprovalTrigger`) and frees its worker slot. `deferrable=False` polls in reschedule
+    (`ChangeApprovalTrigger`) and frees its worker slot; an approval ends the task from there. `deferrable=False` polls in reschedule
     mode for deployments without a triggerer. Rejected, canceled, closed or out-of-window changes
     fail at once (no incident: that is the gate working); ServiceNow outages are retried, never
     fatal; `timeout` bounds the wait, after which the change is cancelled with a note.
@@ -108,7 +108,10 @@ class ChangeApprovalSensor(BaseSensorOperator):
             timeout=dt.timedelta(seconds=self.timeout + 60),
         )
 
-    def execute_complete(self, context, event: dict[str, Any]) -> dict:
+    def execute_complete(self, context, event: dict[str, Any] | str) -> dict | None:
+        if event == "success":  # dag.test() runs the trigger inline and resumes even on a TaskSuccessEvent
+            self.log.info("%s may proceed (the trigger ended the wait)", self.change_number)
+            return None
         status, reason = event.get("status"), event.get("reason", "")
         if status == "approved":
             self.log.info(reason)

@@ -1,6 +1,12 @@
 """ChangeApprovalTrigger: waits in the triggerer, holding no worker slot, until a change may
 proceed, is rejected, or the wait times out. Lives in an installed package (not the DAG folder)
-so the real triggerer can import it."""
+so the real triggerer can import it.
+
+An approval ends the sensor's task from the triggerer itself (TaskSuccessEvent, its XCom the
+approval): no worker is started again just to return it, so the next step (which re-reads the
+change anyway) starts one scheduler hand-off after the poll that saw the approval. Rejection,
+timeout and errors resume the sensor on a worker, which fails the run, cancels the change on a
+timeout and runs the failure callbacks."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from rewind.servicenow import ChangeStatus, ServiceNowError, ServiceNowUnavailable, change_gate
 
@@ -59,7 +65,9 @@ class ChangeApprovalTrigger(BaseTrigger):
                 change = ChangeStatus.from_record(record)
                 decision, reason = change_gate(change, now)
                 if decision == "proceed":
-                    yield TriggerEvent({"status": "approved", "change": change.number, "sys_id": change.sys_id, "reason": reason})
+                    self.log.info(reason)
+                    approval = {"status": "approved", "change": change.number, "sys_id": change.sys_id, "reason": reason}
+                    yield TaskSuccessEvent(xcoms={"return_value": approval})
                     return
                 if decision == "reject":
                     yield TriggerEvent({"status": "rejected", "change": change.number, "sys_id": change.sys_id, "reason": reason})
