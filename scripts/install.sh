@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything Rewind needs on a Debian 12/13 machine; idempotent. Run as root.
-#   apt: PostgreSQL (15 where available), pgBackRest, stunnel4 (TLS in front of the S3 simulator)
+#   apt: PostgreSQL (15 where available), pgBackRest, stunnel4 (TLS in front of the S3 simulator), chromium (browser tests)
 #   venv: .venv with the pinned requirements and this repo installed editable
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || packages+=(st
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 command -v runuser >/dev/null || packages+=(util-linux)
+command -v chromium >/dev/null || packages+=(chromium)  # the browser tests (playwright drives Debian's chromium)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${packages[*]}"
   apt-get update -qq
