@@ -37,6 +37,7 @@ PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
 SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
 VAULT_PORT = int(os.environ.get("REWIND_LOCAL_VAULT_PORT", "8200"))
 STATE = HOME / "state.json"
+AUDIT_PAGE = "/rewind-audit/"  # plugins/rewind_airflow/audit (the product's plugin; a URL, nothing imported)
 
 DEMO_DATA_SQL = """
 create table if not exists ledger_entry (
@@ -90,7 +91,9 @@ def _pg_running(state: dict) -> bool:
 def up() -> int:
     state = _state()
     if state and _alive(state.get("airflow")):
-        print(f"local stack already running: {state['url']} (user admin, password {state['password']})")
+        print(
+            f"local stack already running: {state['url']} (user admin, password {state['password']}); audit page {state['url']}{AUDIT_PAGE}"
+        )
         return 0
     down(quiet=True)
     shutil.rmtree(HOME / "stack", ignore_errors=True)
@@ -194,6 +197,8 @@ def up() -> int:
         f"""
 Rewind local stack is up.
   Airflow UI   {airflow.url}   user: admin   password: {password}
+  Audit page   {airflow.url}{AUDIT_PAGE}   (Browse > Rewind audit in the UI; every PITR, onboarding,
+               decommissioning and rehearsal run: who asked, the change, who approved, what it did; CSV)
   DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
                .venv/bin/python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})

@@ -27,7 +27,7 @@ from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
 from rewind.change_control import MAX_NOTE_CHARS, Person, approved_by, close_change, find_group, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import check_given_change, ensure_change, summary
+from rewind.pitr.change import check_given_change, ensure_change, run_note, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
@@ -447,7 +447,7 @@ class CloseChangeOperator(PitrOperator):
             if hold:
                 self.log.info("retention %s", hold.describe())
         self.log.info("closed %s:\n%s", journal.change, text)
-        self._set_run_note(context, f"{journal.change} closed successful\n{text}")
+        self._set_run_note(context, run_note(journal.change, text))
         return text
 
     def _set_run_note(self, context, note: str) -> None:
