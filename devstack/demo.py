@@ -55,6 +55,10 @@ class DemoStack:
     # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
+    rehearsal: dict | None = None  # the inventory's rehearsal section (change_template, tables, ...); default: none
+    # True: the S3 bucket is created as terraform/ declares it (Object Lock GOVERNANCE, versioning,
+    # SSE-KMS with a bucket key, the lifecycle, no public access); see devstack/s3tls.py
+    s3_as_code: bool = False
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -147,6 +151,7 @@ class DemoStack:
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
                     **({"alerts": self.alerts} if self.alerts else {}),
+                    **({"rehearsal": self.rehearsal} if self.rehearsal else {}),
                 }
             }
         }
@@ -160,6 +165,11 @@ class DemoStack:
         self.credentials = credentials
         self.write_inventory()
 
+    def use_rehearsal(self, rehearsal: dict | None) -> None:
+        """Set the cluster's rehearsal section (None: back to none). The DAGs read it when they are parsed."""
+        self.rehearsal = rehearsal
+        self.write_inventory()
+
     def use_alerts(self, alerts: dict | None) -> None:
         """Set the cluster's alerts section (None: back to none). The DAGs read it when they are parsed."""
         self.alerts = alerts
@@ -170,7 +180,7 @@ class DemoStack:
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # the postgres user must traverse to its own directories
         self.pg_port = self.pg_port or free_port()
-        self.s3 = S3OverTLS(self.base / "s3")
+        self.s3 = S3OverTLS(self.base / "s3", as_code=self.s3_as_code)
         self.s3.start()
         (self.base / "s3").chmod(0o755)
         self.write_inventory()

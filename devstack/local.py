@@ -1,7 +1,9 @@
-"""The local stack: `python -m devstack.local up|down|status`.
+"""The local stack: `python -m devstack.local up [--sso]|down|status`.
 
 up:   a demo PostgreSQL cluster with a ledger table, archiving into an S3 API over TLS, and Airflow
       (standalone) with Rewind's DAGs on http://127.0.0.1:8080. Prints how to log in.
+      --sso: Airflow as production runs it, the FAB auth manager with config/webserver_config.py,
+      people signing in through the OIDC simulator (devstack/oidc_sim.py) on :8095 by their groups.
 down: stops every process the stack started (files stay in $REWIND_LOCAL_HOME for inspection).
 
 The demo's S3 admin key and cipher passphrase are generated at `up` and exist only in the
@@ -36,8 +38,12 @@ HOME = Path(os.environ.get("REWIND_LOCAL_HOME", "/var/lib/rewind-local"))
 PORT = int(os.environ.get("REWIND_LOCAL_PORT", "8080"))
 SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
 VAULT_PORT = int(os.environ.get("REWIND_LOCAL_VAULT_PORT", "8200"))
+OIDC_PORT = int(os.environ.get("REWIND_LOCAL_OIDC_PORT", "8095"))
 STATE = HOME / "state.json"
 AUDIT_PAGE = "/rewind-audit/"  # plugins/rewind_airflow/audit (the product's plugin; a URL, nothing imported)
+# The demo's standard change template "Monthly restore rehearsal" in the ServiceNow simulator: the
+# demo cluster's rehearsal runs under standard changes made from it (README, Monthly restore rehearsal).
+REHEARSAL_TEMPLATE = "5e1ea75a1b0c4d2e9f3a7b6c8d9e0f1a"
 
 DEMO_DATA_SQL = """
 create table if not exists ledger_entry (
@@ -74,8 +80,12 @@ def status() -> int:
     if not state:
         print("local stack: not running")
         return 1
-    for name in ("moto", "stunnel", "servicenow", "vault", "airflow"):
+    for name in ("moto", "stunnel", "servicenow", "vault", "oidc", "airflow"):
+        if name == "oidc" and not state.get(name):
+            continue
         print(f"{name:8} pid {state.get(name)}: {'running' if _alive(state.get(name)) else 'stopped'}")
+    for pid in state.get("airflow_components") or []:
+        print(f"{'':8} pid {pid}: {'running' if _alive(pid) else 'stopped'} (Airflow component)")
     print(f"postgres data {state.get('data_dir')}: {'running' if state.get('data_dir') and _pg_running(state) else 'stopped'}")
     return 0
 
@@ -88,7 +98,35 @@ def _pg_running(state: dict) -> bool:
         return False
 
 
-def up() -> int:
+def _start_oidc() -> tuple[subprocess.Popen, dict[str, str], dict[str, str]]:
+    """The OIDC simulator with the demo people (oidc_sim.DEMO_USERS), its client secret and the
+    people's passwords generated here and handed over in its environment, never on a command line."""
+    from devstack import oidc_sim
+
+    secret = secrets.token_urlsafe(24)
+    passwords = {name: secrets.token_urlsafe(9) for name in oidc_sim.DEMO_USERS}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.oidc_sim",
+            "serve",
+            "--port",
+            str(OIDC_PORT),
+            "--redirect-uri",
+            f"http://127.0.0.1:{PORT}/auth/oauth-authorized/oidc",
+        ],
+        env={**os.environ, "OIDC_SIM_CLIENT_SECRET": secret, "OIDC_SIM_PASSWORDS": json.dumps(passwords)},
+        stdout=open(HOME / "oidc.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_port(OIDC_PORT, timeout=30, process=proc)
+    env = oidc_sim.airflow_env(f"http://127.0.0.1:{OIDC_PORT}", oidc_sim.OidcState.client_id, secret)
+    return proc, env, passwords
+
+
+def up(sso: bool = False) -> int:
     state = _state()
     if state and _alive(state.get("airflow")):
         print(
@@ -102,13 +140,26 @@ def up() -> int:
 
     print("starting PostgreSQL 15 + pgBackRest + S3 over TLS ...", flush=True)
     # The watchdog runs every 5 minutes here so an S3 outage shows (and clears) while you watch.
-    stack = DemoStack(HOME / "stack", schedules={"health": "*/5 * * * *"})
+    stack = DemoStack(
+        HOME / "stack",
+        schedules={"health": "*/5 * * * *"},
+        rehearsal={"change_template": REHEARSAL_TEMPLATE, "tables": ["public.ledger_entry"]},
+    )
     stack.start()
     stack.psql(DEMO_DATA_SQL)
     print("starting the ServiceNow simulator ...", flush=True)
     servicenow_password = secrets.token_urlsafe(12)
     servicenow = subprocess.Popen(
-        [sys.executable, "-m", "devstack.servicenow_sim", "serve", "--port", str(SERVICENOW_PORT)],
+        [
+            sys.executable,
+            "-m",
+            "devstack.servicenow_sim",
+            "serve",
+            "--port",
+            str(SERVICENOW_PORT),
+            "--standard-template",
+            f"{REHEARSAL_TEMPLATE}=Monthly restore rehearsal",
+        ],
         env={**os.environ, "SERVICENOW_SIM_PASSWORD": servicenow_password},
         stdout=open(HOME / "servicenow.log", "ab"),
         stderr=subprocess.STDOUT,
@@ -159,7 +210,11 @@ def up() -> int:
     wait_for_port(VAULT_PORT, timeout=30, process=vault)
     vault_conn = vault_sim.airflow_connection(VAULT_PORT, approle=approle)
     stack.use_credentials(vault_sim.inventory_credentials(stack.name, stack.env_prefix))
-    print("starting Airflow (standalone) ...", flush=True)
+    oidc, sso_env, people = None, {}, {}
+    if sso:
+        print("starting the OIDC simulator (people sign in to Airflow through it) ...", flush=True)
+        oidc, sso_env, people = _start_oidc()
+    print("starting Airflow" + (" (FAB auth manager, single sign-on)" if sso else " (standalone)") + " ...", flush=True)
     airflow = AirflowStandalone(
         home=HOME / "airflow",
         port=PORT,
@@ -170,9 +225,14 @@ def up() -> int:
             "AIRFLOW_CONN_REWIND_PG_DEMO": stack.postgres_connection(),
             # Who the local admin is to ServiceNow (README "Who asked, who approved"): the
             # simulator's on-call DBA, so the CAB approver on the simulator page may approve.
+            # the run links Rewind writes into changes and notes point at this stack's own port
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{PORT}",
             "AIRFLOW_VAR_REWIND_IDENTITY__ADMIN": json.dumps({"email": "dba.oncall@example.com", "amr": ["pwd"]}),
             **stack.worker_env(),
+            **sso_env,
         },
+        # with single sign-on, Airflow runs as production does: FAB's roles mapped from the IdP's groups
+        auth_manager="fab" if sso else "simple",
     )
     airflow.start(pools=pools_json(load_inventory(stack.inventory_path)))
     password = airflow.password()
@@ -183,7 +243,10 @@ def up() -> int:
                 "stunnel": stack.s3._stunnel.pid,
                 "servicenow": servicenow.pid,
                 "vault": vault.pid,
+                "oidc": oidc.pid if oidc else None,
                 "airflow": airflow.pid,
+                # with --sso (FAB) the other components run beside the API server, each in its own group
+                "airflow_components": airflow.component_pids,
                 "data_dir": str(stack.data_dir),
                 "inventory": str(stack.inventory_path),
                 "url": airflow.url,
@@ -193,13 +256,24 @@ def up() -> int:
         )
     )
     STATE.chmod(0o600)
+    if sso:
+        login = f"""sign in with oidc (the OIDC simulator, http://127.0.0.1:{OIDC_PORT}/sim/users):
+                 dba.oncall / {people["dba.oncall"]}  (group rewind-dba: DBA, may trigger the PITR)
+                 ops.outsider / {people["ops.outsider"]}  (group rewind-auditors: Viewer)
+                 platform.admin / {people["platform.admin"]}  (group rewind-airflow-admins: Admin)
+               move someone between groups (their next sign-in shows it):
+                 .venv/bin/python -m devstack.oidc_sim groups dba.oncall rewind-auditors --url http://127.0.0.1:{OIDC_PORT}
+               REST only (no UI login): admin / {password}"""
+    else:
+        login = f"user: admin   password: {password}"
     print(
         f"""
 Rewind local stack is up.
-  Airflow UI   {airflow.url}   user: admin   password: {password}
+  Airflow UI   {airflow.url}   {login}
   Audit page   {airflow.url}{AUDIT_PAGE}   (Browse > Rewind audit in the UI; every PITR, onboarding,
                decommissioning and rehearsal run: who asked, the change, who approved, what it did; CSV)
-  DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo
+  DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo,
+               rewind_rehearsal__demo, rewind_onboard__demo, rewind_decommission__demo
   ServiceNow   http://127.0.0.1:{SERVICENOW_PORT}/  (simulator: approve or reject changes on this page, or
                .venv/bin/python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:{SERVICENOW_PORT})
   PostgreSQL   127.0.0.1:{stack.pg_port} (socket {stack.pg_home}), database postgres, table ledger_entry
@@ -211,6 +285,10 @@ Rewind local stack is up.
 Trigger rewind_backup_full__demo in the UI to take the first full backup; then try a rewind:
 trigger rewind_pitr__demo with target_type "time" and a time before your mistake, approve the
 change on the simulator page, and watch the restore complete and the change close.
+Rehearse a restore: trigger rewind_rehearsal__demo (after the first full backup). Its standard change
+is pre-approved by the simulator's template "Monthly restore rehearsal", so nobody approves it: the
+backup is restored into a scratch copy, checked, compared with the ledger and removed, and the change
+and its change task close with the evidence (RTO, RPO, each check) on the simulator page.
 Simulate an S3 outage, as root: scripts/local-stack.sh s3-down (and s3-up); watch rewind_health__demo
 open an incident on the ServiceNow page and resolve it once S3 is back.
 Stop everything, as root: scripts/local-stack.sh down
@@ -222,9 +300,12 @@ Stop everything, as root: scripts/local-stack.sh down
 def _kill(state: dict, name: str, grace_s: float = 30.0) -> None:
     """SIGTERM the process group a component was started in; SIGKILL what is left after grace_s
     (Airflow's scheduler can hang on shutdown, orphaned, after its standalone parent has exited)."""
+    _kill_group(state.get(name), grace_s)
+
+
+def _kill_group(pgid: int | None, grace_s: float = 30.0) -> None:
     import time
 
-    pgid = state.get(name)
     if not pgid:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -246,11 +327,13 @@ def down(quiet: bool = False) -> int:
     (its shutdown archives the last WAL), then the simulators."""
     state = _state()
     _kill(state, "airflow")
+    for pgid in state.get("airflow_components") or []:
+        _kill_group(pgid)
     if state.get("inventory") and Path(state["inventory"]).exists():
         cluster = load_inventory(state["inventory"]).get("demo")
         if postmaster_pid(cluster):
             CommandRunner(os_user=cluster.postgres.os_user).run(stop_argv(cluster), timeout=330, check=False)
-    for name in ("servicenow", "vault", "stunnel", "moto"):
+    for name in ("servicenow", "vault", "oidc", "stunnel", "moto"):
         _kill(state, name)
     STATE.unlink(missing_ok=True)
     if not quiet:
@@ -284,7 +367,10 @@ def s3_up() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rewind-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status", "s3-down", "s3-up"], nargs="?", default="up")
+    parser.add_argument("--sso", action="store_true", help="up: sign in through the OIDC simulator (FAB auth manager, webserver_config.py)")
     args = parser.parse_args(argv)
+    if args.action == "up":
+        return up(sso=args.sso)
     return {"up": up, "down": down, "status": status, "s3-down": s3_down, "s3-up": s3_up}[args.action]()
 
 

@@ -3,14 +3,17 @@
 Speaks the Table API subset Rewind uses, with ServiceNow's JSON shapes: `{"result": ...}`, every
 field value a string, errors as `{"error": {"message", "detail"}, "status": "failure"}`; and the
 Change Management API (`/api/sn_chg_rest/change...`: create normal/emergency/standard changes, get,
-query, update, `nextstates`), which enforces each change model's transitions and refuses a move the
+query, update, `nextstates`, and a change's tasks: `.../{sys_id}/task[/{task_sys_id}]`), which enforces each change model's transitions and refuses a move the
 model does not allow with 400, as ServiceNow does. Like an instance whose admins lock changes down,
 it refuses Table API writes to change_request (403): Rewind must go through the change model.
 `sysparm_query` (`field=value`, `field!=value`, joined by `^`), `sysparm_fields`, `sysparm_limit`;
 tables change_request, change_task, incident and the journal table sys_journal_field (work notes
 written through `work_notes` land there, as in ServiceNow); numbers CHG0010001, CTASK0010001,
 INC0010001; basic auth and OAuth client credentials (`/oauth_token.do`); the data policy that
-closing a change needs close_code and close_notes.
+closing a change needs close_code and close_notes. Change tasks (change_task): -5 Pending, 1 Open,
+2 In Progress, 3 Closed, 4 Canceled, the outcome of a closed one in its close_code; a closed or
+canceled task stays so, closing one needs close_code and close_notes, and a closed or canceled
+change takes no new task.
 
 For people and tests:
     GET  /                              a page listing changes with Approve / Reject buttons
@@ -18,6 +21,9 @@ For people and tests:
     POST /sim/changes/<number>/reject   reject (approval=rejected, state=New)
     POST /sim/faults   {"status": 503, "count": 2, "delay_s": 0}   next N requests fail or are slow
     GET  /sim/requests                  every Table API request seen (method, path, query)
+
+A test that plays "someone in ServiceNow" at a precise moment appends a callable to
+`SimState.after_create`: it is called with (table, record) after every record is created.
 
     python -m devstack.servicenow_sim serve --port 8091 [--user rewind --password ...]
     python -m devstack.servicenow_sim approve CHG0010001 --url http://127.0.0.1:8091
@@ -83,6 +89,9 @@ class SimState:
     mandatory_on_close: list[str] = field(default_factory=list)
     # Standard change templates (sys_id -> fields every change made from it starts with).
     templates: dict[str, dict] = field(default_factory=dict)
+    # Called with (table, record) after each create: a test's stand-in for a person acting at that moment.
+    after_create: list = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
         for user_name, (email, name, groups) in SEED_USERS.items():
@@ -116,8 +125,6 @@ class SimState:
             for member in self.query("sys_user_grmember", f"user={user}^group={group_id}"):
                 del self.records["sys_user_grmember"][member["sys_id"]]
 
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
     # ---- records --------------------------------------------------------------------------------
     def create(self, table: str, fields: dict) -> dict:
         with self.lock:
@@ -138,7 +145,10 @@ class SimState:
             self.records[table][record["sys_id"]] = record
             if notes:
                 self._journal(table, record["sys_id"], notes)
-            return dict(record)
+            created = dict(record)
+            for callback in list(self.after_create):
+                callback(table, dict(created))
+            return created
 
     def update(self, table: str, sys_id: str, fields: dict) -> dict:
         with self.lock:
@@ -204,10 +214,14 @@ class SimState:
         if model == "standard":
             if template not in self.templates:
                 raise LookupError(template)
+            fields_of_template = dict(self.templates[template])
+            # A template an admin retired (active false) makes no more changes, as in ServiceNow.
+            if fields_of_template.pop("active", "true") in ("false", False):
+                raise PolicyError(f"standard change template {template} is not active: it cannot be used to create a change")
             return self.create(
                 "change_request",
                 {
-                    **self.templates[template],
+                    **fields_of_template,
                     **fields,
                     "type": "standard",
                     "state": -2,
@@ -234,6 +248,43 @@ class SimState:
                     record["number"], "approve", by=DEFAULT_APPROVER, note="Approved automatically (simulator auto-approve)"
                 )
             return record
+
+    # ---- change tasks (Change Management API: /change/<sys_id>/task) ---------------------------------
+    def change_tasks(self, change_sys_id: str) -> list[dict]:
+        with self.lock:
+            if change_sys_id not in self.records["change_request"]:
+                raise KeyError(change_sys_id)
+            return sorted(self.query("change_task", f"change_request={change_sys_id}"), key=lambda r: r["number"])
+
+    def create_change_task(self, change_sys_id: str, fields: dict) -> dict:
+        with self.lock:
+            change = self.records["change_request"][change_sys_id]
+            if change["state"] in ("3", "4"):
+                raise PolicyError(f"change {change['number']} is {STATE_LABELS[int(change['state'])]}: it takes no new task")
+            fields = {k: v for k, v in fields.items() if k not in ("change_request", "number", "sys_id")}
+            return self.create("change_task", {"state": 1, **fields, "change_request": change_sys_id})
+
+    def update_change_task(self, change_sys_id: str, task_sys_id: str, fields: dict) -> dict:
+        with self.lock:
+            task = self.records["change_task"].get(task_sys_id)
+            if task is None or task.get("change_request") != change_sys_id:
+                raise KeyError(task_sys_id)
+            fields = {k: "" if v is None else str(v) for k, v in fields.items() if k not in ("change_request", "number", "sys_id")}
+            to = fields.get("state", task["state"])
+            if to != task["state"]:
+                if task["state"] in TASK_CLOSED:
+                    raise TransitionError(f"change task {task['number']} is {TASK_LABELS[task['state']]}: a closed task stays closed")
+                if to not in TASK_LABELS:
+                    raise TransitionError(f"change task state {to!r} is not one of {', '.join(TASK_LABELS)}")
+                if to == "3":
+                    missing = [
+                        label
+                        for name, label in (("close_code", "Close code"), ("close_notes", "Close notes"))
+                        if not (fields.get(name) or task.get(name))
+                    ]
+                    if missing:
+                        raise PolicyError(f"The following fields are mandatory: {', '.join(missing)}")
+            return self.update("change_task", task_sys_id, fields)
 
     def create_change_for_test(self, **fields) -> dict:
         """A change as people make it in ServiceNow's own UI (e.g. one a CAB approved), any state."""
@@ -279,11 +330,15 @@ MODELS = {
 }
 STATE_LABELS = {-5: "New", -4: "Assess", -3: "Authorize", -2: "Scheduled", -1: "Implement", 0: "Review", 3: "Closed", 4: "Canceled"}
 ASKS_FOR_APPROVAL = {"normal": -4, "emergency": -3}
+TASK_LABELS = {"-5": "Pending", "1": "Open", "2": "In Progress", "3": "Closed", "4": "Canceled"}
+TASK_CLOSED = ("3", "4")
 
 
 def as_display(record: dict) -> dict:
     """A record as the Change Management API returns it: every field {value, display_value}."""
     labels = {"state": lambda v: STATE_LABELS.get(int(v), v) if v.lstrip("-").isdigit() else v}
+    if record.get("number", "").startswith("CTASK"):
+        labels = {"state": lambda v: TASK_LABELS.get(v, v)}
     return {k: {"value": v, "display_value": labels.get(k, lambda x: x)(v)} for k, v in record.items()}
 
 
@@ -434,11 +489,30 @@ def make_handler(state: SimState):
                     )
                 if method in ("PATCH", "PUT") and len(path) == 1:
                     return self._send(200, {"result": as_display(state.update_change(sys_id, body))})
+                if path[1:2] == ["task"]:
+                    return self._change_task(method, sys_id, path[2:], body)
             except PolicyError as exc:
                 return self._error(
                     400, "Data Policy Exception" if not isinstance(exc, TransitionError) else "Invalid state transition", str(exc)
                 )
             return self._error(405, "Method not supported", f"{method} /api/sn_chg_rest/change/{'/'.join(path)}")
+
+        def _change_task(self, method: str, change_sys_id: str, rest: list[str], body: dict) -> None:
+            if method == "GET" and not rest:
+                return self._send(200, {"result": [as_display(t) for t in state.change_tasks(change_sys_id)]})
+            if method == "POST" and not rest:
+                return self._send(201, {"result": as_display(state.create_change_task(change_sys_id, body))})
+            try:
+                if method == "GET" and len(rest) == 1:
+                    task = state.records["change_task"].get(rest[0])
+                    if task is None or task.get("change_request") != change_sys_id:
+                        raise KeyError(rest[0])
+                    return self._send(200, {"result": as_display(dict(task))})
+                if method in ("PATCH", "PUT") and len(rest) == 1:
+                    return self._send(200, {"result": as_display(state.update_change_task(change_sys_id, rest[0], body))})
+            except KeyError:
+                return self._error(404, "No Record found", f"change task {rest[0]} of change {change_sys_id}")
+            return self._error(405, "Method not supported", f"{method} /api/sn_chg_rest/change/{change_sys_id}/task/{'/'.join(rest)}")
 
         def _sim(self, method: str, parts: list[str], url) -> None:
             if url.path == "/" and method == "GET":
@@ -483,8 +557,28 @@ def make_handler(state: SimState):
 def _page(state: SimState) -> str:
     with state.lock:
         changes = sorted(state.records["change_request"].values(), key=lambda r: r["number"], reverse=True)
+        tasks = sorted(state.records["change_task"].values(), key=lambda r: r["number"], reverse=True)
+        users = {sys_id: user for sys_id, user in state.records["sys_user"].items()}
+    numbers = {change["sys_id"]: change["number"] for change in changes}
+    task_rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(value)}</td>"
+            for value in (
+                task["number"],
+                numbers.get(task.get("change_request", ""), ""),
+                task.get("short_description", ""),
+                TASK_LABELS.get(task.get("state", ""), task.get("state", "")),
+                task.get("close_code", ""),
+            )
+        )
+        + f"<td><pre>{html.escape(task.get('close_notes', ''))}</pre></td></tr>"
+        for task in tasks
+    )
     rows = []
     for change in changes:
+        requester = users.get(change.get("requested_by", ""))
+        requested_by = f"{requester['name']} <{requester['email']}>" if requester else change.get("requested_by", "")
         buttons = ""
         if change.get("approval") == "requested":
             buttons = "".join(
@@ -498,15 +592,16 @@ def _page(state: SimState) -> str:
                 f"<td>{html.escape(change.get(k, ''))}</td>"
                 for k in ("number", "short_description", "state", "approval", "start_date", "end_date", "close_code")
             )
-            + f"<td>{buttons}</td></tr>"
+            + f"<td>{html.escape(requested_by)}</td><td>{buttons}</td></tr>"
         )
     return (
         "<!doctype html><html><head><title>ServiceNow simulator</title><meta http-equiv='refresh' content='10'>"
         "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
         "<h1>ServiceNow simulator: change requests</h1><p>state: -5 New, -3 Authorize, -2 Scheduled, -1 Implement, 3 Closed, 4 Canceled</p>"
-        "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th></th></tr>"
+        "<table><tr><th>number</th><th>short description</th><th>state</th><th>approval</th><th>start</th><th>end</th><th>close code</th><th>requested by</th><th></th></tr>"
         + "".join(rows)
-        + "</table></body></html>"
+        + "</table><h2>Change tasks</h2><table><tr><th>number</th><th>change</th><th>short description</th><th>state</th>"
+        "<th>close code</th><th>close notes</th></tr>" + task_rows + "</table></body></html>"
     )
 
 
@@ -548,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8091)
     serve.add_argument("--user", default="rewind")
     serve.add_argument("--password", default=None, help="default: $SERVICENOW_SIM_PASSWORD or generated")
+    serve.add_argument(
+        "--standard-template",
+        action="append",
+        default=[],
+        metavar="SYS_ID=SHORT_DESCRIPTION",
+        help="a published standard change template (repeatable)",
+    )
     for verdict in ("approve", "reject"):
         decide = sub.add_parser(verdict)
         decide.add_argument("number")
@@ -558,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
 
         state = SimState(username=args.user)
         state.password = args.password or os.environ.get("SERVICENOW_SIM_PASSWORD") or state.password
+        for template in args.standard_template:
+            sys_id, _, short_description = template.partition("=")
+            state.templates[sys_id] = {"short_description": short_description or sys_id}
         sim = ServiceNowSimulator(args.port, state)
         print(f"ServiceNow simulator on {sim.url} (user {state.username})", flush=True)
         try:

@@ -451,13 +451,24 @@ def airflow_connection(port: int, *, token: str | None = None, approle: tuple[st
     return json.dumps(conn)
 
 
-def configure_cluster(state: VaultState, *, cluster: str, bucket: str, cipher_pass: str, lease_duration_s: int = 900) -> str:
+def configure_cluster(
+    state: VaultState,
+    *,
+    cluster: str,
+    bucket: str,
+    cipher_pass: str,
+    lease_duration_s: int = 900,
+    repo_path: str | None = None,
+    kms_key_arn: str | None = None,
+) -> str:
     """What a Vault admin sets up for one Rewind cluster: KV v2 secret/rewind/<cluster> {cipher_pass},
-    AWS role rewind-<cluster> (the bucket only) and a least-privilege policy of the same name, which
-    it returns. `inventory_credentials` is the matching inventory section."""
+    AWS role rewind-<cluster> whose keys get terraform/'s repository policy for <bucket><repo_path>
+    (default /rewind/<cluster>, the demo stack's layout), and a least-privilege Vault policy of the
+    same name, which it returns. `inventory_credentials` is the matching inventory section."""
     name, kv_path = f"rewind-{cluster}", f"rewind/{cluster}"
+    policy_document = s3_bucket_policy(bucket, repo_path or f"/rewind/{cluster}", kms_key_arn=kms_key_arn)
     state.put_kv("secret", kv_path, {"cipher_pass": cipher_pass})
-    state.add_aws_role("aws", name, s3_bucket_policy(bucket), lease_duration_s=lease_duration_s)
+    state.add_aws_role("aws", name, policy_document, lease_duration_s=lease_duration_s)
     state.add_policy(name, rewind_policy_paths(aws_mount="aws", aws_role=name, kv_mount="secret", kv_path=kv_path))
     return name
 
@@ -489,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ca-file", required=True)
     serve.add_argument("--cluster", default="demo")
     serve.add_argument("--bucket", required=True)
+    serve.add_argument("--repo-path", default=None, help="the cluster's repo.path (default /rewind/<cluster>)")
     args = parser.parse_args(argv)
     import os
 
@@ -506,7 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     state = VaultState(iam=iam)
     state.root_token = os.environ.get("VAULT_SIM_ROOT_TOKEN") or state.root_token
     state.tokens = {state.root_token: Token(policies=["root"])}
-    policy = configure_cluster(state, cluster=args.cluster, bucket=args.bucket, cipher_pass=os.environ["VAULT_SIM_CIPHER_PASS"])
+    policy = configure_cluster(
+        state, cluster=args.cluster, bucket=args.bucket, cipher_pass=os.environ["VAULT_SIM_CIPHER_PASS"], repo_path=args.repo_path
+    )
     if os.environ.get("VAULT_SIM_ROLE_ID"):
         state.approles[os.environ["VAULT_SIM_ROLE_ID"]] = {"secret_id": os.environ["VAULT_SIM_SECRET_ID"], "policies": [policy]}
     sim = VaultSimulator(state, args.port).start()
@@ -519,15 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def s3_bucket_policy(bucket: str) -> dict:
-    """The IAM policy of a Rewind repository role: its bucket and nothing else."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"},
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
-        ],
-    }
+def s3_bucket_policy(bucket: str, repo_path: str = "/rewind/demo", *, kms_key_arn: str | None = None) -> dict:
+    """The IAM policy of a Rewind repository role: terraform/'s repository policy document (the one
+    the module gives Vault's AWS role) for <bucket><repo_path>, parsed from the .tf files. Listing,
+    reading, writing and deleting are limited to the repository prefix; nothing else in the bucket,
+    no other bucket. `kms_key_arn`: the bucket's SSE-KMS key, when it has one."""
+    from devstack.s3tls import terraform_repository_policy
+
+    return terraform_repository_policy(bucket, repo_path, kms_key_arn=kms_key_arn)
 
 
 if __name__ == "__main__":

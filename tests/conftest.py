@@ -115,13 +115,21 @@ def servicenow():
 @pytest.fixture(scope="session")
 def vault(demo_stack):
     """The Vault simulator holding the demo cluster's secrets, as a Vault admin would set it up: KV v2
-    secret/rewind/demo {cipher_pass}, AWS engine role rewind-demo (IAM users limited to the bucket,
-    created in the S3 stack's IAM), a least-privilege policy and an AppRole for the Airflow workers.
-    Wired as the Airflow connection vault_default (AppRole auth)."""
+    secret/rewind/demo {cipher_pass}, AWS engine role rewind-demo (IAM users created in the S3 stack's
+    IAM with terraform/'s repository policy: the demo cluster's repository prefix and nothing else),
+    a least-privilege policy and an AppRole for the Airflow workers. Wired as the Airflow connection
+    vault_default (AppRole auth)."""
     from devstack.vault_sim import VaultSimulator, VaultState, configure_cluster
 
     state = VaultState(iam=demo_stack.s3.client("iam"))
-    policy = configure_cluster(state, cluster="demo", bucket=demo_stack.s3.bucket, cipher_pass=demo_stack.cipher_pass, lease_duration_s=600)
+    policy = configure_cluster(
+        state,
+        cluster="demo",
+        bucket=demo_stack.s3.bucket,
+        repo_path=demo_stack.cluster.repo.path,
+        cipher_pass=demo_stack.cipher_pass,
+        lease_duration_s=600,
+    )
     simulator = VaultSimulator(state).start()
     simulator.approle = state.add_approle([policy])
     os.environ["AIRFLOW_CONN_VAULT_DEFAULT"] = simulator.airflow_connection(approle=simulator.approle)

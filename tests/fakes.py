@@ -78,7 +78,7 @@ class FakeServiceNow:
         self._check(method)
         try:
             return call()
-        except KeyError:
+        except LookupError:  # KeyError, and the unknown standard change template
             raise ServiceNowNotFound(f"ServiceNow {method}: 404 No Record found") from None
         except PolicyError as exc:
             raise ServiceNowError(f"ServiceNow {method}: HTTP 400: {exc}") from None
@@ -113,6 +113,24 @@ class FakeServiceNow:
 
     def move_change(self, sys_id: str, to, fields: dict | None = None) -> dict:
         return ServiceNowClient.move_change(self, sys_id, to, fields)  # the real client's logic over the simulator's model
+
+    def create_change_task(self, change_sys_id: str, fields: dict) -> dict:
+        return self._sim_change("create_change_task", lambda: self.state.create_change_task(change_sys_id, fields))
+
+    def change_tasks(self, change_sys_id: str) -> list[dict]:
+        return self._sim_change("change_tasks", lambda: self.state.change_tasks(change_sys_id))
+
+    def get_change_task(self, change_sys_id: str, task_sys_id: str) -> dict:
+        def get() -> dict:
+            task = self.state.records["change_task"][task_sys_id]
+            if task["change_request"] != change_sys_id:
+                raise KeyError(task_sys_id)
+            return dict(task)
+
+        return self._sim_change("get_change_task", get)
+
+    def update_change_task(self, change_sys_id: str, task_sys_id: str, fields: dict) -> dict:
+        return self._sim_change("update_change_task", lambda: self.state.update_change_task(change_sys_id, task_sys_id, fields))
 
     # ---- for tests -------------------------------------------------------------------------------
     def change(self, **fields) -> dict:

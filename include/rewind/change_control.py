@@ -52,8 +52,17 @@ class Person:
     amr: tuple[str, ...] = ()  # the IdP's authentication methods for the session, when asserted
 
     def describe(self) -> str:
-        mfa = f"MFA asserted by the IdP (amr: {', '.join(self.amr)})" if self.amr else "no MFA claim from the IdP"
+        methods = ", ".join(self.amr)
+        if self.multi_factor:
+            mfa = f"MFA asserted by the IdP (amr: {methods})"
+        else:
+            mfa = f"single factor per the IdP (amr: {methods})" if self.amr else "no MFA claim from the IdP"
         return f"{self.name} <{self.email}> (Airflow user {self.airflow_user}; {mfa})"
+
+    @property
+    def multi_factor(self) -> bool:
+        """RFC 8176: "mfa" itself, or two or more distinct methods (e.g. pwd + otp)."""
+        return "mfa" in self.amr or len(set(self.amr)) >= 2
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "amr": list(self.amr)}

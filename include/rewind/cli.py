@@ -5,6 +5,9 @@ rewind conf diff    --cluster NAME     show drift against the installed file (ex
 rewind conf install --cluster NAME     install it (atomic, owned by the OS user, mode 0640)
 rewind guard show|clear --cluster NAME show or clear a PITR restore guard (blocks backups)
 rewind holds --cluster NAME            the PITR retention holds and the backups they keep
+rewind find-target --cluster NAME --from TIME [--to TIME] [--table T ...] [--timeline N] [--json]
+                                       the transactions of a window in the archived WAL, and the
+                                       PITR params that stop just before each (run on the host)
 rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
 rewind pools                            Airflow pools JSON for `airflow pools import`
 rewind check                            validate the inventory; exit 1 listing every error
@@ -101,6 +104,37 @@ def clear_guard(cluster) -> str:
     return message
 
 
+def find_target(cluster, args) -> str:
+    """The finder outside Airflow: same reading, same report (credentials from the environment)."""
+    import datetime as dt
+
+    from rewind.credentials import RepositoryCredentials
+    from rewind.finder import Window, find_transactions
+    from rewind.pgbackrest.client import PgBackRest
+    from rewind.pitr.recovery import archive_current_wal
+    from rewind.runner import CommandRunner
+
+    window = Window.parse(args.start, args.end, now=dt.datetime.now(dt.timezone.utc))  # bad input: before anything
+    log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda _line: None)
+    credentials = RepositoryCredentials(cluster, vault_client=_vault_client_from_environment)
+    try:
+        runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=credentials.secrets(), line_logger=lambda _line: None)
+        if not args.no_wal_switch:
+            archive_current_wal(runner, cluster, log=log)
+        result = find_transactions(
+            PgBackRest(cluster, runner),
+            runner,
+            window=window,
+            tables=args.table,
+            timeline=args.timeline,
+            max_segments=args.max_segments,
+            log=log,
+        )
+    finally:
+        credentials.release()
+    return json.dumps(result.as_dict(limit=10_000), indent=1) + "\n" if args.json else result.text() + "\n"
+
+
 def cluster_metrics(cluster, fmt: str) -> str:
     import datetime as dt
 
@@ -167,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("metrics", help="backup metrics of one cluster (run on its host, credentials in the environment)")
     export.add_argument("--cluster", required=True)
     export.add_argument("--format", choices=["json", "prometheus"], default="prometheus")
+    finder = sub.add_parser("find-target", help="transactions of a time window in the archived WAL, with the PITR params before each")
+    finder.add_argument("--cluster", required=True)
+    finder.add_argument("--from", dest="start", required=True, help="window start, with time zone: '2026-11-24 02:00:00+00'")
+    finder.add_argument("--to", dest="end", help="window end, with time zone (default: now)")
+    finder.add_argument("--table", action="append", default=[], help="only transactions touching this table (repeatable)")
+    finder.add_argument("--timeline", type=int, help="read this timeline's history (default: the cluster's current timeline)")
+    finder.add_argument("--max-segments", type=int, default=256, help="archived WAL segments read at most (default 256)")
+    finder.add_argument("--no-wal-switch", action="store_true", help="do not switch WAL first (only what is archived already is read)")
+    finder.add_argument("--json", action="store_true", help="the result as JSON (as the DAG's XCom)")
+    finder.add_argument("--verbose", action="store_true", help="progress on stderr")
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     roles = sub.add_parser("roles", help="Airflow roles DBA and BackupOperator: print the `airflow roles` commands that create them")
@@ -201,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "holds":
             sys.stdout.write(show_holds(cluster))
+            return 0
+        if args.command == "find-target":
+            sys.stdout.write(find_target(cluster, args))
             return 0
         if args.action == "render":
             sys.stdout.write(render_config(cluster, inventory_path=path))

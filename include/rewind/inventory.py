@@ -7,7 +7,7 @@ Shape (see config/inventory.example.yaml for a commented example)::
     clusters:
       <name>:
         stanza, queue, postgres{...}, pgbackrest{...}, repo{...}, credentials{...},
-        schedules{full, diff, incr}, alerts{..., pagers[...]}, connections{...}
+        schedules{full, diff, incr}, alerts{..., pagers[...]}, rehearsal{...}, connections{...}
 
 Loading validates every cluster on its own: a bad cluster is reported (file, cluster, field) and
 left out, the others load. A broken file (missing, unreadable, not YAML, wrong top level) raises.
@@ -318,6 +318,61 @@ class ChangeControl(_Model):
     approval_group: SafeStr = "Database CAB"
 
 
+_SYS_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SQL_NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
+_TABLE_RE = re.compile(rf"({_SQL_NAME})\.({_SQL_NAME})")
+# pg_ctl hands its -o options and the data directory to /bin/sh: a scratch path is kept to a
+# shell-inert alphabet, so no inventory value can become a shell word there.
+_SCRATCH_PATH_RE = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+
+
+def _sys_id(value: str) -> str:
+    if not _SYS_ID_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a ServiceNow sys_id (32 lower-case hex digits, the standard change template's sys_id)")
+    return value
+
+
+def _table(value: str) -> str:
+    if not _TABLE_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a table name: schema.table as the catalog spells it (e.g. public.ledger_entry)")
+    return value
+
+
+def _scratch_path(value: str) -> str:
+    _absolute_path(value)
+    if not _SCRATCH_PATH_RE.fullmatch(value) or any(part in (".", "..") for part in value.split("/")) or value.count("/") < 2:
+        raise ValueError(f"{value!r} must be an absolute path at least two levels deep, of letters, digits, '_', '.', '-' only")
+    return value
+
+
+class RehearsalSettings(_Model):
+    """The monthly restore rehearsal (README, Monthly restore rehearsal): a backup restored into a
+    scratch directory on the rehearsal host, checked, compared with production, and removed."""
+
+    # When it runs: in force where change_template is set (it may sit in `defaults`); without a
+    # template the DAG is not scheduled, and a run by hand is refused before anything is touched.
+    schedule: Cron = "0 4 1 * *"
+    # The standard change template every rehearsal's change is created from (pre-approved).
+    change_template: Annotated[str, AfterValidator(_sys_id)] | None = None
+    queue: Name | None = None  # the rehearsal host's worker queue; default: the cluster's own queue
+    scratch_path: Annotated[str, AfterValidator(_scratch_path)] | None = None  # default <state_dir>/rehearsal
+    port: int | None = Field(None, ge=1024, le=65535)  # the scratch's socket port; default: a free one
+    # What is restored: latest (a restore point the rehearsal makes on production: row counts are
+    # compared exactly) or an age like 1h (that long before the run: counts are reported).
+    target: Annotated[str, AfterValidator(_no_control_chars)] = "latest"
+    database: Name | None = None  # where the declared tables live; default postgres.database
+    tables: list[Annotated[str, AfterValidator(_table)]] = Field(default_factory=list, max_length=100)
+    check_timeout_s: int = Field(3600, ge=10)  # each of pg_amcheck, pg_dump (per database), pg_checksums
+    recovery_timeout_s: int = Field(6 * 3600, ge=60)  # from the restore's end until the copy answers queries
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value != "latest" and not re.fullmatch(r"[1-9][0-9]{0,4}[mhd]", value):
+            raise ValueError(f"{value!r} is neither 'latest' nor an age like 1h, 90m or 2d")
+        return value
+
+
 class Connections(_Model):
     postgres: Name | None = None  # Airflow connection id used for SQL checks
     servicenow: Name = "servicenow_default"
@@ -339,6 +394,7 @@ class Cluster(_Model):
     alerts: Alerts = Alerts()
     pitr: PitrSettings = PitrSettings()
     change_control: ChangeControl = ChangeControl()
+    rehearsal: RehearsalSettings = RehearsalSettings()
     connections: Connections = Connections()
     # Rewind's own durable state on the database host: the restore guard, each PITR run's journal,
     # retention holds, the watchdog's memory. Must survive reboots (not /tmp).
@@ -356,6 +412,18 @@ class Cluster(_Model):
     def pool(self) -> str:
         """The one-slot Airflow pool that serialises every repository-writing task of the stanza."""
         return f"rewind_{self.stanza}"
+
+    @property
+    def rehearsal_queue(self) -> str:
+        return self.rehearsal.queue or self.queue
+
+    @property
+    def rehearsal_path(self) -> str:
+        return self.rehearsal.scratch_path or f"{self.state_dir}/rehearsal"
+
+    @property
+    def rehearsal_database(self) -> str:
+        return self.rehearsal.database or self.postgres.database
 
     @property
     def postgres_conn_id(self) -> str:

@@ -33,6 +33,9 @@ PROMETHEUS = {
     "pitr.duration_seconds": ("rewind_pitr_duration_seconds", {}),
     "pitr.downtime_seconds": ("rewind_pitr_downtime_seconds", {}),
     "rehearsal.duration_seconds": ("rewind_rehearsal_duration_seconds", {}),
+    "rehearsal.rto_seconds": ("rewind_rehearsal_rto_seconds", {}),
+    "rehearsal.rpo_seconds": ("rewind_rehearsal_rpo_seconds", {}),
+    "rehearsal.ok": ("rewind_rehearsal_ok", {}),
     "holds.active": ("rewind_retention_holds", {}),
     "holds.held_backups": ("rewind_retention_held_backups", {}),
 }

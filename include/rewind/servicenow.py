@@ -43,6 +43,24 @@ class ChangeState(IntEnum):
 
 
 CHANGE_STATES = {state.value: state.label for state in ChangeState}
+
+
+class ChangeTaskState(IntEnum):
+    """change_task.state: a change's tasks (e.g. one recurring rehearsal) have their own states. A
+    closed task's outcome is its close_code (successful, successful_issues, unsuccessful)."""
+
+    PENDING = -5
+    OPEN = 1
+    IN_PROGRESS = 2
+    CLOSED = 3
+    CANCELED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ").capitalize()
+
+
+CHANGE_TASK_CLOSED = (ChangeTaskState.CLOSED, ChangeTaskState.CANCELED)
 ChangeModel = Literal["normal", "emergency"]
 CHANGE_NUMBER_RE = re.compile(r"^CHG\d{7,}$")
 SN_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -261,6 +279,22 @@ class ServiceNowClient:
             return {int(state) for state in result["available_states"]}
         except (KeyError, TypeError, ValueError):
             raise ServiceNowError(f"ServiceNow change {sys_id}: nextstates answer has no available_states") from None
+
+    # Change tasks, through the same API: /change/{change_sys_id}/task[/{task_sys_id}].
+    def create_change_task(self, change_sys_id: str, fields: dict[str, Any]) -> dict:
+        return self._change("POST", f"/{change_sys_id}/task", json=_strings(fields))
+
+    def change_tasks(self, change_sys_id: str) -> list[dict]:
+        result = self._result("GET", f"/api/sn_chg_rest/change/{change_sys_id}/task")
+        if not isinstance(result, list):
+            raise ServiceNowError(f"ServiceNow GET /api/sn_chg_rest/change/{change_sys_id}/task: expected a list of change tasks")
+        return [_values(record) for record in result]
+
+    def get_change_task(self, change_sys_id: str, task_sys_id: str) -> dict:
+        return self._change("GET", f"/{change_sys_id}/task/{task_sys_id}")
+
+    def update_change_task(self, change_sys_id: str, task_sys_id: str, fields: dict[str, Any]) -> dict:
+        return self._change("PATCH", f"/{change_sys_id}/task/{task_sys_id}", json=_strings(fields))
 
     def move_change(self, sys_id: str, to: ChangeState, fields: dict[str, Any] | None = None) -> dict:
         """Move the change to `to` as its model allows, with `fields` in the same update."""

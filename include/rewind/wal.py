@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,6 +219,71 @@ class ScanResult:
     seconds: float
 
 
+@dataclass
+class ScanStats:
+    segments: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def segments_on_path(listing: ArchiveListing, history: TimelineHistory, *, oldest_segno: int) -> list[tuple[int, int]]:
+    """(segment number, timeline) of the archived segments on the history's path, newest first,
+    none older than `oldest_segno`."""
+    last = listing.last_segment_on(history)
+    if last is None:
+        return []
+    return [
+        (segno, history.timeline_of_segment(segno))
+        for segno in range(last, oldest_segno - 1, -1)
+        if history.timeline_of_segment(segno) in listing.segments.get(segno, {})
+    ]
+
+
+def waldump_archive(
+    pgbackrest: PgBackRest,
+    on_path: list[tuple[int, int]],
+    *,
+    batch: int = 16,
+    stats: ScanStats | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[list[tuple[int, list[str]]]]:
+    """pg_waldump over archived segments (newest first, as segments_on_path lists them), fetched
+    with `archive-get` into a private directory `batch` at a time: yields, per batch, the
+    (timeline, output lines) of each pg_waldump run (one per timeline in the batch). Consecutive batches overlap by one segment (records span files), so a
+    record can be yielded twice: key records by LSN. Commit times are printed in UTC. The caller
+    stops when it has what it wants; the fetched WAL is removed however the iteration ends."""
+    stats = stats if stats is not None else ScanStats()
+    pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
+    directory = work_dir(pgbackrest)
+    started = time.monotonic()
+    try:
+        index = 0
+        while index < len(on_path):
+            window = on_path[index : index + batch]
+            index += batch - 1 if len(window) == batch else batch  # overlap one segment: records span files
+            dumps = []
+            for timeline in sorted({tli for _seg, tli in window}):
+                names = sorted(segment_name(tli, segno) for segno, tli in window if tli == timeline)
+                for child in directory.iterdir():
+                    child.unlink()
+                for name in names:
+                    pgbackrest.archive_get(name, str(directory / name))
+                stats.segments.update(segment_parts(name)[1] for name in names)
+                result = pgbackrest.runner.run(
+                    [pg_waldump, "--path", str(directory), names[0], names[-1]],
+                    timeout=600,
+                    check=False,
+                    log_stdout=False,
+                    extra_env={"TZ": "UTC"},
+                )
+                dumps.append((timeline, result.stdout.splitlines()))
+            yield dumps
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        stats.seconds = time.monotonic() - started
+        count = len(stats.segments)
+        log(f"scanned {count} archived WAL segment(s) in {stats.seconds:.1f}s ({stats.seconds / max(count, 1):.2f}s per segment)")
+
+
 def scan_archive(
     pgbackrest: PgBackRest,
     listing: ArchiveListing,
@@ -232,42 +297,18 @@ def scan_archive(
 ) -> ScanResult:
     """Read archived WAL on the history's path newest first, `batch` segments per pg_waldump, and
     stop after the batch where `wanted` matched a record; never older than `oldest_segno`."""
-    last = listing.last_segment_on(history)
-    on_path = (
-        [
-            (segno, history.timeline_of_segment(segno))
-            for segno in range(last, oldest_segno - 1, -1)
-            if last is not None and history.timeline_of_segment(segno) in listing.segments.get(segno, {})
-        ][:max_segments]
-        if last is not None
-        else []
-    )
-    pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
-    directory = work_dir(pgbackrest)
+    on_path = segments_on_path(listing, history, oldest_segno=oldest_segno)[:max_segments]
     found: list[WalRecord] = []
-    scanned: set[int] = set()
-    started = time.monotonic()
+    stats = ScanStats()
+    dumps = waldump_archive(pgbackrest, on_path, batch=batch, stats=stats, log=log)
     try:
-        index = 0
-        while index < len(on_path) and not found:
-            window = on_path[index : index + batch]
-            index += batch - 1 if len(window) == batch else batch  # overlap one segment: records span files
-            for timeline in sorted({tli for _seg, tli in window}):
-                names = sorted(segment_name(tli, segno) for segno, tli in window if tli == timeline)
-                for child in directory.iterdir():
-                    child.unlink()
-                for name in names:
-                    pgbackrest.archive_get(name, str(directory / name))
-                scanned.update(segment_parts(name)[1] for name in names)
-                result = pgbackrest.runner.run(
-                    [pg_waldump, "--path", str(directory), names[0], names[-1]], timeout=600, check=False, log_stdout=False
-                )
-                found.extend(r for line in result.stdout.splitlines() if (r := parse_waldump_line(line, timeline)) and wanted(r))
+        for window in dumps:
+            found.extend(r for timeline, lines in window for line in lines if (r := parse_waldump_line(line, timeline)) and wanted(r))
+            if found:
+                break
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
-    seconds = time.monotonic() - started
-    log(f"scanned {len(scanned)} archived WAL segment(s) in {seconds:.1f}s ({seconds / max(len(scanned), 1):.2f}s per segment)")
-    return ScanResult(found, len(scanned), seconds)
+        dumps.close()
+    return ScanResult(found, len(stats.segments), stats.seconds)
 
 
 def oldest_start_segment(starts: Iterable[str | None]) -> int:

@@ -70,9 +70,11 @@ def test_the_guard_really_catches_io_at_import(monkeypatch, tmp_path):
 # Steps deliberately not retried, and why.
 NOT_RETRIED = {
     "validate_params": "bad params do not get better on a second try",
-    "validate": "a decommission form with the wrong stanza name does not get better on a second try",
+    "validate": "a decommission form with the wrong stanza name, or a rehearsal's bad params or inventory, do not get better on a second try",
     "wait_for_target": "a second wait cannot change what recovery did; the failure must be read",
     "validate_data": "a failed data check must stop the run, not be asked again",
+    "check_scratch": "a check that found a damaged copy must be read, not asked again (and it stopped the copy)",
+    "compare": "row counts that differ must be read, not asked again",
 }
 
 
@@ -80,10 +82,17 @@ def _callbacks(value) -> set[type]:
     return {type(cb) for cb in (value if isinstance(value, list) else [value]) if cb is not None}
 
 
+def _alerts(value) -> bool:
+    """An incident when the task fails: RewindAlertNotifier, or a workflow's own kind of it."""
+    from rewind_airflow.notifiers.alerts import RewindAlertNotifier
+
+    return any(issubclass(kind, RewindAlertNotifier) for kind in _callbacks(value))
+
+
 def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeypatch, example_inventory):
     """The shared setup (rewind_airflow.defaults) reaches every DAG: a workflow file that builds its
     own default_args and forgets the alert callbacks (the verify DAG once did) fails here."""
-    from rewind_airflow.notifiers.alerts import RewindAlertNotifier, TaskRecoveredNotifier
+    from rewind_airflow.notifiers.alerts import TaskRecoveredNotifier
 
     bag = import_dag_files(monkeypatch)
     assert {dag_id.split("__")[0] for dag_id in bag.dag_ids} == {
@@ -95,6 +104,9 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
         "rewind_verify",
         "rewind_onboard",
         "rewind_decommission",
+        "rewind_rehearsal",
+        "rewind_find_target",
+        "rewind_salvage",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
@@ -106,11 +118,18 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
         for task in dag.tasks:
             assert task.owner == "dba", (dag_id, task.task_id)
             assert task.retries >= 1 or task.task_id in NOT_RETRIED, (dag_id, task.task_id)
-            assert RewindAlertNotifier in _callbacks(task.on_failure_callback), (dag_id, task.task_id)
+            assert _alerts(task.on_failure_callback), (dag_id, task.task_id)
             assert TaskRecoveredNotifier in _callbacks(task.on_success_callback), (dag_id, task.task_id)
 
 
-DBA_ONLY_WORKFLOWS = ("rewind_pitr__", "rewind_onboard__", "rewind_decommission__")
+DBA_ONLY_WORKFLOWS = (
+    "rewind_pitr__",
+    "rewind_onboard__",
+    "rewind_decommission__",
+    "rewind_rehearsal__",
+    "rewind_find_target__",
+    "rewind_salvage__",
+)
 
 
 def test_only_a_dba_may_run_what_changes_production_and_every_dag_declares_who_may_run_it(monkeypatch, example_inventory):
@@ -260,3 +279,40 @@ def test_onboarding_and_decommissioning_read_like_their_runbooks_and_gate_the_re
             assert ChangeFailureNotifier in _callbacks(task.on_failure_callback), (dag.dag_id, task.task_id)
     assert set(decommission.params) == {"confirm_stanza", "delete_repository", "reason"}
     assert decommission.params["delete_repository"] is False  # the repository is kept unless asked
+
+
+def test_rehearsal_dag_runbook_order_schedule_queues_and_failure_outcome(monkeypatch, example_inventory):
+    """The rehearsal reads top to bottom like its runbook; the scratch is removed whatever happened
+    (all_done) and the change closes successful only after every check and the annotation; the
+    steps on the copy run on the rehearsal host's queue, production's on the cluster's own."""
+    from rewind_airflow.notifiers.alerts import RewindAlertNotifier
+    from rewind_airflow.notifiers.rehearsal import RehearsalFailureNotifier
+
+    bag = import_dag_files(monkeypatch)
+    dag = bag.dags["rewind_rehearsal__ledger"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "validate",
+        "open_change",
+        "mark_production",
+        "restore_scratch",
+        "check_scratch",
+        "compare",
+        "annotate_backup",
+        "remove_scratch",
+        "close_change",
+    ]
+    assert dag.timetable.expression == "0 4 1 * *"  # the inventory's cron: ledger has a change template
+    assert type(bag.dags["rewind_rehearsal__crm"].timetable).__name__ == "NullTimetable"  # no template: by hand only
+    assert set(dag.params) == {"target", "reason"}
+    assert dag.max_active_runs == 1  # never two rehearsals of a cluster at once
+    assert dag.get_task("remove_scratch").trigger_rule == "all_done"
+    assert dag.get_task("close_change").upstream_task_ids == {"annotate_backup", "remove_scratch"}
+    assert dag.get_task("annotate_backup").pool == "rewind_ledger"  # annotate takes the stanza's backup lock
+    assert dag.get_task("restore_scratch").pool != "rewind_ledger"  # backups keep running during a rehearsal
+    queues = {t.task_id: t.queue for t in dag.tasks}
+    assert {queues[t] for t in ("restore_scratch", "check_scratch", "annotate_backup", "remove_scratch")} == {"pg-rehearsal-01"}
+    assert {queues[t] for t in ("validate", "mark_production")} == {"pg-ledger-01"}
+    for task in dag.tasks:
+        kinds = _callbacks(task.on_failure_callback)
+        assert kinds == {RehearsalFailureNotifier}, task.task_id  # one incident (problem rehearsal), not one per task as well
+        assert RewindAlertNotifier not in kinds

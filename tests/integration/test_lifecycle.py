@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from devstack.demo import DemoStack
+from devstack.s3tls import apply_bucket_posture, terraform_bucket_posture
 from rewind.postgres import postmaster_pid
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import client, states
@@ -30,25 +31,13 @@ def settings(stack) -> dict[str, str]:
 
 
 def postured_bucket(stack) -> None:
-    """A bucket as terraform/ makes it: versioning, Object Lock, default encryption, public access blocked."""
+    """A bucket as terraform/ makes it (devstack/s3tls.py reads the module's settings): versioning,
+    Object Lock GOVERNANCE, SSE-KMS with a bucket key, the lifecycle, public access blocked."""
     s3 = stack.s3.client()
     if POSTURED_BUCKET in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         return
-    s3.create_bucket(Bucket=POSTURED_BUCKET, ObjectLockEnabledForBucket=True)
-    s3.put_bucket_versioning(Bucket=POSTURED_BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    s3.put_bucket_encryption(
-        Bucket=POSTURED_BUCKET,
-        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
-    )
-    s3.put_public_access_block(
-        Bucket=POSTURED_BUCKET,
-        PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True,
-            "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True,
-        },
-    )
+    key_arn = stack.s3.client("kms").create_key(Description=f"SSE-KMS key of {POSTURED_BUCKET}")["KeyMetadata"]["Arn"]
+    apply_bucket_posture(s3, POSTURED_BUCKET, terraform_bucket_posture(kms_key_arn=key_arn))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +91,17 @@ def use_postured_bucket(stack) -> None:
     postured_bucket(stack)
     stack.repo_settings = {"bucket": POSTURED_BUCKET}
     stack.write_inventory()
+
+
+def test_an_onboarding_whose_requester_cannot_be_named_is_refused_before_anything(newcomer, servicenow, monkeypatch, capfd):
+    use_postured_bucket(newcomer)
+    monkeypatch.setenv("AIRFLOW_VAR_REWIND_IDENTITY__DAG_TEST", '{"email": "stranger@example.com", "amr": ["pwd"]}')
+    pid, changes = postmaster_pid(newcomer.cluster), len(client(servicenow).query("change_request", ""))
+    run = onboard(newcomer)
+    assert states(run)["plan"] == "failed", states(run)
+    assert "the run was triggered by 'dag_test' <stranger@example.com>, who is not a ServiceNow user" in capfd.readouterr().out
+    untouched(newcomer, pid)
+    assert len(client(servicenow).query("change_request", "")) == changes
 
 
 @pytest.mark.parametrize("decision", ["rejected", "approved by its requester"])

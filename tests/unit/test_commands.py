@@ -53,10 +53,13 @@ def test_restore_by_time_with_everything(commands):
 
 
 def test_rehearsal_restore_elsewhere_without_archiving(commands):
-    argv = commands.restore(restore_type="immediate", target_action="promote", pg_path="/scratch/pg", archive_mode="off")
+    argv = commands.restore(
+        restore_type="immediate", target_action="promote", pg_path="/scratch/pg", archive_mode="off", tablespace_map_all="/scratch/ts"
+    )
     assert argv == HEAD + [
         "--delta",
         "--pg1-path=/scratch/pg",
+        "--tablespace-map-all=/scratch/ts",
         "--type=immediate",
         "--target-action=promote",
         "--archive-mode=off",

@@ -155,6 +155,12 @@ def test_the_requester_is_the_one_active_servicenow_user_with_the_identitys_addr
     person = find_person(client, airflow_user="alice", email="dba.oncall@example.com", amr=("pwd", "otp"))
     assert (person.sys_id, person.user_name) == (sim.state.user("dba.oncall")["sys_id"], "dba.oncall")
     assert person.describe() == "DBA On-Call <dba.oncall@example.com> (Airflow user alice; MFA asserted by the IdP (amr: pwd, otp))"
+    assert (
+        find_person(client, airflow_user="alice", email="dba.oncall@example.com", amr=("pwd",))
+        .describe()
+        .endswith("(Airflow user alice; single factor per the IdP (amr: pwd))")
+    )
+    assert find_person(client, airflow_user="alice", email="dba.oncall@example.com").describe().endswith("no MFA claim from the IdP)")
     with pytest.raises(RequesterUnknown, match="whose e-mail address Rewind cannot see"):
         find_person(client, airflow_user="admin", email=None)
     with pytest.raises(RequesterUnknown, match="<nobody@example.com>, who is not a ServiceNow user"):

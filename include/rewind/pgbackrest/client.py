@@ -86,5 +86,8 @@ class PgBackRest:
             timeout=self.cluster.pgbackrest.backup_timeout_s,
         )
 
+    def annotate(self, backup_set: str, annotations: dict[str, str]) -> CommandResult:
+        return self.run(self.commands.annotate(backup_set, annotations))
+
     def restore(self, **options) -> CommandResult:
         return self.run(self.commands.restore(**options), timeout=self.cluster.pgbackrest.backup_timeout_s)

@@ -19,6 +19,16 @@ RestoreType = Literal["default", "immediate", "time", "xid", "name", "lsn", "sta
 
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _ANNOTATION_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_BACKUP_LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
+
+
+def _annotations(annotations: dict[str, str]) -> list[str]:
+    options = []
+    for key, value in sorted(annotations.items()):
+        if not _ANNOTATION_KEY.match(key):
+            raise ValueError(f"annotation key {key!r} must match {_ANNOTATION_KEY.pattern}")
+        options.append(_option("annotation", f"{key}={value}"))
+    return options
 
 
 def _option(name: str, value: str | int | bool | None = None) -> str:
@@ -113,12 +123,16 @@ class PgBackRestCommands:
     def backup(self, backup_type: BackupType, *, annotations: dict[str, str] | None = None) -> list[str]:
         if backup_type not in ("full", "diff", "incr"):
             raise ValueError(f"backup type must be full, diff or incr, not {backup_type!r}")
-        options = [_option("type", backup_type)]
-        for key, value in sorted((annotations or {}).items()):
-            if not _ANNOTATION_KEY.match(key):
-                raise ValueError(f"annotation key {key!r} must match {_ANNOTATION_KEY.pattern}")
-            options.append(_option("annotation", f"{key}={value}"))
-        return self._argv("backup", *options)
+        return self._argv("backup", _option("type", backup_type), *_annotations(annotations or {}))
+
+    def annotate(self, backup_set: str, annotations: dict[str, str]) -> list[str]:
+        """Add or replace annotations of an existing backup (pgBackRest >= 2.37; takes the stanza's
+        backup lock, like backup and expire)."""
+        if not _BACKUP_LABEL.match(backup_set):
+            raise ValueError(f"backup set {backup_set!r} is not a backup label")
+        if not annotations:
+            raise ValueError("annotate needs at least one annotation")
+        return self._argv("annotate", _option("set", backup_set), *_annotations(annotations))
 
     def restore(
         self,
@@ -132,12 +146,17 @@ class PgBackRestCommands:
         delta: bool = True,
         pg_path: str | None = None,
         archive_mode: Literal["preserve", "off"] | None = None,
+        tablespace_map_all: str | None = None,
     ) -> list[str]:
+        """tablespace_map_all: every tablespace restored under this directory instead of where the
+        backed-up cluster had it (a restore elsewhere must never write into the original's)."""
         options: list[str] = []
         if delta:
             options.append(_option("delta"))
         if pg_path:
             options.append(_option("pg1-path", pg_path))
+        if tablespace_map_all:
+            options.append(_option("tablespace-map-all", tablespace_map_all))
         if backup_set:
             options.append(_option("set", backup_set))
         if restore_type != "default":

@@ -1,0 +1,27 @@
+"""A DAG run's note, set through Airflow's public REST API (the execution API cannot change it)."""
+
+from __future__ import annotations
+
+import time
+
+from airflow.sdk import BaseHook
+
+from rewind.airflow_rest import AirflowRestClient
+
+
+def set_run_note(log, conn_id: str, dag_id: str, run_id: str, note: str, *, attempts: int = 3) -> bool:
+    """Best effort: the work is done and its result is in the task log and XCom either way."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # not configured
+        log.warning("connection %r not configured: run note not set", conn_id)
+        return False
+    base = f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8080}"
+    for attempt in range(attempts):
+        try:
+            AirflowRestClient(base, conn.login, conn.password).set_run_note(dag_id, run_id, note)
+            return True
+        except Exception as exc:
+            log.warning("setting the run note failed (attempt %d): %s", attempt + 1, exc)
+            time.sleep(2)
+    return False

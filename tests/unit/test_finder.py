@@ -1,0 +1,116 @@
+"""rewind.finder: pg_waldump output (captured from PostgreSQL 15: an INSERT, an UPDATE with a DELETE
+in a subtransaction, a COPY, a TRUNCATE and a DROP) turned into transactions, names, DDL, the PITR
+params, the window and the segments worth reading."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from rewind.finder import (
+    FinderError,
+    Names,
+    Relation,
+    Window,
+    findings,
+    largest,
+    parse_records,
+    render_table,
+    resolve_names,
+    segments_to_read,
+)
+from rewind.wal import ArchiveListing, TimelineHistory
+from tests.factories import repo_ls
+
+DUMP = (Path(__file__).parent / "fixtures" / "waldump_pg15.txt").read_text().splitlines()
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 27, 19, 0, tzinfo=UTC)
+ALL_DAY = Window(dt.datetime(2026, 11, 27, tzinfo=UTC), NOW)
+T = Relation(1663, 5, 16384)  # table t
+U = Relation(1663, 5, 16391)  # table u before its TRUNCATE (the file was replaced: unknown now)
+CATALOG_ROWS = {"select oid || '|' || datname from pg_database where datallowconn": "5|postgres\n1|template1"}
+
+
+def live(sql: str, database: str) -> str:
+    """What the live cluster answers now: t keeps its file, u was truncated then dropped."""
+    if sql in CATALOG_ROWS:
+        return CATALOG_ROWS[sql]
+    assert database == "postgres" and "pg_filenode_relation" in sql and "16384" in sql
+    return "f|1663/16384|public.t|r\nf|1663/1259|pg_catalog.pg_class|r\nf|1663/1249|pg_catalog.pg_attribute|r"
+
+
+def test_transactions_with_their_rows_subtransactions_and_commit_records():
+    xacts = parse_records([(1, DUMP), (1, DUMP)])  # overlapping batches print records twice: counted once
+    assert sorted(xacts) == [725, 726, 728, 729, 730]  # 727 is 726's subtransaction
+    assert xacts[725].rows == {T: {"inserted": 3, "updated": 0, "deleted": 0}}
+    assert xacts[725].committed_at == dt.datetime(2026, 11, 27, 18, 18, 9, 579196, tzinfo=UTC)
+    assert xacts[725].lsn == "0/01528990"
+    assert xacts[726].rows == {T: {"inserted": 0, "updated": 3, "deleted": 1}}  # the savepoint's DELETE folded in
+    assert xacts[728].rows == {U: {"inserted": 5, "updated": 0, "deleted": 0}}  # COPY: one MULTI_INSERT of 5 tuples
+    truncate, drop = xacts[729], xacts[730]
+    assert truncate.created and truncate.dropped_files == (Relation(1663, 5, 16394), U) and not truncate.dropped_oids
+    assert (5, 16391) in truncate.locked
+    assert drop.dropped_oids == ((5, 16394), (5, 16391))
+
+
+def test_findings_name_tables_ddl_and_the_params_that_stop_just_before():
+    xacts = parse_records([(1, DUMP)])
+    names = resolve_names(xacts.values(), live)
+    history = TimelineHistory.parse(1, None)
+    found = findings(xacts, names, ALL_DAY, history)
+    by_xid = {f.xid: f for f in found}
+    assert by_xid[726].tables == {"public.t": {"inserted": 0, "updated": 3, "deleted": 1}}
+    assert by_xid[726].pitr_params == {"target_type": "xid", "target": "726", "target_exclusive": True, "target_timeline": "current"}
+    assert by_xid[728].tables == {"relfilenode 1663/5/16391 (unknown now)": {"inserted": 5, "updated": 0, "deleted": 0}}
+    # u is gone now: its TRUNCATE shows as files replaced, its DROP by OID; catalog rows are not counted
+    assert by_xid[729].tables == {} and by_xid[729].ddl == (
+        "TRUNCATE or rewrite (new file; old files unlinked at commit: relfilenode 1663/5/16394 (unknown now), relfilenode 1663/5/16391 (unknown now))",
+    )
+    assert by_xid[730].ddl[0] == "DROP relation oid 16394 (database postgres; its name is gone with it)"
+    assert largest(found).xid == 729  # DDL that drops or truncates comes first (the earliest of them)
+    table = render_table(found).splitlines()
+    assert table[3].split() == ["726", "2026-11-27", "18:18:09.788676", "0/01528AC8", "public.t", "0", "3", "1"]
+    assert "relfilenode 1663/5/16391 (unknown now)        5" in table[4]  # a long name is not cut
+    assert [f.xid for f in findings(xacts, names, ALL_DAY, history, tables=["t"])] == [725, 726]
+    assert [f.xid for f in findings(xacts, names, ALL_DAY, history, tables=["public.t"])] == [725, 726]
+    assert findings(xacts, names, Window(ALL_DAY.start, dt.datetime(2026, 11, 27, 18, 18, 9, tzinfo=UTC)), history) == []
+    # a transaction on an older timeline than the one read names its timeline
+    on_old = findings({726: xacts[726]}, names, ALL_DAY, TimelineHistory.parse(2, "1\t0/9000000\tx\n"))
+    assert on_old[0].pitr_params["target_timeline"] == "1"
+
+
+def test_a_rewrite_of_a_table_that_still_exists_is_named():
+    xacts = parse_records([(1, DUMP)])
+    names = Names({5: "postgres"}, {}, {(5, 16391): ("public.u", "r"), (5, 16394): ("public.u_pkey", "i")})
+    assert (
+        "TRUNCATE or rewrite of public.u (new file; old files unlinked at commit)"
+        in {f.xid: f for f in findings(xacts, names, ALL_DAY, TimelineHistory.parse(1, None))}[729].ddl
+    )
+
+
+def test_window_needs_a_time_zone_and_an_end_after_its_start():
+    window = Window.parse("2026-11-27 18:00:00+00", "", now=NOW)
+    assert (window.start, window.end) == (dt.datetime(2026, 11, 27, 18, tzinfo=UTC), NOW)
+    assert Window.parse("2026-11-27T19:00:00+01:00", "2026-11-27 18:30Z", now=NOW).start == dt.datetime(2026, 11, 27, 18, tzinfo=UTC)
+    with pytest.raises(FinderError, match="has no time zone"):
+        Window.parse("2026-11-27 18:00:00", None, now=NOW)
+    with pytest.raises(FinderError, match="is not a time like"):
+        Window.parse("yesterday", None, now=NOW)
+    with pytest.raises(FinderError, match="window_start: give the time"):
+        Window.parse("", None, now=NOW)
+    with pytest.raises(FinderError, match="is not after window_start"):
+        Window.parse("2026-11-27 18:00:00+00", "2026-11-27 17:00:00+00", now=NOW)
+
+
+def test_segments_read_newest_first_down_to_the_last_uploaded_before_the_window():
+    # segments 1..9 uploaded one second apart from t0
+    t0 = 1795545400
+    listing = ArchiveListing.parse(repo_ls([(1, s) for s in range(1, 10)], uploaded_at=t0))
+    history = TimelineHistory.parse(1, None)
+    window = Window(dt.datetime.fromtimestamp(t0 + 5.5, UTC), dt.datetime.fromtimestamp(t0 + 100, UTC))
+    # segment 6 (index 5) was uploaded at t0+5 < start: read, as the oldest (rows of a window transaction may be there)
+    assert [s for s, _ in segments_to_read(listing, history, window, backup_starts=["000000010000000000000002"])] == [9, 8, 7, 6]
+    # never older than the oldest backup's first segment
+    assert [s for s, _ in segments_to_read(listing, history, window, backup_starts=["000000010000000000000008"])] == [9, 8]
