@@ -189,7 +189,10 @@ def _backup_used(xcoms: dict) -> str:
         if isinstance(value, dict) and value.get("backup_set"):
             return str(value["backup_set"])
     found = _first(xcoms, "backup_set")
-    return str(found) if found else ""
+    if found:
+        return str(found)
+    restored = (xcoms.get("restore_scratch") or {}).get("backup") if isinstance(xcoms.get("restore_scratch"), dict) else None
+    return str(restored["label"]) if isinstance(restored, dict) and restored.get("label") else ""  # rehearsal
 
 
 def _task_time(tasks: dict, task_ids: tuple[str, ...], which: str) -> dt.datetime | None:
@@ -228,6 +231,13 @@ def _data_checks(tasks: dict, xcoms: dict) -> str:
         details = "; ".join(f"{r.get('sql')} = {r.get('got')!s} (expected {r.get('expect')!s})" for r in results if isinstance(r, dict))
         return f"{passed}/{len(results)} passed" + (f": {details}" if details else "")
     if (tasks.get("validate_data") or {}).get("state") == "failed":
+        return "failed"
+    scratch = xcoms.get("check_scratch")  # rehearsal: the checks of the restored copy
+    if isinstance(scratch, dict) and isinstance(scratch.get("checks"), list):
+        checks = [c for c in scratch["checks"] if isinstance(c, dict)]
+        passed = sum(1 for c in checks if c.get("ok"))
+        return f"{passed}/{len(checks)} passed: " + "; ".join(f"{c.get('name')}: {c.get('summary')}" for c in checks)
+    if (tasks.get("check_scratch") or {}).get("state") == "failed":
         return "failed"
     done = [f"{task_id} {tasks[task_id]['state']}" for task_id in CHECK_STEPS if (tasks.get(task_id) or {}).get("state")]
     return ", ".join(done)

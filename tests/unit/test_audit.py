@@ -192,6 +192,25 @@ def test_a_rehearsal_is_recognised_by_its_dag_id_and_read_like_a_pitr():
     assert row.requested_by == ""  # scheduled: nobody triggered it
 
 
+def test_a_rehearsal_row_names_the_backup_it_proved_and_the_checks_of_the_copy():
+    row = audit_row(
+        {"dag_id": "rewind_rehearsal__ledger", "run_id": "scheduled__y", "state": "success", "conf": {}},
+        tasks(("restore_scratch", "success", None, None), ("check_scratch", "success", None, None)),
+        {
+            "open_change": {"number": "CHG0030004", "task_number": "CTASK0010001"},
+            "restore_scratch": {"backup": {"label": "20261124-020000F", "type": "full"}, "rto_s": 12.5},
+            "check_scratch": {
+                "checks": [
+                    {"name": "pg_amcheck", "ok": True, "summary": "every relation consistent"},
+                    {"name": "pg_dump", "ok": True, "summary": "3 databases dumped"},
+                ]
+            },
+        },
+    )
+    assert (row.change_number, row.backup_used, row.downtime, row.new_backup) == ("CHG0030004", "20261124-020000F", "none", "")
+    assert row.data_checks == "2/2 passed: pg_amcheck: every relation consistent; pg_dump: 3 databases dumped"
+
+
 def test_other_dags_are_not_audited():
     assert workflow_of("rewind_backup_full__ledger") is None
     assert workflow_of("rewind_pitr__ledger") == ("pitr", "ledger")
