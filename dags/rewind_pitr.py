@@ -152,7 +152,9 @@ for cluster in inventory.clusters.values():
             access_control=DBA_ONLY,
             schedule=None,
             tags=("destructive",),
-            retry_delay=timedelta(seconds=30),
+            # Short: a step cut off by a crash (its heartbeat missed for [scheduler]
+            # task_instance_heartbeat_timeout) resumes the rewind within a minute (README "Crash recovery").
+            retry_delay=timedelta(seconds=10),
             # A second trigger must start, to be refused by name, instead of queueing behind the first.
             max_active_runs=3,
             default_args={

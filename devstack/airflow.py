@@ -1,6 +1,13 @@
 """`airflow standalone` as a child process: the real scheduler, DAG processor, triggerer and API
 server on 127.0.0.1, plus a tiny REST client for it. Used by the local stack and the end-to-end
 tests; nothing here imports Airflow (it talks to it over HTTP like a person's browser would).
+
+With `executor="celery"` it runs the production shape instead (docker-compose.yaml): the API server,
+scheduler, DAG processor and triggerer with the CeleryExecutor, a PostgreSQL metadata database and a
+Redis broker given by the caller, and one `airflow celery worker --queues <queue>` per database
+host, each started on its host (devstack.netns) with an Airflow home of its own (its logs, served to
+the API server by the worker's log server, as on a separate machine). The settings that decide how
+fast a crash is recovered are read from docker-compose.yaml, so the e2e runs what is deployed.
 """
 
 from __future__ import annotations
@@ -16,12 +23,85 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import yaml
 
-from devstack.net import wait_for_port
+from devstack.net import free_port, wait_for_port
+from devstack.netns import DatabaseHost, kill_tree
 from rewind.airflow_rest import AirflowRestClient
 from rewind.runner import kill_process_group
 
 REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+CELERY_EXECUTOR = "CeleryExecutor"
+# What the production shape takes from docker-compose.yaml verbatim: these keys, and every
+# [scheduler] and [workers] option there (heartbeats, timeouts: how fast a crash is recovered).
+# Everything else there names a container or a secret, and is this stack's own here.
+COMPOSE_KEYS = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__AUTH_MANAGER")
+COMPOSE_SECTIONS = ("AIRFLOW__SCHEDULER__", "AIRFLOW__WORKERS__")
+
+
+def compose_airflow_settings(path: Path = COMPOSE_FILE) -> dict[str, str]:
+    """The Airflow settings docker-compose.yaml gives every Airflow component (its `x-airflow`
+    environment) that the Celery e2e runs with too: COMPOSE_KEYS and the COMPOSE_SECTIONS options."""
+    env = yaml.safe_load(path.read_text())["x-airflow"]["environment"]
+    return {
+        key: str(value)
+        for key, value in env.items()
+        if key in COMPOSE_KEYS or (key.startswith(COMPOSE_SECTIONS) and "${" not in str(value))
+    }
+
+
+def _clean_env() -> dict[str, str]:
+    """What a service manager gives a process: no variable of the shell or the test that started it."""
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return f"{path} ends:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"{path} unreadable"
+
+
+@dataclass
+class CeleryWorker:
+    """`airflow celery worker --queues <queue>` on its database host (when given), named after it."""
+
+    queue: str
+    home: Path  # the host's own Airflow home: its task logs live here, served by its log server
+    host: DatabaseHost | None = None
+    env: dict[str, str] = field(default_factory=dict)  # this host's own secrets and connections
+    concurrency: int = 2
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def hostname(self) -> str:
+        return self.host.name if self.host else self.queue
+
+    @property
+    def celery_hostname(self) -> str:
+        return f"{self.queue}@{self.hostname}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def arguments(self) -> list[str]:
+        """`airflow ...` arguments, as docker-compose.yaml's worker services run them."""
+        return [
+            "celery",
+            "worker",
+            "--queues",
+            self.queue,
+            "--celery-hostname",
+            self.celery_hostname,
+            "--concurrency",
+            str(self.concurrency),
+        ]
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "worker.log"
 
 
 def hermetic_env(home: Path) -> dict[str, str]:
@@ -71,6 +151,14 @@ class AirflowStandalone:
     auth_manager: str = "simple"
     # FAB only: more people, name -> roles (each gets a generated password, see password(name)).
     users: dict[str, list[str]] = field(default_factory=dict)
+    # "local" (LocalExecutor: `airflow standalone`, or the components with FAB) or "celery" (the
+    # production shape: CeleryExecutor, `database_url`, `broker_url`, `result_backend`, `workers`).
+    executor: str = "local"
+    host: str = "127.0.0.1"  # where the API server listens: the workers' execution API too
+    database_url: str | None = None  # [database] sql_alchemy_conn; default SQLite in home
+    broker_url: str | None = None
+    result_backend: str | None = None
+    workers: list[CeleryWorker] = field(default_factory=list)
     # FAB only: the components besides the API server (a test that runs no task needs only the DAG
     # processor, which serializes the DAGs and applies their access_control).
     components: tuple[str, ...] = ("scheduler", "dag-processor", "triggerer")
@@ -84,25 +172,31 @@ class AirflowStandalone:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "celery"
 
     def environment(self) -> dict[str, str]:
         bin_dir = str(Path(airflow_bin()).parent)
+        base = _clean_env() if self.celery else os.environ
         return {
-            **os.environ,
-            "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",  # standalone runs `airflow ...`
+            **base,
+            "PATH": f"{bin_dir}:{base.get('PATH', '/usr/bin:/bin')}",  # standalone runs `airflow ...`
             **hermetic_env(self.home),
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.paused_at_creation),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__HOST": self.host,
             "AIRFLOW__API__PORT": str(self.port),
             **self._auth_manager_env(),
+            **self._celery_env(),
             # Lets a task set its own run's note through the REST API (the execution API cannot).
             "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
                 {
                     "conn_type": "http",
-                    "host": "127.0.0.1",
+                    "host": self.host,
                     "port": self.port,
                     "schema": "http",
                     "login": self.username,
@@ -114,6 +208,57 @@ class AirflowStandalone:
         }
 
     FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+    def _celery_env(self) -> dict[str, str]:
+        """The production shape's settings, the same in every component and worker: docker-compose's
+        (compose_airflow_settings), this stack's database and broker, and the secrets every component
+        must share (the workers' JWTs, the log server's signature, the Fernet key)."""
+        if not self.celery:
+            return {}
+        if not (self.database_url and self.broker_url and self.result_backend):
+            raise ValueError("executor='celery' needs database_url, broker_url and result_backend")
+        shared = self.home / "shared-secrets.json"
+        if not shared.exists():  # generated once per stack, kept for a restart
+            from cryptography.fernet import Fernet
+
+            shared.touch(mode=0o600)
+            shared.write_text(
+                json.dumps(
+                    {
+                        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+                        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                    }
+                )
+            )
+        return {
+            **compose_airflow_settings(),
+            "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+            **json.loads(shared.read_text()),
+            "AIRFLOW__API__WORKERS": "1",  # two CPUs here
+            # Not Airflow's default 8794: another stack's triggerer on this machine may hold it.
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._trigger_log_port()),
+        }
+
+    def _trigger_log_port(self) -> int:
+        path = self.home / "trigger-log-port"
+        if not path.exists():
+            path.write_text(str(free_port()))
+        return int(path.read_text())
+
+    def worker_environment(self, worker: CeleryWorker) -> dict[str, str]:
+        """A worker's: the components' settings, its own Airflow home, its host's secrets. Its task
+        instances' `hostname` is its host's address (get_host_ip_address): the API server fetches a
+        running task's log from there, and nothing here has DNS."""
+        return {
+            **self.environment(),
+            "AIRFLOW_HOME": str(worker.home),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow.utils.net.get_host_ip_address",
+            **worker.env,
+        }
 
     def _auth_manager_env(self) -> dict[str, str]:
         if self.auth_manager == "fab":
@@ -186,17 +331,50 @@ class AirflowStandalone:
             self.passwords_file.touch(mode=0o600)
             self.passwords_file.write_text(json.dumps({name: secrets.token_urlsafe(12) for name in [self.username, *self.users]}))
         self.cli("db", "migrate")
-        if self.auth_manager == "fab":
-            self._create_fab_users()
-        if pools:
+        importing = None
+        if pools:  # meanwhile the users are created: each `airflow` command takes seconds to start
             pools_file = self.home / "rewind-pools.json"
             pools_file.write_text(json.dumps(pools))
-            self.cli("pools", "import", str(pools_file))
+            importing = subprocess.Popen(
+                [airflow_bin(), "pools", "import", str(pools_file)],
+                env=self.environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        try:
+            if self.auth_manager == "fab":
+                self._create_fab_users()
+        finally:
+            if importing is not None:
+                try:
+                    output, _ = importing.communicate(timeout=300)
+                except subprocess.TimeoutExpired:
+                    kill_process_group(importing, grace=5)
+                    raise
+        if importing is not None and importing.returncode != 0:
+            raise RuntimeError(f"airflow pools import exited {importing.returncode}: {output.strip()[-2000:]}")
+        self._start_everything(timeout)
+        return self
+
+    def _start_everything(self, timeout: float) -> None:
+        """The components and every worker at once, as a service manager starts them (a worker does
+        not wait for the API server: it takes tasks from the broker as soon as it is up)."""
+        self._start_components()
+        offsets = {worker.queue: self._spawn_worker(worker) for worker in self.workers}
+        deadline = time.monotonic() + timeout
+        self._wait_healthy(timeout)
+        for worker in self.workers:
+            self._wait_worker_ready(worker, offsets[worker.queue], deadline)
+
+    def _start_components(self) -> None:
         log = open(self.home / "standalone.log", "ab")
-        if self.auth_manager == "fab":
-            # `airflow standalone` always switches to the simple auth manager, so with FAB the
-            # components run as a deployment runs them: API server, scheduler, DAG processor, triggerer.
-            env = {**self.environment(), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+        if self.auth_manager == "fab" or self.celery:
+            # `airflow standalone` always switches to the simple auth manager (and the LocalExecutor),
+            # so with FAB or Celery the components run as a deployment runs them: API server,
+            # scheduler, DAG processor, triggerer.
+            env = {**self.environment(), "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR if self.celery else "LocalExecutor"}
             self._components = [
                 subprocess.Popen(
                     [airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.home)
@@ -214,12 +392,14 @@ class AirflowStandalone:
             start_new_session=True,
             cwd=str(self.home),
         )
-        wait_for_port(self.port, timeout=timeout, process=self._proc)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        wait_for_port(self.port, timeout=timeout, host=self.host, process=self._proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).ok and self.password():
-                    return self
+                    return
             except requests.RequestException:
                 pass
             if self._proc.poll() is not None:
@@ -285,7 +465,74 @@ class AirflowStandalone:
         items = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         return {item["task_id"]: item["state"] for item in items}
 
+    # ---- the production shape: workers, and crashes ---------------------------------------------
+    def worker(self, queue: str) -> CeleryWorker:
+        return next(w for w in self.workers if w.queue == queue)
+
+    def start_worker(self, worker: CeleryWorker, *, timeout: float = 120) -> None:
+        """Start the worker on its host and wait until Celery says it is ready to take tasks."""
+        offset = self._spawn_worker(worker)
+        self._wait_worker_ready(worker, offset, time.monotonic() + timeout)
+
+    def _spawn_worker(self, worker: CeleryWorker) -> int:
+        """Start the worker on its host; returns where its log stood (its `ready.` line comes after)."""
+        worker.home.mkdir(parents=True, exist_ok=True)
+        argv = [airflow_bin(), *worker.arguments()]
+        offset = worker.log_file.stat().st_size if worker.log_file.exists() else 0
+        worker._proc = subprocess.Popen(
+            worker.host.argv(argv) if worker.host else argv,
+            env=self.worker_environment(worker),
+            stdout=open(worker.log_file, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(worker.home),
+        )
+        return offset
+
+    def _wait_worker_ready(self, worker: CeleryWorker, offset: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            with open(worker.log_file, "rb") as log:
+                log.seek(offset)
+                if f"{worker.celery_hostname} ready.".encode() in log.read():
+                    return
+            if worker._proc.poll() is not None:
+                raise RuntimeError(
+                    f"celery worker {worker.celery_hostname} exited with {worker._proc.returncode}: {_tail(worker.log_file)}"
+                )
+            time.sleep(0.5)
+        raise TimeoutError(f"celery worker {worker.celery_hostname} not ready in time: {_tail(worker.log_file)}")
+
+    def kill_worker(self, queue: str) -> list[int]:
+        """SIGKILL the worker and everything it started (kill_tree); returns the pids."""
+        worker = self.worker(queue)
+        killed = kill_tree(worker._proc)
+        worker._proc = None
+        return killed
+
+    def crash(self) -> list[int]:
+        """SIGKILL every Airflow process of the stack at once, workers and what they run included,
+        as a power loss would; the metadata database and the broker keep running."""
+        killed: list[int] = []
+        for proc in [*(w._proc for w in self.workers), *self._components, self._proc]:
+            killed += kill_tree(proc)
+        for worker in self.workers:
+            worker._proc = None
+        self._components, self._proc = [], None
+        return killed
+
+    def restart(self, *, timeout: float = 180) -> None:
+        """Start every component and worker again at once, as after a crash (no migration, no users)."""
+        self._start_everything(timeout)
+
     def stop(self) -> None:
+        # Workers first: nothing of theirs may outlive the stack (their task processes and commands
+        # run in process groups and sessions of their own, so the whole tree is killed).
+        for worker in self.workers:
+            kill_tree(worker._proc)
+            worker._proc = None
+        if self.celery:  # nothing of the production shape needs a graceful stop: all is thrown away
+            self.crash()
+            return
         for component in self._components:
             kill_process_group(component, grace=30)
         self._components = []

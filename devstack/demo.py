@@ -1,6 +1,10 @@
 """A real demo cluster for tests and the local stack: PostgreSQL 15 archiving with pgBackRest into
 an S3 API over TLS, all on 127.0.0.1 with free ports, described by a generated inventory.
 
+Or, for the production shape (tests/e2e_celery): PostgreSQL on a database host of its own (a network
+namespace with its own address, devstack.netns), archiving into an S3 endpoint shared with other
+clusters, every cluster in one inventory file, routed to its host's worker queue.
+
 Everything runs through the product's own code: the inventory loader, the config renderer, the
 CommandRunner (as the `postgres` OS user) and the pgBackRest client. Secrets (S3 keys, cipher
 passphrase) are generated per stack and live only in process environments.
@@ -18,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from devstack.net import free_port
+from devstack.netns import DatabaseHost
 from devstack.s3tls import S3OverTLS
 from rewind.credentials import CIPHER_PASS, S3_KEY, S3_KEY_SECRET
 from rewind.inventory import Cluster, load_inventory
@@ -52,6 +57,10 @@ class DemoStack:
     schedules: dict | None = None
     credentials: dict | None = None  # the inventory's credentials section; default: source env
     repo_settings: dict | None = None  # merged into the inventory's repo section (retention, ...)
+    queue: str = "default"  # the Celery queue of the worker on the cluster's host
+    host: DatabaseHost | None = None  # run PostgreSQL on this database host (else on 127.0.0.1)
+    inventory_file: Path | None = None  # an inventory shared with other clusters (else its own)
+    pitr_settings: dict | None = None  # the inventory's pitr section
     # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
@@ -59,6 +68,7 @@ class DemoStack:
     # True: the S3 bucket is created as terraform/ declares it (Object Lock GOVERNANCE, versioning,
     # SSE-KMS with a bucket key, the lifecycle, no public access); see devstack/s3tls.py
     s3_as_code: bool = False
+    _owns_s3: bool = field(default=False, repr=False)
 
     # ---- layout ------------------------------------------------------------------------------
     @property
@@ -67,7 +77,11 @@ class DemoStack:
 
     @property
     def inventory_path(self) -> Path:
-        return self.base / "inventory.yaml"
+        return self.inventory_file or self.base / "inventory.yaml"
+
+    @property
+    def listen_address(self) -> str:
+        return self.host.address if self.host else "127.0.0.1"
 
     @property
     def pg_home(self) -> Path:
@@ -117,7 +131,7 @@ class DemoStack:
                 self.name: {
                     "stanza": self.name,
                     "description": "Rewind demo cluster (local stack)",
-                    "queue": "default",
+                    "queue": self.queue,
                     "postgres": {
                         "version": int(PG_BIN.parent.name),
                         "bin_dir": str(PG_BIN),
@@ -150,6 +164,7 @@ class DemoStack:
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
+                    **({"pitr": self.pitr_settings} if self.pitr_settings else {}),
                     **({"alerts": self.alerts} if self.alerts else {}),
                     **({"rehearsal": self.rehearsal} if self.rehearsal else {}),
                 }
@@ -157,7 +172,17 @@ class DemoStack:
         }
 
     def write_inventory(self) -> None:
-        self.inventory_path.write_text(yaml.safe_dump(self.inventory(), sort_keys=False))
+        """Write this cluster's entry (into the shared inventory: the other clusters' stay). Atomic:
+        a running DAG processor never reads half a file."""
+        doc = self.inventory()
+        if self.inventory_file and self.inventory_file.exists():
+            shared = yaml.safe_load(self.inventory_file.read_text()) or {}
+            shared.setdefault("clusters", {}).update(doc["clusters"])
+            doc = shared
+        partial = self.inventory_path.with_name(f".{self.inventory_path.name}.{os.getpid()}.tmp")
+        partial.write_text(yaml.safe_dump(doc, sort_keys=False))
+        partial.chmod(0o644)
+        os.replace(partial, self.inventory_path)
 
     def use_credentials(self, credentials: dict | None) -> None:
         """Switch where the cluster's repository secrets come from (None: back to the environment).
@@ -180,9 +205,11 @@ class DemoStack:
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # the postgres user must traverse to its own directories
         self.pg_port = self.pg_port or free_port()
-        self.s3 = S3OverTLS(self.base / "s3", as_code=self.s3_as_code)
-        self.s3.start()
-        (self.base / "s3").chmod(0o755)
+        if self.s3 is None:  # else an endpoint shared with other clusters, started by the caller
+            self.s3 = S3OverTLS(self.base / "s3", as_code=self.s3_as_code)
+            self._owns_s3 = True
+            self.s3.start()
+            (self.base / "s3").chmod(0o755)
         self.write_inventory()
         if self.onboarded:
             install_config(self.cluster, inventory_path=self.inventory_path)
@@ -224,7 +251,7 @@ class DemoStack:
         )
         archive_command = f"{cluster.pgbackrest.bin} --config={cluster.config_path} --stanza={cluster.stanza} archive-push %p"
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": self.listen_address,
             "port": str(self.pg_port),
             "unix_socket_directories": str(self.pg_home),
             "log_min_messages": "info",
@@ -239,7 +266,19 @@ class DemoStack:
             conf.write("\n".join(lines) + "\n")
 
     def start_postgres(self) -> None:
-        self.runner().run(start_argv(self.cluster), timeout=120, log_stdout=False)
+        if self.host is None:
+            self.runner().run(start_argv(self.cluster), timeout=120, log_stdout=False)
+            return
+        # On its database host: in the host's network namespace, as the OS user (setpriv), with the
+        # repository secrets in the environment its archive_command inherits.
+        user = pwd.getpwnam(self.os_user)
+        CommandRunner(os_user="root", secrets=self.repository_secrets()).run(
+            self.host.argv(start_argv(self.cluster), user=self.os_user),
+            timeout=120,
+            log_stdout=False,
+            extra_env={"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name},
+            shown_argv=start_argv(self.cluster),
+        )
 
     def stop_postgres(self, mode: str = "fast") -> None:
         self.runner().run(stop_argv(self.cluster, mode=mode), timeout=120, check=False, log_stdout=False)
@@ -253,7 +292,7 @@ class DemoStack:
     def stop(self) -> None:
         if self.data_dir.exists():
             self.stop_postgres(mode="immediate")
-        if self.s3 is not None:
+        if self.s3 is not None and self._owns_s3:
             self.s3.stop()
 
     def remove(self) -> None:

@@ -35,10 +35,12 @@ def wait_for_port(port: int, *, timeout: float, host: str = "127.0.0.1", process
 
 
 class LoopbackHTTPService:
-    """An http.server handler served from background threads on 127.0.0.1 (the simulators)."""
+    """An http.server handler served from background threads on 127.0.0.1 (the simulators), or on
+    another address of this machine the caller created (the database hosts' bridge, devstack.netns)."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0):
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0, host: str = "127.0.0.1"):
+        self.host = host
+        self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self._threads = [threading.Thread(target=self.server.serve_forever, daemon=True)]
 
@@ -48,7 +50,7 @@ class LoopbackHTTPService:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self):
         for thread in self._threads:

@@ -49,8 +49,9 @@ from devstack.net import free_port, wait_for_port
 from rewind.runner import kill_process_group
 
 
-def write_self_signed_cert(directory: Path, *, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
-    """Write cert.pem/key.pem valid for 127.0.0.1 and localhost; returns (cert, key)."""
+def write_self_signed_cert(directory: Path, *, common_name: str = "127.0.0.1", addresses: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write cert.pem/key.pem valid for 127.0.0.1, localhost and `addresses` (where the clients
+    reach the endpoint, e.g. the database hosts' bridge address); returns (cert, key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -71,8 +72,12 @@ def write_self_signed_cert(directory: Path, *, common_name: str = "127.0.0.1") -
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
-                    x509.DNSName("127.0.0.1"),  # pgBackRest matches the host name against DNS SANs
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    # pgBackRest matches the host name against DNS SANs, boto3 an IP address against IP SANs
+                    *(
+                        san
+                        for address in dict.fromkeys(("127.0.0.1", *addresses))
+                        for san in (x509.DNSName(address), x509.IPAddress(ipaddress.ip_address(address)))
+                    ),
                 ]
             ),
             critical=False,
@@ -105,9 +110,11 @@ def stunnel_binary() -> str:
 
 @dataclass
 class S3OverTLS:
-    """moto_server on plain HTTP behind stunnel4 on HTTPS, both on 127.0.0.1."""
+    """moto_server on plain HTTP on 127.0.0.1 behind stunnel4 on HTTPS on `host` (127.0.0.1, or an
+    address the database hosts reach, devstack.netns; the certificate names it)."""
 
     workdir: Path
+    host: str = "127.0.0.1"
     bucket: str = "rewind-repo"
     region: str = "us-east-1"
     as_code: bool = False  # create the bucket as terraform/ declares it (Object Lock, versioning, SSE-KMS, ...)
@@ -125,17 +132,17 @@ class S3OverTLS:
 
     @property
     def endpoint(self) -> str:
-        return "127.0.0.1"
+        return self.host
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.tls_port}"
+        return f"https://{self.host}:{self.tls_port}"
 
     def start(self) -> S3OverTLS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.moto_port = self.moto_port or free_port()
         self.tls_port = self.tls_port or free_port()
-        write_self_signed_cert(self.workdir)
+        write_self_signed_cert(self.workdir, addresses=(self.host,))
         self._start_moto()
         self.start_tls()
         self._bootstrap_admin()
@@ -195,7 +202,7 @@ class S3OverTLS:
             "foreground = yes\n"
             f"output = {self.workdir / 'stunnel.log'}\n"
             "[s3]\n"
-            f"accept = 127.0.0.1:{self.tls_port}\n"
+            f"accept = {self.host}:{self.tls_port}\n"
             f"connect = 127.0.0.1:{self.moto_port}\n"
             f"cert = {self.workdir / 's3-cert.pem'}\n"
             f"key = {self.workdir / 's3-key.pem'}\n"
@@ -206,7 +213,7 @@ class S3OverTLS:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for_port(self.tls_port, timeout=30, process=self._stunnel)
+        wait_for_port(self.tls_port, timeout=30, host=self.host, process=self._stunnel)
 
     def stop_tls(self) -> None:
         """Stop the TLS front only: S3 is unreachable, moto keeps every object."""

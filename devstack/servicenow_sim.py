@@ -608,16 +608,16 @@ def _page(state: SimState) -> str:
 class ServiceNowSimulator(LoopbackHTTPService):
     """Runs the simulator in a background thread of this process."""
 
-    def __init__(self, port: int = 0, state: SimState | None = None):
+    def __init__(self, port: int = 0, state: SimState | None = None, host: str = "127.0.0.1"):
         self.state = state or SimState()
-        super().__init__(make_handler(self.state), port)
+        super().__init__(make_handler(self.state), port, host)
 
     def airflow_connection(self) -> str:
         """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) pointing at this simulator."""
         return json.dumps(
             {
                 "conn_type": "http",
-                "host": "127.0.0.1",
+                "host": self.host,
                 "port": self.port,
                 "schema": "http",
                 "login": self.state.username,

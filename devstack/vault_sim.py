@@ -405,9 +405,9 @@ def make_handler(state: VaultState):
 class VaultSimulator(LoopbackHTTPService):
     """Runs the simulator in background threads of this process (server + lease reaper)."""
 
-    def __init__(self, state: VaultState, port: int = 0):
+    def __init__(self, state: VaultState, port: int = 0, host: str = "127.0.0.1"):
         self.state = state
-        super().__init__(make_handler(state), port)
+        super().__init__(make_handler(state), port, host)
         self.approle: tuple[str, str] | None = None  # (role_id, secret_id) the workers log in with
         self._stop = threading.Event()
         self._threads.append(threading.Thread(target=self._reap, daemon=True))
@@ -420,7 +420,7 @@ class VaultSimulator(LoopbackHTTPService):
                 pass
 
     def airflow_connection(self, *, token: str | None = None, approle: tuple[str, str] | None = None) -> str:
-        return airflow_connection(self.port, token=token or (None if approle else self.state.root_token), approle=approle)
+        return airflow_connection(self.port, token=token or (None if approle else self.state.root_token), approle=approle, host=self.host)
 
     def set_mode(self, mode: str) -> None:
         assert mode in MODES, mode
@@ -441,9 +441,9 @@ def rewind_policy_paths(*, aws_mount: str, aws_role: str, kv_mount: str, kv_path
     return [f"{aws_mount}/creds/{aws_role}", f"{kv_mount}/data/{kv_path}", "sys/leases/renew", "sys/leases/revoke"]
 
 
-def airflow_connection(port: int, *, token: str | None = None, approle: tuple[str, str] | None = None) -> str:
+def airflow_connection(port: int, *, token: str | None = None, approle: tuple[str, str] | None = None, host: str = "127.0.0.1") -> str:
     """The Airflow connection (JSON, for AIRFLOW_CONN_<ID>) the hashicorp provider's VaultHook reads."""
-    conn: dict[str, Any] = {"conn_type": "vault", "host": "127.0.0.1", "port": port}
+    conn: dict[str, Any] = {"conn_type": "vault", "host": host, "port": port}
     if approle:
         conn.update(login=approle[0], password=approle[1], extra={"auth_type": "approle"})
     else:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install everything Rewind needs on a Debian 12/13 machine; idempotent. Run as root.
 #   apt: PostgreSQL (15 where available), pgBackRest, stunnel4 (TLS in front of the S3 simulator),
-#        chromium (the browser tests drive Debian's chromium with playwright; playwright's own download is not used)
+#        chromium (the browser tests drive Debian's chromium with playwright; playwright's own download is not used),
+#        and for the production-shape e2e (tests/e2e_celery) and the compose check: redis-server
+#        (the Celery broker), iproute2 (a network namespace per database host), docker-compose
+#        (validates docker-compose.yaml offline)
 #   venv: .venv with the pinned requirements and this repo installed editable, and .venv/checkov
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,9 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresq
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 command -v runuser >/dev/null || packages+=(util-linux)
 command -v chromium >/dev/null || packages+=(chromium)
+command -v redis-server >/dev/null || packages+=(redis-server)
+command -v ip >/dev/null || packages+=(iproute2)
+command -v docker-compose >/dev/null || [ -x /usr/libexec/docker/cli-plugins/docker-compose ] || packages+=(docker-compose)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${packages[*]}"
   apt-get update -qq
