@@ -40,6 +40,7 @@ SERVICENOW_PORT = int(os.environ.get("REWIND_LOCAL_SERVICENOW_PORT", "8091"))
 VAULT_PORT = int(os.environ.get("REWIND_LOCAL_VAULT_PORT", "8200"))
 OIDC_PORT = int(os.environ.get("REWIND_LOCAL_OIDC_PORT", "8095"))
 STATE = HOME / "state.json"
+AUDIT_PAGE = "/rewind-audit/"  # plugins/rewind_airflow/audit (the product's plugin; a URL, nothing imported)
 # The demo's standard change template "Monthly restore rehearsal" in the ServiceNow simulator: the
 # demo cluster's rehearsal runs under standard changes made from it (README, Monthly restore rehearsal).
 REHEARSAL_TEMPLATE = "5e1ea75a1b0c4d2e9f3a7b6c8d9e0f1a"
@@ -128,7 +129,9 @@ def _start_oidc() -> tuple[subprocess.Popen, dict[str, str], dict[str, str]]:
 def up(sso: bool = False) -> int:
     state = _state()
     if state and _alive(state.get("airflow")):
-        print(f"local stack already running: {state['url']} (user admin, password {state['password']})")
+        print(
+            f"local stack already running: {state['url']} (user admin, password {state['password']}); audit page {state['url']}{AUDIT_PAGE}"
+        )
         return 0
     down(quiet=True)
     shutil.rmtree(HOME / "stack", ignore_errors=True)
@@ -275,6 +278,8 @@ def up(sso: bool = False) -> int:
         f"""
 Rewind local stack is up.
   Airflow UI   {airflow.url}   {login}
+  Audit page   {airflow.url}{AUDIT_PAGE}   (Browse > Rewind audit in the UI; every PITR, onboarding,
+               decommissioning and rehearsal run: who asked, the change, who approved, what it did; CSV)
   DAGs         rewind_backup_{{full,diff,incr}}__demo, rewind_pitr__demo, rewind_health__demo, rewind_verify__demo,
                rewind_rehearsal__demo, rewind_find_target__demo, rewind_salvage__demo, rewind_decommission__demo,
                rewind_onboard__newcomer (and the newcomer's other DAGs, which skip until it is onboarded)

@@ -110,6 +110,15 @@ def check_approvers(client: ServiceNowClient, change: ChangeStatus, *, step: str
     return sorted(others & members)
 
 
+def approved_by(client: ServiceNowClient, sys_id: str) -> str | None:
+    """The approvers ServiceNow recorded for a change, by name and address: for the close notes."""
+    names = []
+    for approval in client.query("sysapproval_approver", f"sysapproval={sys_id}^state=approved", limit=20):
+        users = client.query("sys_user", f"sys_id={approval['approver']}", limit=1)
+        names.append(f"{users[0].get('name')} <{users[0].get('email')}>" if users else approval["approver"])
+    return ", ".join(names) or None
+
+
 def correlation_id(dag_id: str, run_id: str) -> str:
     return f"rewind:{dag_id}:{run_id}"
 

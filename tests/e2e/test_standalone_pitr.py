@@ -4,73 +4,31 @@ held), and the change and the run note must carry the summary afterwards."""
 
 from __future__ import annotations
 
-import datetime as dt
-import time
-
 import pytest
 
 from rewind.postgres import postmaster_pid
 from rewind.servicenow import Auth, ServiceNowClient
+from tests.e2e.conftest import task_log, wait_for_run_state, wait_for_task_state
 
 pytestmark = pytest.mark.e2e
 
 
-def wait_for_task_state(airflow, dag_id, run_id, task_id, state, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = airflow.task_states(dag_id, run_id)
-        if states.get(task_id) == state:
-            return states
-        if states.get(task_id) in ("failed", "upstream_failed"):
-            failed = [t for t, state in states.items() if state == "failed"]
-            logs = {t: task_log(airflow, dag_id, run_id, t)[-3000:] for t in failed}
-            raise AssertionError(f"{task_id} ended {states[task_id]}: {states}; failed task logs: {logs}")
-        time.sleep(1)
-    raise AssertionError(f"{task_id} never reached {state}: {airflow.task_states(dag_id, run_id)}")
-
-
-def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(standalone, demo_stack, servicenow):
-    dag_id = "rewind_pitr__demo"
-    standalone.wait_for_dag(dag_id)
-    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "e2e-pitr-base"})  # whatever ran before
-    demo_stack.psql("drop table if exists ledger_entry")
-    demo_stack.psql("create table ledger_entry (id bigint primary key, status text)")
-    demo_stack.psql("insert into ledger_entry select g, 'posted' from generate_series(1, 75) g")
-    time.sleep(1.2)
-    target = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    time.sleep(1.2)
-    demo_stack.psql("update ledger_entry set status = 'void'")
-
-    conf = {
-        "target_type": "time",
-        "target": target.strftime("%Y-%m-%d %H:%M:%S+00"),
-        "validation_sql": [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0}],
-        "reason": "e2e: migration voided the ledger",
-    }
-    response = standalone.trigger(dag_id, conf=conf, note="e2e PITR")
-    assert response.status_code == 200, response.text
-    run_id = response.json()["dag_run_id"]
-
-    # The gate: the sensor hands the wait to the triggerer; PostgreSQL is untouched meanwhile.
-    wait_for_task_state(standalone, dag_id, run_id, "wait_for_approval", "deferred")
-    sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
-    [change] = sn.query("change_request", f"correlation_id=rewind:{dag_id}:{run_id}")
+def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(completed_pitr, standalone, demo_stack, servicenow):
+    pitr = completed_pitr  # tests/e2e/conftest.py: triggered, waited deferred, approved, finished
+    dag_id, run_id, change = pitr.dag_id, pitr.run_id, pitr.change
+    # The gate: the sensor handed the wait to the triggerer; PostgreSQL was untouched meanwhile.
     assert change["approval"] == "requested"
-    assert demo_stack.psql("select count(*) from ledger_entry where status = 'void'") == "75"
-    approved_at = time.monotonic()
-    servicenow.approve(change["number"])
-
-    run = standalone.wait_for_run(dag_id, run_id, timeout=600)
-    states = standalone.task_states(dag_id, run_id)
-    assert run["state"] == "success", states
+    assert pitr.void_rows_while_waiting == "75"
+    assert pitr.run["state"] == "success", pitr.states
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from ledger_entry") == "75 0"
 
+    sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
     closed = sn.get("change_request", change["sys_id"])
     assert (closed["state"], closed["close_code"]) == ("3", "successful")
     run = standalone.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
     assert run["note"].startswith(f"{change['number']} closed successful")
     assert "Restored from backup" in run["note"]
-    assert time.monotonic() - approved_at < 600
+    assert pitr.seconds_after_approval < 600
 
     # A DBA clears the finished run's destructive steps (Clear, with downstream): the run runs them
     # again, and they refuse: this run already rewound the cluster. Nothing is stopped or restored.
@@ -93,20 +51,6 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(st
     assert (states["stop_restore_promote"], states["full_backup_new_timeline"]) == ("failed", "upstream_failed"), states
     assert "this run already rewound cluster 'demo'" in task_log(standalone, dag_id, run_id, "stop_restore_promote")
     assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select count(*) from ledger_entry") == rows
-
-
-def wait_for_run_state(airflow, dag_id, run_id, state, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"] == state:
-            return
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} never became {state}: {airflow.task_states(dag_id, run_id)}")
-
-
-def task_log(airflow, dag_id, run_id, task_id) -> str:
-    try_number = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}").json()["try_number"]
-    return airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}").text
 
 
 def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_nothing(standalone, demo_stack, servicenow):

@@ -147,6 +147,7 @@ def test_onboarding_enables_archiving_then_a_second_run_changes_nothing(newcomer
         [change] = client(servicenow).query("change_request", f"correlation_id=rewind:rewind_onboard__newcomer:{run.run_id}")
         assert (change["state"], change["close_code"], full.annotations["rewind_change"]) == ("3", "successful", change["number"])
         assert f"first full backup: {full.label}" in change["close_notes"]
+        assert "approved by: CAB Approver <cab.approver@example.com>" in change["close_notes"]  # the audit page reads it
 
         pid, changes = postmaster_pid(newcomer.cluster), len(client(servicenow).query("change_request", ""))
         again = onboard(newcomer)

@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, cancel_change, correlation_id, require_gate
-from rewind.pitr.change import change_fields, check_given_change, ensure_change
+from rewind.pitr.change import AIRFLOW_NOTE_MAX_CHARS, change_fields, check_given_change, ensure_change, run_note
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import parse_request
 from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, change_gate, sn_time
@@ -219,3 +219,15 @@ def test_cancel_change_bounds_its_note(fake_servicenow):
     cancel_change(fake_servicenow, sys_id, "x" * (MAX_NOTE_CHARS + 10))
     assert fake_servicenow.get(CHANGE_TABLE, sys_id)["state"] == "4"
     assert fake_servicenow.work_notes(CHANGE_TABLE, sys_id) == ["x" * MAX_NOTE_CHARS]
+
+
+def test_the_run_note_fits_what_airflow_accepts():
+    """Airflow's REST API refuses a run note over 1000 characters (422), and a summary naming the
+    requester and the approvers is longer than that: the note is cut, the change keeps all of it."""
+    short = run_note("CHG0030001", "Rewind PITR of ledger completed.")
+    assert short == "CHG0030001 closed successful\nRewind PITR of ledger completed."
+    summary_text = "Rewind PITR of ledger completed.\n" + "\n".join(f"Line {n}: " + "x" * 60 for n in range(30))
+    note = run_note("CHG0030001", summary_text)
+    assert len(note) == AIRFLOW_NOTE_MAX_CHARS
+    assert note.startswith("CHG0030001 closed successful\nRewind PITR of ledger completed.\nLine 0: ")
+    assert note.endswith("… (the full summary is in CHG0030001's close notes)")

@@ -155,3 +155,16 @@ def summary(
     )
     lines.append("Timings: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items()))
     return "\n".join(lines)[:MAX_NOTE_CHARS]
+
+
+AIRFLOW_NOTE_MAX_CHARS = 1000  # Airflow's REST API refuses a longer DAG run note (422)
+
+
+def run_note(number: str, text: str) -> str:
+    """The completed run's note: the change's close summary, cut to what Airflow accepts (the change's
+    close notes and close_change's return value keep all of it)."""
+    note = f"{number} closed successful\n{text}"
+    if len(note) <= AIRFLOW_NOTE_MAX_CHARS:
+        return note
+    tail = f"\n… (the full summary is in {number}'s close notes)"
+    return note[: AIRFLOW_NOTE_MAX_CHARS - len(tail)] + tail

@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from rewind.change_control import (
     MAX_NOTE_CHARS,
     Person,
+    approved_by,
     close_change,
     correlation_id,
     find_group,
@@ -204,6 +205,7 @@ class CloseLifecycleChangeOperator(LifecycleOperator):
     def execute_on_cluster(self, context) -> str:
         lines = [f"Rewind run {context['run_id']} on cluster {self.hook.cluster.name} completed."]
         lines += [f"{step}: {value}" for step, value in (self.done or {}).items() if value not in (None, "", [], {})]
+        lines.append(f"approved by: {approved_by(self.servicenow, self.change['sys_id']) or 'unknown'}")
         text = "\n".join(lines)[:MAX_NOTE_CHARS]
         close_change(self.servicenow, self.change["sys_id"], close_code="successful", close_notes=text)
         self.log.info("closed %s:\n%s", self.change["number"], text)

@@ -27,9 +27,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.airflow_rest import AirflowRestClient
-from rewind.change_control import MAX_NOTE_CHARS, Person, close_change, find_group, require_gate, start_implementing
+from rewind.change_control import MAX_NOTE_CHARS, Person, approved_by, close_change, find_group, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import check_given_change, ensure_change, summary
+from rewind.pitr.change import check_given_change, ensure_change, run_note, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
@@ -107,12 +107,7 @@ class PitrOperator(RewindClusterOperator):
 
     def approved_by(self, journal: RunJournal) -> str | None:
         """The approvers ServiceNow recorded, by name: for the close notes and the run note."""
-        approvals = self.servicenow.query("sysapproval_approver", f"sysapproval={journal.data['change_sys_id']}^state=approved", limit=20)
-        names = []
-        for approval in approvals:
-            users = self.servicenow.query("sys_user", f"sys_id={approval['approver']}", limit=1)
-            names.append(f"{users[0].get('name')} <{users[0].get('email')}>" if users else approval["approver"])
-        return ", ".join(names) or None
+        return approved_by(self.servicenow, journal.data["change_sys_id"])
 
     def note(self, journal: RunJournal, text: str) -> None:
         self.servicenow.add_change_note(journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
@@ -549,7 +544,7 @@ class CloseChangeOperator(PitrOperator):
             if hold:
                 self.log.info("retention %s", hold.describe())
         self.log.info("closed %s:\n%s", journal.change, text)
-        self._set_run_note(context, f"{journal.change} closed successful\n{text}")
+        self._set_run_note(context, run_note(journal.change, text))
         return text
 
     # Airflow's REST API refuses a run note longer than this (422); the full summary is in the change.

@@ -1,0 +1,320 @@
+"""One row per PITR, rehearsal, onboarding and decommissioning run, for auditors: who asked and
+why, the change and who approved it, what was touched and how, and how it ended.
+
+Plain Python over plain dicts (no Airflow import): the audit page (plugins/rewind_airflow/audit)
+reads each run, its task instances and its tasks' return values (XCom) from Airflow's database and
+hands them here; the page and its CSV export show the same rows. Everything comes from what Airflow
+keeps (the run's form, its triggering user, each step's return value and times, the close summary);
+nothing is read from a database host or from ServiceNow when the page is opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# rewind_<workflow>__<cluster>; a new workflow of this family (rehearsal) needs only its name here.
+WORKFLOWS = {"pitr": "PITR", "rehearsal": "Rehearsal", "onboard": "Onboarding", "decommission": "Decommission"}
+DAG_ID = re.compile(r"^rewind_(?P<workflow>[a-z]+)__(?P<cluster>.+)$")
+CHANGE_NUMBER = re.compile(r"\bCHG[0-9]+\b")
+
+# Where a workflow stops serving and where it serves again (task ids; the first that ran counts).
+DOWNTIME = {
+    "pitr": (("stop_postgres",), ("promote", "wait_for_target")),
+    "onboard": (("restart_postgres",), ("restart_postgres",)),
+    "decommission": (("stop_archiving",), ("stop_archiving",)),
+}
+# Steps whose success is a check of the data or of the repository, when there is no validate_data.
+CHECK_STEPS = ("check", "verify")
+
+COLUMNS = (
+    ("workflow", "Workflow"),
+    ("cluster", "Cluster"),
+    ("run_id", "Run"),
+    ("requested_by", "Requested by"),
+    ("reason", "Reason"),
+    ("change_number", "Change"),
+    ("approved_by", "Approved by"),
+    ("approved_at", "Approved at"),
+    ("target", "Target"),
+    ("backup_used", "Backup used"),
+    ("downtime", "Downtime"),
+    ("data_checks", "Data checks"),
+    ("new_backup", "New backup"),
+    ("outcome", "Outcome"),
+    ("started_at", "Started"),
+    ("ended_at", "Ended"),
+)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    workflow: str
+    cluster: str
+    dag_id: str
+    run_id: str
+    requested_by: str
+    reason: str
+    change_number: str
+    approved_by: str
+    approved_at: str
+    target: str
+    backup_used: str
+    downtime: str
+    data_checks: str
+    new_backup: str
+    outcome: str
+    started_at: str
+    ended_at: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def workflow_of(dag_id: str) -> tuple[str, str] | None:
+    """(workflow, cluster) of an audited DAG id, None for any other DAG."""
+    match = DAG_ID.match(dag_id)
+    if not match or match["workflow"] not in WORKFLOWS:
+        return None
+    return match["workflow"], match["cluster"]
+
+
+def summary_fields(text: Any) -> dict[str, str]:
+    """`Key: value` lines of a close summary (PITR: "Requested by: …", "Approved by: …",
+    "Timings: …"), keys lower-cased; the first of each wins."""
+    fields: dict[str, str] = {}
+    if not isinstance(text, str):
+        return fields
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key and len(key) <= 40 and key.strip().lower() not in fields:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _when(value: Any) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.datetime):
+        when = value
+    else:
+        try:
+            when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _stamp(value: Any) -> str:
+    when = _when(value)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
+
+
+def _seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _person(record: Any) -> str:
+    if not isinstance(record, dict) or not (record.get("name") or record.get("email")):
+        return ""
+    amr = record.get("amr") or []
+    mfa = f"amr: {', '.join(amr)}" if amr else "no MFA claim"
+    who = f"{record.get('name') or ''} <{record.get('email') or ''}>".strip()
+    return f"{who} (Airflow user {record.get('airflow_user') or '?'}; {mfa})"
+
+
+def _first(xcoms: dict[str, Any], key: str, task_ids: tuple[str, ...] | None = None) -> Any:
+    """`key` of the first return value (in task order) that is a dict holding it."""
+    for task_id in task_ids or tuple(xcoms):
+        value = xcoms.get(task_id)
+        if isinstance(value, dict) and value.get(key) not in (None, ""):
+            return value[key]
+    return None
+
+
+def _requested_by(run: dict, xcoms: dict, summary: dict) -> str:
+    if summary.get("requested by") and summary["requested by"] != "unknown":
+        return summary["requested by"]
+    person = _person(_first(xcoms, "requester"))
+    if person:
+        return person
+    user = run.get("triggering_user_name")
+    return f"Airflow user {user}" if user else ""
+
+
+def _change_number(run: dict, xcoms: dict) -> str:
+    number = _first(xcoms, "number", ("ensure_change", "open_change"))
+    if isinstance(number, str) and CHANGE_NUMBER.fullmatch(number):
+        return number
+    for text in ((run.get("conf") or {}).get("change_number"), run.get("note")):
+        found = CHANGE_NUMBER.search(text) if isinstance(text, str) else None
+        if found:
+            return found[0]
+    return ""
+
+
+def _target(workflow: str, cluster: str, conf: dict, summary: dict, xcoms: dict) -> str:
+    if summary.get("target"):
+        return summary["target"]
+    target_type = conf.get("target_type")
+    if target_type:
+        parts = [str(target_type)]
+        if conf.get("target") and target_type not in ("immediate", "latest"):
+            parts.append(str(conf["target"]))
+        if conf.get("target_timeline") not in (None, ""):
+            parts.append(f"(timeline {conf['target_timeline']})")
+        return " ".join(parts)
+    if workflow == "decommission":
+        deleting = _first(xcoms, "delete_repository", ("validate",))
+        return f"cluster {cluster}" + ("; stanza deleted from the repository" if deleting else "")
+    return f"cluster {cluster}"
+
+
+def _backup_used(xcoms: dict) -> str:
+    for task_id, nested in (("restore", None), ("stop_postgres", "plan"), ("preflight", None)):
+        value = xcoms.get(task_id)
+        if nested and isinstance(value, dict):
+            value = value.get(nested)
+        if isinstance(value, dict) and value.get("backup_set"):
+            return str(value["backup_set"])
+    found = _first(xcoms, "backup_set")
+    if found:
+        return str(found)
+    restored = (xcoms.get("restore_scratch") or {}).get("backup") if isinstance(xcoms.get("restore_scratch"), dict) else None
+    return str(restored["label"]) if isinstance(restored, dict) and restored.get("label") else ""  # rehearsal
+
+
+def _task_time(tasks: dict, task_ids: tuple[str, ...], which: str) -> dt.datetime | None:
+    for task_id in task_ids:
+        task = tasks.get(task_id) or {}
+        when = _when(task.get(which))
+        if when and (which == "start_date" or task.get("state") == "success"):
+            return when
+    return None
+
+
+def _downtime(workflow: str, tasks: dict, xcoms: dict, summary: dict) -> str:
+    timings = summary.get("timings") or ""
+    found = re.search(r"downtime \(stop to promoted\) (\d+)s", timings)
+    if found:
+        return _seconds(int(found[1])) + " (stop to promoted)"
+    if workflow not in DOWNTIME:
+        return "none"
+    starts, ends = DOWNTIME[workflow]
+    if workflow == "onboard" and isinstance(xcoms.get("restart_postgres"), str) and xcoms["restart_postgres"].startswith("not needed"):
+        return "none (reloaded only)"
+    start = _task_time(tasks, starts, "start_date")
+    if start is None:
+        return "none"
+    end = _task_time(tasks, ends, "end_date")
+    if end is None:
+        return f"stopped at {_stamp(start)}, not back"
+    what = {"pitr": "stop to promoted", "onboard": "restart", "decommission": "archiving stop and restart"}[workflow]
+    return f"{_seconds((end - start).total_seconds())} ({what})"
+
+
+def _data_checks(tasks: dict, xcoms: dict) -> str:
+    results = xcoms.get("validate_data")
+    if isinstance(results, list):
+        passed = sum(1 for r in results if isinstance(r, dict) and r.get("passed"))
+        details = "; ".join(f"{r.get('sql')} = {r.get('got')!s} (expected {r.get('expect')!s})" for r in results if isinstance(r, dict))
+        return f"{passed}/{len(results)} passed" + (f": {details}" if details else "")
+    if (tasks.get("validate_data") or {}).get("state") == "failed":
+        return "failed"
+    scratch = xcoms.get("check_scratch")  # rehearsal: the checks of the restored copy
+    if isinstance(scratch, dict) and isinstance(scratch.get("checks"), list):
+        checks = [c for c in scratch["checks"] if isinstance(c, dict)]
+        passed = sum(1 for c in checks if c.get("ok"))
+        return f"{passed}/{len(checks)} passed: " + "; ".join(f"{c.get('name')}: {c.get('summary')}" for c in checks)
+    if (tasks.get("check_scratch") or {}).get("state") == "failed":
+        return "failed"
+    done = [f"{task_id} {tasks[task_id]['state']}" for task_id in CHECK_STEPS if (tasks.get(task_id) or {}).get("state")]
+    return ", ".join(done)
+
+
+def _new_backup(xcoms: dict) -> str:
+    for task_id, value in xcoms.items():
+        if "full_backup" in task_id and isinstance(value, dict) and value.get("label"):
+            return str(value["label"])
+    return ""
+
+
+def _outcome(run: dict, tasks: dict) -> str:
+    state = run.get("state") or "unknown"
+    order = list(tasks)
+    if state == "failed":
+        failed = [t for t in order if (tasks[t] or {}).get("state") == "failed"]
+        return f"failed at {failed[0]}" if failed else "failed"
+    if state in ("running", "queued"):
+        active = [t for t in order if (tasks[t] or {}).get("state") in ("running", "deferred", "up_for_retry", "queued")]
+        return f"{state}: {', '.join(active)}" if active else state
+    return state
+
+
+def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> AuditRow | None:
+    """The row of one run. `run`: dag_id, run_id, state, start_date, end_date, triggering_user_name,
+    conf, note. `tasks`: task id -> {state, start_date, end_date}, in the DAG's order. `xcoms`: task
+    id -> return value. None when the run is not of an audited workflow."""
+    found = workflow_of(run.get("dag_id") or "")
+    if not found:
+        return None
+    workflow, cluster = found
+    conf = run.get("conf") or {}
+    summary = summary_fields(xcoms.get("close_change"))
+    approval = tasks.get("wait_for_approval") or {}
+    approved_by = summary.get("approved by", "")
+    return AuditRow(
+        workflow=WORKFLOWS[workflow],
+        cluster=cluster,
+        dag_id=run["dag_id"],
+        run_id=run.get("run_id") or "",
+        requested_by=_requested_by(run, xcoms, summary),
+        reason=str(conf.get("reason") or summary.get("reason") or ""),
+        change_number=_change_number(run, xcoms),
+        approved_by="" if approved_by == "unknown" else approved_by,
+        approved_at=_stamp(approval.get("end_date")) if approval.get("state") == "success" else "",
+        target=_target(workflow, cluster, conf, summary, xcoms),
+        backup_used=_backup_used(xcoms),
+        downtime=_downtime(workflow, tasks, xcoms, summary),
+        data_checks=_data_checks(tasks, xcoms),
+        new_backup=_new_backup(xcoms),
+        outcome=_outcome(run, tasks),
+        started_at=_stamp(run.get("start_date")),
+        ended_at=_stamp(run.get("end_date")),
+    )
+
+
+def change_url(servicenow_base: str, number: str) -> str:
+    """The change in the ServiceNow UI: https://<instance>/nav_to.do?uri=change_request.do?sysparm_query=number=CHG…"""
+    if not number or not servicenow_base:
+        return ""
+    if not CHANGE_NUMBER.fullmatch(number):
+        return ""
+    return f"{servicenow_base.rstrip('/')}/nav_to.do?uri=change_request.do?sysparm_query=number={number}"
+
+
+def to_csv(rows: list[AuditRow], *, servicenow_base: str = "") -> str:
+    """The page's rows as CSV (one header line, then one line per run), the change's link included.
+    Cells that a spreadsheet would take for a formula are quoted with a leading apostrophe."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([header for _, header in COLUMNS] + ["Change link"])
+    for row in rows:
+        values = row.as_dict()
+        writer.writerow([_cell(values[name]) for name, _ in COLUMNS] + [change_url(servicenow_base, row.change_number)])
+    return out.getvalue()
+
+
+def _cell(value: str) -> str:
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
