@@ -31,5 +31,20 @@ class AirflowRestClient:
         return requests.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=self.timeout, **kwargs)
 
     def set_run_note(self, dag_id: str, run_id: str, note: str) -> None:
+        """`note` must fit AIRFLOW_NOTE_MAX_CHARS (bounded_note)."""
         response = self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", params={"update_mask": "note"}, json={"note": note})
         response.raise_for_status()
+
+
+# Airflow's REST API refuses a longer DAG run note (422).
+AIRFLOW_NOTE_MAX_CHARS = 1000
+
+
+def bounded_note(note: str, where_the_rest_is: str) -> str:
+    """`note` cut at a line end to what Airflow accepts, saying where the whole text is."""
+    if len(note) <= AIRFLOW_NOTE_MAX_CHARS:
+        return note
+    tail = f"\n… ({where_the_rest_is})"
+    cut = note[: AIRFLOW_NOTE_MAX_CHARS - len(tail)]
+    head, _, _ = cut.rpartition("\n")
+    return (head or cut) + tail

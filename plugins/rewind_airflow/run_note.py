@@ -6,11 +6,14 @@ import time
 
 from airflow.sdk import BaseHook
 
-from rewind.airflow_rest import AirflowRestClient
+from rewind.airflow_rest import AirflowRestClient, bounded_note
 
 
-def set_run_note(log, conn_id: str, dag_id: str, run_id: str, note: str, *, attempts: int = 3) -> bool:
+def set_run_note(
+    log, conn_id: str, dag_id: str, run_id: str, note: str, *, where_the_rest_is: str = "the task log has all of it", attempts: int = 3
+) -> bool:
     """Best effort: the work is done and its result is in the task log and XCom either way."""
+    note = bounded_note(note, where_the_rest_is)
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # not configured

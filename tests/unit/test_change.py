@@ -8,8 +8,9 @@ import datetime as dt
 
 import pytest
 
+from rewind.airflow_rest import AIRFLOW_NOTE_MAX_CHARS
 from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, cancel_change, correlation_id, require_gate
-from rewind.pitr.change import AIRFLOW_NOTE_MAX_CHARS, change_fields, check_given_change, ensure_change, run_note
+from rewind.pitr.change import change_fields, check_given_change, ensure_change, run_note
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.request import parse_request
 from rewind.servicenow import CHANGE_TABLE, ChangeState, ChangeStatus, change_gate, sn_time
@@ -228,6 +229,16 @@ def test_the_run_note_fits_what_airflow_accepts():
     assert short == "CHG0030001 closed successful\nRewind PITR of ledger completed."
     summary_text = "Rewind PITR of ledger completed.\n" + "\n".join(f"Line {n}: " + "x" * 60 for n in range(30))
     note = run_note("CHG0030001", summary_text)
-    assert len(note) == AIRFLOW_NOTE_MAX_CHARS
+    assert len(note) <= AIRFLOW_NOTE_MAX_CHARS
     assert note.startswith("CHG0030001 closed successful\nRewind PITR of ledger completed.\nLine 0: ")
     assert note.endswith("… (the full summary is in CHG0030001's close notes)")
+
+
+def test_every_run_note_is_cut_at_a_line_end_to_what_airflow_accepts():
+    from rewind.airflow_rest import bounded_note
+
+    report = "\n".join(f"xid {n}: " + "y" * 70 for n in range(100))
+    note = bounded_note(report, "the whole list is in the task log")
+    assert len(note) <= AIRFLOW_NOTE_MAX_CHARS and note.endswith("\n… (the whole list is in the task log)")
+    assert note.splitlines()[-2] == f"xid {len(note.splitlines()) - 2}: " + "y" * 70  # no line cut in half
+    assert bounded_note("short", "x") == "short"

@@ -4,6 +4,7 @@ destructive step, implemented, closed) is rewind.change_control's, as for every 
 
 from __future__ import annotations
 
+from rewind.airflow_rest import bounded_note
 from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
 from rewind.inventory import Cluster
 from rewind.pitr.journal import run_using_change
@@ -157,14 +158,7 @@ def summary(
     return "\n".join(lines)[:MAX_NOTE_CHARS]
 
 
-AIRFLOW_NOTE_MAX_CHARS = 1000  # Airflow's REST API refuses a longer DAG run note (422)
-
-
 def run_note(number: str, text: str) -> str:
     """The completed run's note: the change's close summary, cut to what Airflow accepts (the change's
     close notes and close_change's return value keep all of it)."""
-    note = f"{number} closed successful\n{text}"
-    if len(note) <= AIRFLOW_NOTE_MAX_CHARS:
-        return note
-    tail = f"\n… (the full summary is in {number}'s close notes)"
-    return note[: AIRFLOW_NOTE_MAX_CHARS - len(tail)] + tail
+    return bounded_note(f"{number} closed successful\n{text}", f"the full summary is in {number}'s close notes")

@@ -14,8 +14,6 @@ from rewind.pitr.recovery import archive_current_wal
 from rewind_airflow.operators.base import RewindClusterOperator
 from rewind_airflow.run_note import set_run_note
 
-MAX_NOTE_CHARS = 4000
-
 
 class FindTargetOperator(RewindClusterOperator):
     """Lists the committed transactions of the window (xid, commit time, rows per table, DDL) in the
@@ -67,13 +65,12 @@ class FindTargetOperator(RewindClusterOperator):
         )
         text = result.text()
         self.log.info("%s (stanza %s):\n%s", cluster.name, cluster.stanza, text)
-        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], _note(text))
+        set_run_note(
+            self.log,
+            self.airflow_api_conn_id,
+            context["ti"].dag_id,
+            context["run_id"],
+            text,
+            where_the_rest_is="the whole list is in the task log and the XCom",
+        )
         return result.as_dict()
-
-
-def _note(text: str) -> str:
-    """The run note: the report, cut to fit (the whole table is in the task log)."""
-    if len(text) <= MAX_NOTE_CHARS:
-        return text
-    head, _, _ = text[: MAX_NOTE_CHARS - 80].rpartition("\n")
-    return head + "\n… (cut: the whole list is in the task log and the XCom)"

@@ -21,12 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from rewind import guard as restore_guard
 from rewind import metrics
-from rewind.airflow_rest import AirflowRestClient
 from rewind.change_control import MAX_NOTE_CHARS, Person, approved_by, close_change, find_group, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
 from rewind.pitr.change import check_given_change, ensure_change, run_note, summary
@@ -43,6 +41,7 @@ from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import RewindClusterOperator
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
+from rewind_airflow.run_note import set_run_note
 
 
 def _now() -> str:
@@ -544,26 +543,11 @@ class CloseChangeOperator(PitrOperator):
             if hold:
                 self.log.info("retention %s", hold.describe())
         self.log.info("closed %s:\n%s", journal.change, text)
-        self._set_run_note(context, run_note(journal.change, text))
+        set_run_note(
+            self.log,
+            self.airflow_api_conn_id,
+            context["ti"].dag_id,
+            context["run_id"],
+            run_note(journal.change, text),
+        )
         return text
-
-    # Airflow's REST API refuses a run note longer than this (422); the full summary is in the change.
-    MAX_RUN_NOTE_CHARS = 1000
-
-    def _set_run_note(self, context, note: str) -> None:
-        """The execution API cannot change a run's note; the public REST API can."""
-        if len(note) > self.MAX_RUN_NOTE_CHARS:
-            note = note[: self.MAX_RUN_NOTE_CHARS - 50].rstrip() + "\n… (the change's close notes have it all)"
-        try:
-            conn = BaseHook.get_connection(self.airflow_api_conn_id)
-        except Exception:  # not configured: the summary is in the change and this task's XCom
-            self.log.warning("connection %r not configured: run note not set", self.airflow_api_conn_id)
-            return
-        base = f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8080}"
-        for attempt in range(3):
-            try:
-                AirflowRestClient(base, conn.login, conn.password).set_run_note(context["ti"].dag_id, context["run_id"], note)
-                return
-            except Exception as exc:  # the restore is done; a note that cannot be set is not a failure
-                self.log.warning("setting the run note failed (attempt %d): %s", attempt + 1, exc)
-                time.sleep(2)
