@@ -74,8 +74,10 @@ def sso_airflow(oidc):
         airflow.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope, not session: playwright's sync API runs an asyncio loop in this thread until it
+    # stops, and every later test that calls asyncio.run() (the triggers' tests) would fail.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -176,7 +176,9 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
 
     # crm's backups ran on crm's host, and succeeded while ledger was stopped, restored and rewound
     tis = shape.task_instances(pitr, run_id)
-    rewind_window = (utc(tis["stop_restore_promote"]["start_date"]), utc(tis["release_restore_guard"]["end_date"]))
+    # from the approval (the downtime task started right after; its start_date is its last try's, after
+    # the crash) to the guard's release
+    rewind_window = (utc(tis["wait_for_approval"]["end_date"]), utc(tis["release_restore_guard"]["end_date"]))
     assert {r["dag_run_id"] for r in shape.airflow.api("GET", f"/dags/{incr}/dagRuns").json()["dag_runs"]} == set(crm_runs)
     during = []
     for crm_run in crm_runs:

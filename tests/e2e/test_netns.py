@@ -14,8 +14,8 @@ import pytest
 
 from devstack.netns import HostNetwork, remove_stale
 
-# Network namespaces need the host's own mount namespace: this runs where the Celery e2e runs (not in
-# the other release's chroot, which cannot create them).
+# Network namespaces need the host's own mount namespace: an e2e test (the other release's chroot in CI
+# cannot create them), outside the Celery e2e's package, whose live network has this process's tag.
 pytestmark = pytest.mark.integration
 
 # A run that dies: creates a network with one host running a process, prints its tag and that
