@@ -262,6 +262,30 @@ def _outcome(run: dict, tasks: dict) -> str:
     return state
 
 
+# The PITR's downtime is one task (stop_restore_promote) returning each step's result under these keys.
+DOWNTIME_TASK = "stop_restore_promote"
+DOWNTIME_STEPS = {
+    "stop": "stop_postgres",
+    "restore": "restore",
+    "start": "start_postgres",
+    "recovery": "wait_for_target",
+    "checks": "validate_data",
+    "promote": "promote",
+}
+
+
+def _with_downtime_steps(tasks: dict[str, dict], xcoms: dict[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """The downtime task's step results as if each step were its own task (the rows read them so)."""
+    window = xcoms.get(DOWNTIME_TASK)
+    task = tasks.get(DOWNTIME_TASK)
+    if not task:
+        return tasks, xcoms
+    steps = {step: value for key, step in DOWNTIME_STEPS.items() if isinstance(window, dict) and (value := window.get(key)) is not None}
+    tasks = {**tasks, **{step: task for step in DOWNTIME_STEPS.values() if step not in tasks and step in steps}}
+    tasks.setdefault("stop_postgres", task)
+    return tasks, {**xcoms, **{step: value for step, value in steps.items() if step not in xcoms}}
+
+
 def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> AuditRow | None:
     """The row of one run. `run`: dag_id, run_id, state, start_date, end_date, triggering_user_name,
     conf, note. `tasks`: task id -> {state, start_date, end_date}, in the DAG's order. `xcoms`: task
@@ -270,6 +294,7 @@ def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> Audit
     if not found:
         return None
     workflow, cluster = found
+    tasks, xcoms = _with_downtime_steps(tasks, xcoms)
     conf = run.get("conf") or {}
     summary = summary_fields(xcoms.get("close_change"))
     approval = tasks.get("wait_for_approval") or {}

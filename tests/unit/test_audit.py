@@ -233,3 +233,33 @@ def test_change_link_and_csv_carry_the_same_rows():
     assert dict(zip(parsed[0], parsed[1], strict=True))["Approved by"] == "Carla Cab <cab.approver@example.com>"
     assert parsed[1][-1] == change_url(base, "CHG0030001")
     assert dict(zip(parsed[0], parsed[2], strict=True))["Reason"] == '\'=HYPERLINK("http://x")'
+
+
+def test_the_downtime_task_s_steps_fill_the_row_as_separate_tasks_did():
+    """The PITR's downtime is one task (stop_restore_promote); its XCom holds each step's result."""
+    plan = {"backup_set": "20261124-020000F"}
+    checks = [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0, "got": "0", "passed": True}]
+    window = {
+        "stop": {"plan": plan, "started_at": "2026-11-24T02:27:45+00:00"},
+        "restore": {"backup_set": "20261124-020000F"},
+        "start": {},
+        "recovery": {"state": "paused", "timeline": 2},
+        "checks": checks,
+        "promote": {"timeline": 3},
+        "timings_s": {},
+    }
+    row = audit_row(
+        {"dag_id": "rewind_pitr__demo", "run_id": "r1", "state": "success", "conf": {"target_type": "latest"}},
+        {
+            "wait_for_approval": {"state": "success", "start_date": None, "end_date": "2026-11-24T02:27:40+00:00"},
+            "stop_restore_promote": {
+                "state": "success",
+                "start_date": "2026-11-24T02:27:45+00:00",
+                "end_date": "2026-11-24T02:29:45+00:00",
+            },
+        },
+        {"stop_restore_promote": window},
+    )
+    assert row.data_checks.startswith("1/1 passed: select count(*) from ledger_entry where status = 'void' = 0"), row
+    assert row.backup_used == "20261124-020000F", row
+    assert row.downtime.endswith("(stop to promoted)"), row
