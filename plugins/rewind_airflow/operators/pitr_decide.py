@@ -135,8 +135,14 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             decisions=journal.data.get("decisions", []),
             problem=problem,
         )
-        self.log.info("asking the DBA:\n%s", text)
-        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], text)
+        link = self.generate_link_to_ui(task_instance=context["ti"], base_url=airflow_base_url())
+        self.log.info("asking the DBA (%s):\n%s", link, text)
+        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], f"{text}\nAnswer: {link}")
+        if not journal.data.get("asked_at"):  # the first question: whoever follows the change learns where to answer
+            self.note(
+                journal,
+                f"Rewind PITR run {context['run_id']}: {cluster.name} is paused read-only at the target; a DBA decides in Airflow: {link}",
+            )
         self.body = question_body(cluster.name, journal.change)
         journal.set(asked_at=_now())
         HITLOperator.execute(self, context)  # writes the question, parks the task in awaiting_input
@@ -336,6 +342,12 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
     def finish(self, journal: RunJournal, decision: dict, *, timeline: int | None = None) -> None:
         done = {key: value for key, value in decision.items() if key not in ("request", "plan", "started", "log_offset")}
         journal.set(decisions=[*journal.data.get("decisions", []), done], pending_decision=None, decide_timeline=timeline)
+
+
+def airflow_base_url() -> str:
+    from airflow.sdk.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
 
 
 def new_request_timeline(request: PitrRequest) -> int:
