@@ -44,6 +44,7 @@ from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import plan_while_paused
 from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, run_data_checks, wait_for_recovery
 from rewind.pitr.request import PitrRequest
+from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed
@@ -84,27 +85,41 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         """The target the cluster is paused at: the DBA's last move, else the trigger's."""
         return PitrRequest.model_validate(journal.data.get("request") or self.request)
 
+    @staticmethod
+    def recovery_here(journal: RunJournal) -> RecoveryResult | None:
+        recovery = journal.data.get("decide_recovery")
+        return RecoveryResult.model_validate(recovery) if recovery else None
+
+    @staticmethod
+    def checks_here(journal: RunJournal) -> list[CheckResult]:
+        return [CheckResult.model_validate(check) for check in journal.data.get("decide_checks") or []]
+
+    @staticmethod
+    def decisions(journal: RunJournal) -> list[DecisionRecord]:
+        return [DecisionRecord.model_validate(decision) for decision in journal.data.get("decisions", [])]
+
     def result(self, journal: RunJournal) -> dict:
-        return {
-            "asked": True,
-            "decisions": journal.data.get("decisions", []),
-            "request": self.current_request(journal).model_dump(mode="json"),
-            "plan": journal.data.get("plan"),
-            "recovery": journal.data.get("decide_recovery"),
-            "checks": journal.data.get("decide_checks"),
-            "timeline": journal.data.get("decide_timeline"),
-            "aborted": journal.data.get("aborted", False),
-        }
+        return DecisionResult(
+            asked=True,
+            decisions=self.decisions(journal),
+            request=self.current_request(journal),
+            plan=journal.data.get("plan"),
+            recovery=journal.data.get("decide_recovery"),
+            checks=journal.data.get("decide_checks"),
+            timeline=journal.data.get("decide_timeline"),
+            aborted=journal.data.get("aborted", False),
+        ).to_xcom()
 
     # ---- first execution (and every retry) -------------------------------------------------------
     def execute_on_cluster(self, context) -> dict:
         request = self.pitr_request
         if not request.dba_decides:
             self.log.info("nothing to decide: target_action is %s", request.target_action)
-            return {"asked": False}
+            return DecisionResult(asked=False).to_xcom()
         journal = self.journal(context)
         if journal.at("promoted"):
-            self.log.info("already decided and carried out: %s", describe_decision((journal.data.get("decisions") or [{}])[-1]))
+            decisions = self.decisions(journal)
+            self.log.info("already decided and carried out: %s", describe_decision(decisions[-1]) if decisions else "no answer recorded")
             return self.result(journal)
         if not journal.at("started"):
             raise PitrStepFailed(
@@ -112,15 +127,19 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             )
         pending = journal.data.get("pending_decision")
         if pending:  # recorded by an earlier try, not finished: finish it
-            self.log.info("carrying out the answer an earlier try recorded: %s", describe_decision(pending))
+            self.log.info("carrying out the answer an earlier try recorded: %s", describe_decision(DecisionRecord.model_validate(pending)))
             return self.carry_out(context, journal, pending)
         unread = self.unread_answer(context, journal)
         if unread:
             self.log.info("an answer to this run's last question was not carried out by the try that asked: carrying it out")
             return self.answered(context, journal, unread)
         if "decide_checks" not in journal.data:  # first question: the downtime task's results
-            downtime = context["ti"].xcom_pull(task_ids="stop_restore_promote") or {}
-            journal.set(decide_recovery=downtime.get("recovery"), decide_checks=downtime.get("checks") or [])
+            pulled = context["ti"].xcom_pull(task_ids="stop_restore_promote")
+            downtime = DowntimeResult.model_validate(pulled) if pulled else None
+            journal.set(
+                decide_recovery=downtime.recovery.to_xcom() if downtime else None,
+                decide_checks=[check.to_xcom() for check in downtime.checks] if downtime else [],
+            )
         return self.ask(context, journal)
 
     # ---- the question ----------------------------------------------------------------------------
@@ -130,9 +149,9 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             cluster.name,
             self.current_request(journal),
             change=journal.change,
-            recovery=journal.data.get("decide_recovery"),
-            checks=journal.data.get("decide_checks"),
-            decisions=journal.data.get("decisions", []),
+            recovery=self.recovery_here(journal),
+            checks=self.checks_here(journal),
+            decisions=self.decisions(journal),
             problem=problem,
         )
         self.log.info("asking the DBA:\n%s", text)
@@ -184,17 +203,17 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             "at": answer["responded_at"].isoformat(),
             "from": self.current_request(journal).describe(),
         }
-        self.log.info("answer: %s", describe_decision(decision))
+        self.log.info("answer: %s", describe_decision(DecisionRecord.model_validate(decision)))
         try:
             decision = self.prepare(context, journal, decision, answer["params_input"] or {})
         except (NotThisAnswer, PreflightError) as exc:  # nothing was touched: ask again with the reason
             self.log.warning("%s: not carried out: %s", decision["answer"], exc)
             refused = {**decision, "refused": str(exc)}
             journal.set(decisions=[*journal.data.get("decisions", []), refused])
-            self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(refused)}")
+            self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(DecisionRecord.model_validate(refused))}")
             return self.ask(context, journal, problem=str(exc))
         journal.set(pending_decision=decision)
-        self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(decision)}")
+        self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(DecisionRecord.model_validate(decision))}")
         return self.carry_out(context, journal, decision)
 
     def prepare(self, context, journal: RunJournal, decision: dict, form: dict) -> dict:
@@ -203,7 +222,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         current = self.current_request(journal)
         plan = RestorePlan.model_validate(journal.data["plan"])
         if decision["answer"] == PROMOTE:
-            if not journal.at("checked") or not checks_passed(journal.data.get("decide_checks")):
+            if not journal.at("checked") or not checks_passed(self.checks_here(journal)):
                 raise NotThisAnswer(f"{PROMOTE} refused: a data check failed at {current.describe()}; move the target or abort")
             return decision
         if decision["answer"] == MOVE:
@@ -251,12 +270,17 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         if checks_passed(checks):
             journal.record("checked")
         restore_guard.advance(cluster, run_id, "at_target")
-        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=checks)
+        journal.set(
+            request=decision["request"],
+            plan=decision["plan"],
+            decide_recovery=recovery.to_xcom(),
+            decide_checks=[check.to_xcom() for check in checks],
+        )
         self.finish(journal, decision)
         self.note(
             journal,
             f"Rewind PITR run {run_id}: {cluster.name} is paused again, read-only, at {request.describe()} "
-            f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c['passed'])}/{len(checks)} passed. Waiting for the DBA.",
+            f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c.passed)}/{len(checks)} passed. Waiting for the DBA.",
         )
 
     # ---- abort -----------------------------------------------------------------------------------
@@ -268,7 +292,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         journal.record("promoted")
         restore_guard.advance(cluster, run_id, "promoted")
         # The request's checks were written for the target; the latest state is what it was before the stop.
-        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=[], aborted=True)
+        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery.to_xcom(), decide_checks=[], aborted=True)
         self.finish(journal, decision, timeline=timeline)
         self.log.info(
             "aborted: %s is at the latest archived WAL of timeline %s, now on timeline %s",
@@ -279,7 +303,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         return self.result(journal)
 
     # ---- the steps both share --------------------------------------------------------------------
-    def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> dict:
+    def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> RecoveryResult:
         """Stop (the paused cluster), restore --delta with `plan`, start, wait for the target. A retry
         after this answer's start goes on waiting instead of stopping again."""
         cluster, run_id = self.hook.cluster, context["run_id"]
@@ -315,11 +339,11 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             since_offset=pending.get("log_offset", 0),
             timeout_s=self.recovery_timeout_s,
             log=self.log.info,
-        ).as_dict()
-        self.log.info("recovery: %s", result)
+        )
+        self.log.info("recovery: %s", result.to_xcom())
         return result
 
-    def checks(self, request: PitrRequest) -> list[dict]:
+    def checks(self, request: PitrRequest) -> list[CheckResult]:
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         try:
             return run_data_checks(
