@@ -258,3 +258,18 @@ def test_what_the_dba_reads_comes_from_the_typed_journal_entries():
     assert "FAILED: select count(*) from ledger_entry where status = 'void' -> 3 (expected 0)" in text
     assert text.splitlines()[-1].startswith("Decision 1: Promote by Dana DBA") and "(not carried out:" in text.splitlines()[-1]
     assert checks_passed(decision.checks) and not checks_passed(failed)
+
+
+def test_an_answer_being_carried_out_and_done_keeps_the_journal_shapes_of_the_dicts():
+    """decide_at_target's pending answer (with its new request, plan, restart) and the record kept
+    once it is done (without them), as the untyped code wrote them to the run's journal."""
+    asked = DecisionRecord(answer=MOVE, by=MOVE_ANSWER["by"], at=MOVE_ANSWER["at"], from_=MOVE_ANSWER["from"])
+    moved_to = parse_request({**DECIDE_REQUEST.model_dump(mode="json"), "target_type": "xid", "target": "7421", "target_timeline": "1"})
+    prepared = asked.model_copy(update={"to": MOVE_ANSWER["to"], "request": moved_to, "plan": RestorePlan.model_validate(PLAN)})
+    pending = {**MOVE_ANSWER, "request": moved_to.model_dump(mode="json"), "plan": PLAN}
+    assert prepared.to_xcom() == pending
+    started = DecisionRecord.model_validate(pending).model_copy(update={"started": "2026-11-24T02:35:10+00:00", "log_offset": 9000})
+    assert started.to_xcom() == {**pending, "started": "2026-11-24T02:35:10+00:00", "log_offset": 9000}
+    assert started.answered() == MOVE_ANSWER
+    refused = asked.model_copy(update={"refused": "new_target: bad"})
+    assert refused.to_xcom() == {key: MOVE_ANSWER[key] for key in ("answer", "by", "at", "from")} | {"refused": "new_target: bad"}

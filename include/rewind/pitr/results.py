@@ -108,6 +108,11 @@ class DecisionRecord(StepResult):
     started: str | None = None
     log_offset: int | None = None
 
+    def answered(self) -> dict[str, Any]:
+        """The answer as the run's decisions keep it once carried out: what was asked and done, not
+        the request, plan and restart it carried meanwhile."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"request", "plan", "started", "log_offset"})
+
 
 class DecisionResult(StepResult):
     """decide_at_target's return: `asked` False (and nothing else) when the run did not ask the DBA;
