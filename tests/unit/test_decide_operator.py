@@ -147,3 +147,22 @@ def test_an_abort_names_the_timeline_it_goes_back_to_and_is_the_result(decide):
     ]
     assert result["request"]["target_type"] == "latest" and result["recovery"]["state"] == "promoted"
     assert decide.restores[-1]["target_timeline"] == "1"
+
+
+def test_an_answer_already_in_the_journal_is_not_carried_out_again(decide, monkeypatch):
+    decide.operator.answered({"run_id": RUN}, decide.journal, answer(PROMOTE, 30))  # refused: recorded with its time
+    journal = reload(decide)
+    journal.set(asked_at="2026-11-24T02:29:00+00:00")
+    recorded = answer(PROMOTE, 30)
+    detail = SimpleNamespace(
+        response_received=True,
+        responded_at=recorded["responded_at"],
+        chosen_options=[PROMOTE],
+        params_input={},
+        responded_by_user=SimpleNamespace(id="7", name="Dana DBA"),
+    )
+    monkeypatch.setattr(pitr_decide, "get_hitl_detail_content_detail", lambda _ti_id: detail)
+    context = {"run_id": RUN, "ti": SimpleNamespace(id="ti-1")}
+    assert decide.operator.unread_answer(context, journal) is None
+    detail.responded_at = recorded["responded_at"] + timedelta(minutes=1)
+    assert decide.operator.unread_answer(context, journal)["responded_at"] == detail.responded_at

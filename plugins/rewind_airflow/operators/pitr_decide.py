@@ -184,7 +184,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             return None
         if not detail.response_received or not detail.responded_at or detail.responded_at <= dt.datetime.fromisoformat(asked_at):
             return None
-        if detail.responded_at.isoformat() in {d.get("at") for d in journal.data.get("decisions", [])}:
+        if detail.responded_at.isoformat() in {decision.at for decision in self.decisions(journal)}:
             return None
         self.validate_chosen_options(detail.chosen_options or [])
         who = detail.responded_by_user
