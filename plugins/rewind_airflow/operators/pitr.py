@@ -66,11 +66,15 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def run_url(context) -> str:
+def airflow_base_url() -> str:
+    """Where people open Airflow's UI ([api] base_url), for links in changes and notes."""
     from airflow.sdk.configuration import conf
 
-    base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
-    return f"{base}/dags/{context['ti'].dag_id}/runs/{context['run_id']}"
+    return conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
+
+
+def run_url(context) -> str:
+    return f"{airflow_base_url()}/dags/{context['ti'].dag_id}/runs/{context['run_id']}"
 
 
 class PitrStepFailed(RewindError):

@@ -48,7 +48,7 @@ from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
 from rewind_airflow.hooks.pgbackrest import known_secret_values
-from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed
+from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, airflow_base_url
 from rewind_airflow.run_note import set_run_note
 
 
@@ -370,12 +370,6 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     def finish(self, journal: RunJournal, decision: DecisionRecord, *, timeline: int | None = None) -> None:
         journal.set(decisions=[*journal.data.get("decisions", []), decision.answered()], pending_decision=None, decide_timeline=timeline)
-
-
-def airflow_base_url() -> str:
-    from airflow.sdk.configuration import conf
-
-    return conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
 
 
 def new_request_timeline(request: PitrRequest) -> int:
