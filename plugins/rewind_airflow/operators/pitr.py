@@ -18,7 +18,6 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -53,11 +52,9 @@ from rewind.pitr.results import (
 )
 from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
 from rewind.retention import end_hold, place_hold, set_hold_change
-from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import known_secret_values
-from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.identity import requester_of
-from rewind_airflow.operators.base import RewindClusterOperator
+from rewind_airflow.operators.base import ChangeControlledOperator
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 from rewind_airflow.run_note import set_run_note
 
@@ -81,15 +78,14 @@ class PitrStepFailed(RewindError):
     pass
 
 
-class PitrOperator(RewindClusterOperator):
+class PitrOperator(ChangeControlledOperator):
     """A step of one PITR run: the request, the run's journal, its change in ServiceNow."""
 
     template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id")
 
-    def __init__(self, *, request: Any = None, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
+    def __init__(self, *, request: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
-        self.servicenow_conn_id = servicenow_conn_id
 
     @property
     def pitr_request(self) -> PitrRequest:
@@ -99,10 +95,6 @@ class PitrOperator(RewindClusterOperator):
     def runner(self):
         """psql and pg_ctl as the OS user, without repository secrets."""
         return self.hook.os_runner()
-
-    @cached_property
-    def servicenow(self) -> ServiceNowClient:
-        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
     def journal(self, context) -> RunJournal:
         return RunJournal.load(self.hook.cluster, context["run_id"], dag_id=context["ti"].dag_id)
