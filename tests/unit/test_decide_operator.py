@@ -54,11 +54,13 @@ def decide(tmp_path, monkeypatch):
             state="paused" if action == "pause" else "promoted", replay_lsn="0/9000100", stop_record=None, timeline=None
         ),
     )
-    monkeypatch.setattr(pitr_decide, "run_data_checks", lambda *_a, **_k: [CheckResult.model_validate(c) for c in CHECKS])
+    from rewind_airflow.operators import pitr as pitr_operators
+
+    monkeypatch.setattr(pitr_operators, "run_data_checks", lambda *_a, **_k: [CheckResult.model_validate(c) for c in CHECKS])
+    monkeypatch.setattr(pitr_operators, "known_secret_values", lambda: [])
     monkeypatch.setattr(pitr_decide, "is_running", lambda _cluster: False)
     monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: None)
     monkeypatch.setattr(pitr_decide, "log_offset", lambda _cluster: 123)
-    monkeypatch.setattr(pitr_decide, "known_secret_values", lambda: [])
     monkeypatch.setattr(guard, "advance", lambda *_a, **_k: None)
 
     operator = DecideAtTargetOperator(

@@ -122,6 +122,31 @@ class PitrOperator(ChangeControlledOperator):
         """The approvers ServiceNow recorded, by name: for the close notes and the run note."""
         return approved_by(self.servicenow, journal.data["change_sys_id"])
 
+    def restore_plan(self, pgbackrest, request: PitrRequest, plan: RestorePlan) -> None:
+        """`pgbackrest restore --delta` of the plan's backup set, on its numeric timeline, to the request's target."""
+        pgbackrest.restore(
+            restore_type=request.pgbackrest_type,
+            target=request.pgbackrest_target,
+            target_exclusive=request.target_exclusive,
+            target_action=None if request.target_type == "latest" else request.action,
+            target_timeline=str(plan.timeline),
+            backup_set=plan.backup_set,
+            delta=True,
+        )
+
+    def data_checks(self, request: PitrRequest) -> list[CheckResult]:
+        """The request's checks as the check role, read-only (rewind.pitr.recovery.run_data_checks);
+        raises DataCheckFailed with every result when one fails."""
+        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
+        return run_data_checks(
+            self.runner,
+            self.hook.cluster,
+            list(request.validation_sql),
+            database=request.validation_database or self.hook.cluster.postgres.database,
+            secrets=known_secret_values(),
+            log=self.log.info,
+        )
+
     def note(self, journal: RunJournal, text: str) -> None:
         self.servicenow.add_change_note(journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
 
@@ -403,15 +428,7 @@ class StopRestorePromoteOperator(PitrOperator):
             raise PreflightError(f"backup {plan.backup_set} of the plan is no longer valid in the repository: nothing was restored")
         restore_guard.advance(cluster, run_id, "restoring")
         journal.record("restore_started")
-        pgbackrest.restore(
-            restore_type=request.pgbackrest_type,
-            target=request.pgbackrest_target,
-            target_exclusive=request.target_exclusive,
-            target_action=None if request.target_type == "latest" else request.action,
-            target_timeline=str(plan.timeline),
-            backup_set=plan.backup_set,
-            delta=True,
-        )
+        self.restore_plan(pgbackrest, request, plan)
         journal.record("restored")
         restore_guard.advance(cluster, run_id, "restored")
         return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
@@ -458,16 +475,8 @@ class StopRestorePromoteOperator(PitrOperator):
         """The request's data checks as the check role, read-only; with target_action pause the
         cluster is still paused at the target, so nobody has written to it yet."""
         request = self.pitr_request
-        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         try:
-            results = run_data_checks(
-                self.runner,
-                self.hook.cluster,
-                list(request.validation_sql),
-                database=request.validation_database or self.hook.cluster.postgres.database,
-                secrets=known_secret_values(),
-                log=self.log.info,
-            )
+            results = self.data_checks(request)
         except DataCheckFailed as exc:
             if not request.dba_decides:
                 raise

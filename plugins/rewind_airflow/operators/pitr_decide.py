@@ -43,11 +43,10 @@ from rewind.pitr.decision import (
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import plan_while_paused
-from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, run_data_checks, wait_for_recovery
+from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, wait_for_recovery
 from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
-from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, airflow_base_url
 from rewind_airflow.run_note import set_run_note
 
@@ -328,15 +327,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             if postmaster_pid(cluster):
                 raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
             restore_guard.advance(cluster, run_id, "restoring")
-            pgbackrest.restore(
-                restore_type=request.pgbackrest_type,
-                target=request.pgbackrest_target,
-                target_exclusive=request.target_exclusive,
-                target_action=None if request.target_type == "latest" else request.action,
-                target_timeline=str(plan.timeline),
-                backup_set=plan.backup_set,
-                delta=True,
-            )
+            self.restore_plan(pgbackrest, request, plan)
             restore_guard.advance(cluster, run_id, "restored")
             offset = log_offset(cluster)
             self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
@@ -355,16 +346,9 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         return result
 
     def checks(self, request: PitrRequest) -> list[CheckResult]:
-        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
+        """Every result, passed or not: the DBA decides with them in hand."""
         try:
-            return run_data_checks(
-                self.runner,
-                self.hook.cluster,
-                list(request.validation_sql),
-                database=request.validation_database or self.hook.cluster.postgres.database,
-                secrets=known_secret_values(),
-                log=self.log.info,
-            )
+            return self.data_checks(request)
         except DataCheckFailed as exc:
             return exc.results
 
