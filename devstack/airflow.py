@@ -306,8 +306,7 @@ class AirflowStandalone:
                     f"{name}@rewind.invalid",
                     "--role",
                     roles[0],
-                    "--password",
-                    self.password(name),
+                    f"--password={self.password(name)}",  # one argument: a password may start with "-"
                 ]
             )
             commands += [["users", "add-role", "--username", name, "--role", role] for role in roles[1:]]
