@@ -3,6 +3,7 @@
     validate_params -> preflight -> ensure_change -> wait_for_approval (deferrable)
       -> stop_restore_promote: stop_postgres -> restore (--delta) -> start_postgres -> wait_for_target
                                -> validate_data -> promote
+      -> decide_at_target (target_action decide: the DBA promotes, moves the target or aborts)
       -> full_backup_new_timeline -> release_restore_guard -> close_change
 
 The downtime (stop_postgres to promote) is one task, so that no scheduler hand-off sits inside it;
@@ -34,6 +35,7 @@ from rewind_airflow.operators.pitr import (
     ReleaseRestoreGuardOperator,
     StopRestorePromoteOperator,
 )
+from rewind_airflow.operators.pitr_decide import DecideAtTargetOperator
 from rewind_airflow.sensors.servicenow import ChangeApprovalSensor
 
 REQUEST = "{{ ti.xcom_pull(task_ids='validate_params') }}"
@@ -58,9 +60,9 @@ PARAMS = {
     "target_action": Param(
         "pause",
         type="string",
-        enum=["pause", "promote"],
+        enum=["pause", "decide", "promote"],
         title="At the target",
-        description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · promote: open for writes at the target, checks after (latest always promotes)",
+        description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · decide: pause and check, then a DBA decides in Required actions: promote, move the target, or abort back to latest · promote: open for writes at the target, checks after (latest always promotes)",
     ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(
@@ -120,7 +122,8 @@ def doc_md(cluster: Cluster) -> str:
         | · `restore` | change re-read; `pgbackrest restore --delta --set=<plan> --type=<target type> --target=… --target-timeline=<number>` | **data directory** |
         | · `start_postgres` / `wait_for_target` | change re-read; starts recovery; waits until paused at the target (or promoted); fails loudly if PostgreSQL reports the target was not reached | PostgreSQL |
         | · `validate_data` | the data checks as `{cluster.postgres.check_role}` (no superuser, read-only, {cluster.postgres.check_timeout_s} s each) on the cluster still paused at the target | nothing |
-        | · `promote` | promotes only when the checks passed; new timeline | PostgreSQL |
+        | · `promote` | promotes only when the checks passed; new timeline (with `decide`: not here) | PostgreSQL |
+        | `decide_at_target` | with target_action `decide` only: asks the DBA role in **Required actions**, the cluster paused read-only: **Promote** (refused while a check fails), **Move the target** (checked, then restored again with `--delta`, paused, checked, asked again) or **Abort: back to latest** (nothing lost); the change is re-read before each act; each answer and who gave it is a work note; no answer within {cluster.pitr.decision_timeout_h:g} h fails the task, the cluster stays paused | PostgreSQL |
         | `full_backup_new_timeline` | full backup annotated with the change number | repository |
         | `release_restore_guard` / `close_change` | backups resume; change closed `successful` with the summary, also set as this run's note; the pre-rewind history stays held {cluster.pitr.hold_days:g} days | ServiceNow |
 
@@ -176,6 +179,16 @@ for cluster in inventory.clusters.values():
         stop_restore_promote = StopRestorePromoteOperator(
             task_id="stop_restore_promote", cluster=cluster.name, request=REQUEST, plan=PLAN, pool=cluster.pool, **sn
         )
+        decide_at_target = DecideAtTargetOperator(
+            task_id="decide_at_target",
+            cluster=cluster.name,
+            request=REQUEST,
+            response_timeout=timedelta(hours=cluster.pitr.decision_timeout_h),
+            # every try converges (an answer recorded but not carried out is carried out, else it asks again)
+            retries=3,
+            pool=cluster.pool,
+            **sn,
+        )
         full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
         release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
         close_change = CloseChangeOperator(
@@ -187,6 +200,7 @@ for cluster in inventory.clusters.values():
                 "recovery": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['recovery'] }}",
                 "checks": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['checks'] }}",
                 "promote": "{{ ti.xcom_pull(task_ids='stop_restore_promote')['promote'] }}",
+                "decision": "{{ ti.xcom_pull(task_ids='decide_at_target') }}",
                 "backup": "{{ ti.xcom_pull(task_ids='full_backup_new_timeline') }}",
             },
             **sn,
@@ -198,6 +212,7 @@ for cluster in inventory.clusters.values():
             >> ensure_change
             >> wait_for_approval
             >> stop_restore_promote
+            >> decide_at_target
             >> full_backup
             >> release_guard
             >> close_change

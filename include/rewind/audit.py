@@ -286,6 +286,29 @@ def _with_downtime_steps(tasks: dict[str, dict], xcoms: dict[str, Any]) -> tuple
     return tasks, {**xcoms, **{step: value for step, value in steps.items() if step not in xcoms}}
 
 
+# With target_action decide, the DBA's answers at the target (decide_at_target) may have moved it:
+# where the cluster was left, and the checks and backup of that target, are in this task's result.
+DECIDE_TASK = "decide_at_target"
+
+
+def _with_decisions(xcoms: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The checks and backup of the target the DBA left the cluster at, and one line of answers."""
+    decided = xcoms.get(DECIDE_TASK)
+    if not (isinstance(decided, dict) and decided.get("asked")):
+        return xcoms, ""
+    answers = [d for d in decided.get("decisions") or [] if isinstance(d, dict)]
+    carried = [d for d in answers if not d.get("refused")]
+    moves = sum(1 for d in carried if d.get("answer") == "Move the target")
+    last = carried[-1] if carried else None
+    line = f"{len(answers)} DBA answer(s), {moves} move(s) of the target" + (f"; {last.get('answer')} by {last.get('by')}" if last else "")
+    updated = dict(xcoms)
+    if not decided.get("aborted") and isinstance(decided.get("checks"), list):
+        updated["validate_data"] = decided["checks"]
+    if isinstance(decided.get("plan"), dict) and decided["plan"].get("backup_set"):
+        updated["restore"] = {"backup_set": decided["plan"]["backup_set"]}
+    return updated, line
+
+
 def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> AuditRow | None:
     """The row of one run. `run`: dag_id, run_id, state, start_date, end_date, triggering_user_name,
     conf, note. `tasks`: task id -> {state, start_date, end_date}, in the DAG's order. `xcoms`: task
@@ -295,6 +318,7 @@ def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> Audit
         return None
     workflow, cluster = found
     tasks, xcoms = _with_downtime_steps(tasks, xcoms)
+    xcoms, answers = _with_decisions(xcoms)
     conf = run.get("conf") or {}
     summary = summary_fields(xcoms.get("close_change"))
     approval = tasks.get("wait_for_approval") or {}
@@ -314,7 +338,7 @@ def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> Audit
         downtime=_downtime(workflow, tasks, xcoms, summary),
         data_checks=_data_checks(tasks, xcoms),
         new_backup=_new_backup(xcoms),
-        outcome=_outcome(run, tasks),
+        outcome=_outcome(run, tasks) + (f" ({answers})" if answers else ""),
         started_at=_stamp(run.get("start_date")),
         ended_at=_stamp(run.get("end_date")),
     )

@@ -310,8 +310,11 @@ class PitrSettings(_Model):
     hold_days: float = Field(14.0, ge=0, le=3650)
     # How often the triggerer asks ServiceNow whether a waiting change was approved: one small GET
     # (one record, a few fields) per waiting change per poll; half of it is the mean wait after the click.
-    approval_poll_s: float = Field(5.0, ge=1, le=3600)
+    approval_poll_s: float = Field(2.0, ge=1, le=3600)
     approval_timeout_h: float = Field(24.0, gt=0, le=24 * 30)  # then the change is cancelled
+    # target_action decide: how long the question waits for a DBA; then the task fails and the cluster
+    # stays paused, read-only, at the target (the failure is noted on the change and pages).
+    decision_timeout_h: float = Field(8.0, gt=0, le=24 * 7)
 
 
 class ChangeControl(_Model):

@@ -2,7 +2,8 @@
 
   Viewer          Airflow's built-in read-only role: every DAG, run, task log, run note. Auditors
                   get only this: they read everything and change nothing. Everyone gets it.
-  DBA             may trigger, clear and mark (runs and tasks) the PITR DAGs and every other Rewind DAG.
+  DBA             may trigger, clear and mark (runs and tasks) the PITR DAGs and every other Rewind DAG,
+                  and answer a PITR's question at its target (promote, move the target, abort).
   BackupOperator  may trigger, clear and mark backup, verify and health DAGs, never a PITR.
 Do not hand out Airflow's built-in User or Op roles: they may trigger every DAG, PITR included.
 
@@ -41,7 +42,11 @@ OPERATIONS = {DBA_ROLE: _RUN_IT, BACKUP_OPERATOR_ROLE: _RUN_IT}
 # Clear and mark runs and task instances of the DAGs the role may edit (reading comes with Viewer).
 # FAB gives every custom role Website can_read by itself; it is listed so that it is expected.
 _CLEAR_AND_MARK = {"DAG Runs": {"can_edit"}, "Task Instances": {"can_edit"}, "Website": {"can_read"}}
-GLOBAL_PERMISSIONS = {DBA_ROLE: _CLEAR_AND_MARK, BACKUP_OPERATOR_ROLE: _CLEAR_AND_MARK}
+# Answer a PITR's question at its target (target_action decide, Airflow's "Required actions"): the
+# DBA only. Like clearing, an answer also needs can_edit on that DAG's "DAG:<dag_id>" (access_control),
+# so even this grant opens no other DAG's questions.
+_ANSWER_QUESTIONS = {"HITL Detail": {"can_read", "can_edit"}}
+GLOBAL_PERMISSIONS = {DBA_ROLE: {**_CLEAR_AND_MARK, **_ANSWER_QUESTIONS}, BACKUP_OPERATOR_ROLE: _CLEAR_AND_MARK}
 
 # Resource name prefixes of FAB's per-DAG resources: managed by access_control, not by GLOBAL_PERMISSIONS.
 PER_DAG_PREFIXES = ("DAG:", "DAG Run:")

@@ -3,6 +3,7 @@ to raise, and every DAG carries the metadata an operator and an auditor rely on.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import socket
 import sqlite3
@@ -157,6 +158,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "ensure_change",
         "wait_for_approval",
         "stop_restore_promote",
+        "decide_at_target",
         "full_backup_new_timeline",
         "release_restore_guard",
         "close_change",
@@ -188,14 +190,25 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     module, _, name = classpath.rpartition(".")
     assert module.startswith("rewind_airflow.") and getattr(importlib.import_module(module), name) is ChangeApprovalTrigger
     assert ChangeApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
-    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 5.0)
+    assert (kwargs["change_number"], kwargs["servicenow_conn_id"], kwargs["poll_interval"]) == ("CHG0010001", "servicenow_default", 2.0)
     from rewind_airflow.notifiers.servicenow import PitrFailureNotifier
 
     # every step settles the restore guard and notes the change when it fails
     for task in dag.tasks:
         assert PitrFailureNotifier in _callbacks(task.on_failure_callback), task.task_id
-    for task_id in ("stop_restore_promote", "full_backup_new_timeline"):
+    for task_id in ("stop_restore_promote", "decide_at_target", "full_backup_new_timeline"):
         assert dag.get_task(task_id).pool == "rewind_ledger"
+    # The DBA's question at the target is Airflow's own human-in-the-loop operator, with the three
+    # answers, the move's form (not the trigger form's params) and the inventory's wait.
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    from rewind.pitr.decision import OPTIONS
+
+    decide = dag.get_task("decide_at_target")
+    assert isinstance(decide, HITLOperator)
+    assert decide.options == list(OPTIONS) and not decide.multiple and decide.defaults is None
+    assert set(decide.params) == {"new_target_type", "new_target", "new_target_exclusive"}
+    assert decide.response_timeout == dt.timedelta(hours=8)
     # The downtime is one task; its steps are the runbook's, in order, and a failed data check or a
     # missed target is not tried again (a second wait or check cannot change what recovery did).
     from rewind_airflow.operators.pitr import FINAL_STEPS, WINDOW_STEPS

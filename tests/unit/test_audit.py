@@ -263,3 +263,33 @@ def test_the_downtime_task_s_steps_fill_the_row_as_separate_tasks_did():
     assert row.data_checks.startswith("1/1 passed: select count(*) from ledger_entry where status = 'void' = 0"), row
     assert row.backup_used == "20261124-020000F", row
     assert row.downtime.endswith("(stop to promoted)"), row
+
+
+def test_a_decided_pitr_shows_the_target_checks_and_backup_the_dba_left_it_at_and_who_answered():
+    """target_action decide: the downtime task's checks failed at the first target; the DBA moved it
+    (a new backup chosen), then promoted. The row reads the decide task's result."""
+    failed = [{"sql": "select count(*) from trade where status = 'void'", "expect": "0", "got": "50", "passed": False}]
+    passed = [{**failed[0], "got": "0", "passed": True}]
+    window = {"stop": {"plan": {"backup_set": "20261124-020000F"}}, "restore": {"backup_set": "20261124-020000F"}, "checks": failed}
+    decided = {
+        "asked": True,
+        "decisions": [
+            {"answer": "Promote", "by": "dba (Airflow user id 3)", "at": "t1", "refused": "a data check failed"},
+            {"answer": "Move the target", "by": "dba (Airflow user id 3)", "at": "t2", "to": "time 02:13:30"},
+            {"answer": "Promote", "by": "dba (Airflow user id 3)", "at": "t3"},
+        ],
+        "plan": {"backup_set": "20261124-010000F"},
+        "checks": passed,
+        "aborted": False,
+    }
+    run = {"dag_id": "rewind_pitr__demo", "run_id": "r1", "state": "success", "conf": {"target_type": "time", "target": "x"}}
+    downtime = {"state": "success", "start_date": "2026-11-24T02:27:45+00:00", "end_date": "2026-11-24T02:29:45+00:00"}
+    row = audit_row(run, {"stop_restore_promote": downtime}, {"stop_restore_promote": window, "decide_at_target": decided})
+    assert row.data_checks.startswith("1/1 passed"), row
+    assert row.backup_used == "20261124-010000F", row
+    assert row.outcome == "success (3 DBA answer(s), 1 move(s) of the target; Promote by dba (Airflow user id 3))", row
+    aborted = {**decided, "decisions": [{"answer": "Abort: back to latest", "by": "dba (Airflow user id 3)", "at": "t1"}], "aborted": True}
+    row = audit_row(run, {"stop_restore_promote": downtime}, {"stop_restore_promote": window, "decide_at_target": aborted})
+    assert row.outcome.endswith("Abort: back to latest by dba (Airflow user id 3))") and row.data_checks.startswith("0/1 passed"), row
+    plain = audit_row(run, {"stop_restore_promote": downtime}, {"stop_restore_promote": window, "decide_at_target": {"asked": False}})
+    assert plain.outcome == "success" and plain.backup_used == "20261124-020000F"

@@ -59,7 +59,7 @@ def request(**params):
             "param validation_sql.0.sql: must be a single SQL statement (found ';' before the end)",
         ),
         ({"target_type": "immediate", "validation_sql": [{"sql": "select 1"}]}, "param validation_sql.0.expect: Field required"),
-        ({"target_type": "immediate", "target_action": "shutdown"}, "param target_action: Input should be 'promote' or 'pause'"),
+        ({"target_type": "immediate", "target_action": "shutdown"}, "param target_action: Input should be 'promote', 'pause' or 'decide'"),
         ({"target_type": "tomorrow"}, "param target_type: Input should be 'time', 'xid', 'name', 'lsn', 'immediate' or 'latest'"),
         ({"target_type": "immediate", "approver": "me"}, "param approver: Extra inputs are not permitted"),
     ],

@@ -51,11 +51,13 @@ def test_the_commands_create_both_roles_and_grant_exactly_the_global_permissions
 def test_the_global_permissions_clear_and_mark_and_nothing_else():
     """README: a DBA and a BackupOperator clear and mark runs and task instances of the DAGs their
     access_control names. Global "DAGs" can_edit would open every DAG, the PITR included; deleting
-    would erase a PITR's record; XComs carry the PITR's request, plan and change."""
-    for role in ROLES:
-        assert GLOBAL_PERMISSIONS[role] == {"DAG Runs": {"can_edit"}, "Task Instances": {"can_edit"}, "Website": {"can_read"}}
+    would erase a PITR's record; XComs carry the PITR's request, plan and change. Only a DBA answers a
+    PITR's question at its target (HITL Detail can_edit; the DAG's access_control does the rest)."""
+    clear_and_mark = {"DAG Runs": {"can_edit"}, "Task Instances": {"can_edit"}, "Website": {"can_read"}}
+    assert GLOBAL_PERMISSIONS[BACKUP_OPERATOR_ROLE] == clear_and_mark
+    assert GLOBAL_PERMISSIONS[DBA_ROLE] == {**clear_and_mark, "HITL Detail": {"can_read", "can_edit"}}
     granted = {(resource, action) for perms in GLOBAL_PERMISSIONS.values() for resource, actions in perms.items() for action in actions}
-    assert not {resource for resource, _ in granted} & {"DAGs", "XComs", "Connections", "Variables", "Pools", "HITL Detail"}
+    assert not {resource for resource, _ in granted} & {"DAGs", "XComs", "Connections", "Variables", "Pools"}
     assert not {action for _, action in granted} - {"can_read", "can_edit"}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from rewind.airflow_rest import bounded_note
 from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
 from rewind.inventory import Cluster
+from rewind.pitr.decision import ABORT, describe_decision
 from rewind.pitr.journal import run_using_change
 from rewind.pitr.request import PitrRequest
 from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound
@@ -40,7 +41,11 @@ def change_fields(
             "1. Archive current WAL and stop PostgreSQL.\n2. pgbackrest restore --delta to the target, on the timeline the plan names.\n"
             "3. Start PostgreSQL and wait until recovery reaches the target.\n"
             + (
-                "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass.\n"
+                "4. Run the data checks on the paused, read-only cluster.\n5. A DBA decides in Airflow: promote (only if "
+                "they passed), move the target (restore again with --delta, pause, check, decide again; each move is a work "
+                "note here) or abort (restore to the latest archived WAL, nothing lost).\n"
+                if request.dba_decides
+                else "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass.\n"
                 if request.action == "pause"
                 else "4. PostgreSQL promotes itself at the target.\n5. Run the data checks.\n"
             )
@@ -133,10 +138,15 @@ def summary(
     timings: dict[str, float],
     requested_by: str | None = None,
     approved_by: str | None = None,
+    decisions: list[dict] = (),
 ) -> str:
+    """`request` and `plan`: the ones the cluster was left at (after the DBA's moves, if any);
+    `decisions`: the DBA's answers while paused (rewind.pitr.decision), in order."""
     passed = sum(1 for c in checks if c["passed"])
+    aborted = bool(decisions) and decisions[-1].get("answer") == ABORT
     lines = [
-        f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) completed.",
+        f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) "
+        + ("aborted by the DBA: restored to the latest archived WAL, nothing lost." if aborted else "completed."),
         f"Run: {run_id}  {run_url}",
         f"Reason: {request.reason}",
         f"Requested by: {requested_by or 'unknown'}",
@@ -148,6 +158,7 @@ def summary(
     ]
     if plan.get("target_record"):
         lines.append(f"Target record in WAL: {plan['target_record']} at {plan['target_lsn']}")
+    lines.extend(f"Decision {number}: {describe_decision(decision)}" for number, decision in enumerate(decisions, 1))
     lines.append(f"Recovery: {recovery.get('stop_record') or recovery.get('state')}; now on timeline {timeline}")
     lines.append(f"Data checks: {passed}/{len(checks)} passed")
     lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
@@ -158,7 +169,7 @@ def summary(
     return "\n".join(lines)[:MAX_NOTE_CHARS]
 
 
-def run_note(number: str, text: str) -> str:
+def run_note(number: str, text: str, close_code: str = "successful") -> str:
     """The completed run's note: the change's close summary, cut to what Airflow accepts (the change's
     close notes and close_change's return value keep all of it)."""
-    return bounded_note(f"{number} closed successful\n{text}", f"the full summary is in {number}'s close notes")
+    return bounded_note(f"{number} closed {close_code}\n{text}", f"the full summary is in {number}'s close notes")

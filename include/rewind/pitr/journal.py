@@ -70,6 +70,14 @@ class RunJournal:
         self.data["steps"][step] = value or _now()
         self._save()
 
+    def forget(self, *steps: str) -> None:
+        """A DBA moved the target: being at the old target and its checks passing no longer count."""
+        for step in steps:
+            if step not in ("at_target", "checked"):
+                raise ValueError(f"PITR step {step!r} is never undone")
+            self.data["steps"].pop(step, None)
+        self._save()
+
     def set(self, **fields) -> None:
         self.data.update(fields)
         self._save()

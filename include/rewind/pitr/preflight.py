@@ -106,3 +106,26 @@ def replan(
     if plan.backup_set != previous.backup_set:
         log(f"re-planned: backup {previous.backup_set} of the preflight plan is no longer the one to use; now {plan.backup_set}")
     return plan
+
+
+def plan_while_paused(
+    pgbackrest: PgBackRest,
+    request: PitrRequest,
+    *,
+    timeline: int,
+    runner: CommandRunner,
+    now: dt.datetime | None = None,
+    log: Callable[[str], None] = print,
+) -> RestorePlan:
+    """The plan for another restore of a cluster this run has paused at its target (a DBA's move of
+    the target, or the abort back to latest): the same checks as preflight (target not in the future,
+    found in the archived WAL, a backup before it on the timeline's history, every segment between
+    archived, free disk), on the given timeline. No WAL switch: a paused cluster cannot switch, and
+    every WAL of the timeline it ran on was archived when this run stopped it."""
+    check_target_time(request, now or dt.datetime.now(dt.timezone.utc))
+    info = pgbackrest.info()
+    if not info.ok:
+        raise PreflightError(f"stanza {info.name!r} status is not ok now: [{info.status.code}] {info.status.message}")
+    return make_plan(
+        pgbackrest, request, info, cluster_timeline=timeline, timeline=timeline, in_use_bytes=_in_use_bytes(runner, pgbackrest), log=log
+    )

@@ -31,7 +31,11 @@ class RecoveryTargetNotReached(RecoveryError):
 
 
 class DataCheckFailed(RewindError):
-    pass
+    """`results`: every check's (masked, bounded) outcome, for a DBA deciding what to do next."""
+
+    def __init__(self, message: str, results: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.results = results or []
 
 
 def is_running(cluster: Cluster) -> bool:
@@ -170,7 +174,8 @@ def run_data_checks(
     if failed:
         first = failed[0]
         raise DataCheckFailed(
-            f"{len(failed)} of {len(results)} data check(s) failed; first: {first['sql']!r} returned {first['got']!r}, expected {first['expect']!r}"
+            f"{len(failed)} of {len(results)} data check(s) failed; first: {first['sql']!r} returned {first['got']!r}, expected {first['expect']!r}",
+            results,
         )
     return results
 

@@ -99,9 +99,11 @@ class PitrRequest(BaseModel):
     target: str = ""
     target_exclusive: bool = False
     # pause (default): recovery stops read-only at the target, the data checks run there, and only
-    # then is the cluster promoted; promote: PostgreSQL promotes itself and opens for writes at the
-    # target, before the checks. `latest` has no target to pause at and always promotes.
-    target_action: Literal["promote", "pause"] = "pause"
+    # then is the cluster promoted; decide: the same pause and checks, then the DBA decides in
+    # Airflow (promote, move the target, abort back to latest: rewind.pitr.decision); promote:
+    # PostgreSQL promotes itself and opens for writes at the target, before the checks. `latest`
+    # has no target to pause at and always promotes.
+    target_action: Literal["promote", "pause", "decide"] = "pause"
     target_timeline: str = "current"
     backup_set: str | None = None
     change_number: str | None = None
@@ -187,6 +189,8 @@ class PitrRequest(BaseModel):
                 )
             if self.target_exclusive:
                 raise ValueError("target_exclusive: not supported for restore point names")
+        if kind == "latest" and self.target_action == "decide":
+            raise ValueError("target_action: decide needs a target to pause at; latest recovers all WAL and promotes")
         return self
 
     # ---- derived ------------------------------------------------------------------------------
@@ -196,8 +200,16 @@ class PitrRequest(BaseModel):
 
     @property
     def action(self) -> str:
-        """What PostgreSQL does at the target: latest has none to pause at, so it promotes."""
-        return "promote" if self.target_type == "latest" else self.target_action
+        """What PostgreSQL does at the target (pgBackRest's --target-action): latest has none to
+        pause at, so it promotes; a run where the DBA decides pauses there."""
+        if self.target_type == "latest":
+            return "promote"
+        return "pause" if self.target_action == "decide" else self.target_action
+
+    @property
+    def dba_decides(self) -> bool:
+        """Paused at the target, the run asks the DBA: promote, move the target or abort."""
+        return self.target_action == "decide"
 
     @property
     def pgbackrest_type(self) -> str:
@@ -212,13 +224,20 @@ class PitrRequest(BaseModel):
         return self.target or None
 
     def describe(self) -> str:
+        action = "pause, the DBA decides" if self.dba_decides else self.action
         if self.target_type in ("immediate", "latest"):
-            return f"{self.target_type} (action {self.action}, timeline {self.target_timeline})"
+            return f"{self.target_type} (action {action}, timeline {self.target_timeline})"
         inclusive = "exclusive" if self.target_exclusive else "inclusive"
-        return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {self.action}, timeline {self.target_timeline})"
+        return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {action}, timeline {self.target_timeline})"
 
     def action_text(self) -> str:
         """For the change: when the data checks run relative to the cluster opening for writes."""
+        if self.dba_decides:
+            return (
+                "recovery pauses read-only at the target; the data checks run there; then a DBA decides in Airflow: "
+                "promote (only when the checks passed), move the target (restored again with --delta in this run, "
+                "paused again) or abort (restored to the latest archived WAL, nothing lost)"
+            )
         if self.action == "pause":
             return "recovery pauses read-only at the target; the data checks run there; the cluster is promoted only when they pass"
         if self.target_type == "latest":

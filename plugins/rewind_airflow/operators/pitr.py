@@ -31,7 +31,15 @@ from rewind.pitr.change import check_given_change, ensure_change, run_note, summ
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
-from rewind.pitr.recovery import archive_current_wal, is_running, log_offset, promote, run_data_checks, wait_for_recovery
+from rewind.pitr.recovery import (
+    DataCheckFailed,
+    archive_current_wal,
+    is_running,
+    log_offset,
+    promote,
+    run_data_checks,
+    wait_for_recovery,
+)
 from rewind.pitr.request import PitrRequest, parse_request
 from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
 from rewind.retention import end_hold, place_hold, set_hold_change
@@ -266,8 +274,12 @@ class StopRestorePromoteOperator(PitrOperator):
             )
         results: dict[str, Any] = {}
         timings: dict[str, float] = {}
+        request = self.pitr_request
         for step in WINDOW_STEPS:
             if rewound and step in ("stop_postgres", "restore"):
+                continue
+            if step == "promote" and request.dba_decides:
+                self.log.info("not promoting: the DBA decides at the target (decide_at_target), with the checks' results in hand")
                 continue
             self.log.info("---- %s ----", step)
             began = time.monotonic()
@@ -289,7 +301,7 @@ class StopRestorePromoteOperator(PitrOperator):
             "start": results["start_postgres"],
             "recovery": results["wait_for_target"],
             "checks": results["validate_data"],
-            "promote": results["promote"],
+            "promote": results.get("promote"),
             "timings_s": timings,
         }
 
@@ -441,14 +453,21 @@ class StopRestorePromoteOperator(PitrOperator):
         cluster is still paused at the target, so nobody has written to it yet."""
         request = self.pitr_request
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
-        results = run_data_checks(
-            self.runner,
-            self.hook.cluster,
-            list(request.validation_sql),
-            database=request.validation_database or self.hook.cluster.postgres.database,
-            secrets=known_secret_values(),
-            log=self.log.info,
-        )
+        try:
+            results = run_data_checks(
+                self.runner,
+                self.hook.cluster,
+                list(request.validation_sql),
+                database=request.validation_database or self.hook.cluster.postgres.database,
+                secrets=known_secret_values(),
+                log=self.log.info,
+            )
+        except DataCheckFailed as exc:
+            if not request.dba_decides:
+                raise
+            # The DBA decides with this in hand (move the target or abort); promote stays refused.
+            self.log.warning("%s: the DBA decides next (decide_at_target)", exc)
+            return exc.results
         journal.record("checked")
         return results
 
@@ -515,20 +534,25 @@ class CloseChangeOperator(PitrOperator):
             "downtime (stop to promoted)": seconds(stop_started, promoted_at),
             "full backup": float(steps["backup"]["duration_s"]),
         }
+        decision = steps.get("decision") or {}
+        asked = bool(decision.get("asked"))  # target_action decide: the DBA's answers and where they left the cluster
         text = summary(
             cluster,
-            self.pitr_request,
+            PitrRequest.model_validate(decision["request"]) if asked else self.pitr_request,
             run_id=context["run_id"],
             run_url=run_url(context),
             plan=journal.data["plan"],
-            recovery=steps["recovery"],
-            checks=steps.get("checks") or [],
-            timeline=(steps.get("promote") or steps["recovery"]).get("timeline"),
+            recovery=(decision.get("recovery") if asked else None) or steps["recovery"],
+            checks=(decision.get("checks") if asked else steps.get("checks")) or [],
+            timeline=decision.get("timeline") if asked else (steps.get("promote") or steps["recovery"]).get("timeline"),
             backup=steps["backup"],
             timings=timings,
             requested_by=self.requested_by(journal),
             approved_by=self.approved_by(journal),
+            decisions=decision.get("decisions", []),
         )
+        # An abort restored the state before the stop: the change was not implemented as asked.
+        close_code = "unsuccessful" if decision.get("aborted") else "successful"
         metrics.emit(
             cluster.name,
             {
@@ -536,7 +560,7 @@ class CloseChangeOperator(PitrOperator):
                 "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
             },
         )
-        close_change(self.servicenow, journal.data["change_sys_id"], close_code="successful", close_notes=text)
+        close_change(self.servicenow, journal.data["change_sys_id"], close_code=close_code, close_notes=text)
         journal.record("closed")
         for run_id in (context["run_id"], *journal.data.get("predecessors", [])):
             hold = end_hold(cluster, run_id, keep_days=cluster.pitr.hold_days)
@@ -548,6 +572,6 @@ class CloseChangeOperator(PitrOperator):
             self.airflow_api_conn_id,
             context["ti"].dag_id,
             context["run_id"],
-            run_note(journal.change, text),
+            run_note(journal.change, text, close_code),
         )
         return text

@@ -1,0 +1,166 @@
+"""Decide while paused: a PITR run with target_action `decide` stops with PostgreSQL paused,
+read-only, at its target, runs the data checks there, and asks the DBA (Airflow's human-in-the-loop
+"Required actions"; only the DBA role may answer) one of:
+
+  Promote                 open the cluster for writes at the current target. Refused (and asked
+                          again) while a data check at this target fails.
+  Move the target         restore again in this run, with --delta, to the target given in the form
+                          (same timeline, the backup chosen anew), pause there, check, ask again.
+  Abort: back to latest   restore to the end of the archived WAL of the timeline the cluster ran on
+                          before the rewind, and promote: the state before the stop, nothing lost.
+
+Nothing has been written to a paused cluster, so moving it or aborting loses nothing. The change's
+approval covers every answer (its gate is re-read before each act), each answer is a work note on
+the change and an entry in the run's journal, with who answered and when.
+
+This module is the plain-Python half: the options, the new request a move asks for (checked like
+the trigger form, one line naming the field), and the text the DBA and the auditor read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rewind.pitr.request import PitrParamError, PitrRequest, parse_request
+
+PROMOTE = "Promote"
+MOVE = "Move the target"
+ABORT = "Abort: back to latest"
+OPTIONS = (PROMOTE, MOVE, ABORT)
+
+# The form a move fills in: Airflow Param definitions (JSON schema), by field name.
+MOVE_TARGET_TYPES = ("time", "xid", "name", "lsn", "immediate")
+FORM_FIELDS: dict[str, dict[str, Any]] = {
+    "new_target_type": {
+        "default": "time",
+        "type": "string",
+        "enum": list(MOVE_TARGET_TYPES),
+        "title": "New target type (Move the target only)",
+    },
+    "new_target": {
+        "default": "",
+        "type": "string",
+        "maxLength": 64,
+        "title": "New target (Move the target only)",
+        "description": "time: 2026-11-24 02:13:00+00 · xid: 123456 · name: before-migration-42 · lsn: 0/3000060 · empty for immediate",
+    },
+    "new_target_exclusive": {"default": False, "type": "boolean", "title": "Exclusive (Move the target only)"},
+}
+_FORM_NAME = {"target_type": "new_target_type", "target": "new_target", "target_exclusive": "new_target_exclusive"}
+
+
+class NotThisAnswer(PitrParamError):
+    """An answer that cannot be carried out as given (a bad new target, promote after a failed
+    check): nothing is touched and the DBA is asked again with this line."""
+
+
+def moved_request(current: PitrRequest, form: Mapping[str, Any], *, timeline: int) -> PitrRequest:
+    """The request a move asks for: the form's target on the plan's timeline (a number: the move
+    stays on the history being recovered), the backup chosen anew, everything else as before."""
+    if form.get("new_target_type") not in MOVE_TARGET_TYPES:
+        raise NotThisAnswer(
+            f"new_target_type: {form.get('new_target_type')!r} is not one of {', '.join(MOVE_TARGET_TYPES)} (to go back to latest, {ABORT})"
+        )
+    fields = {
+        "target_type": form.get("new_target_type"),
+        "target": form.get("new_target") or "",
+        "target_exclusive": bool(form.get("new_target_exclusive")),
+    }
+    try:
+        moved = parse_request(
+            {**current.model_dump(mode="json"), **fields, "target_timeline": str(timeline), "backup_set": None, "target_action": "decide"}
+        )
+    except PitrParamError as exc:
+        text = str(exc).removeprefix("param ")
+        name, _, rest = text.partition(":")
+        raise NotThisAnswer(f"{_FORM_NAME.get(name, name)}:{rest}") from None
+    if (moved.target_type, moved.pgbackrest_target, moved.target_exclusive) == (
+        current.target_type,
+        current.pgbackrest_target,
+        current.target_exclusive,
+    ):
+        raise NotThisAnswer(f"new_target: the cluster is already paused at {current.describe()}; give another target")
+    return moved
+
+
+def back_to_latest_request(current: PitrRequest, *, timeline_before: int) -> PitrRequest:
+    """Abort: all archived WAL of the timeline the cluster ran on before this run stopped it."""
+    return parse_request(
+        {
+            **current.model_dump(mode="json"),
+            "target_type": "latest",
+            "target": "",
+            "target_exclusive": False,
+            "target_action": "promote",
+            "target_timeline": str(timeline_before),
+            "backup_set": None,
+        }
+    )
+
+
+def checks_passed(checks: list[dict] | None) -> bool:
+    return all(check.get("passed") for check in checks or [])
+
+
+def describe_decision(decision: Mapping[str, Any], *, short: bool = False) -> str:
+    """One line per answer, for the change's notes and the run summary; `short` (the run note,
+    which Airflow bounds) leaves out where the cluster was paused when it was given."""
+    who = decision.get("by") or "unknown"
+    text = f"{decision.get('answer')} by {who} at {decision.get('at')}"
+    origin = "" if short else f" from {decision.get('from')}"
+    if decision.get("answer") == MOVE and decision.get("to"):
+        text += f":{origin} to {decision['to']}"
+    elif decision.get("answer") == ABORT:
+        text += f":{origin} back to the latest archived WAL of timeline {decision.get('timeline_before')}"
+    elif decision.get("answer") == PROMOTE and not short:
+        text += f": at {decision.get('from')}"
+    if decision.get("refused"):
+        text += f" (not carried out: {decision['refused']})"
+    return text
+
+
+def state_text(
+    cluster_name: str,
+    request: PitrRequest,
+    *,
+    change: str | None,
+    recovery: Mapping[str, Any] | None,
+    checks: list[dict] | None,
+    decisions: list[dict],
+    problem: str | None = None,
+) -> str:
+    """What the DBA reads before answering (the run note and the task log, refreshed at every
+    question): where the cluster is paused, what the checks found there, the answers so far."""
+    lines = [f"{change or 'The change'}: {cluster_name} is paused read-only at {request.describe()}. Waiting for a DBA's decision."]
+    if problem:
+        lines.append(f"Last answer not carried out: {problem}")
+    # the newest answers first: Airflow bounds a run note, and the task log keeps every line
+    answers = [f"Decision {number}: {describe_decision(d, short=True)}" for number, d in enumerate(decisions, 1)]
+    if recovery:
+        lines.append(f"Recovery stopped: {recovery.get('stop_record') or recovery.get('state')} (replayed to {recovery.get('replay_lsn')})")
+    if checks:
+        failed = [c for c in checks if not c.get("passed")]
+        lines.append(f"Data checks here: {len(checks) - len(failed)}/{len(checks)} passed")
+        lines.extend(f"  FAILED: {c['sql']} -> {c['got']} (expected {c['expect']})" for c in failed)
+    else:
+        lines.append("Data checks here: none given")
+    if not checks_passed(checks):
+        lines.append(f"{PROMOTE} is refused until the checks pass here: {MOVE} or {ABORT}.")
+    lines.extend(reversed(answers))
+    return "\n".join(lines)
+
+
+def question_body(cluster_name: str, change: str | None) -> str:
+    """The question's body (Markdown). Airflow keeps the first body of a task for every later
+    question of the same try, so it says where the current state is instead of repeating it."""
+    return (
+        f"PostgreSQL of **{cluster_name}** is paused, **read-only**, at this run's target: nothing has been written to it.\n\n"
+        "**Where it is paused now, what recovery stopped at and the data checks there** are in this run's **note** "
+        "and this task's log, refreshed at every question.\n\n"
+        f"- **{PROMOTE}**: open it for writes at the current target (refused while a data check there fails).\n"
+        f"- **{MOVE}**: fill in the new target below; it is checked first (nothing is touched if it cannot be reached), "
+        "then restored with `--delta` in this run, paused, checked, and you are asked again.\n"
+        f"- **{ABORT}**: restore to the latest archived WAL of the timeline it ran on before the rewind; nothing is lost.\n\n"
+        f"The approval of {change or 'the change'} covers every answer; each is a work note on it, with your name."
+    )

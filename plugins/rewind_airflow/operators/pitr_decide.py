@@ -1,0 +1,346 @@
+"""decide_at_target: a DBA decides, in Airflow, what happens to a cluster paused at its target.
+
+An Airflow human-in-the-loop operator (the task waits in `awaiting_input`, holding no worker slot,
+and shows in "Required actions"; only the DBA role may answer, see rewind.roles) that is also a
+PITR step: the answers, what they do and their checks are in rewind.pitr.decision. Each answer is
+carried out when the task resumes, after the change's gate is read again; a move ends by asking
+again, in the same task, so that one run can move its target as often as the DBA needs.
+
+Airflow keeps one response per task instance (the next question clears it), so the answers are
+recorded where they stay: the run's journal, a work note on the change, the task log, and finally
+the close notes and the run note. A retry of this task (a crash, a clear) carries out an answer
+that was recorded but not finished, then asks again; once the cluster is promoted, it only returns
+what was done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import Param
+from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+
+from rewind import guard as restore_guard
+from rewind.errors import PreflightError, RewindError
+from rewind.pitr.decision import (
+    FORM_FIELDS,
+    MOVE,
+    OPTIONS,
+    PROMOTE,
+    NotThisAnswer,
+    back_to_latest_request,
+    checks_passed,
+    describe_decision,
+    moved_request,
+    question_body,
+    state_text,
+)
+from rewind.pitr.journal import RunJournal
+from rewind.pitr.plan import RestorePlan
+from rewind.pitr.preflight import plan_while_paused
+from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, run_data_checks, wait_for_recovery
+from rewind.pitr.request import PitrRequest
+from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
+from rewind_airflow.hooks.pgbackrest import known_secret_values
+from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed
+from rewind_airflow.run_note import set_run_note
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class DecideAtTargetOperator(PitrOperator, HITLOperator):
+    """Asks the DBA, when the run's request has target_action `decide`: promote, move the target,
+    or abort back to latest. Any other run passes through (nothing to decide)."""
+
+    template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id", "airflow_api_conn_id")
+
+    def __init__(
+        self,
+        *,
+        response_timeout: timedelta,
+        airflow_api_conn_id: str = "airflow_api",
+        recovery_timeout_s: float = 6 * 3600,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("params", None)  # the DAG's (the trigger form), merged in by Airflow: the question has its own form
+        super().__init__(
+            subject="Paused at the target: promote, move the target, or abort?",
+            options=list(OPTIONS),
+            params={name: Param(**field) for name, field in FORM_FIELDS.items()},
+            response_timeout=response_timeout,
+            **kwargs,
+        )
+        self.airflow_api_conn_id = airflow_api_conn_id
+        self.recovery_timeout_s = recovery_timeout_s
+
+    # ---- the state this run is in ----------------------------------------------------------------
+    def current_request(self, journal: RunJournal) -> PitrRequest:
+        """The target the cluster is paused at: the DBA's last move, else the trigger's."""
+        return PitrRequest.model_validate(journal.data.get("request") or self.request)
+
+    def result(self, journal: RunJournal) -> dict:
+        return {
+            "asked": True,
+            "decisions": journal.data.get("decisions", []),
+            "request": self.current_request(journal).model_dump(mode="json"),
+            "plan": journal.data.get("plan"),
+            "recovery": journal.data.get("decide_recovery"),
+            "checks": journal.data.get("decide_checks"),
+            "timeline": journal.data.get("decide_timeline"),
+            "aborted": journal.data.get("aborted", False),
+        }
+
+    # ---- first execution (and every retry) -------------------------------------------------------
+    def execute_on_cluster(self, context) -> dict:
+        request = self.pitr_request
+        if not request.dba_decides:
+            self.log.info("nothing to decide: target_action is %s", request.target_action)
+            return {"asked": False}
+        journal = self.journal(context)
+        if journal.at("promoted"):
+            self.log.info("already decided and carried out: %s", describe_decision((journal.data.get("decisions") or [{}])[-1]))
+            return self.result(journal)
+        if not journal.at("started"):
+            raise PitrStepFailed(
+                "nothing to decide: this run has not started PostgreSQL on restored data (stop_restore_promote did not run)"
+            )
+        pending = journal.data.get("pending_decision")
+        if pending:  # recorded by an earlier try, not finished: finish it
+            self.log.info("carrying out the answer an earlier try recorded: %s", describe_decision(pending))
+            return self.carry_out(context, journal, pending)
+        unread = self.unread_answer(context, journal)
+        if unread:
+            self.log.info("an answer to this run's last question was not carried out by the try that asked: carrying it out")
+            return self.answered(context, journal, unread)
+        if "decide_checks" not in journal.data:  # first question: the downtime task's results
+            downtime = context["ti"].xcom_pull(task_ids="stop_restore_promote") or {}
+            journal.set(decide_recovery=downtime.get("recovery"), decide_checks=downtime.get("checks") or [])
+        return self.ask(context, journal)
+
+    # ---- the question ----------------------------------------------------------------------------
+    def ask(self, context, journal: RunJournal, *, problem: str | None = None):
+        cluster = self.hook.cluster
+        text = state_text(
+            cluster.name,
+            self.current_request(journal),
+            change=journal.change,
+            recovery=journal.data.get("decide_recovery"),
+            checks=journal.data.get("decide_checks"),
+            decisions=journal.data.get("decisions", []),
+            problem=problem,
+        )
+        self.log.info("asking the DBA:\n%s", text)
+        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], text)
+        self.body = question_body(cluster.name, journal.change)
+        journal.set(asked_at=_now())
+        HITLOperator.execute(self, context)  # writes the question, parks the task in awaiting_input
+
+    # ---- the answer ------------------------------------------------------------------------------
+    def execute_complete(self, context, event: dict[str, Any]) -> Any:
+        try:
+            answer = HITLOperator.execute_complete(self, context, event)  # validated; a timeout raises
+            return self.answered(context, self.journal(context), answer)
+        finally:
+            self.hook.release()
+
+    def unread_answer(self, context, journal: RunJournal) -> dict | None:
+        """An answer Airflow recorded for this run's last question that no try has carried out: the
+        try that asked ended before resuming (a crash, or the scheduler failing a task that was
+        answered within a second of asking). Carried out instead of asking again."""
+        asked_at = journal.data.get("asked_at")
+        if not asked_at:
+            return None
+        try:
+            detail = get_hitl_detail_content_detail(context["ti"].id)
+        except Exception as exc:  # no question was written yet
+            self.log.info("no recorded answer to read (%s)", exc)
+            return None
+        if not detail.response_received or not detail.responded_at or detail.responded_at <= dt.datetime.fromisoformat(asked_at):
+            return None
+        if detail.responded_at.isoformat() in {d.get("at") for d in journal.data.get("decisions", [])}:
+            return None
+        self.validate_chosen_options(detail.chosen_options or [])
+        who = detail.responded_by_user
+        return {
+            "chosen_options": detail.chosen_options,
+            "params_input": detail.params_input or {},
+            "responded_at": detail.responded_at,
+            "responded_by_user": {"id": who.id, "name": who.name} if who else None,
+        }
+
+    def answered(self, context, journal: RunJournal, answer: dict) -> Any:
+        """Carry out the DBA's answer: checked first (a refusal touches nothing and asks again),
+        recorded (journal, work note), then done."""
+        who = answer["responded_by_user"] or {}
+        decision = {
+            "answer": answer["chosen_options"][0],
+            "by": f"{who.get('name')} (Airflow user id {who.get('id')})",
+            "at": answer["responded_at"].isoformat(),
+            "from": self.current_request(journal).describe(),
+        }
+        self.log.info("answer: %s", describe_decision(decision))
+        try:
+            decision = self.prepare(context, journal, decision, answer["params_input"] or {})
+        except (NotThisAnswer, PreflightError) as exc:  # nothing was touched: ask again with the reason
+            self.log.warning("%s: not carried out: %s", decision["answer"], exc)
+            refused = {**decision, "refused": str(exc)}
+            journal.set(decisions=[*journal.data.get("decisions", []), refused])
+            self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(refused)}")
+            return self.ask(context, journal, problem=str(exc))
+        journal.set(pending_decision=decision)
+        self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(decision)}")
+        return self.carry_out(context, journal, decision)
+
+    def prepare(self, context, journal: RunJournal, decision: dict, form: dict) -> dict:
+        """Everything that can be checked before the answer touches the cluster; raises
+        NotThisAnswer/PreflightError with the line the DBA reads."""
+        current = self.current_request(journal)
+        plan = RestorePlan.model_validate(journal.data["plan"])
+        if decision["answer"] == PROMOTE:
+            if not journal.at("checked") or not checks_passed(journal.data.get("decide_checks")):
+                raise NotThisAnswer(f"{PROMOTE} refused: a data check failed at {current.describe()}; move the target or abort")
+            return decision
+        if decision["answer"] == MOVE:
+            new_request = moved_request(current, form, timeline=plan.timeline)
+        else:
+            timeline_before = journal.data.get("timeline_before") or plan.timeline
+            new_request = back_to_latest_request(current, timeline_before=timeline_before)
+            decision["timeline_before"] = timeline_before
+        new_plan = plan_while_paused(
+            self.hook.get_conn(), new_request, timeline=new_request_timeline(new_request), runner=self.runner, log=self.log.info
+        )
+        self.log.info("plan for %s: %s", decision["answer"], new_plan.describe())
+        return {**decision, "to": new_request.describe(), "request": new_request.model_dump(mode="json"), "plan": new_plan.as_dict()}
+
+    def carry_out(self, context, journal: RunJournal, decision: dict) -> Any:
+        if decision["answer"] == PROMOTE:
+            return self.promote_here(context, journal, decision)
+        if decision["answer"] == MOVE:
+            self.restore_again(context, journal, decision)
+            return self.ask(context, journal)
+        return self.back_to_latest(context, journal, decision)
+
+    # ---- promote ---------------------------------------------------------------------------------
+    def promote_here(self, context, journal: RunJournal, decision: dict) -> dict:
+        cluster = self.hook.cluster
+        self.gate(journal, step="promote", implementing=True)
+        timeline = promote(self.runner, cluster)
+        journal.record("promoted")
+        restore_guard.advance(cluster, context["run_id"], "promoted")
+        self.finish(journal, decision, timeline=timeline)
+        self.log.info("PostgreSQL is promoted at %s, on timeline %s", self.current_request(journal).describe(), timeline)
+        return self.result(journal)
+
+    # ---- move the target -------------------------------------------------------------------------
+    def restore_again(self, context, journal: RunJournal, decision: dict) -> None:
+        """Stop the paused cluster, restore --delta to the new target, start, wait until paused
+        there, run the checks. Nothing was written to the paused cluster: doing this again after a
+        crash loses nothing either."""
+        cluster, run_id = self.hook.cluster, context["run_id"]
+        request, plan = PitrRequest.model_validate(decision["request"]), RestorePlan.model_validate(decision["plan"])
+        recovery = self.restore(context, journal, request, plan)
+        checks = self.checks(request)
+        journal.forget("at_target", "checked")
+        journal.record("at_target")
+        if checks_passed(checks):
+            journal.record("checked")
+        restore_guard.advance(cluster, run_id, "at_target")
+        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=checks)
+        self.finish(journal, decision)
+        self.note(
+            journal,
+            f"Rewind PITR run {run_id}: {cluster.name} is paused again, read-only, at {request.describe()} "
+            f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c['passed'])}/{len(checks)} passed. Waiting for the DBA.",
+        )
+
+    # ---- abort -----------------------------------------------------------------------------------
+    def back_to_latest(self, context, journal: RunJournal, decision: dict) -> dict:
+        cluster, run_id = self.hook.cluster, context["run_id"]
+        request, plan = PitrRequest.model_validate(decision["request"]), RestorePlan.model_validate(decision["plan"])
+        recovery = self.restore(context, journal, request, plan)
+        timeline = promote(self.runner, cluster)  # recovery promoted itself at the end of the WAL: this checkpoints
+        journal.record("promoted")
+        restore_guard.advance(cluster, run_id, "promoted")
+        # The request's checks were written for the target; the latest state is what it was before the stop.
+        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=[], aborted=True)
+        self.finish(journal, decision, timeline=timeline)
+        self.log.info(
+            "aborted: %s is at the latest archived WAL of timeline %s, now on timeline %s",
+            cluster.name,
+            decision["timeline_before"],
+            timeline,
+        )
+        return self.result(journal)
+
+    # ---- the steps both share --------------------------------------------------------------------
+    def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> dict:
+        """Stop (the paused cluster), restore --delta with `plan`, start, wait for the target. A retry
+        after this answer's start goes on waiting instead of stopping again."""
+        cluster, run_id = self.hook.cluster, context["run_id"]
+        pending = journal.data["pending_decision"]
+        pgbackrest = self.hook.get_conn()
+        if not (pending.get("started") and is_running(cluster)):
+            self.gate(journal, step=f"{pending['answer']}: restore", implementing=True)
+            self.hook.postmaster_secrets()  # the restart's credentials, before anything is stopped
+            if postmaster_pid(cluster):
+                self.runner.run(stop_argv(cluster, mode="fast"), timeout=330)
+            if postmaster_pid(cluster):
+                raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
+            restore_guard.advance(cluster, run_id, "restoring")
+            pgbackrest.restore(
+                restore_type=request.pgbackrest_type,
+                target=request.pgbackrest_target,
+                target_exclusive=request.target_exclusive,
+                target_action=None if request.target_type == "latest" else request.action,
+                target_timeline=str(plan.timeline),
+                backup_set=plan.backup_set,
+                delta=True,
+            )
+            restore_guard.advance(cluster, run_id, "restored")
+            offset = log_offset(cluster)
+            self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
+            restore_guard.advance(cluster, run_id, "started")
+            journal.set(pending_decision={**pending, "started": _now(), "log_offset": offset})
+        pending = journal.data["pending_decision"]
+        result = wait_for_recovery(
+            self.runner,
+            cluster,
+            action=request.action,
+            since_offset=pending.get("log_offset", 0),
+            timeout_s=self.recovery_timeout_s,
+            log=self.log.info,
+        ).as_dict()
+        self.log.info("recovery: %s", result)
+        return result
+
+    def checks(self, request: PitrRequest) -> list[dict]:
+        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
+        try:
+            return run_data_checks(
+                self.runner,
+                self.hook.cluster,
+                list(request.validation_sql),
+                database=request.validation_database or self.hook.cluster.postgres.database,
+                secrets=known_secret_values(),
+                log=self.log.info,
+            )
+        except DataCheckFailed as exc:
+            return exc.results
+
+    def finish(self, journal: RunJournal, decision: dict, *, timeline: int | None = None) -> None:
+        done = {key: value for key, value in decision.items() if key not in ("request", "plan", "started", "log_offset")}
+        journal.set(decisions=[*journal.data.get("decisions", []), done], pending_decision=None, decide_timeline=timeline)
+
+
+def new_request_timeline(request: PitrRequest) -> int:
+    """A move or an abort names its timeline as a number (rewind.pitr.decision)."""
+    try:
+        return int(request.target_timeline)
+    except ValueError:
+        raise RewindError(f"target_timeline {request.target_timeline!r} is not a number") from None

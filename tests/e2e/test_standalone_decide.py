@@ -1,0 +1,183 @@
+"""Decide while paused, under the real scheduler, triggerer and API server: a PITR with
+target_action `decide` stops PostgreSQL paused read-only at its target and asks the DBA in Airflow's
+human-in-the-loop "Required actions"; the answers go through the public REST API as each person.
+
+The 02:17 story: the on-call DBA's first guess of the target is after the runaway UPDATE, so the
+data check fails there. Promote is refused and asked again; a move to a target that is not a
+timestamp is refused before anything is touched; a move to the instant before the UPDATE restores
+again in the same run, the check passes, and Promote opens the cluster there. Only the DBA may
+answer (the auditor and the backup operator get 403). A second rewind, aborted, gives back every row
+the cluster had before it was stopped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from rewind.pitr.decision import ABORT, MOVE, PROMOTE
+from rewind.pitr.journal import RunJournal
+from rewind.postgres import postmaster_pid
+from rewind.servicenow import Auth, ServiceNowClient
+from tests.e2e.conftest import task_log, wait_for_task_state
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "rewind_pitr__demo"
+VOID_CHECK = [{"sql": "select count(*) from trade where status = 'void'", "expect": 0}]
+FORM = {"new_target_type": "time", "new_target": "", "new_target_exclusive": False}
+
+
+def _instant() -> str:
+    time.sleep(1.1)
+    at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=1)
+    time.sleep(2.1)
+    return at.strftime("%Y-%m-%d %H:%M:%S+00")
+
+
+def _decisions(demo_stack, run_id) -> list[dict]:
+    return RunJournal.load(demo_stack.cluster, run_id).data.get("decisions", [])
+
+
+def _question(standalone, demo_stack, run_id, answered: int, timeout: float = 150) -> None:
+    """Until the run asks again after `answered` answers, and the DBA has read the question for a
+    couple of seconds (an answer within a second of the question can reach Airflow's scheduler
+    before the event of the task parking; the product then carries it out in the next try, but a
+    person does not answer that fast, and the test follows one answer at a time)."""
+    deadline = time.monotonic() + timeout
+    asked_since = None
+    while time.monotonic() < deadline:
+        state = standalone.task_states(DAG_ID, run_id).get("decide_at_target")
+        if state == "awaiting_input" and len(_decisions(demo_stack, run_id)) == answered:
+            asked_since = asked_since or time.monotonic()
+            if time.monotonic() - asked_since >= 2:
+                return
+            time.sleep(0.5)
+            continue
+        asked_since = None
+        if state in ("failed", "upstream_failed", "success"):
+            raise AssertionError(f"decide_at_target ended {state}: {task_log(standalone, DAG_ID, run_id, 'decide_at_target')[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(
+        f"no question after {answered} answers: {standalone.task_states(DAG_ID, run_id)}; answers {_decisions(demo_stack, run_id)}; "
+        f"log: {_all_tries(standalone, run_id)}"
+    )
+
+
+def _all_tries(standalone, run_id) -> str:
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target"
+    tries = standalone.api("GET", path).json()["try_number"]
+    lines = []
+    for number in range(1, tries + 1):
+        for entry in standalone.api("GET", f"{path}/logs/{number}").json().get("content", []):
+            if isinstance(entry, dict) and entry.get("level") in ("error", "warning", "info") and "event" in entry:
+                lines.append(f"[try {number}] {entry.get('timestamp')} {entry['event']}"[:600])
+    return "\n".join(lines[-60:])
+
+
+def _answer(client, run_id, option: str, form: dict | None = None):
+    return client.api(
+        "PATCH",
+        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target/-1/hitlDetails",
+        json={"chosen_options": [option], "params_input": {**FORM, **(form or {})}},
+    )
+
+
+def _rewind(standalone, servicenow, target: str, reason: str) -> tuple[str, dict]:
+    response = standalone.trigger(
+        DAG_ID,
+        conf={"target_type": "time", "target": target, "target_action": "decide", "validation_sql": VOID_CHECK, "reason": reason},
+    )
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    wait_for_task_state(standalone, DAG_ID, run_id, "wait_for_approval", "deferred")
+    sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
+    [change] = sn.query("change_request", f"correlation_id=rewind:{DAG_ID}:{run_id}")
+    servicenow.approve(change["number"])
+    return run_id, change
+
+
+def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_aborted_losing_nothing(standalone, demo_stack, servicenow):
+    standalone.wait_for_dag(DAG_ID)
+    sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "e2e-decide-base"})  # whatever ran before
+    demo_stack.psql("drop table if exists trade")
+    demo_stack.psql("create table trade (id bigint primary key, status text not null)")
+    demo_stack.psql("insert into trade select g, 'booked' from generate_series(1, 50) g")
+    before_update = _instant()
+    demo_stack.psql("update trade set status = 'void'")  # the runaway migration
+    after_update = _instant()  # the on-call's first guess: too late
+    demo_stack.psql("insert into trade values (51, 'booked')")
+
+    run_id, change = _rewind(standalone, servicenow, after_update, "e2e decide: runaway UPDATE voided every trade")
+    _question(standalone, demo_stack, run_id, answered=0)
+    dba, auditor, operator = (standalone.rest_as(name) for name in ("dba", "auditor", "operator"))
+    note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
+    assert "is paused read-only at time" in note and "Data checks here: 0/1 passed" in note, note
+    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert demo_stack.psql("select count(*) from trade where status = 'void'") == "50"  # read-only, paused at the wrong target
+
+    # Only the DBA role answers.
+    for person in (auditor, operator):
+        refused = _answer(person, run_id, PROMOTE)
+        assert refused.status_code == 403, refused.text
+    # Promote with a failed check: refused, asked again; nothing touched.
+    pid = postmaster_pid(demo_stack.cluster)
+    assert _answer(dba, run_id, PROMOTE).status_code == 200
+    _question(standalone, demo_stack, run_id, answered=1)
+    # A move to something that is not a timestamp: refused before anything is touched.
+    assert _answer(dba, run_id, MOVE, {"new_target": "02:13"}).status_code == 200
+    _question(standalone, demo_stack, run_id, answered=2)
+    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select pg_is_in_recovery()") == "t"
+    first, second = _decisions(demo_stack, run_id)
+    assert first["answer"] == PROMOTE and "a data check failed" in first["refused"] and "dba" in first["by"]
+    assert second["answer"] == MOVE and second["refused"].startswith("new_target: '02:13' is not a timestamp")
+    # The move to the instant before the UPDATE: restored again in this run, paused, checked, asked again.
+    assert _answer(dba, run_id, MOVE, {"new_target": before_update}).status_code == 200
+    _question(standalone, demo_stack, run_id, answered=3)
+    assert postmaster_pid(demo_stack.cluster) != pid and demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from trade") == "50 0"
+    note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
+    assert "Data checks here: 1/1 passed" in note and "Decision 3: Move the target by" in note, note
+    assert _answer(dba, run_id, PROMOTE).status_code == 200
+    run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", standalone.task_states(DAG_ID, run_id)
+    assert demo_stack.psql("select pg_is_in_recovery()") == "f"
+    assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || max(id) from trade") == "50 0 50"
+
+    closed = sn.get("change_request", change["sys_id"])
+    assert (closed["state"], closed["close_code"]) == ("3", "successful")
+    assert f"Target: time {before_update.replace('+00', '.000000+00')}" in closed["close_notes"], closed["close_notes"]
+    for line in (
+        "Decision 1: Promote by",
+        "(not carried out:",
+        "Decision 3: Move the target by",
+        "Decision 4: Promote by",
+        "Data checks: 1/1 passed",
+    ):
+        assert line in closed["close_notes"], (line, closed["close_notes"])
+    work_notes = sn.work_notes("change_request", change["sys_id"])
+    assert any("Move the target by" in n and "dba" in n and before_update[:19] in n for n in work_notes), work_notes
+    assert any("is paused again, read-only" in n for n in work_notes), work_notes
+    moves = [d for d in _decisions(demo_stack, run_id) if d["answer"] == MOVE and not d.get("refused")]
+    assert len(moves) == 1 and "dba" in moves[0]["by"]
+
+    # A second rewind, aborted at the question: every row the cluster had before the stop is back.
+    demo_stack.psql("insert into trade select g, 'booked' from generate_series(51, 60) g")
+    target = _instant()
+    demo_stack.psql("update trade set status = 'settled' where id > 55")
+    rows_before = demo_stack.psql("select string_agg(id || status, ',' order by id) from trade")
+    timeline_before = demo_stack.psql("select timeline_id from pg_control_checkpoint()")
+    run_id, change = _rewind(standalone, servicenow, target, "e2e decide: a rewind the DBA aborts")
+    _question(standalone, demo_stack, run_id, answered=0)
+    assert demo_stack.psql("select count(*) filter (where status = 'settled') from trade") == "0"  # paused before the update
+    assert _answer(dba, run_id, ABORT).status_code == 200
+    run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", standalone.task_states(DAG_ID, run_id)
+    assert demo_stack.psql("select string_agg(id || status, ',' order by id) from trade") == rows_before
+    assert int(demo_stack.psql("select timeline_id from pg_control_checkpoint()")) > int(timeline_before)
+    closed = sn.get("change_request", change["sys_id"])
+    assert closed["close_code"] == "unsuccessful" and "aborted by the DBA" in closed["close_notes"], closed
+    assert f"back to the latest archived WAL of timeline {timeline_before}" in closed["close_notes"]
+    assert standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"].startswith(f"{change['number']} closed unsuccessful")
