@@ -17,6 +17,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from rewind.pitr.results import DowntimeResult
+
 # rewind_<workflow>__<cluster>; a new workflow of this family (rehearsal) needs only its name here.
 WORKFLOWS = {"pitr": "PITR", "rehearsal": "Rehearsal", "onboard": "Onboarding", "decommission": "Decommission"}
 DAG_ID = re.compile(r"^rewind_(?P<workflow>[a-z]+)__(?P<cluster>.+)$")
@@ -276,14 +280,24 @@ DOWNTIME_STEPS = {
 
 def _with_downtime_steps(tasks: dict[str, dict], xcoms: dict[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
     """The downtime task's step results as if each step were its own task (the rows read them so)."""
-    window = xcoms.get(DOWNTIME_TASK)
     task = tasks.get(DOWNTIME_TASK)
     if not task:
         return tasks, xcoms
-    steps = {step: value for key, step in DOWNTIME_STEPS.items() if isinstance(window, dict) and (value := window.get(key)) is not None}
+    try:
+        window = DowntimeResult.model_validate(xcoms.get(DOWNTIME_TASK))
+    except ValidationError:  # no return value (the task failed) or not one this code wrote: the task's times still count
+        window = None
+    steps = {
+        step: _as_xcom(value) for key, step in DOWNTIME_STEPS.items() if window is not None and (value := getattr(window, key)) is not None
+    }
     tasks = {**tasks, **{step: task for step in DOWNTIME_STEPS.values() if step not in tasks and step in steps}}
     tasks.setdefault("stop_postgres", task)
     return tasks, {**xcoms, **{step: value for step, value in steps.items() if step not in xcoms}}
+
+
+def _as_xcom(value: Any) -> Any:
+    """A step result as its task's return value was (the rows read plain JSON)."""
+    return [item.to_xcom() for item in value] if isinstance(value, list) else value.to_xcom()
 
 
 # With target_action decide, the DBA's answers at the target (decide_at_target) may have moved it:

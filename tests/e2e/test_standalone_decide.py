@@ -115,6 +115,7 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     dba, auditor, operator = (standalone.rest_as(name) for name in ("dba", "auditor", "operator"))
     note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
     assert "is paused read-only at time" in note and "Data checks here: 0/1 passed" in note, note
+    assert note.rstrip().endswith("/tasks/decide_at_target/required_actions?map_index=-1"), note
     assert demo_stack.psql("select pg_is_in_recovery()") == "t"
     assert demo_stack.psql("select count(*) from trade where status = 'void'") == "50"  # read-only, paused at the wrong target
 
@@ -160,6 +161,8 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     work_notes = sn.work_notes("change_request", change["sys_id"])
     assert any("Move the target by" in n and "dba" in n and before_update[:19] in n for n in work_notes), work_notes
     assert any("is paused again, read-only" in n for n in work_notes), work_notes
+    link = f"/dags/{DAG_ID}/runs/{run_id}/tasks/decide_at_target/required_actions"
+    assert sum("a DBA decides in Airflow" in n and link in n for n in work_notes) == 1, work_notes  # where to answer, once
     moves = [d for d in _decisions(demo_stack, run_id) if d["answer"] == MOVE and not d.get("refused")]
     assert len(moves) == 1 and "dba" in moves[0]["by"]
 

@@ -8,8 +8,11 @@ import io
 from rewind.audit import COLUMNS, audit_row, change_url, summary_fields, to_csv, workflow_of
 from rewind.change_control import Person
 from rewind.pitr.change import summary
+from rewind.pitr.plan import RestorePlan
 from rewind.pitr.request import parse_request
+from rewind.pitr.results import CheckResult, RecoveryResult
 from tests.factories import cluster
+from tests.unit.test_pitr_results import downtime_xcom
 
 REQUESTER = Person(
     sys_id="u1", user_name="dba.oncall", email="dba.oncall@example.com", name="Dana Oncall", airflow_user="dana", amr=("pwd", "otp")
@@ -47,17 +50,21 @@ def completed_pitr() -> tuple[dict, dict, dict]:
         "backup_type": "full",
         "backup_stopped_at": "2026-11-24 02:05:00+00",
         "backup_stop_lsn": "0/5000100",
+        "backup_size_bytes": 31_000_000,
         "timeline": 1,
+        "timeline_requested": "current",
+        "wal_first": "000000010000000000000005",
+        "wal_last": "000000010000000000000009",
     }
-    checks = [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0, "got": "0", "passed": True}]
+    checks = [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": "0", "got": "0", "passed": True}]
     text = summary(
         ledger,
         request,
         run_id="manual__2026-11-24T02:20:00+00:00",
         run_url="http://airflow/dags/rewind_pitr__ledger/runs/manual__2026-11-24T02:20:00+00:00",
-        plan=plan,
-        recovery={"state": "paused at target", "timeline": 1},
-        checks=checks,
+        plan=RestorePlan.model_validate(plan),
+        recovery=RecoveryResult(state="paused at target", replay_lsn=None, stop_record=None, timeline=1),
+        checks=[CheckResult.model_validate(check) for check in checks],
         timeline=2,
         backup={"label": "20261124-023500F", "timeline": 2},
         timings={"restore": 61, "recovery": 4, "downtime (stop to promoted)": 412, "full backup": 300},
@@ -236,18 +243,9 @@ def test_change_link_and_csv_carry_the_same_rows():
 
 
 def test_the_downtime_task_s_steps_fill_the_row_as_separate_tasks_did():
-    """The PITR's downtime is one task (stop_restore_promote); its XCom holds each step's result."""
-    plan = {"backup_set": "20261124-020000F"}
-    checks = [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0, "got": "0", "passed": True}]
-    window = {
-        "stop": {"plan": plan, "started_at": "2026-11-24T02:27:45+00:00"},
-        "restore": {"backup_set": "20261124-020000F"},
-        "start": {},
-        "recovery": {"state": "paused", "timeline": 2},
-        "checks": checks,
-        "promote": {"timeline": 3},
-        "timings_s": {},
-    }
+    """The PITR's downtime is one task (stop_restore_promote); its XCom holds each step's result
+    (rewind.pitr.results.DowntimeResult, in the shape tests/unit/test_pitr_results.py pins)."""
+    window = downtime_xcom()
     row = audit_row(
         {"dag_id": "rewind_pitr__demo", "run_id": "r1", "state": "success", "conf": {"target_type": "latest"}},
         {
@@ -265,12 +263,26 @@ def test_the_downtime_task_s_steps_fill_the_row_as_separate_tasks_did():
     assert row.downtime.endswith("(stop to promoted)"), row
 
 
+def test_a_downtime_task_that_returned_nothing_still_counts_its_stop():
+    """The downtime task failed (no return value): the row shows the stop and that it is not back."""
+    row = audit_row(
+        {"dag_id": "rewind_pitr__demo", "run_id": "r1", "state": "failed", "conf": {"target_type": "latest"}},
+        {"stop_restore_promote": {"state": "failed", "start_date": "2026-11-24T02:27:45+00:00", "end_date": "2026-11-24T02:29:45+00:00"}},
+        {},
+    )
+    assert (row.downtime, row.outcome, row.data_checks) == (
+        "stopped at 2026-11-24 02:27:45 UTC, not back",
+        "failed at stop_restore_promote",
+        "",
+    )
+
+
 def test_a_decided_pitr_shows_the_target_checks_and_backup_the_dba_left_it_at_and_who_answered():
     """target_action decide: the downtime task's checks failed at the first target; the DBA moved it
     (a new backup chosen), then promoted. The row reads the decide task's result."""
     failed = [{"sql": "select count(*) from trade where status = 'void'", "expect": "0", "got": "50", "passed": False}]
     passed = [{**failed[0], "got": "0", "passed": True}]
-    window = {"stop": {"plan": {"backup_set": "20261124-020000F"}}, "restore": {"backup_set": "20261124-020000F"}, "checks": failed}
+    window = {**downtime_xcom(promoted=False), "checks": failed}  # backup 20261124-020000F, not promoted
     decided = {
         "asked": True,
         "decisions": [

@@ -16,6 +16,7 @@ from rewind.pitr.decision import (
     state_text,
 )
 from rewind.pitr.request import parse_request
+from rewind.pitr.results import CheckResult, DecisionRecord, RecoveryResult
 
 CURRENT = parse_request(
     {
@@ -68,24 +69,29 @@ def test_abort_is_all_wal_of_the_timeline_the_cluster_ran_on_and_promotes():
 
 def test_what_the_dba_reads_names_the_failed_check_the_refusal_and_every_answer_with_who():
     decisions = [
-        {"answer": MOVE, "by": "Dana DBA (Airflow user id 7)", "at": "2026-11-24T02:20:01+00:00", "from": "time A", "to": "xid 7421"},
-        {
-            "answer": PROMOTE,
-            "by": "Dana DBA (Airflow user id 7)",
-            "at": "2026-11-24T02:21:00+00:00",
-            "from": "xid 7421",
-            "refused": "a check failed",
-        },
+        DecisionRecord.model_validate(d)
+        for d in (
+            {"answer": MOVE, "by": "Dana DBA (Airflow user id 7)", "at": "2026-11-24T02:20:01+00:00", "from": "time A", "to": "xid 7421"},
+            {
+                "answer": PROMOTE,
+                "by": "Dana DBA (Airflow user id 7)",
+                "at": "2026-11-24T02:21:00+00:00",
+                "from": "xid 7421",
+                "refused": "a check failed",
+            },
+        )
     ]
     checks = [
-        {"sql": "select 1", "expect": "1", "got": "1", "passed": True},
-        {"sql": "select 2", "expect": "0", "got": "2", "passed": False},
+        CheckResult(sql="select 1", expect="1", got="1", passed=True),
+        CheckResult(sql="select 2", expect="0", got="2", passed=False),
     ]
     text = state_text(
         "ledger",
         CURRENT,
         change="CHG0010001",
-        recovery={"stop_record": "recovery stopping before commit of transaction 7421", "replay_lsn": "0/3000060"},
+        recovery=RecoveryResult(
+            state="paused", stop_record="recovery stopping before commit of transaction 7421", replay_lsn="0/3000060", timeline=None
+        ),
         checks=checks,
         decisions=decisions,
         problem="a check failed",
@@ -100,5 +106,5 @@ def test_what_the_dba_reads_names_the_failed_check_the_refusal_and_every_answer_
     assert describe_decision(decisions[0]).endswith(": from time A to xid 7421")
     assert checks_passed([]) and not checks_passed(checks)
     assert "back to the latest archived WAL of timeline 1" in describe_decision(
-        {"answer": ABORT, "by": "x", "at": "t", "from": "f", "timeline_before": 1}
+        DecisionRecord.model_validate({"answer": ABORT, "by": "x", "at": "t", "from": "f", "timeline_before": 1})
     )

@@ -9,7 +9,9 @@ from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, corre
 from rewind.inventory import Cluster
 from rewind.pitr.decision import ABORT, describe_decision
 from rewind.pitr.journal import run_using_change
+from rewind.pitr.plan import RestorePlan
 from rewind.pitr.request import PitrRequest
+from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, PromoteResult, RecoveryResult
 from rewind.servicenow import ChangeState, ChangeStatus, ServiceNowClient, ServiceNowNotFound
 
 
@@ -124,26 +126,42 @@ def ensure_change(
     )
 
 
+def left_at(
+    request: PitrRequest,
+    *,
+    recovery: RecoveryResult,
+    checks: list[CheckResult],
+    promoted: PromoteResult | None,
+    decision: DecisionResult,
+) -> tuple[PitrRequest, RecoveryResult, list[CheckResult], int | None]:
+    """The request, recovery, data checks and timeline a run left its cluster at, for the summary:
+    where the DBA's answers left it when the run asked (decide_at_target), else the downtime task's
+    (stop_restore_promote's `recovery`, `checks` and `promote`)."""
+    if decision.asked:
+        return decision.request, decision.recovery or recovery, decision.checks or [], decision.timeline
+    return request, recovery, checks, (promoted or recovery).timeline
+
+
 def summary(
     cluster: Cluster,
     request: PitrRequest,
     *,
     run_id: str,
     run_url: str,
-    plan: dict,
-    recovery: dict,
-    checks: list[dict],
+    plan: RestorePlan,
+    recovery: RecoveryResult,
+    checks: list[CheckResult],
     timeline: int | None,
     backup: dict,
     timings: dict[str, float],
     requested_by: str | None = None,
     approved_by: str | None = None,
-    decisions: list[dict] = (),
+    decisions: list[DecisionRecord] = (),
 ) -> str:
     """`request` and `plan`: the ones the cluster was left at (after the DBA's moves, if any);
     `decisions`: the DBA's answers while paused (rewind.pitr.decision), in order."""
-    passed = sum(1 for c in checks if c["passed"])
-    aborted = bool(decisions) and decisions[-1].get("answer") == ABORT
+    passed = sum(1 for c in checks if c.passed)
+    aborted = bool(decisions) and decisions[-1].answer == ABORT
     lines = [
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) "
         + ("aborted by the DBA: restored to the latest archived WAL, nothing lost." if aborted else "completed."),
@@ -153,13 +171,13 @@ def summary(
         f"Approved by: {approved_by or 'unknown'}",
         f"Target: {request.describe()}",
         f"At the target: {request.action_text()}",
-        f"Restored from backup {plan['backup_set']} ({plan['backup_type']}, ended {plan['backup_stopped_at']}, stop LSN {plan['backup_stop_lsn']}) "
-        f"along timeline {plan['timeline']}",
+        f"Restored from backup {plan.backup_set} ({plan.backup_type}, ended {plan.backup_stopped_at}, stop LSN {plan.backup_stop_lsn}) "
+        f"along timeline {plan.timeline}",
     ]
-    if plan.get("target_record"):
-        lines.append(f"Target record in WAL: {plan['target_record']} at {plan['target_lsn']}")
+    if plan.target_record:
+        lines.append(f"Target record in WAL: {plan.target_record} at {plan.target_lsn}")
     lines.extend(f"Decision {number}: {describe_decision(decision)}" for number, decision in enumerate(decisions, 1))
-    lines.append(f"Recovery: {recovery.get('stop_record') or recovery.get('state')}; now on timeline {timeline}")
+    lines.append(f"Recovery: {recovery.stop_record or recovery.state}; now on timeline {timeline}")
     lines.append(f"Data checks: {passed}/{len(checks)} passed")
     lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
     lines.append(

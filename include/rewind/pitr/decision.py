@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rewind.pitr.request import PitrParamError, PitrRequest, parse_request
+from rewind.pitr.results import CheckResult, DecisionRecord, RecoveryResult
 
 PROMOTE = "Promote"
 MOVE = "Move the target"
@@ -99,24 +100,24 @@ def back_to_latest_request(current: PitrRequest, *, timeline_before: int) -> Pit
     )
 
 
-def checks_passed(checks: list[dict] | None) -> bool:
-    return all(check.get("passed") for check in checks or [])
+def checks_passed(checks: list[CheckResult] | None) -> bool:
+    return all(check.passed for check in checks or [])
 
 
-def describe_decision(decision: Mapping[str, Any], *, short: bool = False) -> str:
+def describe_decision(decision: DecisionRecord, *, short: bool = False) -> str:
     """One line per answer, for the change's notes and the run summary; `short` (the run note,
     which Airflow bounds) leaves out where the cluster was paused when it was given."""
-    who = decision.get("by") or "unknown"
-    text = f"{decision.get('answer')} by {who} at {decision.get('at')}"
-    origin = "" if short else f" from {decision.get('from')}"
-    if decision.get("answer") == MOVE and decision.get("to"):
-        text += f":{origin} to {decision['to']}"
-    elif decision.get("answer") == ABORT:
-        text += f":{origin} back to the latest archived WAL of timeline {decision.get('timeline_before')}"
-    elif decision.get("answer") == PROMOTE and not short:
-        text += f": at {decision.get('from')}"
-    if decision.get("refused"):
-        text += f" (not carried out: {decision['refused']})"
+    who = decision.by or "unknown"
+    text = f"{decision.answer} by {who} at {decision.at}"
+    origin = "" if short else f" from {decision.from_}"
+    if decision.answer == MOVE and decision.to:
+        text += f":{origin} to {decision.to}"
+    elif decision.answer == ABORT:
+        text += f":{origin} back to the latest archived WAL of timeline {decision.timeline_before}"
+    elif decision.answer == PROMOTE and not short:
+        text += f": at {decision.from_}"
+    if decision.refused:
+        text += f" (not carried out: {decision.refused})"
     return text
 
 
@@ -125,9 +126,9 @@ def state_text(
     request: PitrRequest,
     *,
     change: str | None,
-    recovery: Mapping[str, Any] | None,
-    checks: list[dict] | None,
-    decisions: list[dict],
+    recovery: RecoveryResult | None,
+    checks: list[CheckResult] | None,
+    decisions: list[DecisionRecord],
     problem: str | None = None,
 ) -> str:
     """What the DBA reads before answering (the run note and the task log, refreshed at every
@@ -138,11 +139,11 @@ def state_text(
     # the newest answers first: Airflow bounds a run note, and the task log keeps every line
     answers = [f"Decision {number}: {describe_decision(d, short=True)}" for number, d in enumerate(decisions, 1)]
     if recovery:
-        lines.append(f"Recovery stopped: {recovery.get('stop_record') or recovery.get('state')} (replayed to {recovery.get('replay_lsn')})")
+        lines.append(f"Recovery stopped: {recovery.stop_record or recovery.state} (replayed to {recovery.replay_lsn})")
     if checks:
-        failed = [c for c in checks if not c.get("passed")]
+        failed = [c for c in checks if not c.passed]
         lines.append(f"Data checks here: {len(checks) - len(failed)}/{len(checks)} passed")
-        lines.extend(f"  FAILED: {c['sql']} -> {c['got']} (expected {c['expect']})" for c in failed)
+        lines.extend(f"  FAILED: {c.sql} -> {c.got} (expected {c.expect})" for c in failed)
     else:
         lines.append("Data checks here: none given")
     if not checks_passed(checks):

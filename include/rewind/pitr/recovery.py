@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 from rewind.credentials import bounded, redact
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.request import DataCheck
+from rewind.pitr.results import CheckResult, RecoveryResult
 from rewind.postgres import live_timeline, log_file, postmaster_pid, run_check, run_sql
 from rewind.runner import CommandFailed, CommandRunner
 
@@ -33,7 +33,7 @@ class RecoveryTargetNotReached(RecoveryError):
 class DataCheckFailed(RewindError):
     """`results`: every check's (masked, bounded) outcome, for a DBA deciding what to do next."""
 
-    def __init__(self, message: str, results: list[dict] | None = None) -> None:
+    def __init__(self, message: str, results: list[CheckResult] | None = None) -> None:
         super().__init__(message)
         self.results = results or []
 
@@ -89,17 +89,6 @@ def new_log_lines(cluster: Cluster, offset: int) -> list[str]:
         return handle.read().decode(errors="replace").splitlines()
 
 
-@dataclass(frozen=True)
-class RecoveryResult:
-    state: str  # "promoted" | "paused"
-    replay_lsn: str | None
-    stop_record: str | None  # PostgreSQL's "recovery stopping ..." line, when it logged one
-    timeline: int | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def wait_for_recovery(
     runner: CommandRunner,
     cluster: Cluster,
@@ -136,9 +125,9 @@ def wait_for_recovery(
             in_recovery, pause, lsn = state.split("|")
             stop_record = next((line.split("LOG:", 1)[-1].strip() for line in lines if "recovery stopping" in line), None)
             if action == "promote" and in_recovery == "f":
-                return RecoveryResult("promoted", lsn, stop_record, live_timeline(runner, cluster))
+                return RecoveryResult(state="promoted", replay_lsn=lsn, stop_record=stop_record, timeline=live_timeline(runner, cluster))
             if action == "pause" and in_recovery == "t" and pause == "paused":
-                return RecoveryResult("paused", lsn, stop_record, None)
+                return RecoveryResult(state="paused", replay_lsn=lsn, stop_record=stop_record, timeline=None)
         if time.monotonic() > deadline:
             raise RecoveryError(f"recovery did not reach the target within {timeout_s:.0f}s: check PostgreSQL's log")
         time.sleep(poll_s)
@@ -155,7 +144,7 @@ def run_data_checks(
     database: str,
     secrets: Iterable[str] = (),
     log: Callable[[str], None] = print,
-) -> list[dict]:
+) -> list[CheckResult]:
     """Each check as the check role (rewind.postgres.run_check). Its answer is compared in full,
     then masked (every secret value this task knows replaced) and bounded before it goes anywhere."""
     secrets = list(secrets)
@@ -168,13 +157,13 @@ def run_data_checks(
             got, passed = f"error: {exc}", False
         shown = bounded(redact(got, secrets), MAX_RESULT_CHARS)
         sql = bounded(redact(check.sql, secrets), MAX_RESULT_CHARS)
-        results.append({"sql": sql, "expect": redact(check.expect, secrets), "got": shown, "passed": passed})
-        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {sql!r} -> {shown!r} (expected {results[-1]['expect']!r})")
-    failed = [r for r in results if not r["passed"]]
+        results.append(CheckResult(sql=sql, expect=redact(check.expect, secrets), got=shown, passed=passed))
+        log(f"data check {number}: {'ok' if passed else 'FAILED'}: {sql!r} -> {shown!r} (expected {results[-1].expect!r})")
+    failed = [r for r in results if not r.passed]
     if failed:
         first = failed[0]
         raise DataCheckFailed(
-            f"{len(failed)} of {len(results)} data check(s) failed; first: {first['sql']!r} returned {first['got']!r}, expected {first['expect']!r}",
+            f"{len(failed)} of {len(results)} data check(s) failed; first: {first.sql!r} returned {first.got!r}, expected {first.expect!r}",
             results,
         )
     return results

@@ -11,7 +11,9 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from rewind.guard import RestoreInProgress, require_no_restore
 from rewind.lifecycle import decommissioned
+from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import PgBackRestHook
+from rewind_airflow.hooks.servicenow import ServiceNowHook
 
 
 class RewindClusterOperator(BaseOperator):
@@ -60,3 +62,19 @@ class RewindClusterOperator(BaseOperator):
     def on_kill(self) -> None:
         self.hook.terminate()
         self.hook.release()
+
+
+class ChangeControlledOperator(RewindClusterOperator):
+    """A step of a workflow that runs under a ServiceNow change (PITR, rehearsal, onboarding,
+    decommissioning): its ServiceNow client is built once per task, from the hook that owns the
+    connection, and reused by every gate and note of the step."""
+
+    template_fields: Sequence[str] = ("cluster", "servicenow_conn_id")
+
+    def __init__(self, *, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.servicenow_conn_id = servicenow_conn_id
+
+    @cached_property
+    def servicenow(self) -> ServiceNowClient:
+        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()

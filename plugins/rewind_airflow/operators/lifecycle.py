@@ -5,7 +5,6 @@ touches production re-reads the change first."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
@@ -32,26 +31,20 @@ from rewind.lifecycle import (
 from rewind.pgbackrest.config import install_config
 from rewind.pitr.recovery import archive_current_wal
 from rewind.postgres import reload_argv, restart_argv, run_sql
-from rewind.servicenow import ChangeStatus, ServiceNowClient
-from rewind_airflow.hooks.servicenow import ServiceNowHook
+from rewind.servicenow import ChangeStatus
 from rewind_airflow.identity import requester_of
-from rewind_airflow.operators.base import RewindClusterOperator
+from rewind_airflow.operators.base import ChangeControlledOperator
 
 
-class LifecycleOperator(RewindClusterOperator):
+class LifecycleOperator(ChangeControlledOperator):
     """A step of an onboarding or decommissioning run: its change, and its plan from the first step."""
 
     template_fields: Sequence[str] = ("cluster", "change", "plan", "servicenow_conn_id")
 
-    def __init__(self, *, change: Any = None, plan: Any = None, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
+    def __init__(self, *, change: Any = None, plan: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.change = change  # {number, sys_id} from open_change
         self.plan = plan
-        self.servicenow_conn_id = servicenow_conn_id
-
-    @cached_property
-    def servicenow(self) -> ServiceNowClient:
-        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
     def gate(self, step: str, *, implementing: bool = True) -> ChangeStatus:
         return require_gate(

@@ -18,7 +18,6 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -27,7 +26,7 @@ from rewind import guard as restore_guard
 from rewind import metrics
 from rewind.change_control import MAX_NOTE_CHARS, Person, approved_by, close_change, find_group, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import check_given_change, ensure_change, run_note, summary
+from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
@@ -41,13 +40,21 @@ from rewind.pitr.recovery import (
     wait_for_recovery,
 )
 from rewind.pitr.request import PitrRequest, parse_request
+from rewind.pitr.results import (
+    CheckResult,
+    DecisionResult,
+    DowntimeResult,
+    PromoteResult,
+    RecoveryResult,
+    RestoreResult,
+    StartResult,
+    StopResult,
+)
 from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
 from rewind.retention import end_hold, place_hold, set_hold_change
-from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import known_secret_values
-from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.identity import requester_of
-from rewind_airflow.operators.base import RewindClusterOperator
+from rewind_airflow.operators.base import ChangeControlledOperator
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 from rewind_airflow.run_note import set_run_note
 
@@ -56,26 +63,29 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def run_url(context) -> str:
+def airflow_base_url() -> str:
+    """Where people open Airflow's UI ([api] base_url), for links in changes and notes."""
     from airflow.sdk.configuration import conf
 
-    base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
-    return f"{base}/dags/{context['ti'].dag_id}/runs/{context['run_id']}"
+    return conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
+
+
+def run_url(context) -> str:
+    return f"{airflow_base_url()}/dags/{context['ti'].dag_id}/runs/{context['run_id']}"
 
 
 class PitrStepFailed(RewindError):
     pass
 
 
-class PitrOperator(RewindClusterOperator):
+class PitrOperator(ChangeControlledOperator):
     """A step of one PITR run: the request, the run's journal, its change in ServiceNow."""
 
     template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id")
 
-    def __init__(self, *, request: Any = None, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
+    def __init__(self, *, request: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
-        self.servicenow_conn_id = servicenow_conn_id
 
     @property
     def pitr_request(self) -> PitrRequest:
@@ -85,10 +95,6 @@ class PitrOperator(RewindClusterOperator):
     def runner(self):
         """psql and pg_ctl as the OS user, without repository secrets."""
         return self.hook.os_runner()
-
-    @cached_property
-    def servicenow(self) -> ServiceNowClient:
-        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
     def journal(self, context) -> RunJournal:
         return RunJournal.load(self.hook.cluster, context["run_id"], dag_id=context["ti"].dag_id)
@@ -295,18 +301,18 @@ class StopRestorePromoteOperator(PitrOperator):
                 raise
             timings[step] = round(time.monotonic() - began, 3)
         self.log.info("steps: %s", ", ".join(f"{step} {seconds:.2f}s" for step, seconds in timings.items()))
-        return {
-            "stop": results.get("stop_postgres"),
-            "restore": results.get("restore"),
-            "start": results["start_postgres"],
-            "recovery": results["wait_for_target"],
-            "checks": results["validate_data"],
-            "promote": results.get("promote"),
-            "timings_s": timings,
-        }
+        return DowntimeResult(
+            stop=results.get("stop_postgres"),
+            restore=results.get("restore"),
+            start=results["start_postgres"],
+            recovery=results["wait_for_target"],
+            checks=results["validate_data"],
+            promote=results.get("promote"),
+            timings_s=timings,
+        ).to_xcom()
 
     # ---- stop_postgres ------------------------------------------------------------------------------
-    def _stop_postgres(self, context, journal: RunJournal) -> dict:
+    def _stop_postgres(self, context, journal: RunJournal) -> StopResult:
         started = _now()
         cluster, runner, run_id = self.hook.cluster, self.runner, context["run_id"]
         journal.refuse_if_rewound("stop_postgres")
@@ -327,12 +333,12 @@ class StopRestorePromoteOperator(PitrOperator):
         change, (plan, timeline_before) = _with_gate(lambda: self.gate(journal, step="stop_postgres", implementing=implementing), prepare)
         if plan is None:
             self.log.info("PostgreSQL was stopped by an earlier try of this run at %s; not stopping again", journal.at("stopped"))
-            return {
-                "plan": journal.data["plan"],
-                "started_at": journal.data.get("stop_started_at", started),
-                "finished_at": _now(),
-                "timeline_before": journal.data.get("timeline_before"),
-            }
+            return StopResult(
+                plan=journal.data["plan"],
+                started_at=journal.data.get("stop_started_at", started),
+                finished_at=_now(),
+                timeline_before=journal.data.get("timeline_before"),
+            )
         if plan.backup_set != self.plan["backup_set"]:
             self.note(
                 journal,
@@ -364,10 +370,10 @@ class StopRestorePromoteOperator(PitrOperator):
         journal.record("stopped")
         restore_guard.advance(cluster, run_id, "stopped")
         self._backup_checked = (plan.backup_set, time.monotonic())  # by the re-plan, from the repository as it was at the stop
-        return {"plan": plan.as_dict(), "pid_before": pid, "timeline_before": timeline_before, "started_at": started, "finished_at": _now()}
+        return StopResult(plan=plan, pid_before=pid, timeline_before=timeline_before, started_at=started, finished_at=_now())
 
     # ---- restore ------------------------------------------------------------------------------------
-    def _restore(self, context, journal: RunJournal) -> dict:
+    def _restore(self, context, journal: RunJournal) -> RestoreResult:
         started = _now()
         cluster, request, run_id = self.hook.cluster, self.pitr_request, context["run_id"]
         journal.refuse_if_rewound("restore")
@@ -408,15 +414,15 @@ class StopRestorePromoteOperator(PitrOperator):
         )
         journal.record("restored")
         restore_guard.advance(cluster, run_id, "restored")
-        return {"backup_set": plan.backup_set, "timeline": plan.timeline, "started_at": started, "finished_at": _now()}
+        return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
 
     # ---- start_postgres -----------------------------------------------------------------------------
-    def _start_postgres(self, context, journal: RunJournal) -> dict:
+    def _start_postgres(self, context, journal: RunJournal) -> StartResult:
         """Start PostgreSQL on the restored data without waiting: recovery is watched by the next step."""
         cluster, run_id = self.hook.cluster, context["run_id"]
         if journal.rewound and is_running(cluster):
             self.log.info("PostgreSQL was started on the restored data at %s and is running", journal.at("started"))
-            return {"log_offset": journal.data.get("log_offset", 0), "started_at": journal.at("started")}
+            return StartResult(log_offset=journal.data.get("log_offset", 0), started_at=journal.at("started"))
         if not journal.at("restored"):
             raise PitrStepFailed(f"start refused: the restore of this run did not finish; PostgreSQL of {cluster.name} stays stopped")
         if not journal.rewound:
@@ -426,10 +432,10 @@ class StopRestorePromoteOperator(PitrOperator):
         journal.set(log_offset=offset)
         journal.record("started")
         restore_guard.advance(cluster, run_id, "started")
-        return {"log_offset": offset, "started_at": journal.at("started")}
+        return StartResult(log_offset=offset, started_at=journal.at("started"))
 
     # ---- wait_for_target ----------------------------------------------------------------------------
-    def _wait_for_target(self, context, journal: RunJournal) -> dict:
+    def _wait_for_target(self, context, journal: RunJournal) -> RecoveryResult:
         """Until recovery stopped at the target and paused (or promoted) as asked; loud when PostgreSQL
         reports the target was not reached."""
         result = wait_for_recovery(
@@ -439,16 +445,16 @@ class StopRestorePromoteOperator(PitrOperator):
             since_offset=journal.data.get("log_offset", 0),
             timeout_s=self.recovery_timeout_s,
             log=self.log.info,
-        ).as_dict()
-        self.log.info("recovery: %s", result)
+        )
+        self.log.info("recovery: %s", result.to_xcom())
         journal.record("at_target")
-        if result["state"] == "promoted":
+        if result.state == "promoted":
             journal.record("promoted")
-        restore_guard.advance(self.hook.cluster, context["run_id"], "at_target" if result["state"] == "paused" else "promoted")
-        return {**result, "finished_at": _now()}
+        restore_guard.advance(self.hook.cluster, context["run_id"], "at_target" if result.state == "paused" else "promoted")
+        return result.model_copy(update={"finished_at": _now()})
 
     # ---- validate_data ------------------------------------------------------------------------------
-    def _validate_data(self, context, journal: RunJournal) -> list[dict]:
+    def _validate_data(self, context, journal: RunJournal) -> list[CheckResult]:
         """The request's data checks as the check role, read-only; with target_action pause the
         cluster is still paused at the target, so nobody has written to it yet."""
         request = self.pitr_request
@@ -472,7 +478,7 @@ class StopRestorePromoteOperator(PitrOperator):
         return results
 
     # ---- promote ------------------------------------------------------------------------------------
-    def _promote(self, context, journal: RunJournal) -> dict:
+    def _promote(self, context, journal: RunJournal) -> PromoteResult:
         """Promote when recovery paused at the target and this run's data checks passed (recorded in
         its journal: a step that did not run to success here does not count)."""
         if self.pitr_request.action == "pause" and not journal.at("checked") and not journal.at("promoted"):
@@ -484,7 +490,7 @@ class StopRestorePromoteOperator(PitrOperator):
         journal.record("promoted")
         restore_guard.advance(self.hook.cluster, context["run_id"], "promoted")
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
-        return {"timeline": timeline, "finished_at": _now()}
+        return PromoteResult(timeline=timeline, finished_at=_now())
 
 
 class PitrFullBackupOperator(PgBackRestBackupOperator):
@@ -520,39 +526,49 @@ class CloseChangeOperator(PitrOperator):
 
     def __init__(self, *, steps: Any, airflow_api_conn_id: str = "airflow_api", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.steps = steps  # {"stop": ..., "restore": ..., "start": ..., "recovery": ..., "checks": ..., ...}
+        # stop_restore_promote's "stop", "recovery", "checks", "promote" (rewind.pitr.results.DowntimeResult),
+        # decide_at_target's return as "decision" (DecisionResult), the full backup's record as "backup"
+        self.steps = steps
         self.airflow_api_conn_id = airflow_api_conn_id
 
     def execute_on_cluster(self, context) -> str:
         cluster, journal, steps = self.hook.cluster, self.journal(context), self.steps
+        # the downtime task's step results (DowntimeResult's fields) and decide_at_target's return
+        stop = StopResult.model_validate(steps["stop"]) if steps.get("stop") else None
+        recovery = RecoveryResult.model_validate(steps["recovery"])
+        checks = [CheckResult.model_validate(check) for check in steps.get("checks") or []]
+        promoted = PromoteResult.model_validate(steps["promote"]) if steps.get("promote") else None
+        decision = DecisionResult.model_validate(steps.get("decision") or {"asked": False})
         seconds = lambda a, b: (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()  # noqa: E731
-        stop_started = journal.data.get("stop_started_at") or steps["stop"]["started_at"]
-        promoted_at = journal.at("promoted") or steps["recovery"]["finished_at"]
+        stop_started = journal.data.get("stop_started_at") or stop.started_at
+        promoted_at = journal.at("promoted") or recovery.finished_at
         timings = {
             "restore": seconds(journal.at("restore_started"), journal.at("restored")),
             "recovery": seconds(journal.at("started"), journal.at("at_target")),
             "downtime (stop to promoted)": seconds(stop_started, promoted_at),
             "full backup": float(steps["backup"]["duration_s"]),
         }
-        decision = steps.get("decision") or {}
-        asked = bool(decision.get("asked"))  # target_action decide: the DBA's answers and where they left the cluster
+        # target_action decide: the DBA's answers and where they left the cluster
+        request, recovery, checks, timeline = left_at(
+            self.pitr_request, recovery=recovery, checks=checks, promoted=promoted, decision=decision
+        )
         text = summary(
             cluster,
-            PitrRequest.model_validate(decision["request"]) if asked else self.pitr_request,
+            request,
             run_id=context["run_id"],
             run_url=run_url(context),
-            plan=journal.data["plan"],
-            recovery=(decision.get("recovery") if asked else None) or steps["recovery"],
-            checks=(decision.get("checks") if asked else steps.get("checks")) or [],
-            timeline=decision.get("timeline") if asked else (steps.get("promote") or steps["recovery"]).get("timeline"),
+            plan=RestorePlan.model_validate(journal.data["plan"]),
+            recovery=recovery,
+            checks=checks,
+            timeline=timeline,
             backup=steps["backup"],
             timings=timings,
             requested_by=self.requested_by(journal),
             approved_by=self.approved_by(journal),
-            decisions=decision.get("decisions", []),
+            decisions=decision.decisions,
         )
         # An abort restored the state before the stop: the change was not implemented as asked.
-        close_code = "unsuccessful" if decision.get("aborted") else "successful"
+        close_code = "unsuccessful" if decision.aborted else "successful"
         metrics.emit(
             cluster.name,
             {

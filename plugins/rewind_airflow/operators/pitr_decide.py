@@ -27,6 +27,7 @@ from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
 from rewind import guard as restore_guard
 from rewind.errors import PreflightError, RewindError
 from rewind.pitr.decision import (
+    ABORT,
     FORM_FIELDS,
     MOVE,
     OPTIONS,
@@ -44,9 +45,10 @@ from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import plan_while_paused
 from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, run_data_checks, wait_for_recovery
 from rewind.pitr.request import PitrRequest
+from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
 from rewind_airflow.hooks.pgbackrest import known_secret_values
-from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed
+from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, airflow_base_url
 from rewind_airflow.run_note import set_run_note
 
 
@@ -84,27 +86,41 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         """The target the cluster is paused at: the DBA's last move, else the trigger's."""
         return PitrRequest.model_validate(journal.data.get("request") or self.request)
 
+    @staticmethod
+    def recovery_here(journal: RunJournal) -> RecoveryResult | None:
+        recovery = journal.data.get("decide_recovery")
+        return RecoveryResult.model_validate(recovery) if recovery else None
+
+    @staticmethod
+    def checks_here(journal: RunJournal) -> list[CheckResult]:
+        return [CheckResult.model_validate(check) for check in journal.data.get("decide_checks") or []]
+
+    @staticmethod
+    def decisions(journal: RunJournal) -> list[DecisionRecord]:
+        return [DecisionRecord.model_validate(decision) for decision in journal.data.get("decisions", [])]
+
     def result(self, journal: RunJournal) -> dict:
-        return {
-            "asked": True,
-            "decisions": journal.data.get("decisions", []),
-            "request": self.current_request(journal).model_dump(mode="json"),
-            "plan": journal.data.get("plan"),
-            "recovery": journal.data.get("decide_recovery"),
-            "checks": journal.data.get("decide_checks"),
-            "timeline": journal.data.get("decide_timeline"),
-            "aborted": journal.data.get("aborted", False),
-        }
+        return DecisionResult(
+            asked=True,
+            decisions=self.decisions(journal),
+            request=self.current_request(journal),
+            plan=journal.data.get("plan"),
+            recovery=journal.data.get("decide_recovery"),
+            checks=journal.data.get("decide_checks"),
+            timeline=journal.data.get("decide_timeline"),
+            aborted=journal.data.get("aborted", False),
+        ).to_xcom()
 
     # ---- first execution (and every retry) -------------------------------------------------------
     def execute_on_cluster(self, context) -> dict:
         request = self.pitr_request
         if not request.dba_decides:
             self.log.info("nothing to decide: target_action is %s", request.target_action)
-            return {"asked": False}
+            return DecisionResult(asked=False).to_xcom()
         journal = self.journal(context)
         if journal.at("promoted"):
-            self.log.info("already decided and carried out: %s", describe_decision((journal.data.get("decisions") or [{}])[-1]))
+            decisions = self.decisions(journal)
+            self.log.info("already decided and carried out: %s", describe_decision(decisions[-1]) if decisions else "no answer recorded")
             return self.result(journal)
         if not journal.at("started"):
             raise PitrStepFailed(
@@ -112,6 +128,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             )
         pending = journal.data.get("pending_decision")
         if pending:  # recorded by an earlier try, not finished: finish it
+            pending = DecisionRecord.model_validate(pending)
             self.log.info("carrying out the answer an earlier try recorded: %s", describe_decision(pending))
             return self.carry_out(context, journal, pending)
         unread = self.unread_answer(context, journal)
@@ -119,8 +136,12 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             self.log.info("an answer to this run's last question was not carried out by the try that asked: carrying it out")
             return self.answered(context, journal, unread)
         if "decide_checks" not in journal.data:  # first question: the downtime task's results
-            downtime = context["ti"].xcom_pull(task_ids="stop_restore_promote") or {}
-            journal.set(decide_recovery=downtime.get("recovery"), decide_checks=downtime.get("checks") or [])
+            pulled = context["ti"].xcom_pull(task_ids="stop_restore_promote")
+            downtime = DowntimeResult.model_validate(pulled) if pulled else None
+            journal.set(
+                decide_recovery=downtime.recovery.to_xcom() if downtime else None,
+                decide_checks=[check.to_xcom() for check in downtime.checks] if downtime else [],
+            )
         return self.ask(context, journal)
 
     # ---- the question ----------------------------------------------------------------------------
@@ -130,13 +151,19 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             cluster.name,
             self.current_request(journal),
             change=journal.change,
-            recovery=journal.data.get("decide_recovery"),
-            checks=journal.data.get("decide_checks"),
-            decisions=journal.data.get("decisions", []),
+            recovery=self.recovery_here(journal),
+            checks=self.checks_here(journal),
+            decisions=self.decisions(journal),
             problem=problem,
         )
-        self.log.info("asking the DBA:\n%s", text)
-        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], text)
+        link = self.generate_link_to_ui(task_instance=context["ti"], base_url=airflow_base_url())
+        self.log.info("asking the DBA (%s):\n%s", link, text)
+        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], f"{text}\nAnswer: {link}")
+        if not journal.data.get("asked_at"):  # the first question: whoever follows the change learns where to answer
+            self.note(
+                journal,
+                f"Rewind PITR run {context['run_id']}: {cluster.name} is paused read-only at the target; a DBA decides in Airflow: {link}",
+            )
         self.body = question_body(cluster.name, journal.change)
         journal.set(asked_at=_now())
         HITLOperator.execute(self, context)  # writes the question, parks the task in awaiting_input
@@ -163,7 +190,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             return None
         if not detail.response_received or not detail.responded_at or detail.responded_at <= dt.datetime.fromisoformat(asked_at):
             return None
-        if detail.responded_at.isoformat() in {d.get("at") for d in journal.data.get("decisions", [])}:
+        if detail.responded_at.isoformat() in {decision.at for decision in self.decisions(journal)}:
             return None
         self.validate_chosen_options(detail.chosen_options or [])
         who = detail.responded_by_user
@@ -178,56 +205,57 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         """Carry out the DBA's answer: checked first (a refusal touches nothing and asks again),
         recorded (journal, work note), then done."""
         who = answer["responded_by_user"] or {}
-        decision = {
-            "answer": answer["chosen_options"][0],
-            "by": f"{who.get('name')} (Airflow user id {who.get('id')})",
-            "at": answer["responded_at"].isoformat(),
-            "from": self.current_request(journal).describe(),
-        }
+        chosen = answer["chosen_options"][0]
+        decision = DecisionRecord(
+            answer=chosen,
+            by=f"{who.get('name')} (Airflow user id {who.get('id')})",
+            at=answer["responded_at"].isoformat(),
+            from_=self.current_request(journal).describe(),
+            # an abort names the timeline it goes back to, in its record even when it is refused
+            **({"timeline_before": journal.data.get("timeline_before") or journal.data["plan"]["timeline"]} if chosen == ABORT else {}),
+        )
         self.log.info("answer: %s", describe_decision(decision))
         try:
             decision = self.prepare(context, journal, decision, answer["params_input"] or {})
         except (NotThisAnswer, PreflightError) as exc:  # nothing was touched: ask again with the reason
-            self.log.warning("%s: not carried out: %s", decision["answer"], exc)
-            refused = {**decision, "refused": str(exc)}
-            journal.set(decisions=[*journal.data.get("decisions", []), refused])
+            self.log.warning("%s: not carried out: %s", decision.answer, exc)
+            refused = decision.model_copy(update={"refused": str(exc)})
+            journal.set(decisions=[*journal.data.get("decisions", []), refused.to_xcom()])
             self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(refused)}")
             return self.ask(context, journal, problem=str(exc))
-        journal.set(pending_decision=decision)
+        journal.set(pending_decision=decision.to_xcom())
         self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(decision)}")
         return self.carry_out(context, journal, decision)
 
-    def prepare(self, context, journal: RunJournal, decision: dict, form: dict) -> dict:
+    def prepare(self, context, journal: RunJournal, decision: DecisionRecord, form: dict) -> DecisionRecord:
         """Everything that can be checked before the answer touches the cluster; raises
         NotThisAnswer/PreflightError with the line the DBA reads."""
         current = self.current_request(journal)
         plan = RestorePlan.model_validate(journal.data["plan"])
-        if decision["answer"] == PROMOTE:
-            if not journal.at("checked") or not checks_passed(journal.data.get("decide_checks")):
+        if decision.answer == PROMOTE:
+            if not journal.at("checked") or not checks_passed(self.checks_here(journal)):
                 raise NotThisAnswer(f"{PROMOTE} refused: a data check failed at {current.describe()}; move the target or abort")
             return decision
-        if decision["answer"] == MOVE:
+        if decision.answer == MOVE:
             new_request = moved_request(current, form, timeline=plan.timeline)
         else:
-            timeline_before = journal.data.get("timeline_before") or plan.timeline
-            new_request = back_to_latest_request(current, timeline_before=timeline_before)
-            decision["timeline_before"] = timeline_before
+            new_request = back_to_latest_request(current, timeline_before=decision.timeline_before)
         new_plan = plan_while_paused(
             self.hook.get_conn(), new_request, timeline=new_request_timeline(new_request), runner=self.runner, log=self.log.info
         )
-        self.log.info("plan for %s: %s", decision["answer"], new_plan.describe())
-        return {**decision, "to": new_request.describe(), "request": new_request.model_dump(mode="json"), "plan": new_plan.as_dict()}
+        self.log.info("plan for %s: %s", decision.answer, new_plan.describe())
+        return decision.model_copy(update={"to": new_request.describe(), "request": new_request, "plan": new_plan})
 
-    def carry_out(self, context, journal: RunJournal, decision: dict) -> Any:
-        if decision["answer"] == PROMOTE:
+    def carry_out(self, context, journal: RunJournal, decision: DecisionRecord) -> Any:
+        if decision.answer == PROMOTE:
             return self.promote_here(context, journal, decision)
-        if decision["answer"] == MOVE:
+        if decision.answer == MOVE:
             self.restore_again(context, journal, decision)
             return self.ask(context, journal)
         return self.back_to_latest(context, journal, decision)
 
     # ---- promote ---------------------------------------------------------------------------------
-    def promote_here(self, context, journal: RunJournal, decision: dict) -> dict:
+    def promote_here(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
         cluster = self.hook.cluster
         self.gate(journal, step="promote", implementing=True)
         timeline = promote(self.runner, cluster)
@@ -238,12 +266,12 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         return self.result(journal)
 
     # ---- move the target -------------------------------------------------------------------------
-    def restore_again(self, context, journal: RunJournal, decision: dict) -> None:
+    def restore_again(self, context, journal: RunJournal, decision: DecisionRecord) -> None:
         """Stop the paused cluster, restore --delta to the new target, start, wait until paused
         there, run the checks. Nothing was written to the paused cluster: doing this again after a
         crash loses nothing either."""
         cluster, run_id = self.hook.cluster, context["run_id"]
-        request, plan = PitrRequest.model_validate(decision["request"]), RestorePlan.model_validate(decision["plan"])
+        request, plan = decision.request, decision.plan
         recovery = self.restore(context, journal, request, plan)
         checks = self.checks(request)
         journal.forget("at_target", "checked")
@@ -251,42 +279,49 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         if checks_passed(checks):
             journal.record("checked")
         restore_guard.advance(cluster, run_id, "at_target")
-        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=checks)
+        journal.set(
+            request=request.model_dump(mode="json"),
+            plan=plan.as_dict(),
+            decide_recovery=recovery.to_xcom(),
+            decide_checks=[check.to_xcom() for check in checks],
+        )
         self.finish(journal, decision)
         self.note(
             journal,
             f"Rewind PITR run {run_id}: {cluster.name} is paused again, read-only, at {request.describe()} "
-            f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c['passed'])}/{len(checks)} passed. Waiting for the DBA.",
+            f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c.passed)}/{len(checks)} passed. Waiting for the DBA.",
         )
 
     # ---- abort -----------------------------------------------------------------------------------
-    def back_to_latest(self, context, journal: RunJournal, decision: dict) -> dict:
+    def back_to_latest(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
         cluster, run_id = self.hook.cluster, context["run_id"]
-        request, plan = PitrRequest.model_validate(decision["request"]), RestorePlan.model_validate(decision["plan"])
+        request, plan = decision.request, decision.plan
         recovery = self.restore(context, journal, request, plan)
         timeline = promote(self.runner, cluster)  # recovery promoted itself at the end of the WAL: this checkpoints
         journal.record("promoted")
         restore_guard.advance(cluster, run_id, "promoted")
         # The request's checks were written for the target; the latest state is what it was before the stop.
-        journal.set(request=decision["request"], plan=decision["plan"], decide_recovery=recovery, decide_checks=[], aborted=True)
+        journal.set(
+            request=request.model_dump(mode="json"), plan=plan.as_dict(), decide_recovery=recovery.to_xcom(), decide_checks=[], aborted=True
+        )
         self.finish(journal, decision, timeline=timeline)
         self.log.info(
             "aborted: %s is at the latest archived WAL of timeline %s, now on timeline %s",
             cluster.name,
-            decision["timeline_before"],
+            decision.timeline_before,
             timeline,
         )
         return self.result(journal)
 
     # ---- the steps both share --------------------------------------------------------------------
-    def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> dict:
+    def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> RecoveryResult:
         """Stop (the paused cluster), restore --delta with `plan`, start, wait for the target. A retry
         after this answer's start goes on waiting instead of stopping again."""
         cluster, run_id = self.hook.cluster, context["run_id"]
-        pending = journal.data["pending_decision"]
+        pending = DecisionRecord.model_validate(journal.data["pending_decision"])
         pgbackrest = self.hook.get_conn()
-        if not (pending.get("started") and is_running(cluster)):
-            self.gate(journal, step=f"{pending['answer']}: restore", implementing=True)
+        if not (pending.started and is_running(cluster)):
+            self.gate(journal, step=f"{pending.answer}: restore", implementing=True)
             self.hook.postmaster_secrets()  # the restart's credentials, before anything is stopped
             if postmaster_pid(cluster):
                 self.runner.run(stop_argv(cluster, mode="fast"), timeout=330)
@@ -306,20 +341,20 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             offset = log_offset(cluster)
             self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
             restore_guard.advance(cluster, run_id, "started")
-            journal.set(pending_decision={**pending, "started": _now(), "log_offset": offset})
-        pending = journal.data["pending_decision"]
+            pending = pending.model_copy(update={"started": _now(), "log_offset": offset})
+            journal.set(pending_decision=pending.to_xcom())
         result = wait_for_recovery(
             self.runner,
             cluster,
             action=request.action,
-            since_offset=pending.get("log_offset", 0),
+            since_offset=pending.log_offset or 0,
             timeout_s=self.recovery_timeout_s,
             log=self.log.info,
-        ).as_dict()
-        self.log.info("recovery: %s", result)
+        )
+        self.log.info("recovery: %s", result.to_xcom())
         return result
 
-    def checks(self, request: PitrRequest) -> list[dict]:
+    def checks(self, request: PitrRequest) -> list[CheckResult]:
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         try:
             return run_data_checks(
@@ -333,9 +368,8 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         except DataCheckFailed as exc:
             return exc.results
 
-    def finish(self, journal: RunJournal, decision: dict, *, timeline: int | None = None) -> None:
-        done = {key: value for key, value in decision.items() if key not in ("request", "plan", "started", "log_offset")}
-        journal.set(decisions=[*journal.data.get("decisions", []), done], pending_decision=None, decide_timeline=timeline)
+    def finish(self, journal: RunJournal, decision: DecisionRecord, *, timeline: int | None = None) -> None:
+        journal.set(decisions=[*journal.data.get("decisions", []), decision.answered()], pending_decision=None, decide_timeline=timeline)
 
 
 def new_request_timeline(request: PitrRequest) -> int:

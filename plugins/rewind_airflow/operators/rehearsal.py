@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,10 @@ from rewind.rehearsal.production import Mark, choose_backup, mark_production, mi
 from rewind.rehearsal.request import RehearsalRefused, RehearsalRequest, parse_request
 from rewind.rehearsal.site import check_scratch_path, free_port, read_marker, remove_scratch, write_marker
 from rewind.scratch import ScratchCluster
-from rewind.servicenow import ServiceNowClient
 from rewind.wal import read_archive, read_history
-from rewind_airflow.hooks.servicenow import ServiceNowHook
 from rewind_airflow.notifiers.alerts import clear_alert
 from rewind_airflow.notifiers.rehearsal import PROBLEM, run_seconds
-from rewind_airflow.operators.base import RewindClusterOperator
+from rewind_airflow.operators.base import ChangeControlledOperator
 from rewind_airflow.operators.pitr import run_url
 
 LAST_VERIFIED = "rewind_last_verified"
@@ -56,23 +53,18 @@ class RehearsalCheckFailed(RewindError):
     """The copy failed a check: the backup it came from cannot be trusted as it is."""
 
 
-class RehearsalOperator(RewindClusterOperator):
+class RehearsalOperator(ChangeControlledOperator):
     """A step of one rehearsal run: the request, its change in ServiceNow."""
 
     template_fields: Sequence[str] = ("cluster", "request", "servicenow_conn_id")
 
-    def __init__(self, *, request: Any = None, servicenow_conn_id: str = "servicenow_default", **kwargs: Any) -> None:
+    def __init__(self, *, request: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
-        self.servicenow_conn_id = servicenow_conn_id
 
     @property
     def rehearsal_request(self) -> RehearsalRequest:
         return RehearsalRequest.model_validate(self.request)
-
-    @cached_property
-    def servicenow(self) -> ServiceNowClient:
-        return ServiceNowHook(servicenow_conn_id=self.servicenow_conn_id).get_conn()
 
     def opened(self, context) -> dict:
         opened = rehearsal_change.find_opened(self.servicenow, dag_id=context["ti"].dag_id, run_id=context["run_id"])

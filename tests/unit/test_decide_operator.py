@@ -1,0 +1,168 @@
+"""decide_at_target carries out the DBA's answers with typed records (rewind.pitr.results) and
+leaves the run's journal and its return value in the shapes the dicts had: a refused promote, a
+move, then a promote; an abort. PostgreSQL, pgBackRest, ServiceNow and Airflow's question are fakes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from rewind import guard
+from rewind.pitr.decision import ABORT, MOVE, PROMOTE
+from rewind.pitr.journal import RunJournal
+from rewind.pitr.plan import RestorePlan
+from rewind.pitr.results import CheckResult, DecisionResult, RecoveryResult
+from rewind_airflow.operators import pitr_decide
+from rewind_airflow.operators.pitr_decide import DecideAtTargetOperator
+from tests.factories import local_cluster
+from tests.unit.test_pitr_results import CHECKS, DECIDE_REQUEST, FAILED_CHECKS, PLAN
+
+RUN = "manual__2026-11-24T02:20:00+00:00"
+MOVED_PLAN = {**PLAN, "backup_set": "20261124-010000F"}
+
+
+class FakeRunner:
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv, **_kwargs):
+        self.argvs.append(argv)
+
+
+@pytest.fixture
+def decide(tmp_path, monkeypatch):
+    cluster = local_cluster(tmp_path)
+    restores: list[dict] = []
+    runner = FakeRunner()
+    hook = SimpleNamespace(
+        cluster=cluster,
+        get_conn=lambda: SimpleNamespace(restore=lambda **options: restores.append(options)),
+        os_runner=lambda: runner,
+        postmaster_runner=lambda: runner,
+        postmaster_secrets=lambda: None,
+        release=lambda: None,
+    )
+    monkeypatch.setattr(pitr_decide, "plan_while_paused", lambda *_a, **_k: RestorePlan.model_validate(MOVED_PLAN))
+    monkeypatch.setattr(pitr_decide, "promote", lambda *_a, **_k: 2)
+    monkeypatch.setattr(
+        pitr_decide,
+        "wait_for_recovery",
+        lambda *_a, action, **_k: RecoveryResult(
+            state="paused" if action == "pause" else "promoted", replay_lsn="0/9000100", stop_record=None, timeline=None
+        ),
+    )
+    monkeypatch.setattr(pitr_decide, "run_data_checks", lambda *_a, **_k: [CheckResult.model_validate(c) for c in CHECKS])
+    monkeypatch.setattr(pitr_decide, "is_running", lambda _cluster: False)
+    monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: None)
+    monkeypatch.setattr(pitr_decide, "log_offset", lambda _cluster: 123)
+    monkeypatch.setattr(pitr_decide, "known_secret_values", lambda: [])
+    monkeypatch.setattr(guard, "advance", lambda *_a, **_k: None)
+
+    operator = DecideAtTargetOperator(
+        task_id="decide_at_target", cluster="ledger", request=DECIDE_REQUEST.model_dump(mode="json"), response_timeout=timedelta(hours=1)
+    )
+    operator.__dict__["hook"] = hook  # a cached_property
+    notes: list[str] = []
+    asked: list[str | None] = []
+    monkeypatch.setattr(operator, "gate", lambda *_a, **_k: None)
+    monkeypatch.setattr(operator, "note", lambda _journal, text: notes.append(text))
+    monkeypatch.setattr(operator, "ask", lambda _context, _journal, problem=None: asked.append(problem) or "asked")
+
+    journal = RunJournal.load(cluster, RUN, dag_id="rewind_pitr__ledger")
+    journal.set(
+        plan=PLAN,
+        timeline_before=1,
+        change="CHG0030001",
+        change_sys_id="c1",
+        decide_recovery={"state": "paused", "replay_lsn": "0/9000028", "stop_record": "recovery stopping", "timeline": None},
+        decide_checks=FAILED_CHECKS,
+    )
+    journal.record("started")
+    journal.record("at_target")
+    return SimpleNamespace(operator=operator, journal=journal, cluster=cluster, notes=notes, asked=asked, restores=restores)
+
+
+def answer(option: str, minute: int, **form) -> dict:
+    return {
+        "chosen_options": [option],
+        "params_input": form,
+        "responded_at": dt.datetime(2026, 11, 24, 2, minute, tzinfo=dt.timezone.utc),
+        "responded_by_user": {"id": "7", "name": "Dana DBA"},
+    }
+
+
+def reload(d) -> RunJournal:
+    return RunJournal.load(d.cluster, RUN)
+
+
+def test_a_refused_promote_then_a_move_then_a_promote(decide):
+    context = {"run_id": RUN}
+    assert decide.operator.answered(context, decide.journal, answer(PROMOTE, 30)) == "asked"
+    assert decide.asked == [f"{PROMOTE} refused: a data check failed at {DECIDE_REQUEST.describe()}; move the target or abort"]
+    refused = reload(decide).data["decisions"]
+    assert refused == [
+        {
+            "answer": PROMOTE,
+            "by": "Dana DBA (Airflow user id 7)",
+            "at": "2026-11-24T02:30:00+00:00",
+            "from": DECIDE_REQUEST.describe(),
+            "refused": decide.asked[0],
+        }
+    ]
+
+    move = answer(MOVE, 31, new_target_type="xid", new_target="7421", new_target_exclusive=True)
+    assert decide.operator.answered(context, reload(decide), move) == "asked"
+    journal = reload(decide)
+    moved = journal.data["decisions"][-1]
+    assert set(moved) == {"answer", "by", "at", "from", "to"} and moved["to"].startswith("xid 7421")
+    assert journal.data["pending_decision"] is None and journal.data["plan"] == MOVED_PLAN
+    assert (journal.data["request"]["target_type"], journal.data["decide_checks"]) == ("xid", CHECKS)
+    assert journal.data["decide_recovery"] == {"state": "paused", "replay_lsn": "0/9000100", "stop_record": None, "timeline": None}
+    assert decide.restores[-1]["backup_set"] == "20261124-010000F" and journal.at("checked")
+    assert "data checks 1/1 passed" in decide.notes[-1]
+
+    result = decide.operator.answered(context, journal, answer(PROMOTE, 32))
+    assert set(result) == {"asked", "decisions", "request", "plan", "recovery", "checks", "timeline", "aborted"}
+    decided = DecisionResult.model_validate(result)
+    assert decided.to_xcom() == result
+    assert [d.answer for d in decided.decisions] == [PROMOTE, MOVE, PROMOTE] and decided.decisions[0].refused
+    assert (decided.timeline, decided.aborted, decided.request.target, decided.plan.backup_set) == (2, False, "7421", "20261124-010000F")
+
+
+def test_an_abort_names_the_timeline_it_goes_back_to_and_is_the_result(decide):
+    result = decide.operator.answered({"run_id": RUN}, decide.journal, answer(ABORT, 33))
+    assert result["aborted"] is True and result["checks"] == [] and result["timeline"] == 2
+    assert result["decisions"] == [
+        {
+            "answer": ABORT,
+            "by": "Dana DBA (Airflow user id 7)",
+            "at": "2026-11-24T02:33:00+00:00",
+            "from": DECIDE_REQUEST.describe(),
+            "timeline_before": 1,
+            "to": result["decisions"][0]["to"],
+        }
+    ]
+    assert result["request"]["target_type"] == "latest" and result["recovery"]["state"] == "promoted"
+    assert decide.restores[-1]["target_timeline"] == "1"
+
+
+def test_an_answer_already_in_the_journal_is_not_carried_out_again(decide, monkeypatch):
+    decide.operator.answered({"run_id": RUN}, decide.journal, answer(PROMOTE, 30))  # refused: recorded with its time
+    journal = reload(decide)
+    journal.set(asked_at="2026-11-24T02:29:00+00:00")
+    recorded = answer(PROMOTE, 30)
+    detail = SimpleNamespace(
+        response_received=True,
+        responded_at=recorded["responded_at"],
+        chosen_options=[PROMOTE],
+        params_input={},
+        responded_by_user=SimpleNamespace(id="7", name="Dana DBA"),
+    )
+    monkeypatch.setattr(pitr_decide, "get_hitl_detail_content_detail", lambda _ti_id: detail)
+    context = {"run_id": RUN, "ti": SimpleNamespace(id="ti-1")}
+    assert decide.operator.unread_answer(context, journal) is None
+    detail.responded_at = recorded["responded_at"] + timedelta(minutes=1)
+    assert decide.operator.unread_answer(context, journal)["responded_at"] == detail.responded_at
