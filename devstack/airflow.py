@@ -273,11 +273,13 @@ class AirflowStandalone:
     def _create_fab_users(self) -> None:
         """Rewind's roles as a deployment gets them (README "Who may do what"): `rewind roles --apply`,
         which creates DBA and BackupOperator with their global permissions; then any other custom role
-        named in `users`, then every user. The password goes to `airflow users create` on its stdin
-        (no controlling terminal, so getpass reads stdin): on a command line it would be readable in
-        /proc by anyone on the machine."""
+        named in `users`, then every user (`airflow users create`, `airflow users add-role` for each
+        further role). Those commands run in one process (devstack.airflow_cli_batch: one Airflow
+        import instead of one per command, ~5 s each), their arguments, passwords included, on its
+        stdin: on a command line a password would be readable in /proc by anyone on the machine."""
         from rewind.roles import ROLES  # plain data, no Airflow
 
+        commands: list[list[str]] = []
         if self.apply_roles:
             applied = subprocess.run(
                 [rewind_bin(), "roles", "--apply"], env=self.environment(), capture_output=True, text=True, timeout=600
@@ -285,15 +287,13 @@ class AirflowStandalone:
             if applied.returncode != 0:
                 raise RuntimeError(f"rewind roles --apply exited {applied.returncode}: {applied.stderr.strip()[-2000:]}")
         else:
-            self.cli("roles", "create", *ROLES)
+            commands.append(["roles", "create", *ROLES])
         custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES - set(ROLES))
         if custom:
-            self.cli("roles", "create", *custom)
+            commands.append(["roles", "create", *custom])
         for name, roles in {self.username: ["Admin"], **self.users}.items():
-            password = self.password(name)
-            subprocess.run(
+            commands.append(
                 [
-                    airflow_bin(),
                     "users",
                     "create",
                     "--username",
@@ -306,17 +306,22 @@ class AirflowStandalone:
                     f"{name}@rewind.invalid",
                     "--role",
                     roles[0],
-                ],
-                input=f"{password}\n{password}\n",
-                env=self.environment(),
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=True,
-                start_new_session=True,
+                    f"--password={self.password(name)}",  # one argument: a password may start with "-"
+                ]
             )
-            for role in roles[1:]:
-                self.cli("users", "add-role", "--username", name, "--role", role)
+            commands += [["users", "add-role", "--username", name, "--role", role] for role in roles[1:]]
+        batch = subprocess.run(
+            [sys.executable, "-m", "devstack.airflow_cli_batch"],
+            input=json.dumps(commands),
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            start_new_session=True,
+            cwd=str(REPO),
+        )
+        if batch.returncode != 0:
+            raise RuntimeError(f"creating roles and users exited {batch.returncode}: {batch.stderr.strip()[-2000:]}")
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([airflow_bin(), *args], env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True)
@@ -440,7 +445,7 @@ class AirflowStandalone:
         while time.monotonic() < deadline:
             if self.api("GET", f"/dags/{dag_id}").status_code == 200:
                 return
-            time.sleep(2)
+            time.sleep(0.5)
         errors = self.api("GET", "/importErrors").json()
         raise TimeoutError(f"DAG {dag_id} did not appear within {timeout:.0f}s; import errors: {errors}")
 
@@ -458,7 +463,7 @@ class AirflowStandalone:
             run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
             if run.get("state") in ("success", "failed"):
                 return run
-            time.sleep(2)
+            time.sleep(0.5)  # a GET; at 2 s a wait lost 1 s on average
         raise TimeoutError(f"run {run_id} of {dag_id} not finished within {timeout:.0f}s")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:

@@ -65,6 +65,7 @@ class DemoStack:
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
     rehearsal: dict | None = None  # the inventory's rehearsal section (change_template, tables, ...); default: none
+    pgbackrest_settings: dict | None = None  # merged into the inventory's pgbackrest section (io_timeout_s, ...)
     # True: the S3 bucket is created as terraform/ declares it (Object Lock GOVERNANCE, versioning,
     # SSE-KMS with a bucket key, the lifecycle, no public access); see devstack/s3tls.py
     s3_as_code: bool = False
@@ -149,6 +150,7 @@ class DemoStack:
                         "spool_path": str(pgb / "spool"),
                         "process_max": 2,
                         "io_timeout_s": 5,  # a stopped S3 shows as a failed archive-push within a minute
+                        **(self.pgbackrest_settings or {}),
                     },
                     "repo": {
                         "bucket": self.s3.bucket,
@@ -199,6 +201,16 @@ class DemoStack:
         """Set the cluster's alerts section (None: back to none). The DAGs read it when they are parsed."""
         self.alerts = alerts
         self.write_inventory()
+
+    def use_pgbackrest_settings(self, settings: dict | None) -> None:
+        """Override part of the inventory's pgbackrest section (None: back to the stack's own) and
+        install the pgbackrest.conf rendered from it: every pgBackRest command, archive-push
+        included, reads that file when it starts. An outage test shortens io_timeout_s while S3 is
+        down: each request to the stopped endpoint is retried until io-timeout runs out (pgBackRest
+        2.45 takes 4 x io-timeout for one `info`, 2.55 about 9 x), and the outage is just as real."""
+        self.pgbackrest_settings = settings
+        self.write_inventory()
+        install_config(self.cluster, inventory_path=self.inventory_path)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> DemoStack:

@@ -113,7 +113,7 @@ def wait_for_task_state(airflow, dag_id, run_id, task_id, state, timeout=180):
             failed = [t for t, state in states.items() if state == "failed"]
             logs = {t: task_log(airflow, dag_id, run_id, t)[-3000:] for t in failed}
             raise AssertionError(f"{task_id} ended {states[task_id]}: {states}; failed task logs: {logs}")
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"{task_id} never reached {state}: {airflow.task_states(dag_id, run_id)}")
 
 
@@ -122,7 +122,7 @@ def wait_for_run_state(airflow, dag_id, run_id, state, timeout=300):
     while time.monotonic() < deadline:
         if airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"] == state:
             return
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"run {run_id} never became {state}: {airflow.task_states(dag_id, run_id)}")
 
 

@@ -44,7 +44,7 @@ def roles(standalone):
     standalone.wait_for_dag(PITR)
     deadline = time.monotonic() + 90
     while trigger_as(standalone, "dba", PITR, BAD_CONF).status_code == 403 and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
     return standalone
 
 

@@ -17,7 +17,7 @@ from devstack.net import free_port
 from rewind.backup import BackupLockHeldError, take_backup
 from rewind.pgbackrest.errors import LockAcquireError
 from rewind.scratch import ScratchCluster
-from tests.conftest import load_dags
+from tests.conftest import load_dags, quick_dag_test_loop
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ def write_batch(stack, first: int, rows: int) -> str:
 def run_dag(dag, **kwargs):
     from airflow.utils.state import DagRunState
 
-    run = dag.test(**kwargs)
+    with quick_dag_test_loop():
+        run = dag.test(**kwargs)
     assert run.state == DagRunState.SUCCESS, f"{dag.dag_id} ended {run.state}"
     return run
 

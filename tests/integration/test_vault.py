@@ -260,7 +260,11 @@ def test_token_auth_and_a_lease_kept_alive_past_its_ttl(demo_stack, airflow_db, 
     hook = PgBackRestHook(cluster="demo")
     client = hook.get_conn()
     [lease] = [held for held in vault.leases() if held.revoked_at is None]
-    time.sleep(8)  # well past the 3 s TTL: the simulator revokes expired leases every second
+    # Until the lease has outlived its first 3 s TTL by more than the simulator's expiry sweep (every
+    # second) and was renewed twice (at two thirds of what remains): it was 8 s flat.
+    deadline = time.monotonic() + 60
+    while (lease.renewals < 2 or time.time() < lease.issued_at + 3 + 1.5) and time.monotonic() < deadline:
+        time.sleep(0.1)
     info = client.info()
     assert info.status.code in (0, 2), info.status  # the repository was readable with the leased key
     assert lease.revoked_at is None and lease.renewals >= 2
