@@ -70,6 +70,12 @@ class ScratchCluster:
         target_timeline: str | None = None,
     ) -> None:
         user = pwd.getpwnam(self.pgbackrest.cluster.postgres.os_user)
+        if self.data_dir.exists() and not any((self.data_dir / name).exists() for name in ("PG_VERSION", "backup.manifest")):
+            # A restore killed before it wrote either: --delta cannot confirm the directory is a data
+            # directory and refuses ("path not empty", error 40), so a retry would never converge. It
+            # and its tablespaces are this scratch's own, holding nothing but that half-restore.
+            shutil.rmtree(self.data_dir)
+            shutil.rmtree(self.directory / "tablespaces", ignore_errors=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chown(self.directory, user.pw_uid, user.pw_gid)
         self.directory.chmod(0o700)

@@ -263,6 +263,38 @@ def test_bad_params_fail_before_anything_is_touched(demo_stack, pitr, servicenow
     assert len(incidents_for(servicenow, "demo")) == incidents_before  # a typo in the form is not an incident
 
 
+def test_a_scratch_restore_killed_before_it_wrote_pg_version_converges_when_retried(demo_stack):
+    """Killed in its first instants, a restore leaves files but neither PG_VERSION nor
+    backup.manifest; pgBackRest's --delta then cannot confirm the directory and refuses ("path not
+    empty", error 40): the retry of a rehearsal's or a salvage's scratch restore must still converge."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from devstack.net import free_port
+    from rewind.scratch import ScratchCluster
+
+    pgbackrest = demo_stack.pgbackrest()
+    pgbackrest.backup("full", annotations={"airflow_run_id": "early-kill-test"})
+    expected = demo_stack.psql("select count(*) from pg_class")
+    directory = Path(tempfile.mkdtemp(prefix="rewind-early-kill-", dir="/tmp"))
+    directory.chmod(0o755)
+    scratch = ScratchCluster(pgbackrest, directory / "scratch", port=free_port())
+    half = scratch.data_dir / "base" / "1"
+    half.mkdir(parents=True)
+    (half / "1259").write_bytes(b"\0" * 8192)  # what a killed restore left: a file, no PG_VERSION
+    (scratch.directory / "tablespaces").mkdir()
+    for path in (scratch.directory, *scratch.directory.rglob("*")):
+        shutil.chown(path, "postgres", "postgres")  # as the restore, run as the cluster's OS user, left it
+    try:
+        scratch.restore(backup_set=pgbackrest.info().find_annotated("airflow_run_id", "early-kill-test").label)
+        scratch.start()
+        assert scratch.psql("select count(*) from pg_class") == expected
+    finally:
+        scratch.remove()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
     """What the restore task's retry does after a kill: --delta on a half-written data directory."""
     import shutil
