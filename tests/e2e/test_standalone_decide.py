@@ -175,6 +175,20 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     run_id, change = _rewind(standalone, servicenow, target, "e2e decide: a rewind the DBA aborts")
     _question(standalone, demo_stack, run_id, answered=0)
     assert demo_stack.psql("select count(*) filter (where status = 'settled') from trade") == "0"  # paused before the update
+    # The question marked success by hand instead of answered: the new timeline's backup refuses (the
+    # cluster was never promoted) and the cluster stays paused. Cleared, the task asks again.
+    marked = dba.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target", json={"new_state": "success"})
+    assert marked.status_code == 200, marked.text
+    wait_for_task_state(standalone, DAG_ID, run_id, "full_backup_new_timeline", "failed")
+    assert "this run has not promoted demo" in task_log(standalone, DAG_ID, run_id, "full_backup_new_timeline")
+    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    cleared = dba.api(
+        "POST",
+        f"/dags/{DAG_ID}/clearTaskInstances",
+        json={"dag_run_id": run_id, "task_ids": ["decide_at_target"], "include_downstream": True, "only_failed": False, "dry_run": False},
+    )
+    assert cleared.status_code == 200, cleared.text
+    _question(standalone, demo_stack, run_id, answered=0)
     assert _answer(dba, run_id, ABORT).status_code == 200
     run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
     assert run["state"] == "success", standalone.task_states(DAG_ID, run_id)

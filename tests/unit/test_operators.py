@@ -102,3 +102,20 @@ def test_only_the_pitrs_own_full_backup_runs_under_its_guard(cluster, live_timel
     )
     record = new_timeline.execute(backup_context("rewind_pitr__ledger", PITR_RUN))
     assert (record["type"], record["reused"], record["annotations"]["airflow_run_id"]) == ("full", False, PITR_RUN)
+
+
+def test_the_new_timelines_full_backup_refuses_a_run_that_has_not_promoted(cluster):
+    """decide_at_target (or the downtime task) marked success by hand lets the backup task start on a
+    cluster still paused at the target: it refuses before asking pgBackRest for anything."""
+    from rewind.pitr.journal import RunJournal
+    from rewind_airflow.operators.pitr import PitrFullBackupOperator, PitrStepFinal
+
+    rewinding(cluster, "at_target")
+    journal = RunJournal.load(cluster, PITR_RUN, dag_id="rewind_pitr__ledger")
+    for step in ("stopped", "restore_started", "restored", "started", "at_target"):
+        journal.record(step)
+    client = FakePgBackRest(cluster, BACKUPS)
+    backup = with_hook(PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster="ledger"), cluster, client)
+    with pytest.raises(PitrStepFinal, match="this run has not promoted ledger .* nothing was backed up"):
+        backup.execute(backup_context("rewind_pitr__ledger", PITR_RUN))
+    assert client.calls == [] and len(client.backups) == len(BACKUPS)

@@ -512,6 +512,14 @@ class PitrFullBackupOperator(PgBackRestBackupOperator):
 
     def execute_on_cluster(self, context) -> dict:
         journal = RunJournal.load(self.hook.cluster, context["run_id"])
+        if not journal.at("promoted"):
+            # e.g. decide_at_target or stop_restore_promote marked success by hand: the cluster is
+            # paused (or down), and its "new timeline" does not exist yet.
+            refused = PitrStepFailed(
+                f"{self.task_id} refused: this run has not promoted {self.hook.cluster.name} (its journal records no promotion); "
+                "nothing was backed up. Answer the run's question at the target, or let its downtime task finish"
+            )
+            raise PitrStepFinal(refused, self.task_id)  # a retry cannot change it
         self.restore_run_id = context["run_id"]
         self.extra_annotations = {**self.extra_annotations, "rewind_change": journal.change or "-"}
         record = super().execute_on_cluster(context)

@@ -175,6 +175,14 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         finally:
             self.hook.release()
 
+    def validate_params_input(self, params_input) -> None:
+        """The move's form is checked where it is used (rewind.pitr.decision.moved_request), so a
+        wrong or missing field is refused in one line naming it, and asked again, instead of failing
+        the try as Airflow's schema check would (an answer sent over REST has no form to guide it)."""
+        unknown = sorted(set(params_input) - set(self.params))
+        if unknown:
+            self.log.warning("form fields ignored (not part of the question): %s", ", ".join(map(str, unknown)))
+
     def unread_answer(self, context, journal: RunJournal) -> dict | None:
         """An answer Airflow recorded for this run's last question that no try has carried out: the
         try that asked ended before resuming (a crash, or the scheduler failing a task that was
