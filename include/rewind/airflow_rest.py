@@ -35,6 +35,12 @@ class AirflowRestClient:
         response = self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", params={"update_mask": "note"}, json={"note": note})
         response.raise_for_status()
 
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str) -> dict:
+        """The human-in-the-loop question of a task and its response, as Airflow recorded them."""
+        response = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")
+        response.raise_for_status()
+        return response.json()
+
 
 # Airflow's REST API refuses a longer DAG run note (422).
 AIRFLOW_NOTE_MAX_CHARS = 1000

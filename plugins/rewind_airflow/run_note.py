@@ -9,20 +9,27 @@ from airflow.sdk import BaseHook
 from rewind.airflow_rest import AirflowRestClient, bounded_note
 
 
+def airflow_rest_client(conn_id: str) -> AirflowRestClient | None:
+    """Airflow's public REST API as the connection's user; None when the connection is not configured."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # not configured
+        return None
+    return AirflowRestClient(f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8080}", conn.login, conn.password)
+
+
 def set_run_note(
     log, conn_id: str, dag_id: str, run_id: str, note: str, *, where_the_rest_is: str = "the task log has all of it", attempts: int = 3
 ) -> bool:
     """Best effort: the work is done and its result is in the task log and XCom either way."""
     note = bounded_note(note, where_the_rest_is)
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # not configured
+    client = airflow_rest_client(conn_id)
+    if client is None:
         log.warning("connection %r not configured: run note not set", conn_id)
         return False
-    base = f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8080}"
     for attempt in range(attempts):
         try:
-            AirflowRestClient(base, conn.login, conn.password).set_run_note(dag_id, run_id, note)
+            client.set_run_note(dag_id, run_id, note)
             return True
         except Exception as exc:
             log.warning("setting the run note failed (attempt %d): %s", attempt + 1, exc)

@@ -156,15 +156,22 @@ def test_an_answer_already_in_the_journal_is_not_carried_out_again(decide, monke
     journal = reload(decide)
     journal.set(asked_at="2026-11-24T02:29:00+00:00")
     recorded = answer(PROMOTE, 30)
-    detail = SimpleNamespace(
-        response_received=True,
-        responded_at=recorded["responded_at"],
-        chosen_options=[PROMOTE],
-        params_input={},
-        responded_by_user=SimpleNamespace(id="7", name="Dana DBA"),
-    )
-    monkeypatch.setattr(pitr_decide, "get_hitl_detail_content_detail", lambda _ti_id: detail)
-    context = {"run_id": RUN, "ti": SimpleNamespace(id="ti-1")}
+    detail = {
+        "response_received": True,
+        "responded_at": recorded["responded_at"].isoformat().replace("+00:00", "Z"),  # as the REST API writes it
+        "chosen_options": [PROMOTE],
+        "params_input": {},
+        "responded_by_user": {"id": "7", "name": "Dana DBA"},
+    }
+    asked: list[tuple] = []
+    rest = SimpleNamespace(hitl_detail=lambda *where: asked.append(where) or detail)
+    monkeypatch.setattr(pitr_decide, "airflow_rest_client", lambda conn_id: rest if conn_id == "airflow_api" else None)
+    context = {"run_id": RUN, "ti": SimpleNamespace(dag_id="rewind_pitr__ledger", task_id="decide_at_target")}
     assert decide.operator.unread_answer(context, journal) is None
-    detail.responded_at = recorded["responded_at"] + timedelta(minutes=1)
-    assert decide.operator.unread_answer(context, journal)["responded_at"] == detail.responded_at
+    assert asked == [("rewind_pitr__ledger", RUN, "decide_at_target")]
+    later = recorded["responded_at"] + timedelta(minutes=1)
+    detail["responded_at"] = later.isoformat()
+    unread = decide.operator.unread_answer(context, journal)
+    assert unread["responded_at"] == later and unread["responded_by_user"] == {"id": "7", "name": "Dana DBA"}
+    monkeypatch.setattr(pitr_decide, "airflow_rest_client", lambda conn_id: None)  # no REST connection: ask again
+    assert decide.operator.unread_answer(context, journal) is None

@@ -22,7 +22,6 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
-from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
 
 from rewind import guard as restore_guard
 from rewind.errors import PreflightError, RewindError
@@ -48,7 +47,7 @@ from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
 from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, airflow_base_url
-from rewind_airflow.run_note import set_run_note
+from rewind_airflow.run_note import airflow_rest_client, set_run_note
 
 
 def _now() -> str:
@@ -185,27 +184,31 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     def unread_answer(self, context, journal: RunJournal) -> dict | None:
         """An answer Airflow recorded for this run's last question that no try has carried out: the
-        try that asked ended before resuming (a crash, or the scheduler failing a task that was
-        answered within a second of asking). Carried out instead of asking again."""
+        try that asked was ended before it resumed (a crash; or the answer came while the parked
+        task's process was still exiting, and Airflow failed that try). Carried out instead of
+        asking again. Read through the public REST API (the `airflow_api` connection): Airflow 3.3's
+        task supervisor does not serve the SDK's get_hitl_detail_content_detail ("Unhandled request")."""
         asked_at = journal.data.get("asked_at")
-        if not asked_at:
+        client = airflow_rest_client(self.airflow_api_conn_id)
+        if not asked_at or client is None:
             return None
+        ti = context["ti"]
         try:
-            detail = get_hitl_detail_content_detail(context["ti"].id)
-        except Exception as exc:  # no question was written yet
+            detail = client.hitl_detail(ti.dag_id, context["run_id"], ti.task_id)
+        except Exception as exc:  # no question written yet, or the API unreachable: ask (again)
             self.log.info("no recorded answer to read (%s)", exc)
             return None
-        if not detail.response_received or not detail.responded_at or detail.responded_at <= dt.datetime.fromisoformat(asked_at):
+        responded_at = dt.datetime.fromisoformat(detail["responded_at"]) if detail.get("responded_at") else None
+        if not detail.get("response_received") or responded_at is None or responded_at <= dt.datetime.fromisoformat(asked_at):
             return None
-        if detail.responded_at.isoformat() in {decision.at for decision in self.decisions(journal)}:
+        if responded_at.isoformat() in {decision.at for decision in self.decisions(journal)}:
             return None
-        self.validate_chosen_options(detail.chosen_options or [])
-        who = detail.responded_by_user
+        self.validate_chosen_options(detail.get("chosen_options") or [])
         return {
-            "chosen_options": detail.chosen_options,
-            "params_input": detail.params_input or {},
-            "responded_at": detail.responded_at,
-            "responded_by_user": {"id": who.id, "name": who.name} if who else None,
+            "chosen_options": detail["chosen_options"],
+            "params_input": detail.get("params_input") or {},
+            "responded_at": responded_at,
+            "responded_by_user": detail.get("responded_by_user"),
         }
 
     def answered(self, context, journal: RunJournal, answer: dict) -> Any:
