@@ -165,6 +165,11 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     assert sum("a DBA decides in Airflow" in n and link in n for n in work_notes) == 1, work_notes  # where to answer, once
     moves = [d for d in _decisions(demo_stack, run_id) if d["answer"] == MOVE and not d.get("refused")]
     assert len(moves) == 1 and "dba" in moves[0]["by"]
+    # What a retry reads to carry out an answer its try could not (the airflow_api connection's client):
+    # Airflow keeps the last response, which the journal has too, at the same instant.
+    detail = standalone.rest.hitl_detail(DAG_ID, run_id, "decide_at_target")
+    assert detail["response_received"] and detail["chosen_options"] == [PROMOTE] and detail["responded_by_user"]["name"] == "dba"
+    assert dt.datetime.fromisoformat(detail["responded_at"]).isoformat() == _decisions(demo_stack, run_id)[-1]["at"]
 
     # A second rewind, aborted at the question: every row the cluster had before the stop is back.
     demo_stack.psql("insert into trade select g, 'booked' from generate_series(51, 60) g")
