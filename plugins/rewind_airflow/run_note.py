@@ -18,10 +18,11 @@ def airflow_rest_client(conn_id: str) -> AirflowRestClient | None:
     return AirflowRestClient(f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8080}", conn.login, conn.password)
 
 
-def set_run_note(
-    log, conn_id: str, dag_id: str, run_id: str, note: str, *, where_the_rest_is: str = "the task log has all of it", attempts: int = 3
-) -> bool:
-    """Best effort: the work is done and its result is in the task log and XCom either way."""
+def set_run_note(operator, context, note: str, *, where_the_rest_is: str = "the task log has all of it", attempts: int = 3) -> bool:
+    """The note of the run `context` belongs to, through the operator's `airflow_api_conn_id`. Best
+    effort: the work is done and its result is in the task log and XCom either way."""
+    log, conn_id = operator.log, operator.airflow_api_conn_id
+    dag_id, run_id = context["ti"].dag_id, context["run_id"]
     note = bounded_note(note, where_the_rest_is)
     client = airflow_rest_client(conn_id)
     if client is None:

@@ -66,10 +66,8 @@ class FindTargetOperator(RewindClusterOperator):
         text = result.text()
         self.log.info("%s (stanza %s):\n%s", cluster.name, cluster.stanza, text)
         set_run_note(
-            self.log,
-            self.airflow_api_conn_id,
-            context["ti"].dag_id,
-            context["run_id"],
+            self,
+            context,
             text,
             where_the_rest_is="the whole list is in the task log and the XCom",
         )

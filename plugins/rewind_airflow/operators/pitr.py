@@ -601,10 +601,8 @@ class CloseChangeOperator(PitrOperator):
                 self.log.info("retention %s", hold.describe())
         self.log.info("closed %s:\n%s", journal.change, text)
         set_run_note(
-            self.log,
-            self.airflow_api_conn_id,
-            context["ti"].dag_id,
-            context["run_id"],
+            self,
+            context,
             run_note(journal.change, text, close_code),
         )
         return text

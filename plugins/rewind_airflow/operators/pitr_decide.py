@@ -24,7 +24,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 
 from rewind import guard as restore_guard
-from rewind.errors import PreflightError, RewindError
+from rewind.errors import PreflightError
 from rewind.pitr.decision import (
     ABORT,
     FORM_FIELDS,
@@ -156,7 +156,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         )
         link = self.generate_link_to_ui(task_instance=context["ti"], base_url=airflow_base_url())
         self.log.info("asking the DBA (%s):\n%s", link, text)
-        set_run_note(self.log, self.airflow_api_conn_id, context["ti"].dag_id, context["run_id"], f"{text}\nAnswer: {link}")
+        set_run_note(self, context, f"{text}\nAnswer: {link}")
         if not journal.data.get("asked_at"):  # the first question: whoever follows the change learns where to answer
             self.note(
                 journal,
@@ -246,13 +246,13 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             if not journal.at("checked") or not checks_passed(self.checks_here(journal)):
                 raise NotThisAnswer(f"{PROMOTE} refused: a data check failed at {current.describe()}; move the target or abort")
             return decision
+        # a move stays on the history being recovered; an abort goes back to the timeline the cluster ran on
+        timeline = plan.timeline if decision.answer == MOVE else decision.timeline_before
         if decision.answer == MOVE:
-            new_request = moved_request(current, form, timeline=plan.timeline)
+            new_request = moved_request(current, form, timeline=timeline)
         else:
-            new_request = back_to_latest_request(current, timeline_before=decision.timeline_before)
-        new_plan = plan_while_paused(
-            self.hook.get_conn(), new_request, timeline=new_request_timeline(new_request), runner=self.runner, log=self.log.info
-        )
+            new_request = back_to_latest_request(current, timeline_before=timeline)
+        new_plan = plan_while_paused(self.hook.get_conn(), new_request, timeline=timeline, runner=self.runner, log=self.log.info)
         self.log.info("plan for %s: %s", decision.answer, new_plan.describe())
         return decision.model_copy(update={"to": new_request.describe(), "request": new_request, "plan": new_plan})
 
@@ -365,11 +365,3 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     def finish(self, journal: RunJournal, decision: DecisionRecord, *, timeline: int | None = None) -> None:
         journal.set(decisions=[*journal.data.get("decisions", []), decision.answered()], pending_decision=None, decide_timeline=timeline)
-
-
-def new_request_timeline(request: PitrRequest) -> int:
-    """A move or an abort names its timeline as a number (rewind.pitr.decision)."""
-    try:
-        return int(request.target_timeline)
-    except ValueError:
-        raise RewindError(f"target_timeline {request.target_timeline!r} is not a number") from None

@@ -51,10 +51,8 @@ class SalvageOperator(RewindClusterOperator):
         text = result.summary()
         self.log.info("%s:\n%s", cluster.name, text)
         set_run_note(
-            self.log,
-            self.airflow_api_conn_id,
-            context["ti"].dag_id,
-            context["run_id"],
+            self,
+            context,
             text,
             where_the_rest_is="the task log and the XCom have all of it",
         )
