@@ -470,6 +470,32 @@ class AirflowStandalone:
         items = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         return {item["task_id"]: item["state"] for item in items}
 
+    def end_unfinished_runs(self, *, timeout: float = 90) -> list[str]:
+        """Mark every run that is still queued or running failed, as an operator ends a run that went
+        wrong, and wait until none of their tasks runs any more (the scheduler tells each running
+        task process to stop). A test that failed midway leaves its run asking, waiting or running:
+        this is how the next test gets an Airflow with nothing of it still acting on the cluster.
+        Returns the runs it ended."""
+        ended = []
+        for state in ("running", "queued"):
+            runs = self.api("GET", "/dags/~/dagRuns", params={"state": state, "limit": 100}).json().get("dag_runs", [])
+            for run in runs:
+                self.api("PATCH", f"/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}", json={"state": "failed"}).raise_for_status()
+                ended.append(f"{run['dag_id']}/{run['dag_run_id']} ({state})")
+        deadline = time.monotonic() + timeout
+        while ended:
+            active = [
+                f"{ti['dag_id']}.{ti['task_id']}"
+                for state in ("running", "queued", "restarting", "deferred", "awaiting_input")
+                for ti in self.api("GET", "/dags/~/dagRuns/~/taskInstances", params={"state": state}).json().get("task_instances", [])
+            ]
+            if not active:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tasks still active {timeout:.0f}s after their runs were marked failed: {active}")
+            time.sleep(1)
+        return ended
+
     # ---- the production shape: workers, and crashes ---------------------------------------------
     def worker(self, queue: str) -> CeleryWorker:
         return next(w for w in self.workers if w.queue == queue)

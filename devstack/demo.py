@@ -16,6 +16,7 @@ import os
 import pwd
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from rewind.inventory import Cluster, load_inventory
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.config import install_config
 from rewind.postgres import psql_argv, start_argv, stop_argv
-from rewind.runner import CommandRunner
+from rewind.runner import CommandFailed, CommandRunner
 
 
 def _pg_bin() -> Path:
@@ -300,6 +301,115 @@ class DemoStack:
             psql_argv(self.cluster, sql, database=database), timeout=120, log_stdout=False
         )
         return result.stdout.strip()
+
+    def make_writable(self, *, timeout: float = 60) -> list[str]:
+        """Back to the state every test on this shared cluster starts from, whatever the test before
+        left: no restore guard, no pgBackRest stop file, PostgreSQL running, out of recovery and
+        writable. A rewind cut off midway leaves PostgreSQL stopped, paused read-only at a target, or
+        a half-restored data directory; repaired here, one failing test fails alone instead of every
+        later test failing for its reason. Returns what it had to do (nothing on the usual path)."""
+        from rewind.guard import clear, guard_path
+        from rewind.postgres import postmaster_pid
+
+        done: list[str] = []
+        cluster = self.cluster
+        # A task told to stop (its run marked failed) ends its restore or backup at its next heartbeat.
+        deadline = time.monotonic() + timeout
+        while busy := self._repository_commands_running():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pgBackRest still busy on stanza {cluster.stanza} after {timeout:.0f}s: {busy}")
+            time.sleep(0.5)
+        if guard_path(cluster).exists():
+            done.append(clear(cluster))
+        for stop_file in Path(cluster.pgbackrest.lock_path).glob("*.stop"):
+            stop_file.unlink()
+            done.append(f"removed pgBackRest stop file {stop_file.name}")
+        for attempt in ("as it was left", "restored"):
+            if attempt == "restored":
+                self._restore_latest()
+                done.append("PostgreSQL would not run on the data directory it was left: restored the latest state from the repository")
+            state = self._serving(timeout) if postmaster_pid(cluster) else None
+            if state is None and (self.data_dir / "PG_VERSION").exists():
+                try:
+                    self.start_postgres()
+                    # A hot standby accepts read-only connections before its recovery can fail
+                    # ("recovery ended before configured recovery target was reached").
+                    state = self._serving(timeout)
+                    done.append("started PostgreSQL")
+                except CommandFailed:
+                    pass
+            if state is None:
+                continue
+            in_recovery, read_only = state
+            try:
+                if read_only != "off":
+                    self.psql("alter system reset default_transaction_read_only")
+                    self.psql("select pg_reload_conf()")
+                    done.append("reset default_transaction_read_only")
+                if in_recovery == "t":
+                    self.psql(f"select pg_promote(true, {int(timeout)})")
+                    # pg_control names the new timeline only after a checkpoint; a backup before
+                    # it is refused ("WAL timeline 2 does not match pg_control timeline 1").
+                    self.psql("checkpoint")
+                    done.append("promoted PostgreSQL, which was in recovery (paused at a target)")
+                self.psql("create table rewind_writable_probe (); drop table rewind_writable_probe")
+                return done
+            except CommandFailed:
+                if postmaster_pid(cluster) is not None:
+                    raise
+        raise RuntimeError(f"demo cluster: PostgreSQL exits at start even after a restore of the latest state; {self._log_tail()}")
+
+    def _serving(self, timeout: float) -> tuple[str, str] | None:
+        """(in recovery, default_transaction_read_only) once PostgreSQL accepts connections; None
+        when its postmaster is gone (stopped, or exited at start)."""
+        from rewind.postgres import postmaster_pid
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                in_recovery, read_only = self.psql("select pg_is_in_recovery(), current_setting('default_transaction_read_only')").split(
+                    "|"
+                )
+                return in_recovery, read_only
+            except CommandFailed as refused:
+                if postmaster_pid(self.cluster) is None:
+                    return None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"demo cluster not accepting connections after {timeout:.0f}s ({refused}); {self._log_tail()}"
+                    ) from None
+                time.sleep(0.5)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        log = Path(self.cluster.postgres.pg_ctl_log())
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+        return f"{log} ends:\n{tail}"
+
+    def _repository_commands_running(self) -> list[str]:
+        """pgBackRest restores and backups of this cluster still running (archive-push and
+        archive-get come and go with PostgreSQL itself, and are not counted)."""
+        config = f"--config={self.cluster.config_path}"
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [a.decode(errors="replace") for a in argv]
+            if config in words and ("restore" in words or "backup" in words):
+                found.append(" ".join(words)[:200])
+        return found
+
+    def _restore_latest(self) -> None:
+        """The data directory anew from the repository, to the end of the archived WAL."""
+        self.stop_postgres(mode="immediate")
+        if self.data_dir.exists() and not (self.data_dir / "PG_VERSION").exists():
+            shutil.rmtree(self.data_dir)  # a half-restore --delta would refuse ("path not empty")
+        user = pwd.getpwnam(self.os_user)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        self.pgbackrest().restore(delta=True, restore_type="default")
+        self.start_postgres()
 
     def stop(self) -> None:
         if self.data_dir.exists():

@@ -44,6 +44,18 @@ def standalone(demo_stack, servicenow, vault):
         demo_stack.use_credentials(None)
 
 
+@pytest.fixture(autouse=True)
+def no_run_left_going(request):
+    """A test that fails midway leaves its run going (a PITR asking, a backup running): ended here,
+    before the demo cluster is put back (tests/conftest.py), so that nothing of it acts on the cluster
+    during the next test."""
+    yield
+    if "standalone" in request.fixturenames:
+        ended = request.getfixturevalue("standalone").end_unfinished_runs()
+        if ended:
+            print(f"\n[{request.node.nodeid}] left runs going, marked failed: {', '.join(ended)}")
+
+
 @dataclass
 class CompletedPitr:
     dag_id: str

@@ -28,22 +28,6 @@ def pitr(demo_stack, airflow_db, servicenow):
 
 
 @pytest.fixture
-def clean_guard(demo_stack):
-    """A failing test leaves the restore guard up and may leave PostgreSQL stopped or paused (as the
-    product should); put the demo cluster back to running and writable, guard cleared, so that one
-    failure does not fail every later test for the same reason."""
-    yield
-    from rewind.guard import clear
-    from rewind.postgres import postmaster_pid
-
-    print(clear(demo_stack.cluster))
-    if postmaster_pid(demo_stack.cluster) is None:
-        demo_stack.start_postgres()
-    if demo_stack.psql("select pg_is_in_recovery()") == "t":
-        demo_stack.psql("select pg_promote()")
-
-
-@pytest.fixture
 def approve_all(servicenow):
     servicenow.state.auto_approve = True
     yield

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import VOID_CHECK, assert_success, fresh_ledger, ledger, run_pitr, write
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
+pytestmark = pytest.mark.integration
 
 FINDER_FORM = {"window_end": "", "tables": [], "timeline": "current", "max_segments": 256}
 ROWS = "select string_agg(id || ':' || amount || ':' || status, ',' order by id) from ledger_entry"

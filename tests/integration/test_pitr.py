@@ -27,7 +27,7 @@ from tests.integration.helpers import (
     write,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
+pytestmark = pytest.mark.integration
 
 
 def closed_change(servicenow, run) -> dict:

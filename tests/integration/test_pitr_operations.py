@@ -35,7 +35,7 @@ from tests.integration.helpers import (
     write,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_guard")]
+pytestmark = pytest.mark.integration
 
 
 def wait_for(predicate, *, timeout: float, what: str):
