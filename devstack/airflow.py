@@ -412,6 +412,15 @@ class AirflowStandalone:
             time.sleep(1)
         raise TimeoutError(f"airflow standalone not healthy within {timeout:.0f}s: see {self.home}/standalone.log")
 
+    def log_lines(self, needle: str, *, last: int = 40) -> str:
+        """The components' own log lines (scheduler, API server, ...) that mention `needle`: what a
+        failing test shows of how Airflow saw a task."""
+        try:
+            lines = (self.home / "standalone.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no standalone.log)"
+        return "\n".join(line[:400] for line in lines if needle in line)[-last * 400 :]
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None

@@ -35,6 +35,22 @@ os.environ.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / f"rewind-hypothesis-{os.geteuid()}"))
 
 
+# Each tier's wall-clock bound, about three times what it takes on a two-core box. A tier past its
+# bound fails each of its remaining tests at once, saying so, instead of running on toward CI's
+# limit; one test that hangs is failed alone by pytest-timeout (pyproject.toml), and .ci/run bounds
+# the whole run. The bounds add up to an hour, well inside CI's 90 minutes.
+TIER_BOUND_S = {"unit": 240, "dags": 240, "integration": 1200, "e2e": 900, "e2e_celery": 600, "browser": 420}
+_tier_started: dict[str, float] = {}
+
+
+def pytest_runtest_setup(item):
+    tier = Path(item.path).relative_to(REPO / "tests").parts[0]
+    elapsed = time.monotonic() - _tier_started.setdefault(tier, time.monotonic())
+    bound = TIER_BOUND_S.get(tier)
+    if bound is not None and elapsed > bound:
+        pytest.fail(f"tier tests/{tier} has run {elapsed:.0f}s, past its {bound}s bound: not started", pytrace=False)
+
+
 def airflow_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "airflow", *args],

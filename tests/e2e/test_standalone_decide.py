@@ -59,9 +59,11 @@ def _question(standalone, demo_stack, run_id, answered: int, timeout: float = 15
         if state in ("failed", "upstream_failed", "success"):
             raise AssertionError(f"decide_at_target ended {state}: {task_log(standalone, DAG_ID, run_id, 'decide_at_target')[-3000:]}")
         time.sleep(0.5)
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target"
     raise AssertionError(
         f"no question after {answered} answers: {standalone.task_states(DAG_ID, run_id)}; answers {_decisions(demo_stack, run_id)}; "
-        f"log: {_all_tries(standalone, run_id)}"
+        f"task instance: {standalone.api('GET', path).text[:1500]}; tries: {standalone.api('GET', f'{path}/tries').text[:3000]}; "
+        f"log: {_all_tries(standalone, run_id)}; components' log about it: {standalone.log_lines('decide_at_target')}"
     )
 
 
