@@ -19,6 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rewind.change_control import ClosedChange, Person
+from rewind.pitr.journal import JournalSnapshot
+from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import DowntimeResult
 
 # rewind_<workflow>__<cluster>; a new workflow of this family (rehearsal) needs only its name here.
@@ -87,17 +90,25 @@ def workflow_of(dag_id: str) -> tuple[str, str] | None:
     return match["workflow"], match["cluster"]
 
 
-def summary_fields(text: Any) -> dict[str, str]:
-    """`Key: value` lines of a close summary (PITR: "Requested by: …", "Approved by: …",
-    "Timings: …"), keys lower-cased; the first of each wins."""
-    fields: dict[str, str] = {}
-    if not isinstance(text, str):
-        return fields
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key and len(key) <= 40 and key.strip().lower() not in fields:
-            fields[key.strip().lower()] = value.strip()
-    return fields
+def closed_change(value: Any) -> ClosedChange | None:
+    """The close task's typed record; None for anything else (a run from before it was typed returned
+    the close notes as text, and free text is never parsed for fields: a reason with line breaks
+    could forge them)."""
+    try:
+        return ClosedChange.model_validate(value) if isinstance(value, dict) else None
+    except ValidationError:
+        return None
+
+
+def latest_journal(journals: dict[str, Any] | None) -> JournalSnapshot | None:
+    """The newest journal a PITR step published (every try of every step publishes it)."""
+    found = []
+    for value in (journals or {}).values():
+        try:
+            found.append(JournalSnapshot.model_validate(value))
+        except ValidationError:
+            continue
+    return max(found, key=lambda record: record.at, default=None)
 
 
 def _when(value: Any) -> dt.datetime | None:
@@ -147,12 +158,17 @@ def _first(xcoms: dict[str, Any], key: str, task_ids: tuple[str, ...] | None = N
     return None
 
 
-def _requested_by(run: dict, xcoms: dict, summary: dict) -> str:
-    if summary.get("requested by") and summary["requested by"] != "unknown":
-        return summary["requested by"]
-    person = _person(_first(xcoms, "requester"))
-    if person:
-        return person
+def _requested_by(run: dict, xcoms: dict, closed: ClosedChange | None, journal: JournalSnapshot | None) -> str:
+    if closed and closed.requested_by:
+        return closed.requested_by
+    requester = (journal.requester if journal else None) or _first(xcoms, "requester")
+    if isinstance(requester, dict):
+        try:
+            return Person(**{**requester, "amr": tuple(requester.get("amr") or ())}).describe()
+        except TypeError:
+            person = _person(requester)
+            if person:
+                return person
     user = run.get("triggering_user_name")
     return f"Airflow user {user}" if user else ""
 
@@ -168,9 +184,14 @@ def _change_number(run: dict, xcoms: dict) -> str:
     return ""
 
 
-def _target(workflow: str, cluster: str, conf: dict, summary: dict, xcoms: dict) -> str:
-    if summary.get("target"):
-        return summary["target"]
+def _target(workflow: str, cluster: str, conf: dict, closed: ClosedChange | None, xcoms: dict) -> str:
+    if closed and closed.target:
+        return closed.target
+    if workflow == "pitr" and isinstance(xcoms.get("validate_params"), dict):
+        try:
+            return PitrRequest.model_validate(xcoms["validate_params"]).describe()
+        except ValidationError:
+            pass
     target_type = conf.get("target_type")
     if target_type:
         parts = [str(target_type)]
@@ -208,11 +229,30 @@ def _task_time(tasks: dict, task_ids: tuple[str, ...], which: str) -> dt.datetim
     return None
 
 
-def _downtime(workflow: str, tasks: dict, xcoms: dict, summary: dict) -> str:
-    timings = summary.get("timings") or ""
-    found = re.search(r"downtime \(stop to promoted\) (\d+)s", timings)
-    if found:
-        return _seconds(int(found[1])) + " (stop to promoted)"
+def _pitr_downtime(tasks: dict, journal: JournalSnapshot | None) -> str:
+    """From the journal's instants only: PostgreSQL stopped by this run, started on restored data,
+    promoted. A run whose journal says it never stopped PostgreSQL touched nothing, whatever state
+    its last task ended in."""
+    if journal is None:
+        started = any((tasks.get(t) or {}).get("start_date") for t in ("stop_restore_promote", "stop_postgres"))
+        return "not recorded (a run from before Rewind published its journal)" if started else "not touched"
+    steps = journal.steps
+    if "stopped" not in steps:
+        return "not touched"
+    stopped = journal.stop_started_at or steps["stopped"]
+    if "promoted" in steps:
+        seconds = (_when(steps["promoted"]) - _when(stopped)).total_seconds()
+        return f"{_seconds(seconds)} (stop to promoted)"
+    if (tasks.get(DECIDE_TASK) or {}).get("state") == "awaiting_input":
+        return f"stopped at {_stamp(stopped)}; paused read-only at the target since {_stamp(steps.get('at_target'))}, awaiting a decision"
+    if "started" in steps:
+        return f"stopped at {_stamp(stopped)}; started read-only on the restored data at {_stamp(steps['started'])}, not promoted"
+    return f"stopped at {_stamp(stopped)}, not started again"
+
+
+def _downtime(workflow: str, tasks: dict, xcoms: dict, journal: JournalSnapshot | None) -> str:
+    if workflow == "pitr":
+        return _pitr_downtime(tasks, journal)
     if workflow not in DOWNTIME:
         return "none"
     starts, ends = DOWNTIME[workflow]
@@ -254,9 +294,47 @@ def _new_backup(xcoms: dict) -> str:
     return ""
 
 
+def _rewind_outcome(journal: JournalSnapshot) -> str:
+    """What the run did to the cluster, from its journal."""
+    steps = journal.steps
+    if "closed" in steps:
+        return f"rewound: promoted at {_stamp(steps.get('promoted'))}, change {journal.change} closed at {_stamp(steps['closed'])}"
+    if "promoted" in steps:
+        return f"rewound: promoted at {_stamp(steps['promoted'])}"
+    if "started" in steps:
+        return f"rewound: started on the restored data at {_stamp(steps['started'])}, not promoted"
+    if "stopped" in steps:
+        return f"PostgreSQL stopped at {_stamp(steps['stopped'])}, not started on restored data"
+    return ""
+
+
+def _pitr_outcome(run: dict, tasks: dict, journals: dict[str, Any] | None) -> str:
+    """The rewind's own outcome and, as a line of its own, how the run's last failing try ended (a
+    re-run refused after the rewind, say), both from the published journals."""
+    journal = latest_journal(journals)
+    if journal is None:
+        return _outcome(run, tasks)
+    lines = [_outcome(run, tasks)]
+    done = _rewind_outcome(journal)
+    if done:
+        lines.append(done)
+    if journal.failed and run.get("state") == "failed":
+        kind = "refused" if journal.failed.startswith(("AlreadyRewound", "ChangeNotUsable", "PitrAlreadyRunning")) else "failed"
+        again = (
+            " (a re-run of a run that had already rewound)" if "started" in journal.steps and journal.task_id == "validate_params" else ""
+        )
+        lines.append(
+            f"{journal.task_id} {kind} at {_stamp(journal.at)}, try {journal.try_number}{again}: {journal.failed.splitlines()[0][:300]}"
+        )
+    return "\n".join(lines)
+
+
 def _outcome(run: dict, tasks: dict) -> str:
     state = run.get("state") or "unknown"
     order = list(tasks)
+    asking = [t for t in order if (tasks[t] or {}).get("state") == "awaiting_input"]
+    if state in ("running", "queued") and asking:
+        return f"awaiting decision: {', '.join(asking)}"
     if state == "failed":
         failed = [t for t in order if (tasks[t] or {}).get("state") == "failed"]
         return f"failed at {failed[0]}" if failed else "failed"
@@ -323,10 +401,13 @@ def _with_decisions(xcoms: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return updated, line
 
 
-def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> AuditRow | None:
+def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any], journals: dict[str, Any] | None = None) -> AuditRow | None:
     """The row of one run. `run`: dag_id, run_id, state, start_date, end_date, triggering_user_name,
     conf, note. `tasks`: task id -> {state, start_date, end_date}, in the DAG's order. `xcoms`: task
-    id -> return value. None when the run is not of an audited workflow."""
+    id -> return value. `journals`: task id -> the PITR journal that task published (JOURNAL_XCOM_KEY).
+    None when the run is not of an audited workflow. Every field comes from structured data (the
+    form, typed return values, the journal); free text (the reason, the close notes) is only ever
+    shown as itself, one field."""
     found = workflow_of(run.get("dag_id") or "")
     if not found:
         return None
@@ -334,25 +415,29 @@ def audit_row(run: dict, tasks: dict[str, dict], xcoms: dict[str, Any]) -> Audit
     tasks, xcoms = _with_downtime_steps(tasks, xcoms)
     xcoms, answers = _with_decisions(xcoms)
     conf = run.get("conf") or {}
-    summary = summary_fields(xcoms.get("close_change"))
+    closed = closed_change(xcoms.get("close_change"))
+    journal = latest_journal(journals) if workflow == "pitr" else None
     approval = tasks.get("wait_for_approval") or {}
-    approved_by = summary.get("approved by", "")
+    outcome = _pitr_outcome(run, tasks, journals) if workflow == "pitr" else _outcome(run, tasks)
+    if answers:
+        first, _, rest = outcome.partition("\n")
+        outcome = f"{first} ({answers})" + (f"\n{rest}" if rest else "")
     return AuditRow(
         workflow=WORKFLOWS[workflow],
         cluster=cluster,
         dag_id=run["dag_id"],
         run_id=run.get("run_id") or "",
-        requested_by=_requested_by(run, xcoms, summary),
-        reason=str(conf.get("reason") or summary.get("reason") or ""),
-        change_number=_change_number(run, xcoms),
-        approved_by="" if approved_by == "unknown" else approved_by,
+        requested_by=_requested_by(run, xcoms, closed, journal),
+        reason=str(conf.get("reason") or ""),
+        change_number=_change_number(run, xcoms) or (closed.number if closed and CHANGE_NUMBER.fullmatch(closed.number) else ""),
+        approved_by=(closed.approved_by or "") if closed else "",
         approved_at=_stamp(approval.get("end_date")) if approval.get("state") == "success" else "",
-        target=_target(workflow, cluster, conf, summary, xcoms),
+        target=_target(workflow, cluster, conf, closed, xcoms),
         backup_used=_backup_used(xcoms),
-        downtime=_downtime(workflow, tasks, xcoms, summary),
+        downtime=_downtime(workflow, tasks, xcoms, journal),
         data_checks=_data_checks(tasks, xcoms),
         new_backup=_new_backup(xcoms),
-        outcome=_outcome(run, tasks) + (f" ({answers})" if answers else ""),
+        outcome=outcome,
         started_at=_stamp(run.get("start_date")),
         ended_at=_stamp(run.get("end_date")),
     )
@@ -369,7 +454,7 @@ def change_url(servicenow_base: str, number: str) -> str:
 
 def to_csv(rows: list[AuditRow], *, servicenow_base: str = "") -> str:
     """The page's rows as CSV (one header line, then one line per run), the change's link included.
-    Cells that a spreadsheet would take for a formula are quoted with a leading apostrophe."""
+    Whatever a spreadsheet would take for a formula gets a leading apostrophe (_cell)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([header for _, header in COLUMNS] + ["Change link"])
@@ -379,5 +464,12 @@ def to_csv(rows: list[AuditRow], *, servicenow_base: str = "") -> str:
     return out.getvalue()
 
 
+# A cell, or any part of it after a separator a spreadsheet may split on (a comma, a semicolon in
+# locales whose lists use it, a tab, a pipe, a line break), that starts with one of these is a
+# formula to a spreadsheet.
+_FORMULA = re.compile(r"(^|[,;|\t\r\n])([ ]*)([=+\-@\t\r])")
+
+
 def _cell(value: str) -> str:
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    """Neutralised for spreadsheets in every locale: an apostrophe before each formula start."""
+    return _FORMULA.sub(lambda m: f"{m[1]}{m[2]}'{m[3]}", value)

@@ -15,8 +15,11 @@ move), who asked for it, who approved it, and the re-check at the moment of each
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from rewind.errors import RewindError
 from rewind.servicenow import ChangeModel, ChangeState, ChangeStatus, ServiceNowClient, change_gate
@@ -26,6 +29,34 @@ APPROVAL_STATE = {"normal": ChangeState.ASSESS, "emergency": ChangeState.AUTHORI
 
 
 MAX_NOTE_CHARS = 4000  # what Rewind writes into one ServiceNow journal entry or close note
+
+
+# Every character str.splitlines() breaks a line at, besides the ASCII controls json escapes anyway.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def free_text(text: str) -> str:
+    """A person's free text (a reason) as one quoted line, its line breaks escaped: written into a
+    change or a summary, it can never start a line of its own (a forged "Approved by: ..." after a
+    newline in the reason) whatever line separator it holds."""
+    quoted = json.dumps(str(text), ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        quoted = quoted.replace(char, escaped)
+    return quoted
+
+
+class ClosedChange(BaseModel):
+    """What closing a workflow's change recorded, as the close task returns it (typed XCom): the audit
+    page reads who approved and who asked from these fields, never from the close notes' text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: str
+    close_code: str
+    close_notes: str
+    approved_by: str | None = None
+    requested_by: str | None = None
+    target: str | None = None
 
 
 class ChangeNotUsable(RewindError):

@@ -74,7 +74,10 @@ def test_an_auditor_reads_the_audit_page_and_its_csv_and_changes_nothing(complet
             assert cells["new_backup"] != cells["backup_used"]
             assert re.fullmatch(r"(\d+m )?\d+s \(stop to promoted\)", cells["downtime"]), cells
             assert cells["data_checks"].startswith("1/1 passed: select count(*) from ledger_entry where status = 'void' = 0"), cells
-            assert cells["outcome"] == "success"
+            outcome = cells["outcome"].splitlines()
+            assert outcome[0] == "success" and outcome[1].startswith("rewound: promoted at ") and f"change {number} closed" in outcome[1], (
+                cells
+            )
 
             change_link = row.locator("td.change_number a")
             assert change_link.get_attribute("href") == (

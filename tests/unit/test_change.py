@@ -67,7 +67,7 @@ def test_change_fields_describe_the_rewind_and_bind_the_run(ledger):
     )
     assert (fields["cmdb_ci"], fields["correlation_id"]) == ("ledger", OURS)
     assert "state" not in fields and "approval" not in fields  # the change model decides those, not the requester
-    assert f"Reason: {REASON}" in fields["description"] and URL in fields["description"]
+    assert f'Reason: "{REASON}"' in fields["description"] and URL in fields["description"]
     assert "s3://backups/pg/ledger" in fields["description"]
     assert "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass." in fields["implementation_plan"]
     assert fields["test_plan"] == "Data checks (before promotion): select count(*) from ledger_entry where status = 'void'"

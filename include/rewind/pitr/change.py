@@ -5,7 +5,7 @@ destructive step, implemented, closed) is rewind.change_control's, as for every 
 from __future__ import annotations
 
 from rewind.airflow_rest import bounded_note
-from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, open_change
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, Person, correlation_id, free_text, open_change
 from rewind.inventory import Cluster
 from rewind.pitr.decision import ABORT, describe_decision
 from rewind.pitr.journal import run_using_change
@@ -34,7 +34,7 @@ def change_fields(
         "short_description": f"Rewind PITR: restore {cluster.name} (stanza {cluster.stanza}) to {target}",
         "description": (
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
-            f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {request.reason}\n"
+            f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {free_text(request.reason)}\n"
             f"Requested by: {requester.describe() if requester else 'unknown'}\n"
             f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
         ),
@@ -166,7 +166,7 @@ def summary(
         f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) "
         + ("aborted by the DBA: restored to the latest archived WAL, nothing lost." if aborted else "completed."),
         f"Run: {run_id}  {run_url}",
-        f"Reason: {request.reason}",
+        f"Reason: {free_text(request.reason)}",
         f"Requested by: {requested_by or 'unknown'}",
         f"Approved by: {approved_by or 'unknown'}",
         f"Target: {request.describe()}",

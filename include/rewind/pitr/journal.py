@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.state import file_key, read_json, state_dir, write_json
@@ -116,6 +118,42 @@ class RunJournal:
             done.append(f"recovery reached the target at {steps['at_target']} (not promoted)")
         done.append(f"new full backup {steps['backup']} exists" if "backup" in steps else "no new full backup was taken")
         return "; ".join(done) if "stopped" in steps else "nothing was touched: PostgreSQL was never stopped; no new full backup was taken"
+
+
+# The XCom key under which every step of a PITR run publishes its journal as it stood at the end of
+# each try. The journal lives on the database host; the audit page reads only Airflow's database,
+# and states what happened (stopped, started, promoted, refused) from this, never from task states.
+JOURNAL_XCOM_KEY = "rewind_journal"
+
+
+class JournalSnapshot(BaseModel):
+    """A run's journal as one try of one of its steps left it, and how that try ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    try_number: int
+    at: str  # when the try ended (or parked)
+    steps: dict[str, str] = {}
+    stop_started_at: str | None = None
+    change: str | None = None
+    requester: dict | None = None
+    decisions: list[dict] = []
+    failed: str | None = None  # the try's error, when it failed (a refusal included)
+
+
+def snapshot(journal: RunJournal, *, task_id: str, try_number: int, failed: str | None) -> JournalSnapshot:
+    return JournalSnapshot(
+        task_id=task_id,
+        try_number=try_number,
+        at=_now(),
+        steps=dict(journal.data.get("steps") or {}),
+        stop_started_at=journal.data.get("stop_started_at"),
+        change=journal.change,
+        requester=journal.data.get("requester"),
+        decisions=list(journal.data.get("decisions") or []),
+        failed=failed,
+    )
 
 
 def run_using_change(cluster: Cluster, number: str, *, except_run: str) -> str | None:

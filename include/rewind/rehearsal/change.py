@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, close_change, correlation_id, require_gate, start_implementing
+from rewind.change_control import MAX_NOTE_CHARS, ChangeNotUsable, close_change, correlation_id, free_text, require_gate, start_implementing
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.rehearsal.request import RehearsalRefused, RehearsalRequest
@@ -58,7 +58,7 @@ def change_fields(cluster: Cluster, request: RehearsalRequest, *, dag_id: str, r
             f"restored into the scratch directory {scratch} on worker queue {cluster.rehearsal_queue}, checked (pg_amcheck "
             "--heapallindexed, pg_dump of every database, pg_checksums), compared with production's row counts and removed. "
             f"Target: {request.describe()}.\nProduction is not stopped or changed; its one write is a restore point (one WAL "
-            f"record) and a WAL switch.\nReason: {request.reason}\nAirflow run: {run_id}\n{run_url}"
+            f"record) and a WAL switch.\nReason: {free_text(request.reason)}\nAirflow run: {run_id}\n{run_url}"
         ),
         "cmdb_ci": cluster.name,
         "correlation_id": correlation_id(dag_id, run_id),

@@ -5,7 +5,7 @@ failed run did not reach is said to be missing, never left out silently."""
 
 from __future__ import annotations
 
-from rewind.change_control import MAX_NOTE_CHARS
+from rewind.change_control import MAX_NOTE_CHARS, free_text
 from rewind.credentials import bounded
 from rewind.inventory import Cluster
 from rewind.rehearsal.request import RehearsalRequest
@@ -37,7 +37,7 @@ def summary(
     lines = [
         f"Rewind restore rehearsal of {cluster.name} (stanza {cluster.stanza}): {outcome}",
         f"Run: {run_id}  {run_url}",
-        f"Reason: {request.reason}",
+        f"Reason: {free_text(request.reason)}",
         f"Target: {_target(mark, request)}",
     ]
     if restored:

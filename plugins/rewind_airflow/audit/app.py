@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from rewind.audit import COLUMNS, WORKFLOWS, AuditRow, audit_row, change_url, to_csv
+from rewind.pitr.journal import JOURNAL_XCOM_KEY
 
 URL_PREFIX = "/rewind-audit"
 # The ServiceNow instance the change numbers link to: the host of this Airflow connection.
@@ -106,10 +107,14 @@ def load_rows(dag_ids: set[str], limit: int) -> list[AuditRow]:
                     "end_date": ti.end_date,
                 }
         xcoms: dict[int, dict[str, Any]] = {run.id: {} for run in runs}
+        journals: dict[int, dict[str, Any]] = {run.id: {} for run in runs}
         for xcom in session.scalars(
-            select(XComModel).where(XComModel.dag_run_id.in_(list(xcoms)), XComModel.key == "return_value", XComModel.map_index == -1)
+            select(XComModel).where(
+                XComModel.dag_run_id.in_(list(xcoms)), XComModel.key.in_(("return_value", JOURNAL_XCOM_KEY)), XComModel.map_index == -1
+            )
         ):
-            xcoms[xcom.dag_run_id][xcom.task_id] = XComModel.deserialize_value(xcom)
+            into = xcoms if xcom.key == "return_value" else journals
+            into[xcom.dag_run_id][xcom.task_id] = XComModel.deserialize_value(xcom)
         for (dag_id, run_id), run in by_key.items():
             row = audit_row(
                 {
@@ -124,6 +129,7 @@ def load_rows(dag_ids: set[str], limit: int) -> list[AuditRow]:
                 },
                 tasks[(dag_id, run_id)],
                 xcoms[run.id],
+                journals[run.id],
             )
             if row:
                 rows.append(row)
@@ -164,6 +170,7 @@ body { font-family: system-ui, sans-serif; margin: 1rem; color: #1a202c; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #cbd5e0; padding: 4px 6px; vertical-align: top; text-align: left; }
 th { background: #edf2f7; position: sticky; top: 0; }
+td.reason, td.downtime, td.outcome { white-space: pre-line; }
 tr.failed td.outcome { color: #c53030; font-weight: 600; }
 tr.success td.outcome { color: #276749; }
 .meta { color: #4a5568; margin: 0.5rem 0 1rem; }

@@ -11,11 +11,13 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from rewind.change_control import (
     MAX_NOTE_CHARS,
+    ClosedChange,
     Person,
     approved_by,
     close_change,
     correlation_id,
     find_group,
+    free_text,
     open_change,
     require_gate,
     start_implementing,
@@ -113,7 +115,7 @@ class OpenChangeOperator(LifecycleOperator):
                 "assignment_group": self.plan["approval_group"],
                 "short_description": f"Rewind {self.workflow}: {cluster.name} (stanza {cluster.stanza})",
                 "description": (
-                    f"{self.summary}\nReason: {reason}\nRequested by: {requester.describe()}\nAirflow run: {context['run_id']}"
+                    f"{self.summary}\nReason: {free_text(reason)}\nRequested by: {requester.describe()}\nAirflow run: {context['run_id']}"
                 )[:MAX_NOTE_CHARS],
                 "justification": reason,
                 "implementation_plan": str(self.summary)[:MAX_NOTE_CHARS],
@@ -195,14 +197,15 @@ class CloseLifecycleChangeOperator(LifecycleOperator):
         super().__init__(**kwargs)
         self.done = done
 
-    def execute_on_cluster(self, context) -> str:
+    def execute_on_cluster(self, context) -> dict:
+        approver = approved_by(self.servicenow, self.change["sys_id"])
         lines = [f"Rewind run {context['run_id']} on cluster {self.hook.cluster.name} completed."]
         lines += [f"{step}: {value}" for step, value in (self.done or {}).items() if value not in (None, "", [], {})]
-        lines.append(f"approved by: {approved_by(self.servicenow, self.change['sys_id']) or 'unknown'}")
+        lines.append(f"approved by: {approver or 'unknown'}")
         text = "\n".join(lines)[:MAX_NOTE_CHARS]
         close_change(self.servicenow, self.change["sys_id"], close_code="successful", close_notes=text)
         self.log.info("closed %s:\n%s", self.change["number"], text)
-        return text
+        return ClosedChange(number=self.change["number"], close_code="successful", close_notes=text, approved_by=approver).model_dump()
 
 
 # ---- decommissioning -------------------------------------------------------------------------------

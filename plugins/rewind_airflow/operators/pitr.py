@@ -20,14 +20,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from rewind import guard as restore_guard
 from rewind import metrics
-from rewind.change_control import MAX_NOTE_CHARS, Person, approved_by, close_change, find_group, require_gate, start_implementing
+from rewind.change_control import (
+    MAX_NOTE_CHARS,
+    ClosedChange,
+    Person,
+    approved_by,
+    close_change,
+    find_group,
+    require_gate,
+    start_implementing,
+)
 from rewind.errors import PreflightError, RewindError
 from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
-from rewind.pitr.journal import RunJournal
+from rewind.pitr.journal import JOURNAL_XCOM_KEY, RunJournal, snapshot
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
 from rewind.pitr.recovery import (
@@ -90,6 +99,29 @@ class PitrOperator(ChangeControlledOperator):
     @property
     def pitr_request(self) -> PitrRequest:
         return PitrRequest.model_validate(self.request)
+
+    def execute(self, context) -> Any:
+        return self.publishing_journal(context, super().execute, context)
+
+    def publishing_journal(self, context, step: Callable[..., Any], *args: Any) -> Any:
+        """Run `step`, then publish the run's journal as this try left it (JOURNAL_XCOM_KEY): the
+        audit page's record of what the run did, whether the try succeeded, failed, refused or
+        parked. A failure to publish is logged, never raised over the step's own outcome."""
+        failed = None
+        try:
+            return step(*args)
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            failed = f"{type(exc).__name__}: {exc}"[:2000]
+            raise
+        finally:
+            try:
+                ti = context["ti"]
+                record = snapshot(self.journal(context), task_id=ti.task_id, try_number=ti.try_number, failed=failed)
+                ti.xcom_push(key=JOURNAL_XCOM_KEY, value=record.model_dump(mode="json"))
+            except Exception as exc:  # the journal unreadable, the cluster unknown: the step's outcome stands
+                self.log.warning("the run's journal was not published for the audit page: %s", exc)
 
     @property
     def runner(self):
@@ -548,7 +580,7 @@ class CloseChangeOperator(PitrOperator):
         self.steps = steps
         self.airflow_api_conn_id = airflow_api_conn_id
 
-    def execute_on_cluster(self, context) -> str:
+    def execute_on_cluster(self, context) -> dict:
         cluster, journal, steps = self.hook.cluster, self.journal(context), self.steps
         # the downtime task's step results (DowntimeResult's fields) and decide_at_target's return
         stop = StopResult.model_validate(steps["stop"]) if steps.get("stop") else None
@@ -569,6 +601,7 @@ class CloseChangeOperator(PitrOperator):
         request, recovery, checks, timeline = left_at(
             self.pitr_request, recovery=recovery, checks=checks, promoted=promoted, decision=decision
         )
+        requested, approved = self.requested_by(journal), self.approved_by(journal)
         text = summary(
             cluster,
             request,
@@ -580,8 +613,8 @@ class CloseChangeOperator(PitrOperator):
             timeline=timeline,
             backup=steps["backup"],
             timings=timings,
-            requested_by=self.requested_by(journal),
-            approved_by=self.approved_by(journal),
+            requested_by=requested,
+            approved_by=approved,
             decisions=decision.decisions,
         )
         # An abort restored the state before the stop: the change was not implemented as asked.
@@ -605,4 +638,12 @@ class CloseChangeOperator(PitrOperator):
             context,
             run_note(journal.change, text, close_code),
         )
-        return text
+        closed = ClosedChange(
+            number=journal.change,
+            close_code=close_code,
+            close_notes=text,
+            approved_by=approved,
+            requested_by=requested,
+            target=request.describe(),
+        )
+        return closed.model_dump()

@@ -168,6 +168,9 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     # ---- the answer ------------------------------------------------------------------------------
     def execute_complete(self, context, event: dict[str, Any]) -> Any:
+        return self.publishing_journal(context, self._complete, context, event)
+
+    def _complete(self, context, event: dict[str, Any]) -> Any:
         try:
             answer = HITLOperator.execute_complete(self, context, event)  # validated; a timeout raises
             return self.answered(context, self.journal(context), answer)

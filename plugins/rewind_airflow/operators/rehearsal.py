@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from rewind import metrics
 from rewind.backup import wait_for_backup_lock
-from rewind.change_control import require_gate
+from rewind.change_control import ClosedChange, require_gate
 from rewind.errors import PreflightError, RewindError
 from rewind.guard import RestoreFailed, RestoreInProgress, require_no_restore
 from rewind.pgbackrest.errors import PgBackRestError
@@ -323,7 +323,7 @@ class CloseRehearsalChangeOperator(RehearsalOperator):
         super().__init__(**kwargs)
         self.steps = steps  # {"mark", "restored", "checked", "annotated", "removed"}
 
-    def execute_on_cluster(self, context) -> str:
+    def execute_on_cluster(self, context) -> dict:
         cluster, request, steps = self.hook.cluster, self.rehearsal_request, self.steps
         text = summary(
             cluster,
@@ -356,4 +356,5 @@ class CloseRehearsalChangeOperator(RehearsalOperator):
             log=self.log.info,
         )
         self.log.info("closed %s and %s:\n%s", opened["number"], opened["task_number"], text)
-        return text
+        # a standard change: pre-approved by its template, no one approves this run
+        return ClosedChange(number=opened["number"], close_code="successful", close_notes=text).model_dump()
