@@ -480,8 +480,11 @@ def live_query(runner, cluster) -> Callable[[str, str], str]:
     from rewind.postgres import psql_argv
 
     def query(sql: str, database: str) -> str:
-        argv = psql_argv(cluster, sql, database=database)
-        return runner.run(argv, timeout=60, log_stdout=False, extra_env={"PGOPTIONS": "-c default_transaction_read_only=on"}).stdout.strip()
+        # the SQL on standard input: it may list any number of transactions or keys (never argv)
+        argv = psql_argv(cluster, None, database=database)
+        return runner.run(
+            argv, timeout=600, log_stdout=False, extra_env={"PGOPTIONS": "-c default_transaction_read_only=on"}, input_text=sql
+        ).stdout.strip("\n")
 
     return query
 

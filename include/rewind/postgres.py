@@ -122,8 +122,9 @@ def check_role_problem(runner, cluster: Cluster) -> str | None:
     return None
 
 
-def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres", role: str | None = None) -> list[str]:
-    """psql over the socket (as the OS user, or as `role`); one statement, unaligned tuples-only output."""
+def psql_argv(cluster: Cluster, sql: str | None, *, database: str = "postgres", role: str | None = None) -> list[str]:
+    """psql over the socket (as the OS user, or as `role`); one statement, unaligned tuples-only
+    output. `sql` None: the SQL comes on standard input (`-f -`), for SQL that carries data."""
     return [
         str(Path(cluster.postgres.bin_dir) / "psql"),
         "-X",
@@ -139,8 +140,7 @@ def psql_argv(cluster: Cluster, sql: str, *, database: str = "postgres", role: s
         *(["-U", role] if role else []),
         "-d",
         database,
-        "-c",
-        sql,
+        *(["-f", "-"] if sql is None else ["-c", sql]),
     ]
 
 

@@ -218,9 +218,12 @@ class CommandRunner:
         log_stdout: bool = True,
         extra_env: Mapping[str, str] | None = None,
         shown_argv: Sequence[str] | None = None,
+        input_text: str | None = None,
     ) -> CommandResult:
         """`shown_argv`: what the log shows instead of argv, when an item is someone's free text
-        (a data check's SQL is logged by its caller, masked and bounded)."""
+        (a data check's SQL is logged by its caller, masked and bounded). `input_text`: the
+        command's standard input (SQL for `psql -f -`): data of any size travels there, never in
+        argv, which the kernel caps at 128 KiB an argument."""
         argv = [str(item) for item in argv]
         identity = self._identity()
         env = self.environment()
@@ -230,7 +233,7 @@ class CommandRunner:
         with self._lock:
             self._proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
@@ -247,6 +250,8 @@ class CommandRunner:
             threading.Thread(target=self._pump, args=(proc.stdout, stdout_lines, log_stdout), daemon=True),
             threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True),
         ]
+        if input_text is not None:
+            readers.append(threading.Thread(target=self._feed, args=(proc.stdin, input_text), daemon=True))
         for reader in readers:
             reader.start()
         timed_out = False
@@ -284,6 +289,14 @@ class CommandRunner:
         deadline = time.monotonic() + READER_JOIN_S
         for reader in readers:
             reader.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _feed(stream, text: str) -> None:
+        try:
+            stream.write(text)
+            stream.close()
+        except (BrokenPipeError, OSError, ValueError):  # the command ended (or failed) before reading it all
+            pass
 
     def _pump(self, stream, sink: list[str], echo: bool) -> None:
         for line in stream:

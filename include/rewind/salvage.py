@@ -99,8 +99,7 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def qualified(table: str) -> str:
-    schema, _, name = table.partition(".")
+def qualified(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
@@ -118,19 +117,25 @@ class Row:
 
 @dataclass
 class TableSalvage:
-    table: str  # schema.name
+    table: str  # schema.name, as people read it (file names, the summary)
     database: str
     key: list[str]
     columns: list[str]
     sequences: dict[str, str] = field(default_factory=dict)  # column -> its sequence (serial, identity)
+    relation: str = ""  # the quoted "schema"."name" SQL uses (either part may hold a dot, a quote, a pipe)
     inserted: list[Row] = field(default_factory=list)
     updated: list[Row] = field(default_factory=list)
     deleted: list[Row] = field(default_factory=list)
     deleted_for_review: list[Row] = field(default_factory=list)
     review: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not self.relation:
+            schema, _, name = self.table.partition(".")
+            self.relation = qualified(schema, name)
+
     def upsert_sql(self, row: Row) -> str:
-        target = qualified(self.table)
+        target = self.relation
         keys = ", ".join(map(quote_ident, self.key))
         others = [c for c in self.columns if c not in self.key]
         action = "do update set " + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others) if others else "do nothing"
@@ -143,14 +148,14 @@ class TableSalvage:
 
     def sequence_sql(self) -> list[str]:
         """Move each column's sequence past the values inserted (never backwards)."""
-        target = qualified(self.table)
+        target = self.relation
         return [
             f"select setval({quote_literal(seq)}, greatest((select max({quote_ident(col)}) from {target}), (select last_value from {seq})));"
             for col, seq in sorted(self.sequences.items())
         ]
 
     def delete_sql(self, row: Row) -> str:
-        target = qualified(self.table)
+        target = self.relation
         keys = ", ".join(map(quote_ident, self.key))
         return (
             f"delete from {target} where ({keys}) = (select {keys} from json_populate_record(null::{target}, {quote_literal(row.record)}));"
@@ -195,45 +200,51 @@ def _key_exprs(key: list[str]) -> tuple[str, str]:
     return array, obj
 
 
-def key_query(table: str, key: list[str]) -> str:
+def key_query(relation: str, key: list[str]) -> str:
     """Each row's key, as a JSON array and as a JSON object, tab-separated, one row per line."""
     array, obj = _key_exprs(key)
-    return f"select {array} || E'\\t' || {obj} from {qualified(table)}"
+    return f"select {array} || E'\\t' || {obj} from {relation}"
 
 
-def changed_rows_query(table: str, key: list[str], xids: Iterable[int]) -> str:
-    """Rows whose current version a listed transaction wrote: key array, tab, the whole row as JSON."""
+def changed_rows_query(relation: str, key: list[str], xids: Iterable[int]) -> str:
+    """Rows whose current version a listed transaction wrote: key array, tab, the whole row as JSON.
+    The list can be long (thousands of transactions): the SQL goes on psql's standard input."""
     listed = ",".join(str(x) for x in sorted(xids)) or "0"
     array, _obj = _key_exprs(key)
     return (
-        f"select {array} || E'\\t' || row_to_json(salvage_row_)::text from {qualified(table)} salvage_row_"
+        f"select {array} || E'\\t' || row_to_json(salvage_row_)::text from {relation} salvage_row_"
         f" where salvage_row_.xmin::text::bigint = any('{{{listed}}}'::bigint[])"
     )
 
 
 def parse_rows(text: str) -> list[Row]:
-    return [Row(*line.split("\t", 1)) for line in text.splitlines() if line]
+    """One row per line. Only a newline ends a line: JSON escapes control characters but not
+    U+2028, U+2029 or U+0085, which str.splitlines() would break a row's value at."""
+    return [Row(*line.split("\t", 1)) for line in text.split("\n") if line]
 
 
+# One JSON array per table (oid, schema, name, primary key columns, columns): names may hold any
+# character, a separator included.
 TABLE_INFO_SQL = (
-    "select c.oid || '|' || n.nspname || '.' || c.relname || '|' || "
-    "coalesce((select string_agg(a.attname, ',' order by array_position(i.indkey::int2[], a.attnum)) from pg_index i "
-    "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[]) where i.indrelid = c.oid and i.indisprimary), '') "
-    "|| '|' || (select string_agg(a.attname, ',' order by a.attnum) from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 "
-    "and not a.attisdropped and a.attgenerated = '') from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+    "select json_build_array(c.oid, pg_relation_filenode(c.oid), n.nspname, c.relname, "
+    "coalesce((select json_agg(a.attname order by array_position(i.indkey::int2[], a.attnum)) from pg_index i "
+    "join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[]) where i.indrelid = c.oid and i.indisprimary), '[]'), "
+    "(select json_agg(a.attname order by a.attnum) from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 "
+    "and not a.attisdropped and a.attgenerated = '')) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
     "where c.relkind in ('r', 'p') and pg_relation_filenode(c.oid) = any('{{{nodes}}}'::oid[])"
 )
 
 
-def sequences_of(query: Callable[[str, str], str], table: str, database: str) -> dict[str, str]:
+def sequences_of(query: Callable[[str, str], str], relation: str, database: str) -> dict[str, str]:
     """The sequences behind the table's serial and identity columns."""
+    table = quote_literal(relation)
     rows = query(
-        f"select a.attname || '|' || pg_get_serial_sequence({quote_literal(qualified(table))}, a.attname) from pg_attribute a "
-        f"where a.attrelid = {quote_literal(qualified(table))}::regclass and a.attnum > 0 and not a.attisdropped "
-        f"and pg_get_serial_sequence({quote_literal(qualified(table))}, a.attname) is not null",
+        f"select json_build_array(a.attname, pg_get_serial_sequence({table}, a.attname)) from pg_attribute a "
+        f"where a.attrelid = {table}::regclass and a.attnum > 0 and not a.attisdropped "
+        f"and pg_get_serial_sequence({table}, a.attname) is not null",
         database,
     )
-    return dict(row.split("|", 1) for row in rows.splitlines() if row)
+    return dict(json.loads(row) for row in rows.split("\n") if row)
 
 
 @dataclass
@@ -306,10 +317,15 @@ def compare(
     def kinds(xacts: list[Transaction], relation: Relation, kind: str) -> bool:
         return any(x.rows.get(relation, {}).get(kind, 0) for x in xacts)
 
-    databases = dict(
-        row.split("|", 1)
-        for row in scratch_query("select oid || '|' || datname from pg_database where datallowconn", "postgres").splitlines()
-    )
+    databases = {
+        str(oid): name
+        for oid, name in map(
+            json.loads,
+            filter(
+                None, scratch_query("select json_build_array(oid, datname) from pg_database where datallowconn", "postgres").split("\n")
+            ),
+        )
+    }
     touched: dict[int, set[Relation]] = {}
     for x in transactions.values():
         for relation in x.rows:
@@ -322,23 +338,23 @@ def compare(
             skipped.append(f"database oid {db_oid} (not in the old timeline's latest state)")
             continue
         by_node = {r.node: r for r in relations}
-        rows = scratch_query(TABLE_INFO_SQL.format(nodes=",".join(map(str, sorted(by_node)))), database).splitlines()
+        rows = scratch_query(TABLE_INFO_SQL.format(nodes=",".join(map(str, sorted(by_node)))), database).split("\n")
         info = {}
-        for row in rows:
-            oid, name, key, columns = row.split("|")
-            node = scratch_query(f"select pg_relation_filenode({oid})", database)
-            info[int(node)] = (name, key.split(",") if key else [], columns.split(","))
+        for row in filter(None, rows):
+            _oid, node, schema, name, key, columns = json.loads(row)
+            info[int(node)] = (schema, name, key, columns)
         for node, relation in sorted(by_node.items()):
             if node not in info:
                 continue  # not a user table now (toast, a dropped table)
-            name, key, columns = info[node]
+            schema, name, key, columns = info[node]
             if not key:
-                skipped.append(f"{name} (no primary key)")
+                skipped.append(f"{schema}.{name} (no primary key)")
                 continue
-            table = TableSalvage(name, database, key, columns, sequences_of(scratch_query, name, database))
-            changed = parse_rows(scratch_query(changed_rows_query(name, key, legit_ids), database))
-            target_keys = {row.key: row for row in parse_rows(live_query(key_query(name, key), database))}
-            latest_keys = {row.key for row in parse_rows(scratch_query(key_query(name, key), database))}
+            target = qualified(schema, name)
+            table = TableSalvage(f"{schema}.{name}", database, key, columns, sequences_of(scratch_query, target, database), relation=target)
+            changed = parse_rows(scratch_query(changed_rows_query(target, key, legit_ids), database))
+            target_keys = {row.key: row for row in parse_rows(live_query(key_query(target, key), database))}
+            latest_keys = {row.key for row in parse_rows(scratch_query(key_query(target, key), database))}
             classify(
                 table,
                 changed,
@@ -480,7 +496,7 @@ def salvage(
         tables, skipped, salvaged = compare(
             transactions,
             bad,
-            scratch_query=lambda sql, database: scratch.psql(sql, database=database),
+            scratch_query=lambda sql, database: scratch.psql(sql, database=database, timeout=1800),
             live_query=live_query(runner, cluster),
         )
     finally:

@@ -179,8 +179,9 @@ class ScratchCluster:
             time.sleep(poll_s)
 
     def psql(self, sql: str, *, database: str = "postgres", timeout: float = 120) -> str:
-        argv = psql_argv(self.cluster, sql, database=database)
-        return self.pgbackrest.runner.run(argv, timeout=timeout, log_stdout=False).stdout.strip()
+        """The SQL on psql's standard input: it may carry data of any size (never argv)."""
+        argv = psql_argv(self.cluster, None, database=database)
+        return self.pgbackrest.runner.run(argv, timeout=timeout, log_stdout=False, input_text=sql).stdout.strip("\n")
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
