@@ -120,6 +120,28 @@ def bucket_posture_problems(s3, bucket: str) -> list[str]:
     return problems
 
 
+def archiving_elsewhere(cluster: Cluster, current: dict[str, Setting]) -> str | None:
+    """The setting through which something other than Rewind archives (or would archive) this
+    cluster's WAL: an archive_library, or an archive_command that is not Rewind's own."""
+    command = current.get("archive_command", Setting("", "sighup")).value
+    library = current.get("archive_library", Setting("", "sighup")).value
+    if library:
+        return f"archive_library = '{library}'"
+    if command and command not in ("(disabled)", archive_command(cluster)):
+        return f"archive_command = '{command}'"
+    return None
+
+
+def refuse_if_archiving_elsewhere(cluster: Cluster, current: dict[str, Setting]) -> None:
+    """Onboarding, at its plan and again at the moment it configures (inside the change window):
+    never take over archiving another tool does."""
+    elsewhere = archiving_elsewhere(cluster, current)
+    if elsewhere and current.get("archive_mode", Setting("off", "postmaster")).value in ("on", "always"):
+        raise OnboardingRefused(
+            f"cluster {cluster.name!r} already archives elsewhere ({elsewhere}): stop that archiving first, then onboard"
+        )
+
+
 def system_identifier(runner, cluster: Cluster) -> int:
     return int(run_sql(runner, cluster, "select system_identifier from pg_control_system()"))
 
@@ -154,15 +176,7 @@ def plan_onboarding(
             f"cluster {cluster.name!r}: repository bucket {cluster.repo.bucket}: {'; '.join(bucket_problems)}: fix the bucket (terraform/)"
         )
     current = read_settings(runner, cluster)
-    ours = archive_command(cluster)
-    command = current.get("archive_command", Setting("", "sighup")).value
-    library = current.get("archive_library", Setting("", "sighup")).value
-    archiving = current.get("archive_mode", Setting("off", "postmaster")).value in ("on", "always")
-    if archiving and (library or (command and command not in ("(disabled)", ours))):
-        elsewhere = f"archive_library = '{library}'" if library else f"archive_command = '{command}'"
-        raise OnboardingRefused(
-            f"cluster {cluster.name!r} already archives elsewhere ({elsewhere}): stop that archiving first, then onboard"
-        )
+    refuse_if_archiving_elsewhere(cluster, current)
     owner = stanza_owner(pgbackrest_for, cluster, inventory_path)
     system_id = system_identifier(runner, cluster)
     if owner is not None and owner != system_id:
@@ -201,6 +215,26 @@ def check_decommission_request(cluster: Cluster, *, confirm_stanza: str, reason:
         )
     if len(reason.strip()) < 10:
         raise DecommissionRefused("param reason: say why the cluster is decommissioned (at least 10 characters)")
+
+
+def refuse_unless_rewind_archives(cluster: Cluster, current: dict[str, Setting]) -> None:
+    """Decommissioning turns off archiving only where it is Rewind's own: at validate, and again at
+    the moment it stops archiving. Someone else's archive_command is never cleared."""
+    elsewhere = archiving_elsewhere(cluster, current)
+    if elsewhere:
+        raise DecommissionRefused(
+            f"cluster {cluster.name!r} is archived by something other than Rewind ({elsewhere}; Rewind's is "
+            f"'{archive_command(cluster)}'): archiving was left as it is; find who owns it, then decommission"
+        )
+
+
+def refuse_if_held(cluster: Cluster, holds: list) -> None:
+    """stanza-delete honours the PITR holds expire honours: a rewind's pre-rewind history is kept."""
+    if holds:
+        raise DecommissionRefused(
+            f"param delete_repository: stanza {cluster.stanza!r} is held from deletion by {'; '.join(h.describe() for h in holds)}: "
+            "keep the repository (delete_repository false), or decommission again when the hold has ended"
+        )
 
 
 def archiving_off_settings() -> dict[str, str]:

@@ -132,6 +132,53 @@ def test_an_onboarding_change_rejected_or_self_approved_touches_nothing(newcomer
     untouched(newcomer, pid)
 
 
+def approve_after(servicenow, known: set, meanwhile) -> threading.Thread:
+    """The CAB approves the run's change once it is requested; `meanwhile` runs just before (what
+    changes on the host while the change waits)."""
+
+    def decide():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for sys_id, change in list(servicenow.state.records["change_request"].items()):
+                if sys_id not in known and change.get("approval") == "requested":
+                    meanwhile()
+                    return servicenow.approve(change["number"])
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=decide, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_onboarding_checks_again_at_configure_time_that_nothing_else_archives(newcomer, servicenow, capfd):
+    """Another tool starts archiving the cluster while the change waits for approval: the plan saw
+    nothing, configure (inside the window) sees it and changes nothing."""
+    use_postured_bucket(newcomer)
+    elsewhere = "cp %p /var/tmp/elsewhere/%f"
+
+    def another_tool_starts_archiving():
+        newcomer.psql("alter system set archive_mode = 'on'")
+        newcomer.psql(f"alter system set archive_command = '{elsewhere}'")
+        newcomer.stop_postgres()
+        newcomer.start_postgres()
+
+    approving = approve_after(servicenow, set(servicenow.state.records["change_request"]), another_tool_starts_archiving)
+    try:
+        run = onboard(newcomer)
+        approving.join(timeout=60)
+        steps = states(run)
+        assert (steps["plan"], steps["wait_for_approval"], steps["configure_archiving"]) == ("success", "success", "failed"), steps
+        assert f"already archives elsewhere (archive_command = '{elsewhere}')" in capfd.readouterr().out
+        assert settings(newcomer)["archive_command"] == elsewhere  # left as the other tool set it
+        assert not Path(newcomer.cluster.config_path).exists()
+    finally:
+        newcomer.psql("alter system reset archive_mode")
+        newcomer.psql("alter system reset archive_command")
+        newcomer.stop_postgres()
+        newcomer.start_postgres()
+    assert settings(newcomer)["archive_mode"] == "off"
+
+
 def test_onboarding_enables_archiving_then_a_second_run_changes_nothing(newcomer, servicenow):
     use_postured_bucket(newcomer)
     pid = postmaster_pid(newcomer.cluster)
@@ -257,3 +304,71 @@ def test_decommission_stops_archiving_after_a_final_full_backup(retiree, service
     # routine work of the cluster now skips instead of failing against a stopped stanza
     backup = run_once(load_dags()["rewind_backup_incr__retiree"])
     assert backup.state == "success" and set(states(backup).values()) == {"skipped"}, states(backup)
+
+
+def decommission(stack, servicenow, *, delete_repository: bool = False, meanwhile=None):
+    dag = load_dags("rewind_decommission.py")[f"rewind_decommission__{stack.name}"]
+    gate = dag.get_task("wait_for_approval")
+    gate.poll_interval, gate.timeout = 1, 120
+    conf = {"confirm_stanza": stack.name, "delete_repository": delete_repository, "reason": "retire the cluster"}
+    if meanwhile is None:
+        servicenow.state.auto_approve = True
+        try:
+            return run_once(dag, run_conf=conf)
+        finally:
+            servicenow.state.auto_approve = False
+    approving = approve_after(servicenow, set(servicenow.state.records["change_request"]), meanwhile)
+    run = run_once(dag, run_conf=conf)
+    approving.join(timeout=60)
+    return run
+
+
+def test_decommission_never_turns_off_archiving_it_does_not_own(retiree, servicenow, capfd):
+    """archive_mode goes off only where the archive_command is Rewind's own: checked at validate, and
+    again at the moment archiving stops (another tool took over while the change waited)."""
+    ours = settings(retiree)["archive_command"]
+    elsewhere = "cp %p /var/tmp/elsewhere/%f"
+
+    def another_tool_takes_over():
+        retiree.psql(f"alter system set archive_command = '{elsewhere}'")
+        retiree.psql("select pg_reload_conf()")
+
+    another_tool_takes_over()
+    run = decommission(retiree, servicenow)
+    assert states(run)["validate"] == "failed", states(run)
+    assert f"is archived by something other than Rewind (archive_command = '{elsewhere}'; Rewind's is '{ours}')" in capfd.readouterr().out
+    assert (settings(retiree)["archive_mode"], settings(retiree)["archive_command"]) == ("on", elsewhere)
+
+    retiree.psql(f"alter system set archive_command = '{ours}'")
+    retiree.psql("select pg_reload_conf()")
+    # While the change waits, someone wraps Rewind's command in their own (WAL still reaches the
+    # repository, so the final full backup works): stop_archiving sees it and touches nothing.
+    wrapped = f"{ours} && echo archived by another tool too >/dev/null"
+
+    def another_tool_wraps_it():
+        retiree.psql(f"alter system set archive_command = '{wrapped}'")
+        retiree.psql("select pg_reload_conf()")
+
+    run = decommission(retiree, servicenow, meanwhile=another_tool_wraps_it)
+    steps = states(run)
+    assert (steps["validate"], steps["final_full_backup"], steps["stop_archiving"]) == ("success", "success", "failed"), steps
+    assert "is archived by something other than Rewind (archive_command = " in capfd.readouterr().out
+    assert (settings(retiree)["archive_mode"], settings(retiree)["archive_command"]) == ("on", wrapped)
+    assert retiree.pgbackrest().info().status.code == 0
+
+
+def test_decommission_keeps_a_stanza_a_pitr_hold_protects(retiree, servicenow, capfd):
+    """stanza-delete honours the holds expire honours: the pre-rewind history of a recent rewind."""
+    from rewind.retention import active_holds, place_hold
+
+    retiree.pgbackrest().backup("full", annotations={"airflow_run_id": "held-base"})
+    hold = place_hold(retiree.cluster, run_id="manual__a-recent-rewind", info=retiree.pgbackrest().info(), timeline=1, reason="a rewind")
+    assert active_holds(retiree.cluster) == [hold]
+    run = decommission(retiree, servicenow, delete_repository=True)
+    assert states(run)["validate"] == "failed", states(run)
+    assert (
+        "param delete_repository: stanza 'retiree' is held from deletion by hold of PITR run manual__a-recent-rewind"
+        in capfd.readouterr().out
+    )
+    info = retiree.pgbackrest().info()
+    assert info.status.code == 0 and info.backups and settings(retiree)["archive_mode"] == "on"

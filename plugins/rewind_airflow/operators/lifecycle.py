@@ -29,10 +29,15 @@ from rewind.lifecycle import (
     check_decommission_request,
     mark_decommissioned,
     plan_onboarding,
+    read_settings,
+    refuse_if_archiving_elsewhere,
+    refuse_if_held,
+    refuse_unless_rewind_archives,
 )
 from rewind.pgbackrest.config import install_config
 from rewind.pitr.recovery import archive_current_wal
 from rewind.postgres import reload_argv, restart_argv, run_sql
+from rewind.retention import active_holds
 from rewind.servicenow import ChangeStatus
 from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import ChangeControlledOperator
@@ -146,6 +151,8 @@ class ConfigureArchivingOperator(LifecycleOperator):
     def execute_on_cluster(self, context) -> dict:
         cluster, runner, plan = self.hook.cluster, self.hook.os_runner(), self.plan
         self.gate("configure")
+        # as at the plan, now inside the change window: another tool may have started archiving since
+        refuse_if_archiving_elsewhere(cluster, read_settings(runner, cluster))
         before = run_sql(runner, cluster, "select string_agg(name || '=' || setting, ', ') from pg_settings where name like 'archive%'")
         self.servicenow.add_change_note(self.change["sys_id"], f"Settings before onboarding: {before}")
         if plan["install_config"]:
@@ -216,6 +223,9 @@ class ValidateDecommissionOperator(LifecycleOperator):
         params = dict(context["params"])
         cluster = self.hook.cluster
         check_decommission_request(cluster, confirm_stanza=params.get("confirm_stanza") or "", reason=params.get("reason") or "")
+        refuse_unless_rewind_archives(cluster, read_settings(self.hook.os_runner(), cluster))
+        if params.get("delete_repository"):
+            refuse_if_held(cluster, active_holds(cluster))
         info = self.hook.get_conn().info()
         plan = {
             **self.who_asked(context),
@@ -242,6 +252,7 @@ class StopArchivingOperator(LifecycleOperator):
     def execute_on_cluster(self, context) -> str:
         cluster, runner = self.hook.cluster, self.hook.os_runner()
         self.gate("stop_archiving")
+        refuse_unless_rewind_archives(cluster, read_settings(runner, cluster))  # again, at the moment of acting
         archive_current_wal(runner, cluster, log=self.log.info)
         for sql in alter_system_sql(archiving_off_settings()):
             run_sql(runner, cluster, sql)
@@ -254,6 +265,8 @@ class StopStanzaOperator(LifecycleOperator):
 
     def execute_on_cluster(self, context) -> str:
         self.gate("stop_stanza")
+        if self.plan["delete_repository"]:
+            refuse_if_held(self.hook.cluster, active_holds(self.hook.cluster))  # again, at the moment of deleting
         client = self.hook.get_conn()
         client.stop()
         if self.plan["delete_repository"]:
