@@ -175,3 +175,73 @@ def test_an_answer_already_in_the_journal_is_not_carried_out_again(decide, monke
     assert unread["responded_at"] == later and unread["responded_by_user"] == {"id": "7", "name": "Dana DBA"}
     monkeypatch.setattr(pitr_decide, "airflow_rest_client", lambda conn_id: None)  # no REST connection: ask again
     assert decide.operator.unread_answer(context, journal) is None
+
+
+def test_an_answer_the_change_refused_is_consumed_and_never_carried_out_by_a_later_try(decide, monkeypatch):
+    """Issue: a Promote the gate refused stayed pending, and a later retry executed it."""
+    from rewind.change_control import ChangeNotUsable
+
+    decide.journal.record("checked")
+    decide.journal.set(decide_checks=CHECKS)
+    promoted: list[int] = []
+    monkeypatch.setattr(pitr_decide, "promote", lambda *_a, **_k: promoted.append(1) or 2)
+    monkeypatch.setattr(
+        decide.operator,
+        "gate",
+        lambda *_a, **_k: (_ for _ in ()).throw(ChangeNotUsable("promote refused: CHG0030001 is outside its window")),
+    )
+    assert decide.operator.answered({"run_id": RUN}, decide.journal, answer(PROMOTE, 40)) == "asked"
+    journal = reload(decide)
+    assert journal.data["pending_decision"] is None and not promoted
+    assert journal.data["decisions"][-1]["refused"] == "promote refused: CHG0030001 is outside its window"
+    assert decide.asked[-1] == "promote refused: CHG0030001 is outside its window"
+    # the change is fixed; a later try (a retry, a clear) asks again instead of promoting
+    monkeypatch.setattr(decide.operator, "gate", lambda *_a, **_k: None)
+    monkeypatch.setattr(pitr_decide, "airflow_rest_client", lambda _conn_id: None)
+    ti = SimpleNamespace(dag_id="rewind_pitr__ledger", task_id="decide_at_target", xcom_pull=lambda **_k: None)
+    assert decide.operator.execute_on_cluster({"run_id": RUN, "ti": ti}) == "asked"
+    assert not promoted and not reload(decide).at("promoted")
+
+
+@pytest.mark.parametrize(
+    "server, refused",
+    [
+        ("false 0/9000028", "is no longer in recovery: it was promoted outside this run"),
+        ("true 0/9400000", "has replayed past where this run paused it (0/9400000, paused at 0/9000028)"),
+        ("true <where the run paused it>", None),
+    ],
+    ids=["promoted by hand", "resumed by hand", "still paused"],
+)
+def test_a_move_or_abort_never_restores_over_a_cluster_changed_outside_the_run(decide, monkeypatch, server, refused):
+    import itertools
+
+    # running when checked and when stopped, gone after the stop
+    pids = itertools.cycle([4242, 4242, None])
+    monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: next(pids))
+    paused_at = lambda: reload(decide).data["decide_recovery"]["replay_lsn"]  # noqa: E731
+    monkeypatch.setattr(pitr_decide, "run_sql", lambda *_a, **_k: server.replace("<where the run paused it>", paused_at()))
+    for option, form in ((MOVE, {"new_target_type": "xid", "new_target": "7421", "new_target_exclusive": True}), (ABORT, {})):
+        if refused is None:
+            decide.operator.answered({"run_id": RUN}, reload(decide), answer(option, 41, **form))
+            continue
+        with pytest.raises(pitr_decide.PitrStepFinal, match=f"{option} refused: ledger {refused}".replace("(", r"\(").replace(")", r"\)")):
+            decide.operator.answered({"run_id": RUN}, reload(decide), answer(option, 41, **form))
+        assert not decide.restores and reload(decide).data["pending_decision"] is None
+        assert "Nothing was stopped or restored" in decide.notes[-1]
+    if refused is None:
+        assert len(decide.restores) == 2
+
+
+def test_no_answer_within_the_timeout_fails_once_and_leaves_the_cluster_paused(decide):
+    with pytest.raises(pitr_decide.PitrStepFinal) as failed:
+        decide.operator._complete(
+            {"run_id": RUN, "ti": SimpleNamespace(dag_id="rewind_pitr__ledger", task_id="decide_at_target")},
+            {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"},
+        )
+    message = str(failed.value)
+    assert message.startswith("no DBA answered within 1 h: ledger stays paused read-only at")
+    assert "clear decide_at_target (it asks again)" in message and "nothing was promoted, moved or restored" in message
+    assert not decide.restores and decide.notes[-1].endswith("nothing was promoted, moved or restored")
+    from airflow.sdk.exceptions import AirflowFailException
+
+    assert isinstance(failed.value, AirflowFailException)  # not retried: a retry would only wait another timeout

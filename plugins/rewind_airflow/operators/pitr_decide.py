@@ -24,7 +24,8 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 
 from rewind import guard as restore_guard
-from rewind.errors import PreflightError
+from rewind.change_control import ChangeNotUsable
+from rewind.errors import PreflightError, RewindError
 from rewind.pitr.decision import (
     ABORT,
     FORM_FIELDS,
@@ -45,13 +46,21 @@ from rewind.pitr.preflight import plan_while_paused
 from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, wait_for_recovery
 from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
-from rewind.postgres import postmaster_pid, start_nowait_argv, stop_argv
-from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, airflow_base_url
+from rewind.postgres import postmaster_pid, run_sql, start_nowait_argv, stop_argv
+from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, PitrStepFinal, airflow_base_url
 from rewind_airflow.run_note import airflow_rest_client, set_run_note
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class DecisionTimedOut(RewindError):
+    """No DBA answered within the decision timeout; the cluster stays paused."""
+
+
+class ClusterChangedOutsideRun(RewindError):
+    """The paused cluster was promoted or resumed by someone else: a restore would destroy writes."""
 
 
 class DecideAtTargetOperator(PitrOperator, HITLOperator):
@@ -172,10 +181,25 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     def _complete(self, context, event: dict[str, Any]) -> Any:
         try:
-            answer = HITLOperator.execute_complete(self, context, event)  # validated; a timeout raises
+            if event.get("error_type") == "timeout":
+                raise self.no_answer(self.journal(context))
+            answer = HITLOperator.execute_complete(self, context, event)  # validated
             return self.answered(context, self.journal(context), answer)
         finally:
             self.hook.release()
+
+    def no_answer(self, journal: RunJournal) -> PitrStepFinal:
+        """No answer within the decision timeout: the task fails once (a retry would only ask for
+        another timeout's worth), the cluster stays paused, and the failure says how to go on."""
+        hours = self.response_timeout.total_seconds() / 3600 if self.response_timeout else 0
+        cluster = self.hook.cluster
+        message = (
+            f"no DBA answered within {hours:g} h: {cluster.name} stays paused read-only at {self.current_request(journal).describe()} "
+            f"(change {journal.change or '-'}); to decide now, clear decide_at_target (it asks again); "
+            "nothing was promoted, moved or restored"
+        )
+        self.note(journal, f"Rewind PITR: {message}")
+        return PitrStepFinal(DecisionTimedOut(message), "decide_at_target")
 
     def validate_params_input(self, params_input) -> None:
         """The move's form is checked where it is used (rewind.pitr.decision.moved_request), so a
@@ -231,14 +255,22 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         try:
             decision = self.prepare(context, journal, decision, answer["params_input"] or {})
         except (NotThisAnswer, PreflightError) as exc:  # nothing was touched: ask again with the reason
-            self.log.warning("%s: not carried out: %s", decision.answer, exc)
-            refused = decision.model_copy(update={"refused": str(exc)})
-            journal.set(decisions=[*journal.data.get("decisions", []), refused.to_xcom()])
-            self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(refused)}")
-            return self.ask(context, journal, problem=str(exc))
+            return self.refuse(context, journal, decision, exc)
         journal.set(pending_decision=decision.to_xcom())
         self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(decision)}")
-        return self.carry_out(context, journal, decision)
+        try:
+            return self.carry_out(context, journal, decision)
+        except ChangeNotUsable as exc:
+            # The change's re-check refused the answer before it touched anything: the answer is
+            # consumed (recorded as refused, no longer pending), never carried out by a later try.
+            return self.refuse(context, journal, decision, exc)
+
+    def refuse(self, context, journal: RunJournal, decision: DecisionRecord, exc: Exception):
+        self.log.warning("%s: not carried out: %s", decision.answer, exc)
+        refused = decision.model_copy(update={"refused": str(exc)})
+        journal.set(decisions=[*journal.data.get("decisions", []), refused.answered()], pending_decision=None)
+        self.note(journal, f"Rewind PITR run {context['run_id']}: {describe_decision(refused)}")
+        return self.ask(context, journal, problem=str(exc))
 
     def prepare(self, context, journal: RunJournal, decision: DecisionRecord, form: dict) -> DecisionRecord:
         """Everything that can be checked before the answer touches the cluster; raises
@@ -334,6 +366,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         pending = DecisionRecord.model_validate(journal.data["pending_decision"])
         pgbackrest = self.hook.get_conn()
         if not (pending.started and is_running(cluster)):
+            self.require_still_paused(journal, pending.answer)
             self.gate(journal, step=f"{pending.answer}: restore", implementing=True)
             self.hook.postmaster_secrets()  # the restart's credentials, before anything is stopped
             if postmaster_pid(cluster):
@@ -358,6 +391,32 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         )
         self.log.info("recovery: %s", result.to_xcom())
         return result
+
+    def require_still_paused(self, journal: RunJournal, answer: str) -> None:
+        """A Move or an Abort stops and restores the cluster: only while it is still what this run
+        left it, in recovery, paused where the run paused it. Promoted by hand (or resumed), it
+        holds writes the restore would destroy: the task fails, touching nothing, and says so."""
+        cluster = self.hook.cluster
+        if not postmaster_pid(cluster):
+            return  # stopped: nothing can have been written since the run paused it
+        state = run_sql(self.runner, cluster, "select pg_is_in_recovery()::text || ' ' || coalesce(pg_last_wal_replay_lsn()::text, '')")
+        in_recovery, _, replay_lsn = state.partition(" ")
+        paused_at = (self.recovery_here(journal) or RecoveryResult(state="", replay_lsn=None, stop_record=None, timeline=None)).replay_lsn
+        if in_recovery != "true":
+            problem = "is no longer in recovery: it was promoted outside this run"
+        elif paused_at and replay_lsn != paused_at:
+            problem = (
+                f"has replayed past where this run paused it ({replay_lsn}, paused at {paused_at}): recovery was resumed outside this run"
+            )
+        else:
+            return
+        message = (
+            f"{answer} refused: {cluster.name} {problem}; a restore would destroy what it holds since. Nothing was stopped or restored; "
+            f"the change {journal.change or '-'} stays open: see who did it, then decide by hand"
+        )
+        self.note(journal, f"Rewind PITR: {message}")
+        journal.set(pending_decision=None)
+        raise PitrStepFinal(ClusterChangedOutsideRun(message), "decide_at_target")
 
     def checks(self, request: PitrRequest) -> list[CheckResult]:
         """Every result, passed or not: the DBA decides with them in hand."""
