@@ -18,6 +18,9 @@ falls back to password logins: check that the login page offers only "Sign In wi
     REWIND_OIDC_SCOPE           default "openid email profile"; Okta's org server with its groups
                                 claim: "openid email profile groups"
     REWIND_OIDC_EMAIL_CLAIM     the claim that becomes the Airflow username (default email)
+    REWIND_OIDC_EMAIL_VERIFIED_CLAIM  the claim saying the IdP verified that email (default
+                                email_verified); absent or false refuses the sign-in. Entra ID
+                                sends none by default: add an optional claim and name it here
     REWIND_OIDC_GROUPS_CLAIM    the claim listing the person's groups (default groups; Entra ID app
                                 roles: roles)
     REWIND_SSO_ROLE_MAPPING     JSON {group: [role, ...]}, default DEFAULT_ROLE_MAPPING below
@@ -123,6 +126,7 @@ AUTH_USER_REGISTRATION_ROLE = "Viewer"
 REWIND_SSO = {
     "issuer": ISSUER,
     "email_claim": _setting("REWIND_OIDC_EMAIL_CLAIM", "email"),
+    "email_verified_claim": _setting("REWIND_OIDC_EMAIL_VERIFIED_CLAIM", "email_verified"),
     "groups_claim": _setting("REWIND_OIDC_GROUPS_CLAIM", "groups"),
     "api_users": sorted({name.strip() for name in os.environ.get("REWIND_SSO_API_USERS", "").split(",") if name.strip()}),
 }

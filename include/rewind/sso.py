@@ -50,7 +50,14 @@ def _strings(value: Any) -> list[str] | None:
     raise IdentityError(f"claim is neither a string nor a list of strings: {value!r}")
 
 
-def oidc_userinfo(claims: Mapping[str, Any], *, issuer: str, email_claim: str = "email", groups_claim: str = "groups") -> dict[str, Any]:
+def oidc_userinfo(
+    claims: Mapping[str, Any],
+    *,
+    issuer: str,
+    email_claim: str = "email",
+    groups_claim: str = "groups",
+    verified_claim: str = "email_verified",
+) -> dict[str, Any]:
     """FAB's userinfo from the verified id_token claims (plus userinfo's, for the groups): the username
     is the email, lower-cased; `role_keys` are the groups (AUTH_ROLES_MAPPING's keys). Refuses a
     token from another issuer, without a subject or an email, or whose email the IdP says is not
@@ -63,8 +70,14 @@ def oidc_userinfo(claims: Mapping[str, Any], *, issuer: str, email_claim: str = 
     email = claims.get(email_claim)
     if not isinstance(email, str) or "@" not in email or email != email.strip():
         raise IdentityError(f"id_token claim {email_claim!r} is not an email address: {email!r}")
-    if claims.get("email_verified") is False:
-        raise IdentityError(f"the IdP says the email {email} is not verified")
+    # The username is the email: only an address the IdP vouches for names a person. Absent is
+    # not verified (an IdP that lets people type any address sends none).
+    verified = claims.get(verified_claim)
+    if not (verified is True or (isinstance(verified, str) and verified.strip().lower() == "true")):
+        raise IdentityError(
+            f"the IdP does not say the email {email} is verified (claim {verified_claim!r} is {verified!r}): "
+            "sign-in refused; the IdP must send it true (REWIND_OIDC_EMAIL_VERIFIED_CLAIM names another claim)"
+        )
     try:
         groups = _strings(claims.get(groups_claim)) or []
     except IdentityError as error:

@@ -54,7 +54,13 @@ class RewindSecurityManager(FabAirflowSecurityManagerOverride):
             extra = self.oauth_remotes[provider].userinfo(token=resp)
             if extra.get("sub") == claims.get("sub") and groups_claim in extra:
                 claims[groups_claim] = extra[groups_claim]
-        return oidc_userinfo(claims, issuer=settings["issuer"], email_claim=settings["email_claim"], groups_claim=groups_claim)
+        return oidc_userinfo(
+            claims,
+            issuer=settings["issuer"],
+            email_claim=settings["email_claim"],
+            groups_claim=groups_claim,
+            verified_claim=settings.get("email_verified_claim", "email_verified"),
+        )
 
     def auth_user_oauth(self, userinfo, rotate_session_id=True):
         username = userinfo.get("username")

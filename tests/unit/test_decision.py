@@ -108,3 +108,22 @@ def test_what_the_dba_reads_names_the_failed_check_the_refusal_and_every_answer_
     assert "back to the latest archived WAL of timeline 1" in describe_decision(
         DecisionRecord.model_validate({"answer": ABORT, "by": "x", "at": "t", "from": "f", "timeline_before": 1})
     )
+
+
+@pytest.mark.parametrize(
+    "sent, exclusive", [(False, False), ("false", False), ("False", False), (None, False), (True, True), ("true", True)]
+)
+def test_a_rest_answer_s_false_is_false(sent, exclusive):
+    """Issue: the string "false" sent over REST was read as true (Python truthiness)."""
+    moved = moved_request(CURRENT, {"new_target_type": "xid", "new_target": "7421", "new_target_exclusive": sent}, timeline=2)
+    assert moved.target_exclusive is exclusive
+
+
+def test_a_yes_no_field_that_is_neither_is_refused_naming_it():
+    with pytest.raises(NotThisAnswer, match=r"^new_target_exclusive: 'maybe' is not true or false$"):
+        moved_request(CURRENT, {"new_target_type": "xid", "new_target": "7421", "new_target_exclusive": "maybe"}, timeline=2)
+    from rewind.forms import FormValueError, form_bool
+
+    assert form_bool("no", "x") is False and form_bool(1, "x") is True
+    with pytest.raises(FormValueError, match=r"^param delete_repository: \[\] is not true or false$"):
+        form_bool([], "param delete_repository")

@@ -50,13 +50,22 @@ def test_entra_id_app_roles_as_the_groups_claim_and_a_single_string():
         ({"email": None}, "is not an email address"),
         ({"email": "dana"}, "is not an email address"),
         ({"email": " dana@example.com"}, "is not an email address"),
-        ({"email_verified": False}, "is not verified"),
+        ({"email_verified": False}, r"does not say the email Dana.Smith@Example.com is verified \(claim 'email_verified' is False\)"),
+        ({"email_verified": None}, "does not say the email .* is verified"),  # absent
+        ({"email_verified": "false"}, "does not say the email .* is verified"),
+        ({"email_verified": "yes please"}, "does not say the email .* is verified"),
         ({"groups": [1, 2]}, "'groups'"),
     ],
 )
 def test_a_token_that_cannot_name_a_person_is_refused_with_one_line(change, message):
+    claims = {k: v for k, v in {**CLAIMS, **change}.items() if v is not None or k != "email_verified"}
     with pytest.raises(IdentityError, match=message):
-        oidc_userinfo({**CLAIMS, **change}, issuer=ISSUER)
+        oidc_userinfo(claims, issuer=ISSUER)
+
+
+def test_an_idp_whose_verified_claim_has_another_name_is_read_by_that_name():
+    claims = {k: v for k, v in CLAIMS.items() if k != "email_verified"}
+    assert oidc_userinfo({**claims, "xms_edov": "true"}, issuer=ISSUER, verified_claim="xms_edov")["email"] == "dana.smith@example.com"
 
 
 def test_the_login_record_holds_email_amr_idp_and_login_time():

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rewind.forms import FormValueError, form_bool
 from rewind.pitr.request import PitrParamError, PitrRequest, parse_request
 from rewind.pitr.results import CheckResult, DecisionRecord, RecoveryResult
 
@@ -63,11 +64,11 @@ def moved_request(current: PitrRequest, form: Mapping[str, Any], *, timeline: in
         raise NotThisAnswer(
             f"new_target_type: {form.get('new_target_type')!r} is not one of {', '.join(MOVE_TARGET_TYPES)} (to go back to latest, {ABORT})"
         )
-    fields = {
-        "target_type": form.get("new_target_type"),
-        "target": form.get("new_target") or "",
-        "target_exclusive": bool(form.get("new_target_exclusive")),
-    }
+    try:
+        exclusive = form_bool(form.get("new_target_exclusive"), "new_target_exclusive")
+    except FormValueError as exc:
+        raise NotThisAnswer(str(exc)) from None
+    fields = {"target_type": form.get("new_target_type"), "target": form.get("new_target") or "", "target_exclusive": exclusive}
     try:
         moved = parse_request(
             {**current.model_dump(mode="json"), **fields, "target_timeline": str(timeline), "backup_set": None, "target_action": "decide"}

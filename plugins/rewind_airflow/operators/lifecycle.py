@@ -22,7 +22,9 @@ from rewind.change_control import (
     require_gate,
     start_implementing,
 )
+from rewind.forms import FormValueError, form_bool
 from rewind.lifecycle import (
+    DecommissionRefused,
     alter_system_sql,
     archiving_off_settings,
     bucket_posture_problems,
@@ -223,13 +225,17 @@ class ValidateDecommissionOperator(LifecycleOperator):
         params = dict(context["params"])
         cluster = self.hook.cluster
         check_decommission_request(cluster, confirm_stanza=params.get("confirm_stanza") or "", reason=params.get("reason") or "")
+        try:
+            params["delete_repository"] = form_bool(params.get("delete_repository"), "param delete_repository")
+        except FormValueError as exc:
+            raise DecommissionRefused(str(exc)) from None
         refuse_unless_rewind_archives(cluster, read_settings(self.hook.os_runner(), cluster))
         if params.get("delete_repository"):
             refuse_if_held(cluster, active_holds(cluster))
         info = self.hook.get_conn().info()
         plan = {
             **self.who_asked(context),
-            "delete_repository": bool(params.get("delete_repository")),
+            "delete_repository": params["delete_repository"],
             "summary": (
                 f"Decommission {cluster.name}: a final full backup into s3://{cluster.repo.bucket}{cluster.repo.path}, archiving "
                 "stopped (archive_mode off, restart in the change window), `pgbackrest stop` for the stanza, and "
