@@ -31,6 +31,7 @@ from rewind.airflow_rest import AirflowRestClient
 from rewind.runner import kill_process_group
 
 REPO = Path(__file__).resolve().parents[1]
+SERVICE_USER = "airflow_api"  # the `airflow_api` connection's account (role RewindService)
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 CELERY_EXECUTOR = "CeleryExecutor"
 # What the production shape takes from docker-compose.yaml verbatim: these keys, and every
@@ -192,15 +193,16 @@ class AirflowStandalone:
             "AIRFLOW__API__PORT": str(self.port),
             **self._auth_manager_env(),
             **self._celery_env(),
-            # Lets a task set its own run's note through the REST API (the execution API cannot).
+            # Lets a task set its own run's note through the REST API (the execution API cannot). With
+            # FAB, as a deployment does it: its own account, role RewindService (no person's, not a DBA).
             "AIRFLOW_CONN_AIRFLOW_API": json.dumps(
                 {
                     "conn_type": "http",
                     "host": self.host,
                     "port": self.port,
                     "schema": "http",
-                    "login": self.username,
-                    "password": self.password(),
+                    "login": self.rest_service_user,
+                    "password": self.password(self.rest_service_user),
                 }
             ),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -208,6 +210,12 @@ class AirflowStandalone:
         }
 
     FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+    @property
+    def rest_service_user(self) -> str:
+        """Who the `airflow_api` connection signs in as: the service account under FAB (the simple
+        auth manager of the local stack knows only its admin)."""
+        return SERVICE_USER if self.auth_manager == "fab" else self.username
 
     def _celery_env(self) -> dict[str, str]:
         """The production shape's settings, the same in every component and worker: docker-compose's
@@ -277,7 +285,7 @@ class AirflowStandalone:
         further role). Those commands run in one process (devstack.airflow_cli_batch: one Airflow
         import instead of one per command, ~5 s each), their arguments, passwords included, on its
         stdin: on a command line a password would be readable in /proc by anyone on the machine."""
-        from rewind.roles import ROLES  # plain data, no Airflow
+        from rewind.roles import ALL_ROLES, SERVICE_ROLE, role_commands  # plain data, no Airflow
 
         commands: list[list[str]] = []
         if self.apply_roles:
@@ -286,12 +294,12 @@ class AirflowStandalone:
             )
             if applied.returncode != 0:
                 raise RuntimeError(f"rewind roles --apply exited {applied.returncode}: {applied.stderr.strip()[-2000:]}")
-        else:
-            commands.append(["roles", "create", *ROLES])
-        custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES - set(ROLES))
+        else:  # the same roles and grants, inside the batch (no `rewind roles --apply` and its four Airflow starts)
+            commands += [argv[1:] for argv in role_commands()]
+        custom = sorted({r for roles in self.users.values() for r in roles} - self.BUILTIN_ROLES - set(ALL_ROLES))
         if custom:
             commands.append(["roles", "create", *custom])
-        for name, roles in {self.username: ["Admin"], **self.users}.items():
+        for name, roles in {self.username: ["Admin"], SERVICE_USER: [SERVICE_ROLE], **self.users}.items():
             commands.append(
                 [
                     "users",
@@ -334,7 +342,9 @@ class AirflowStandalone:
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.passwords_file.exists():  # known before start, so connections can carry it
             self.passwords_file.touch(mode=0o600)
-            self.passwords_file.write_text(json.dumps({name: secrets.token_urlsafe(12) for name in [self.username, *self.users]}))
+            self.passwords_file.write_text(
+                json.dumps({name: secrets.token_urlsafe(12) for name in [self.username, SERVICE_USER, *self.users]})
+            )
         self.cli("db", "migrate")
         importing = None
         if pools:  # meanwhile the users are created: each `airflow` command takes seconds to start

@@ -411,12 +411,12 @@ class OidcSimulator:
     def set_groups(self, username: str, groups: list[str]) -> None:
         self.state.set_groups(username, groups)
 
-    def airflow_env(self, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin",)) -> dict[str, str]:
+    def airflow_env(self, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin", "airflow_api")) -> dict[str, str]:
         return airflow_env(self.issuer, self.state.client_id, self.state.client_secret, provider=provider, api_users=api_users)
 
 
 def airflow_env(
-    issuer: str, client_id: str, client_secret: str, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin",)
+    issuer: str, client_id: str, client_secret: str, *, provider: str = "oidc", api_users: tuple[str, ...] = ("admin", "airflow_api")
 ) -> dict:
     """The unchanged config/webserver_config.py with the simulator as the identity provider: what
     every Airflow component (and `airflow` command) of the deployment gets. `api_users` keep a

@@ -32,7 +32,7 @@ from rewind import retention
 from rewind.errors import RewindError
 from rewind.inventory import inventory_path, load_inventory
 from rewind.pgbackrest.config import config_drift, install_config, render_config
-from rewind.roles import ROLES, role_commands, undeclared_global_permissions
+from rewind.roles import ALL_ROLES, role_commands, undeclared_global_permissions
 
 
 def pools_json(inventory) -> dict:
@@ -182,7 +182,7 @@ def roles_command(*, apply: bool) -> int:
         print(f"rewind: role {role} holds {action} on {resource!r}, which Rewind does not grant: {remove}", file=sys.stderr)
     if extra:
         return 1
-    print(f"roles {', '.join(ROLES)}: global permissions as Rewind defines them")
+    print(f"roles {', '.join(ALL_ROLES)}: global permissions as Rewind defines them")
     return 0
 
 

@@ -367,3 +367,21 @@ def test_the_deployed_roles_are_rewinds_definition(runs, roles, tmp_path):
     assert granted["BackupOperator"][f"DAG:{ROUTINE}"] == OPERATIONS["BackupOperator"]["DAGs"]
     assert granted["BackupOperator"][f"DAG Run:{ROUTINE}"] == OPERATIONS["BackupOperator"]["DAG Runs"]
     assert not [resource for resource in granted["BackupOperator"] if "rewind_pitr__" in resource]
+
+
+def test_rewinds_own_rest_account_notes_runs_and_reads_answers_but_triggers_and_answers_nothing(runs, roles):
+    """The `airflow_api` connection's account (role RewindService): what Rewind's tasks need and no
+    more. A leaked service password triggers no PITR and answers no question."""
+    from devstack.airflow import SERVICE_USER
+
+    service = roles.rest_as(SERVICE_USER)
+    assert trigger_as(roles, SERVICE_USER, PITR, BAD_CONF).status_code == 403
+    run_id = runs[PITR]
+    noted = service.api("PATCH", f"/dags/{PITR}/dagRuns/{run_id}", params={"update_mask": "note"}, json={"note": "set by Rewind's task"})
+    assert noted.status_code == 200, noted.text
+    path = f"/dags/{PITR}/dagRuns/{run_id}/taskInstances/decide_at_target/-1/hitlDetails"
+    assert service.api("GET", path).status_code in (200, 404)  # read: allowed (404: this run never asked)
+    answered = service.api("PATCH", path, json={"chosen_options": ["Promote"], "params_input": {}})
+    assert answered.status_code == 403, answered.text
+    marked = service.api("PATCH", f"/dags/{PITR}/dagRuns/{run_id}/taskInstances/close_change", json={"new_state": "success"})
+    assert marked.status_code == 403, marked.text  # no "Task Instances" can_edit: it marks nothing

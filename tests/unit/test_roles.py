@@ -21,6 +21,7 @@ from rewind.roles import (
     GLOBAL_PERMISSIONS,
     OPERATIONS,
     ROLES,
+    SERVICE_ROLE,
     role_commands,
     undeclared_global_permissions,
 )
@@ -43,7 +44,7 @@ def granted_by(commands: list[list[str]]) -> dict[str, dict[str, set[str]]]:
 
 def test_the_commands_create_both_roles_and_grant_exactly_the_global_permissions():
     commands = role_commands("/opt/airflow/bin/airflow")
-    assert commands[0] == ["/opt/airflow/bin/airflow", "roles", "create", DBA_ROLE, BACKUP_OPERATOR_ROLE]
+    assert commands[0] == ["/opt/airflow/bin/airflow", "roles", "create", DBA_ROLE, BACKUP_OPERATOR_ROLE, SERVICE_ROLE]
     assert all(argv[0] == "/opt/airflow/bin/airflow" and all(isinstance(item, str) for item in argv) for argv in commands)
     assert granted_by(commands) == GLOBAL_PERMISSIONS
 
@@ -56,17 +57,22 @@ def test_the_global_permissions_clear_and_mark_and_nothing_else():
     clear_and_mark = {"DAG Runs": {"can_edit"}, "Task Instances": {"can_edit"}, "Website": {"can_read"}}
     assert GLOBAL_PERMISSIONS[BACKUP_OPERATOR_ROLE] == clear_and_mark
     assert GLOBAL_PERMISSIONS[DBA_ROLE] == {**clear_and_mark, "HITL Detail": {"can_read", "can_edit"}}
+    # Rewind's own REST account: notes a run, reads a recorded answer; answers nothing, triggers nothing
+    assert GLOBAL_PERMISSIONS[SERVICE_ROLE] == {"DAG Runs": {"can_read", "can_edit"}, "HITL Detail": {"can_read"}, "Website": {"can_read"}}
     granted = {(resource, action) for perms in GLOBAL_PERMISSIONS.values() for resource, actions in perms.items() for action in actions}
     assert not {resource for resource, _ in granted} & {"DAGs", "XComs", "Connections", "Variables", "Pools"}
     assert not {action for _, action in granted} - {"can_read", "can_edit"}
 
 
 def test_per_dag_access_control_names_only_rewinds_roles_and_never_lets_the_operator_near_a_pitr():
-    assert set(DBA_ONLY) == {DBA_ROLE}
-    assert set(OPERATIONS) == set(ROLES)
+    assert set(DBA_ONLY) == {DBA_ROLE, SERVICE_ROLE}
+    assert set(OPERATIONS) == {*ROLES, SERVICE_ROLE}
     for control in (DBA_ONLY, OPERATIONS):
-        for permissions in control.values():
-            assert permissions == {"DAGs": {"can_read", "can_edit"}, "DAG Runs": {"can_read", "can_create"}}
+        for role, permissions in control.items():
+            if role == SERVICE_ROLE:  # may note a run (edit), never trigger one (no DAG Runs can_create)
+                assert permissions == {"DAGs": {"can_read", "can_edit"}}
+            else:
+                assert permissions == {"DAGs": {"can_read", "can_edit"}, "DAG Runs": {"can_read", "can_create"}}
 
 
 def test_undeclared_global_permissions_are_found_and_per_dag_ones_left_to_access_control():
