@@ -27,7 +27,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rewind.errors import RewindError
-from rewind.wal import WALDUMP_RE, ArchiveListing, TimelineHistory, lsn_value, oldest_start_segment, segment_name, segments_on_path
+from rewind.wal import (
+    WALDUMP_RE,
+    ArchiveListing,
+    TimelineHistory,
+    lsn_value,
+    oldest_start_segment,
+    segment_name,
+    segments_on_path,
+    transaction_end,
+)
 
 ROW_KINDS = {"INSERT": "inserted", "MULTI_INSERT": "inserted", "UPDATE": "updated", "HOT_UPDATE": "updated", "DELETE": "deleted"}
 REL_RE = re.compile(r"blkref #0: rel (\d+)/(\d+)/(\d+)")
@@ -143,6 +152,9 @@ def parse_records(dumps: Iterable[tuple[int, Iterable[str]]]) -> dict[int, Trans
             if not match:
                 continue
             rmgr, xid_text, lsn, kind, rest = match.groups()
+            ended = transaction_end(rmgr, xid_text, kind, rest)
+            if ended:  # a two-phase commit's end carries its transaction's xid in the description
+                kind, xid_text, rest = ended
             xid = int(xid_text)
             if xid == 0 or (timeline, lsn) in seen:
                 continue
@@ -160,7 +172,7 @@ def parse_records(dumps: Iterable[tuple[int, Iterable[str]]]) -> dict[int, Trans
             elif rmgr == "Standby" and kind == "LOCK":
                 for db, oid in re.findall(r"db (\d+) rel (\d+)", rest):
                     xact.locked.add((int(db), int(oid)))
-            elif rmgr == "Transaction" and kind in ("COMMIT", "ABORT"):
+            elif ended:
                 _finish(xact, kind, rest, timeline, lsn)
     finished = {xid: x for xid, x in by_xid.items() if x.lsn}
     for xact in list(finished.values()):
@@ -318,7 +330,9 @@ def pitr_params(xact: Transaction, history: TimelineHistory) -> dict[str, object
         "target_type": "xid",
         "target": str(xact.xid),
         "target_exclusive": True,
-        "target_timeline": "current" if xact.timeline == history.timeline else str(xact.timeline),
+        # Always the number: xids repeat across timelines (a rewind hands the discarded ones out
+        # again), and "current" names the cluster's timeline, not the one this history was read on.
+        "target_timeline": str(xact.timeline),
     }
 
 

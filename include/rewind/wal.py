@@ -202,12 +202,33 @@ class WalRecord:
         return f"{self.kind} {self.detail}"
 
 
+# A two-phase commit's end (COMMIT PREPARED / ROLLBACK PREPARED) is written by whichever session
+# runs it: the record's own xid is 0, and the prepared transaction's xid leads its description
+# ("COMMIT_PREPARED 725: 2026-12-04 02:48:57.93 UTC"). PostgreSQL's recovery_target_xid stops on it
+# like on a COMMIT, so everything that names transactions reads it as the prepared xid's end.
+PREPARED_ENDS = {"COMMIT_PREPARED": "COMMIT", "ABORT_PREPARED": "ABORT"}
+PREPARED_XID_RE = re.compile(r"^(\d+):\s*(.*)$")
+
+
+def transaction_end(rmgr: str, xid: str, kind: str, rest: str) -> tuple[str, str, str] | None:
+    """(COMMIT or ABORT, the transaction's xid, the rest of the description) when the record ends a
+    transaction, two-phase ones included; None for any other record."""
+    if rmgr != "Transaction":
+        return None
+    if kind in ("COMMIT", "ABORT"):
+        return kind, xid, rest
+    if kind in PREPARED_ENDS and (prepared := PREPARED_XID_RE.match(rest)):
+        return PREPARED_ENDS[kind], prepared.group(1), prepared.group(2)
+    return None
+
+
 def parse_waldump_line(line: str, timeline: int) -> WalRecord | None:
     match = WALDUMP_RE.search(line)
     if not match:
         return None
     rmgr, xid, lsn, kind, rest = match.groups()
-    if rmgr == "Transaction" and kind in ("COMMIT", "ABORT"):
+    if ended := transaction_end(rmgr, xid, kind, rest):
+        kind, xid, rest = ended
         return WalRecord(kind, lsn, timeline, xid, rest.split(";")[0].strip())
     if rmgr == "XLOG" and kind == "RESTORE_POINT":
         return WalRecord(kind, lsn, timeline, None, rest.strip())

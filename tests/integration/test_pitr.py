@@ -337,3 +337,38 @@ def test_a_restore_killed_midway_converges_when_retried(demo_stack, pitr):
         scratch.remove()
         shutil.rmtree(directory, ignore_errors=True)
         demo_stack.psql("drop table ballast")
+
+
+def test_a_two_phase_commit_is_found_by_the_finder_and_rewound_by_its_xid(demo_stack, pitr, approve_all):
+    """PREPARE TRANSACTION / COMMIT PREPARED: the commit is a WAL record of xid 0 naming the prepared
+    xid. Preflight's xid check, the finder and PostgreSQL's recovery target all read it as that
+    transaction's commit (before, preflight refused the xid as not found in the archived WAL)."""
+    from airflow.utils.state import DagRunState
+
+    if demo_stack.psql("show max_prepared_transactions") == "0":
+        demo_stack.psql("alter system set max_prepared_transactions = 5")  # kept: later restores need it too
+        demo_stack.stop_postgres()
+        demo_stack.start_postgres()
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "two-phase-base"})
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 40)
+    start = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    demo_stack.psql("begin; update ledger_entry set status = 'void'; prepare transaction 'migration-42'")
+    bad = demo_stack.psql("select transaction from pg_prepared_xacts where gid = 'migration-42'")
+    demo_stack.psql("commit prepared 'migration-42'")
+    write(demo_stack, 1001, 5)
+    assert ledger(demo_stack) == (45, 40, 1005)
+
+    finder = load_dags("rewind_find_target.py")["rewind_find_target__demo"]
+    form = {"window_start": start, "window_end": "", "tables": ["ledger_entry"], "timeline": "current", "max_segments": 256}
+    run = run_once(finder, run_conf=form)
+    assert run.state == DagRunState.SUCCESS
+    [ti] = [ti for ti in run.get_task_instances() if ti.task_id == "find_target"]
+    found = ti.xcom_pull(task_ids="find_target", key="return_value")
+    assert found["suspect"]["xid"] == int(bad), found
+    assert found["suspect"]["tables"] == {"public.ledger_entry": {"inserted": 0, "updated": 40, "deleted": 0}}
+    params = found["suspect"]["pitr_params"]
+    assert params == {"target_type": "xid", "target": bad, "target_exclusive": True, "target_timeline": str(timeline(demo_stack))}
+
+    assert_success(run_pitr(pitr, **params, validation_sql=[VOID_CHECK]))
+    assert ledger(demo_stack) == (40, 0, 40)

@@ -62,7 +62,8 @@ def test_findings_name_tables_ddl_and_the_params_that_stop_just_before():
     found = findings(xacts, names, ALL_DAY, history)
     by_xid = {f.xid: f for f in found}
     assert by_xid[726].tables == {"public.t": {"inserted": 0, "updated": 3, "deleted": 1}}
-    assert by_xid[726].pitr_params == {"target_type": "xid", "target": "726", "target_exclusive": True, "target_timeline": "current"}
+    # the timeline's number, never "current": it names the cluster's timeline, where xids repeat after a rewind
+    assert by_xid[726].pitr_params == {"target_type": "xid", "target": "726", "target_exclusive": True, "target_timeline": "1"}
     assert by_xid[728].tables == {"relfilenode 1663/5/16391 (unknown now)": {"inserted": 5, "updated": 0, "deleted": 0}}
     # u is gone now: its TRUNCATE shows as files replaced, its DROP by OID; catalog rows are not counted
     assert by_xid[729].tables == {} and by_xid[729].ddl == (
@@ -114,3 +115,27 @@ def test_segments_read_newest_first_down_to_the_last_uploaded_before_the_window(
     assert [s for s, _ in segments_to_read(listing, history, window, backup_starts=["000000010000000000000002"])] == [9, 8, 7, 6]
     # never older than the oldest backup's first segment
     assert [s for s, _ in segments_to_read(listing, history, window, backup_starts=["000000010000000000000008"])] == [9, 8]
+
+
+TWO_PHASE = """\
+rmgr: Heap        len (rec/tot):     59/    59, tx:        725, lsn: 0/01516700, prev 0/015166C8, desc: INSERT off 1 flags 0x08, blkref #0: rel 1663/5/16384 blk 0
+rmgr: Transaction len (rec/tot):    242/   242, tx:        725, lsn: 0/015167A8, prev 0/01516768, desc: PREPARE gid g1: 2026-12-04 02:48:57.871233 UTC
+rmgr: Transaction len (rec/tot):     42/    42, tx:          0, lsn: 0/015168A0, prev 0/015167A8, desc: COMMIT_PREPARED 725: 2026-12-04 02:48:57.932949 UTC
+rmgr: Heap        len (rec/tot):     59/    59, tx:        726, lsn: 0/015168D0, prev 0/015168A0, desc: INSERT off 2 flags 0x08, blkref #0: rel 1663/5/16384 blk 0
+rmgr: Transaction len (rec/tot):    242/   242, tx:        726, lsn: 0/01516910, prev 0/015168D0, desc: PREPARE gid g2: 2026-12-04 02:48:57.978224 UTC
+rmgr: Transaction len (rec/tot):     42/    42, tx:          0, lsn: 0/01516A08, prev 0/01516910, desc: ABORT_PREPARED 726: 2026-12-04 02:48:58.020240 UTC
+""".splitlines()  # pg_waldump 15, as printed (the end of a two-phase commit is a record of xid 0)
+
+
+def test_a_two_phase_commit_is_a_transaction_like_any_other():
+    from rewind.wal import parse_waldump_line
+
+    xacts = parse_records([(1, TWO_PHASE)])
+    assert sorted(xacts) == [725, 726]
+    committed, rolled_back = xacts[725], xacts[726]
+    assert (committed.lsn, committed.aborted, committed.rows) == ("0/015168A0", False, {T: {"inserted": 1, "updated": 0, "deleted": 0}})
+    assert committed.committed_at == dt.datetime(2026, 12, 4, 2, 48, 57, 932949, tzinfo=UTC)
+    assert (rolled_back.lsn, rolled_back.aborted) == ("0/01516A08", True)
+    # what preflight's xid check and a recovery target read: the prepared xid's commit
+    record = parse_waldump_line(TWO_PHASE[2], 1)
+    assert (record.kind, record.xid, record.lsn, record.detail) == ("COMMIT", "725", "0/015168A0", "2026-12-04 02:48:57.932949 UTC")

@@ -170,8 +170,9 @@ def locate_in_wal(
     made), only WAL archived since is read, and None means nothing newer names the target."""
     if request.target_type == "xid":
         what = f"transaction {request.target}"
-        # pg_waldump prints the 32-bit xid; Transaction records only (COMMIT, ABORT), of that xid only
-        filters = {"rmgr": "Transaction", "xid": request.target if int(request.target) < 2**32 else None}
+        # Transaction records only (COMMIT, ABORT). Not filtered by xid: a two-phase commit's end
+        # (COMMIT PREPARED) is a record of xid 0 naming the prepared xid in its description.
+        filters = {"rmgr": "Transaction"}
 
         def wanted(record: WalRecord) -> bool:
             return record.xid == request.target and record.kind in ("COMMIT", "ABORT")
