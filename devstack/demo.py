@@ -352,6 +352,10 @@ class DemoStack:
                     # it is refused ("WAL timeline 2 does not match pg_control timeline 1").
                     self.psql("checkpoint")
                     done.append("promoted PostgreSQL, which was in recovery (paused at a target)")
+                # a two-phase transaction a test left prepared holds its locks until ended
+                for gid in filter(None, self.psql("select gid from pg_prepared_xacts").split("\n")):
+                    self.psql(f"rollback prepared '{gid.replace(chr(39), chr(39) * 2)}'")
+                    done.append(f"rolled back prepared transaction {gid!r}")
                 self.psql("create table rewind_writable_probe (); drop table rewind_writable_probe")
                 return done
             except CommandFailed:

@@ -10,6 +10,10 @@ class RewindError(Exception):
     # change, a second trigger, a re-run of a finished rewind): the run fails with its message, and
     # no incident is opened nobody needs to act on.
     opens_incident: bool = True
+    # False for refusals waiting cannot change (a target before the oldest backup, an unknown xid or
+    # restore point, a typo in the form): the task fails at once with its one line, no retry. A
+    # transient failure (S3 unreachable, a lock held) keeps the task's retries.
+    retryable: bool = True
 
 
 class InventoryError(RewindError):

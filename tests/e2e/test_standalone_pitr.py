@@ -12,6 +12,8 @@ from tests.e2e.conftest import task_log, wait_for_run_state, wait_for_task_state
 
 pytestmark = pytest.mark.e2e
 
+DAG_ID = "rewind_pitr__demo"
+
 
 def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(completed_pitr, standalone, demo_stack, servicenow):
     pitr = completed_pitr  # tests/e2e/conftest.py: triggered, waited deferred, approved, finished
@@ -84,3 +86,20 @@ def test_a_second_trigger_is_refused_by_name_and_a_sensor_marked_success_opens_n
     [change] = sn.query("change_request", f"correlation_id=rewind:{dag_id}:{first}")
     assert change["state"] == "-4"  # Assess, waiting: never Implement
     servicenow.reject(change["number"])  # leave nothing pending
+
+
+def test_a_refusal_fails_preflight_once_under_the_real_scheduler(standalone, demo_stack):
+    """A target before the oldest backup cannot become reachable by waiting: preflight fails on its
+    first try with its one line, and the run ends without a second identical try (issue: "try 2")."""
+    standalone.wait_for_dag(DAG_ID)
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "e2e-refusal-base"})  # whatever ran before
+    conf = {"target_type": "time", "target": "2020-01-01 00:00:00+00", "reason": "e2e: a target before every backup"}
+    response = standalone.trigger(DAG_ID, conf=conf)
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    run = standalone.wait_for_run(DAG_ID, run_id, timeout=180)
+    assert run["state"] == "failed", standalone.task_states(DAG_ID, run_id)
+    preflight = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/preflight").json()
+    assert (preflight["state"], preflight["try_number"]) == ("failed", 1), preflight
+    assert preflight["max_tries"] >= 1  # it has retries, for what waiting can change; this was not that
+    assert "is before the oldest usable backup" in task_log(standalone, DAG_ID, run_id, "preflight")

@@ -82,7 +82,8 @@ def test_the_ledger_incident_found_rewound_exactly_and_its_legitimate_work_salva
         {"inserted": 2, "updated": 0, "deleted": 0},
     ]  # the trade-only transactions are left out by the table filter
     params = found["suspect"]["pitr_params"]
-    assert params == {"target_type": "xid", "target": bad, "target_exclusive": True, "target_timeline": "current"}
+    timeline_now = demo_stack.psql("select timeline_id from pg_control_checkpoint()")
+    assert params == {"target_type": "xid", "target": bad, "target_exclusive": True, "target_timeline": timeline_now}
     assert found["recoverable"]["oldest_backup"] and found["recoverable"]["newest_segment"]
     # the CLI reads the same WAL: every table this time
     capfd.readouterr()

@@ -119,3 +119,41 @@ def test_the_new_timelines_full_backup_refuses_a_run_that_has_not_promoted(clust
     with pytest.raises(PitrStepFinal, match="this run has not promoted ledger .* nothing was backed up"):
         backup.execute(backup_context("rewind_pitr__ledger", PITR_RUN))
     assert client.calls == [] and len(client.backups) == len(BACKUPS)
+
+
+def test_a_refusal_waiting_cannot_change_fails_at_once_and_a_transient_failure_keeps_its_retries(tmp_path):
+    """Issue: preflight ran a refusal twice ("try 2"): the same target before the oldest backup, the
+    same ten seconds, the same log. A refusal ends the task without retry, with its own message and
+    incident policy; an S3 outage or a held lock is retried as before."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rewind.pgbackrest.errors import LockAcquireError
+    from rewind.pitr.plan import TargetNotReachable
+    from rewind.pitr.request import PitrParamError
+    from rewind_airflow.operators.base import Refused, RewindClusterOperator
+
+    class Step(RewindClusterOperator):
+        def __init__(self, *, failure, **kwargs):
+            super().__init__(**kwargs)
+            self.failure = failure
+
+        def execute_on_cluster(self, context):
+            raise self.failure
+
+    for refusal in (
+        TargetNotReachable("param target: 2026-11-01 02:00:00 UTC is before the oldest backup"),
+        PitrParamError("param target: '02:13' is not a timestamp"),
+    ):
+        step = Step(failure=refusal, task_id="preflight", cluster="ledger")
+        step.__dict__["hook"] = SimpleNamespace(release=lambda: None)
+        with pytest.raises(Refused) as failed:
+            step.execute({})
+        assert isinstance(failed.value, AirflowFailException) and str(failed.value) == str(refusal)
+        assert failed.value.opens_incident is False and failed.value.__cause__ is refusal
+    transient = LockAcquireError("unable to acquire lock", command="backup")
+    step = Step(failure=transient, task_id="preflight", cluster="ledger")
+    step.__dict__["hook"] = SimpleNamespace(release=lambda: None)
+    with pytest.raises(LockAcquireError):  # as it was: Airflow retries it
+        step.execute({})

@@ -27,6 +27,7 @@ class AlreadyRewound(RewindError):
     """A destructive step of a run that has already rewound the cluster."""
 
     opens_incident = False
+    retryable = False  # the run has rewound: no retry can change that
 
 
 def _now() -> str:

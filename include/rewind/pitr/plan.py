@@ -46,9 +46,11 @@ from rewind.wal import (
 class TargetNotReachable(PreflightError):
     """The form asked for something the repository cannot give (a target in the future or before
     the oldest backup, a restore point that was never made, a backup set of another branch): the
-    run ends with the reason, and no incident is opened: nothing is broken."""
+    run ends with the reason, and no incident is opened: nothing is broken. Not retried: the
+    repository will not change its answer by being asked again."""
 
     opens_incident = False
+    retryable = False
 
 
 class RestorePlan(BaseModel):

@@ -27,6 +27,7 @@ MAX_XID = 2**63 - 1
 
 class PitrParamError(RewindError):
     opens_incident = False  # the form's answer to a typo, not an operational problem
+    retryable = False  # the same params give the same answer
 
 
 def parse_target_time(text: str) -> dt.datetime:

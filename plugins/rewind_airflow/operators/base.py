@@ -7,13 +7,24 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from rewind.errors import RewindError
 from rewind.guard import RestoreInProgress, require_no_restore
 from rewind.lifecycle import decommissioned
 from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 from rewind_airflow.hooks.servicenow import ServiceNowHook
+
+
+class Refused(AirflowFailException):
+    """A refusal no retry can change (RewindError.retryable False): fails the task without its
+    retries, with the refusal's own message and incident policy."""
+
+    def __init__(self, original: RewindError) -> None:
+        super().__init__(str(original))
+        self.opens_incident = original.opens_incident
+        self.pitr_step = getattr(original, "pitr_step", None)
 
 
 class RewindClusterOperator(BaseOperator):
@@ -38,6 +49,10 @@ class RewindClusterOperator(BaseOperator):
     def execute(self, context) -> Any:
         try:
             return self.execute_on_cluster(context)
+        except RewindError as exc:
+            if not exc.retryable:  # a refusal waiting cannot change: once, with its one line
+                raise Refused(exc) from exc
+            raise
         finally:
             self.hook.release()
 

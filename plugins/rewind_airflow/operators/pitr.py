@@ -63,7 +63,7 @@ from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, st
 from rewind.retention import end_hold, place_hold, set_hold_change
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.identity import requester_of
-from rewind_airflow.operators.base import ChangeControlledOperator
+from rewind_airflow.operators.base import ChangeControlledOperator, Refused
 from rewind_airflow.operators.pgbackrest import PgBackRestBackupOperator
 from rewind_airflow.run_note import set_run_note
 
@@ -113,7 +113,8 @@ class PitrOperator(ChangeControlledOperator):
         except AirflowSkipException:
             raise
         except Exception as exc:
-            failed = f"{type(exc).__name__}: {exc}"[:2000]
+            original = exc.__cause__ if isinstance(exc, Refused) and exc.__cause__ else exc  # the refusal's own kind
+            failed = f"{type(original).__name__}: {exc}"[:2000]
             raise
         finally:
             try:
