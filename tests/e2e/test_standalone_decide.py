@@ -63,7 +63,11 @@ def _question(standalone, demo_stack, run_id, answered: int, timeout: float = 15
     raise AssertionError(
         f"no question after {answered} answers: {standalone.task_states(DAG_ID, run_id)}; answers {_decisions(demo_stack, run_id)}; "
         f"task instance: {standalone.api('GET', path).text[:1500]}; tries: {standalone.api('GET', f'{path}/tries').text[:3000]}; "
-        f"log: {_all_tries(standalone, run_id)}; components' log about it: {standalone.log_lines('decide_at_target')}"
+        f"log: {_all_tries(standalone, run_id)}; components' log about it: {standalone.log_lines('decide_at_target')}; "
+        # a DAG file that fails to import (or to serialize) deactivates its DAGs: a running run's next
+        # tasks are then never scheduled, and stay without a state (seen with an unknown access_control role)
+        f"import errors: {standalone.api('GET', '/importErrors').text[:2000]}; "
+        f"serialization failures: {standalone.log_lines('Failed to write serialized DAG', last=5)}"
     )
 
 
