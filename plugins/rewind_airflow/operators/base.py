@@ -18,13 +18,13 @@ from rewind_airflow.hooks.servicenow import ServiceNowHook
 
 
 class Refused(AirflowFailException):
-    """A refusal no retry can change (RewindError.retryable False): fails the task without its
-    retries, with the refusal's own message and incident policy."""
+    """A failure no retry can change (a RewindError with retryable False, or a PITR step's final
+    failure): fails the task without its retries, with the original's message and incident policy."""
 
-    def __init__(self, original: RewindError) -> None:
+    def __init__(self, original: BaseException, step: str | None = None) -> None:
         super().__init__(str(original))
-        self.opens_incident = original.opens_incident
-        self.pitr_step = getattr(original, "pitr_step", None)
+        self.opens_incident = getattr(original, "opens_incident", True)
+        self.pitr_step = step or getattr(original, "pitr_step", None)
 
 
 class RewindClusterOperator(BaseOperator):

@@ -274,14 +274,11 @@ WINDOW_STEPS = ("stop_postgres", "restore", "start_postgres", "wait_for_target",
 FINAL_STEPS = ("wait_for_target", "validate_data")
 
 
-class PitrStepFinal(AirflowFailException):
-    """A failure of a step a retry cannot change: ends the task without its retry. Same message and
-    incident policy as the failure it carries."""
+class PitrStepFinal(Refused):
+    """A failure of a PITR step a retry cannot change, naming the step (Refused, with its step)."""
 
     def __init__(self, original: BaseException, step: str) -> None:
-        super().__init__(str(original))
-        self.opens_incident = getattr(original, "opens_incident", True)
-        self.pitr_step = step
+        super().__init__(original, step)
 
 
 def _with_gate(gate: Callable[[], Any], work: Callable[[], Any]) -> tuple[Any, Any]:
