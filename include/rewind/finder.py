@@ -46,6 +46,11 @@ PATH_RE = re.compile(r"(?:base|pg_tblspc/\d+/[^/\s]+)/(\d+)/(\d+)")
 DROPPED_STATS_RE = re.compile(r"\b2/(\d+)/(\d+)")
 CATALOG_SCHEMAS = ("pg_catalog", "pg_toast", "information_schema")
 FIRST_USER_OID = 16384  # below: relations created by initdb (catalogs)
+# What ANALYZE (by hand or autovacuum's) writes: never what a DBA rewinds past, left out of the listing
+STATISTICS_TABLES = frozenset(
+    {"pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_toast.pg_toast_2619", "pg_toast.pg_toast_3429"}
+)
+STATISTICS_FILES = frozenset({2619, 3429})  # their initdb file numbers: the fallback when the cluster is down
 
 
 class FinderError(RewindError):
@@ -224,6 +229,11 @@ class Names:
             return self.files[relation][0].split(".")[0] in CATALOG_SCHEMAS
         return relation.node < FIRST_USER_OID or relation.database == 0
 
+    def is_statistics(self, relation: Relation) -> bool:
+        if relation in self.files:
+            return self.files[relation][0] in STATISTICS_TABLES
+        return relation.node in STATISTICS_FILES
+
 
 def names_sql(files: Iterable[Relation], oids: Iterable[int]) -> str:
     """One read-only query in one database: (kind, key, name, relkind) rows for the relation files
@@ -354,10 +364,20 @@ def findings(
         ddl = ddl_of(xact, names)
         if not counts and not ddl:
             continue
+        if not counts and _only_statistics(xact, names):
+            continue  # an ANALYZE: autovacuum's can land anywhere in the window
         if wanted and not any(_matches(name, wanted) for name in [*counts, *ddl]):
             continue
         result.append(Finding(xact.xid, xact.committed_at, xact.lsn, xact.timeline, counts, ddl, pitr_params(xact, history)))
     return result
+
+
+def _only_statistics(xact: Transaction, names: Names) -> bool:
+    return (
+        bool(xact.rows)
+        and all(names.is_statistics(r) for r in xact.rows)
+        and not (xact.created or xact.dropped_files or xact.dropped_oids or xact.locked)
+    )
 
 
 def _matches(text: str, wanted: set[str]) -> bool:

@@ -139,3 +139,26 @@ def test_a_two_phase_commit_is_a_transaction_like_any_other():
     # what preflight's xid check and a recovery target read: the prepared xid's commit
     record = parse_waldump_line(TWO_PHASE[2], 1)
     assert (record.kind, record.xid, record.lsn, record.detail) == ("COMMIT", "725", "0/015168A0", "2026-12-04 02:48:57.932949 UTC")
+
+
+# An ANALYZE as PostgreSQL 15 writes it (captured): rows into pg_statistic, its index, pg_class in place
+ANALYZE_DUMP = """\
+rmgr: Heap        len (rec/tot):     54/  4862, tx:        731, lsn: 0/0152E798, prev 0/0152E350, desc: INSERT off 14 flags 0x01, blkref #0: rel 1663/5/2619 blk 18 FPW
+rmgr: Btree       len (rec/tot):     53/  8193, tx:        731, lsn: 0/0152FA98, prev 0/0152E798, desc: INSERT_LEAF off 405, blkref #0: rel 1663/5/2696 blk 1 FPW
+rmgr: Heap        len (rec/tot):    188/   188, tx:        731, lsn: 0/01531BD0, prev 0/0152FA98, desc: INPLACE off 5, blkref #0: rel 1663/5/1259 blk 0
+rmgr: Transaction len (rec/tot):    130/   130, tx:        731, lsn: 0/01531C90, prev 0/01531BD0, desc: COMMIT 2026-11-27 18:30:51.257747 UTC; inval msgs: catcache 63 catcache 63 catcache 55 catcache 54 relcache 16384
+""".splitlines()
+
+
+def test_an_analyze_is_not_listed_as_a_catalog_change():
+    # autovacuum's ANALYZE lands anywhere in a window; it was listed as "catalog change" among the DBA's transactions
+    xacts = parse_records([(1, [*DUMP, *ANALYZE_DUMP])])
+    history = TimelineHistory.parse(1, None)
+    named = Names({5: "postgres"}, {Relation(1663, 5, 2619): ("pg_catalog.pg_statistic", "r")}, {})
+    assert 731 in xacts and 731 not in {f.xid for f in findings(xacts, named, ALL_DAY, history)}
+    assert 731 not in {f.xid for f in findings(xacts, Names(), ALL_DAY, history)}  # cluster down: by its initdb file number
+    # a catalog change that is not statistics is still listed
+    altered = Names({5: "postgres"}, {Relation(1663, 5, 2619): ("pg_catalog.pg_attribute", "r")}, {})
+    assert {f.xid: f for f in findings(xacts, altered, ALL_DAY, history)}[731].ddl == (
+        "catalog change (ALTER, CREATE or GRANT: DDL without new files)",
+    )
