@@ -8,6 +8,9 @@ rewind holds --cluster NAME            the PITR retention holds and the backups 
 rewind find-target --cluster NAME --from TIME [--to TIME] [--table T ...] [--timeline N] [--json]
                                        the transactions of a window in the archived WAL, and the
                                        PITR params that stop just before each (run on the host)
+rewind salvage --cluster NAME --directory DIR [--bad-xid N ...] [--timeline N] [--json]
+                                       after a rewind: the legitimate work it discarded, as CSV
+                                       and a guarded SQL script in DIR (run on the host)
 rewind metrics --cluster NAME [--format json|prometheus]   backup metrics from `pgbackrest info`
 rewind pools                            Airflow pools JSON for `airflow pools import`
 rewind check                            validate the inventory; exit 1 listing every error
@@ -135,6 +138,28 @@ def find_target(cluster, args) -> str:
     return json.dumps(result.as_dict(limit=10_000), indent=1) + "\n" if args.json else result.text() + "\n"
 
 
+def salvage_discarded(cluster, args) -> str:
+    """Salvage outside Airflow: the same code as the salvage DAG's task (credentials from the environment)."""
+    from rewind.credentials import RepositoryCredentials
+    from rewind.pgbackrest.client import PgBackRest
+    from rewind.runner import CommandRunner
+    from rewind.salvage import salvage
+
+    directory = Path(args.directory)
+    if directory.exists() and any(directory.iterdir()):  # bad input: before anything is read
+        raise RewindError(f"--directory {directory}: not empty; name a new or empty directory for the salvage files")
+    log = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda _line: None)
+    credentials = RepositoryCredentials(cluster, vault_client=_vault_client_from_environment)
+    try:
+        runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=credentials.secrets(), line_logger=lambda _line: None)
+        result = salvage(
+            PgBackRest(cluster, runner), runner, directory=directory, bad_xids=args.bad_xid, old_timeline=args.timeline, log=log
+        )
+    finally:
+        credentials.release()
+    return json.dumps(result.as_dict(), indent=1) + "\n" if args.json else result.summary() + "\n"
+
+
 def cluster_metrics(cluster, fmt: str) -> str:
     import datetime as dt
 
@@ -211,6 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     finder.add_argument("--no-wal-switch", action="store_true", help="do not switch WAL first (only what is archived already is read)")
     finder.add_argument("--json", action="store_true", help="the result as JSON (as the DAG's XCom)")
     finder.add_argument("--verbose", action="store_true", help="progress on stderr")
+    salvage = sub.add_parser("salvage", help="after a rewind: the legitimate work it discarded, as CSV and a guarded SQL script")
+    salvage.add_argument("--cluster", required=True)
+    salvage.add_argument(
+        "--directory", required=True, help="a new or empty directory for the files (and the scratch cluster, removed after)"
+    )
+    salvage.add_argument(
+        "--bad-xid", type=int, action="append", default=[], help="a transaction not to salvage (repeatable; the finder names it)"
+    )
+    salvage.add_argument("--timeline", type=int, help="the discarded timeline (default: the one the current timeline branched from)")
+    salvage.add_argument("--json", action="store_true", help="the result as JSON (as the DAG's XCom)")
+    salvage.add_argument("--verbose", action="store_true", help="progress on stderr")
     sub.add_parser("pools", help="print Airflow pools JSON")
     sub.add_parser("check", help="validate the inventory")
     roles = sub.add_parser("roles", help="Airflow roles DBA and BackupOperator: print the `airflow roles` commands that create them")
@@ -248,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "find-target":
             sys.stdout.write(find_target(cluster, args))
+            return 0
+        if args.command == "salvage":
+            sys.stdout.write(salvage_discarded(cluster, args))
             return 0
         if args.action == "render":
             sys.stdout.write(render_config(cluster, inventory_path=path))

@@ -148,22 +148,31 @@ class Transaction:
 
 def parse_records(dumps: Iterable[tuple[int, Iterable[str]]]) -> dict[int, Transaction]:
     """Top-level transactions (subtransactions folded in) that committed or aborted in these
-    pg_waldump outputs (each with its timeline). Records printed twice (overlapping batches) count once."""
-    seen: set[tuple[int, str]] = set()
+    pg_waldump outputs (each with its timeline), read line by line as they come. Records printed
+    twice (overlapping batches) count once: a record within the LSN range an earlier output of its
+    timeline printed is skipped (one range per output, not one entry per record: a 16 MiB segment
+    holds hundreds of thousands of records)."""
+    printed: list[tuple[int, int, int]] = []  # (timeline, first LSN, last LSN) of each output read
     by_xid: dict[int, Transaction] = {}
     for timeline, lines in dumps:
+        earlier = [(low, high) for tli, low, high in printed if tli == timeline]
+        first = last = None
         for line in lines:
             match = WALDUMP_RE.search(line)
             if not match:
                 continue
             rmgr, xid_text, lsn, kind, rest = match.groups()
+            at = lsn_value(lsn)
+            first = at if first is None else min(first, at)
+            last = at if last is None else max(last, at)
+            if any(low <= at <= high for low, high in earlier):
+                continue
             ended = transaction_end(rmgr, xid_text, kind, rest)
             if ended:  # a two-phase commit's end carries its transaction's xid in the description
                 kind, xid_text, rest = ended
             xid = int(xid_text)
-            if xid == 0 or (timeline, lsn) in seen:
+            if xid == 0:
                 continue
-            seen.add((timeline, lsn))
             xact = by_xid.setdefault(xid, Transaction(xid))
             kind = kind.split("+")[0]
             if rmgr in ("Heap", "Heap2") and kind in ROW_KINDS and (rel := REL_RE.search(rest)):
@@ -179,6 +188,8 @@ def parse_records(dumps: Iterable[tuple[int, Iterable[str]]]) -> dict[int, Trans
                     xact.locked.add((int(db), int(oid)))
             elif ended:
                 _finish(xact, kind, rest, timeline, lsn)
+        if first is not None:
+            printed.append((timeline, first, last))
     finished = {xid: x for xid, x in by_xid.items() if x.lsn}
     for xact in list(finished.values()):
         for sub in xact.subxacts:
@@ -464,14 +475,41 @@ def _changed(f: Finding) -> int:
     return sum(c["updated"] + c["deleted"] for c in f.tables.values())
 
 
-def report(found: list[Finding], window: Window, window_recoverable: Recoverable, *, segments: int, partial: bool) -> str:
+@dataclass(frozen=True)
+class Capped:
+    """The window needed more segments than the limit: what was read, and from when the listing is whole."""
+
+    segments_read: int
+    segments_needed: int
+    complete_from: dt.datetime | None  # the oldest commit read: the window is listed in full from here on
+
+    def describe(self) -> str:
+        whole = (
+            f"transactions of the window committed before {self.complete_from:%Y-%m-%d %H:%M:%S} UTC are not listed"
+            if self.complete_from
+            else "no transaction was read"
+        )
+        return (
+            f"CAPPED: read the newest {self.segments_read} of the {self.segments_needed} archived WAL segments the window needs: {whole}; "
+            f"run again with max_segments={self.segments_needed} or a window that starts later"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "segments_read": self.segments_read,
+            "segments_needed": self.segments_needed,
+            "complete_from": self.complete_from.isoformat() if self.complete_from else None,
+        }
+
+
+def report(found: list[Finding], window: Window, window_recoverable: Recoverable, *, segments: int, capped: Capped | None) -> str:
     lines = [
         f"transactions committed {window.start:%Y-%m-%d %H:%M:%S} .. {window.end:%Y-%m-%d %H:%M:%S} UTC "
         f"({len(found)} found in {segments} archived WAL segment(s))",
         window_recoverable.describe(),
     ]
-    if partial:
-        lines.append("PARTIAL: the segment limit was reached before the window's start: older transactions of the window are missing")
+    if capped:
+        lines.append(capped.describe())
     if found:
         lines += ["", render_table(found), ""]
         suspect = largest(found)
@@ -489,11 +527,15 @@ class FinderResult:
     recoverable: Recoverable
     findings: list[Finding]
     segments: int
-    partial: bool
+    capped: Capped | None
     timeline: int
 
+    @property
+    def partial(self) -> bool:
+        return self.capped is not None
+
     def text(self) -> str:
-        return report(self.findings, self.window, self.recoverable, segments=self.segments, partial=self.partial)
+        return report(self.findings, self.window, self.recoverable, segments=self.segments, capped=self.capped)
 
     def as_dict(self, *, limit: int = 200) -> dict:
         suspect = largest(self.findings)
@@ -503,6 +545,7 @@ class FinderResult:
             "recoverable": self.recoverable.as_dict(),
             "segments_scanned": self.segments,
             "partial": self.partial,
+            "capped": self.capped.as_dict() if self.capped else None,
             "suspect": suspect.as_dict() if suspect else None,
             "transactions": [f.as_dict() for f in self.findings[-limit:]],
             "transactions_total": len(self.findings),
@@ -549,18 +592,21 @@ def find_transactions(
     history = read_history(pgbackrest, timeline)
     starts = [b.archive.start for b in info.backups if not b.error]
     to_read = segments_to_read(listing, history, window, backup_starts=starts)
-    partial = len(to_read) > max_segments
+    needed = len(to_read)
     to_read = to_read[:max_segments]
     log(
         f"reading {len(to_read)} archived WAL segment(s) on timeline {timeline}'s history for {window.start:%Y-%m-%d %H:%M:%S} .. {window.end:%Y-%m-%d %H:%M:%S} UTC"
     )
     stats = ScanStats()
-    dumps = [dump for batch in waldump_archive(pgbackrest, to_read, stats=stats, log=log) for dump in batch]
-    transactions = parse_records(dumps)
+    transactions = parse_records(waldump_archive(pgbackrest, to_read, stats=stats, log=log))
     if postmaster_pid(cluster):
         names = resolve_names(transactions.values(), live_query(runner, cluster))
     else:
         log("PostgreSQL is not running: tables are named by relfilenode only")
         names = Names()
     found = findings(transactions, names, window, history, tables=tables)
-    return FinderResult(window, recoverable(info, listing, history), found, len(stats.segments), partial, timeline)
+    capped = None
+    if needed > len(to_read):
+        commits = [x.committed_at for x in transactions.values() if x.committed_at is not None]
+        capped = Capped(len(to_read), needed, min(commits) if commits else None)
+    return FinderResult(window, recoverable(info, listing, history), found, len(stats.segments), capped, timeline)

@@ -19,8 +19,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rewind.errors import RewindError
 
@@ -219,37 +220,43 @@ class CommandRunner:
         extra_env: Mapping[str, str] | None = None,
         shown_argv: Sequence[str] | None = None,
         input_text: str | None = None,
+        stdout_path: Path | None = None,
     ) -> CommandResult:
         """`shown_argv`: what the log shows instead of argv, when an item is someone's free text
         (a data check's SQL is logged by its caller, masked and bounded). `input_text`: the
         command's standard input (SQL for `psql -f -`): data of any size travels there, never in
-        argv, which the kernel caps at 128 KiB an argument."""
+        argv, which the kernel caps at 128 KiB an argument. `stdout_path`: the output goes to this
+        file (created or truncated here), not into memory: for output of any size."""
         argv = [str(item) for item in argv]
         identity = self._identity()
         env = self.environment()
         env.update(extra_env or {})
         self._line_logger(f"$ {' '.join(shown_argv or argv)}  (as {self.os_user})")
         started = time.monotonic()
-        with self._lock:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=self._cwd,
-                start_new_session=True,  # its own process group: one killpg reaches every child
-                text=True,
-                errors="replace",
-                **identity,
-            )
+        stdout_file = open(stdout_path, "wb") if stdout_path is not None else None  # noqa: SIM115 - closed below
+        try:
+            with self._lock:
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+                    stdout=stdout_file or subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    cwd=self._cwd,
+                    start_new_session=True,  # its own process group: one killpg reaches every child
+                    text=True,
+                    errors="replace",
+                    **identity,
+                )
+        finally:
+            if stdout_file is not None:
+                stdout_file.close()  # the child holds its own copy
         proc = self._proc
         stdout_lines: list[str] = []
         stderr_lines: list[str] = []
-        readers = [
-            threading.Thread(target=self._pump, args=(proc.stdout, stdout_lines, log_stdout), daemon=True),
-            threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True),
-        ]
+        readers = [threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True)]
+        if stdout_file is None:
+            readers.append(threading.Thread(target=self._pump, args=(proc.stdout, stdout_lines, log_stdout), daemon=True))
         if input_text is not None:
             readers.append(threading.Thread(target=self._feed, args=(proc.stdin, input_text), daemon=True))
         for reader in readers:
@@ -282,6 +289,56 @@ class CommandRunner:
         if check and result.returncode != 0:
             raise CommandFailed(result)
         return result
+
+    def lines(self, argv: Sequence[str], *, timeout: float, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
+        """The command's standard output line by line as it prints it, never all of it in memory
+        (pg_waldump prints about 58 MiB per 16 MiB segment). The process group is stopped when the
+        reader stops early or `timeout` passes. The exit status is not checked: pg_waldump ends on
+        an error at the end of the WAL it was given."""
+        argv = [str(item) for item in argv]
+        identity = self._identity()
+        env = self.environment()
+        env.update(extra_env or {})
+        self._line_logger(f"$ {' '.join(argv)}  (as {self.os_user})")
+        with self._lock:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=self._cwd,
+                start_new_session=True,
+                text=True,
+                errors="replace",
+                **identity,
+            )
+        proc = self._proc
+        stderr_lines: list[str] = []
+        reader = threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True)
+        reader.start()
+        timed_out = threading.Event()
+
+        def stop_at_deadline() -> None:
+            timed_out.set()
+            kill_process_group(proc)
+
+        deadline = threading.Timer(timeout, stop_at_deadline)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            for line in proc.stdout:
+                yield line.rstrip("\n")
+            proc.wait()
+        finally:
+            deadline.cancel()
+            kill_process_group(proc)  # the reader stopped early (or failed): nothing of it keeps running
+            proc.stdout.close()
+            self._join_readers([reader])
+            with self._lock:
+                self._proc = None
+        if timed_out.is_set():
+            raise CommandTimeout(f"{os.path.basename(argv[0])} ran longer than {timeout:.0f}s and was stopped (process group killed)")
 
     @staticmethod
     def _join_readers(readers: list[threading.Thread]) -> None:

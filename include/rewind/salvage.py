@@ -4,36 +4,45 @@ A rewind ends the old timeline at its switch point (the new timeline's history n
 transaction whose commit record lies on the old timeline at or after that point was discarded.
 Salvage, read-only against production:
 
-1. reads the old timeline's archived WAL from the switch point on (rewind.wal, rewind.finder):
-   the discarded transactions, their subtransactions and the tables they wrote;
-2. restores the old timeline's latest state (the newest backup on its history, then all its
-   archived WAL) into a scratch cluster with archiving off, on its own socket;
-3. per table with a primary key: rows of the scratch whose xmin is a discarded transaction not
-   marked bad are the rows inserted or updated after the target (inserted when the key is not in
-   the rewound cluster, updated when it is); keys present in the rewound cluster and gone from the
-   scratch were deleted after the target;
-4. writes CSV per table and change, and one SQL file (upserts and deletes in one transaction) for
-   the DBA to review and apply. Nothing is applied.
+1. reads the old timeline's archived WAL from the switch point on, streamed (rewind.wal,
+   rewind.finder): the discarded transactions, their subtransactions and the tables they wrote;
+2. restores one scratch cluster (archiving off, its own socket) from the newest backup before the
+   switch point and stops it, in turn, at the target (the state the rewind left), just before each
+   bad transaction's commit, and at the old timeline's end; at each stop, each written table's rows
+   go to a file sorted by key (psql through a cursor, straight to the file);
+3. one pass over those files per table compares, key by key: a row a legitimate transaction wrote
+   last is salvaged (inserted when its key was free at the target, else updated from the target's
+   version); a row a legitimate transaction wrote and a bad one changed or deleted later is
+   salvaged in its version before the bad one, marked REVIEW; a row at the target and gone at the
+   end is deleted when only legitimate transactions deleted rows of its table;
+4. writes CSV per table and change, and one SQL script per database. Every statement is guarded: an
+   insert does nothing when its key (or another unique value) was taken since the rewind, an
+   update or a delete acts only on a row still exactly as the rewind left it (its whole row as
+   JSON); each statement that did nothing is printed as a REVIEW line at the end. Rows written
+   after the rewind are never changed. Nothing is applied.
+
+Memory stays bounded whatever the tables' size: rows live in files, never in lists.
 
 Limits (said in the summary when they apply): a row changed by a bad transaction and later by a
 legitimate one carries both changes (listed for review); a deletion cannot be told apart by who
 made it when a bad transaction also deleted rows of that table (listed for review, not in the
-SQL); the state at the target is read from the rewound cluster, so rows it changed since the
-rewind count as changed there; tables without a primary key are not salvaged (generated columns
-are left to PostgreSQL to compute, identity columns keep the salvaged values); rows of a discarded transaction that began before the WAL
-read (one segment before the switch) may leave its table unlisted.
+SQL); tables without a primary key are not salvaged (generated columns are left to PostgreSQL to
+compute, identity columns keep the salvaged values); a table created after the target has no rows
+at the target, so its rows are inserts into a table the rewound cluster does not have (the script
+stops there: create it first); rows of a discarded transaction that began before the WAL read (one
+segment before the switch) may leave its table unlisted.
 """
 
 from __future__ import annotations
 
 import decimal
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewind.errors import RewindError
-from rewind.finder import Relation, Transaction, parse_records
+from rewind.finder import Transaction, parse_records
 from rewind.wal import TimelineHistory, lsn_text, lsn_value, segment_of, segments_on_path
 
 
@@ -80,16 +89,6 @@ def segments_after_switch(listing, old_history: TimelineHistory, scope: Scope) -
     return segments_on_path(listing, old_history, oldest_segno=max(segment_of(scope.switch_lsn) - 1, 0))
 
 
-def newest_backup_on(info, history: TimelineHistory):
-    """The newest valid backup that can reach the end of this history (a restore of its latest state)."""
-    usable = [b for b in info.backups if not b.error and history.contains(b.timeline, lsn_value(b.lsn.stop))]
-    if not usable:
-        raise SalvageError(
-            f"no backup on timeline {history.timeline}'s history is left in the repository: the pre-rewind history was expired (README, Retention)"
-        )
-    return max(usable, key=lambda b: lsn_value(b.lsn.stop))
-
-
 # ---- per table -----------------------------------------------------------------------------------
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -103,30 +102,40 @@ def qualified(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row as the clusters print it: its key (a JSON array) and a JSON object of its columns
-    (all of them, or the key's only for a deletion), kept as PostgreSQL's own text."""
+# The settings every row's text is read and compared under: row_to_json's output of a timestamptz,
+# an interval, a float or a bytea depends on them, and the guards compare that text.
+OUTPUT_SETTINGS = {
+    "timezone": "UTC",
+    "datestyle": "ISO, MDY",
+    "intervalstyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+CONFLICTS = "pg_temp.rewind_salvage_conflicts"
 
-    key: str
-    record: str
 
-    def values(self) -> dict:
-        return json.loads(self.record, parse_float=decimal.Decimal)
+def settings_sql(*, local: bool) -> str:
+    scope = "set local" if local else "set"
+    return "".join(f"{scope} {name} = {quote_literal(value)};\n" for name, value in OUTPUT_SETTINGS.items())
 
 
 @dataclass
 class TableSalvage:
+    """One table's salvage: its shape, its counts, and the SQL statements for one row each. Every
+    statement only acts on a row still as the rewind left it (or, for an insert, on a key still
+    free); anything else is recorded in the conflicts table the script prints at its end."""
+
     table: str  # schema.name, as people read it (file names, the summary)
     database: str
     key: list[str]
     columns: list[str]
     sequences: dict[str, str] = field(default_factory=dict)  # column -> its sequence (serial, identity)
     relation: str = ""  # the quoted "schema"."name" SQL uses (either part may hold a dot, a quote, a pipe)
-    inserted: list[Row] = field(default_factory=list)
-    updated: list[Row] = field(default_factory=list)
-    deleted: list[Row] = field(default_factory=list)
-    deleted_for_review: list[Row] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    deleted_for_review: int = 0
+    before_bad: int = 0  # rows a bad transaction changed or deleted after a legitimate one wrote them
     review: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -134,93 +143,134 @@ class TableSalvage:
             schema, _, name = self.table.partition(".")
             self.relation = qualified(schema, name)
 
-    def upsert_sql(self, row: Row) -> str:
-        target = self.relation
-        keys = ", ".join(map(quote_ident, self.key))
-        others = [c for c in self.columns if c not in self.key]
-        action = "do update set " + ", ".join(f"{quote_ident(c)} = excluded.{quote_ident(c)}" for c in others) if others else "do nothing"
-        columns = ", ".join(map(quote_ident, self.columns))  # generated columns left out: PostgreSQL computes them
-        # OVERRIDING SYSTEM VALUE: an identity ALWAYS column takes the salvaged row's value
+    def _conflict(self, key: str, reason: str) -> str:
         return (
-            f"insert into {target} ({columns}) overriding system value select {columns} "
-            f"from json_populate_record(null::{target}, {quote_literal(row.record)}) on conflict ({keys}) {action};"
+            f"insert into {CONFLICTS} select {quote_literal(self.table)}, {quote_literal(key)}, {quote_literal(reason)} "
+            "where not exists (select from applied_);"
+        )
+
+    def _key_match(self, row: str, source: str) -> str:
+        """The current row (cur_) with the key of `source`, a record populated from the JSON `row`."""
+        keys = ", ".join(f"cur_.{quote_ident(k)}" for k in self.key)
+        theirs = ", ".join(f"{source}.{quote_ident(k)}" for k in self.key)
+        return f"({keys}) = ({theirs})"
+
+    def insert_sql(self, key: str, row: str) -> str:
+        columns = ", ".join(map(quote_ident, self.columns))  # generated columns left out: PostgreSQL computes them
+        # OVERRIDING SYSTEM VALUE: an identity ALWAYS column takes the salvaged row's value.
+        # ON CONFLICT DO NOTHING: a row written since the rewind with this key (or any unique value) stays.
+        return (
+            f"with applied_ as (insert into {self.relation} ({columns}) overriding system value select {columns} "
+            f"from json_populate_record(null::{self.relation}, {quote_literal(row)}) on conflict do nothing returning 1) "
+            + self._conflict(key, "a row with this key or another unique value was written after the rewind: not inserted")
+        )
+
+    def update_sql(self, key: str, was: str, row: str) -> str | None:
+        others = [c for c in self.columns if c not in self.key]
+        if not others:
+            return None
+        assignments = ", ".join(f"{quote_ident(c)} = new_.{quote_ident(c)}" for c in others)
+        return (
+            f"with applied_ as (update {self.relation} cur_ set {assignments} "
+            f"from json_populate_record(null::{self.relation}, {quote_literal(row)}) new_ "
+            f"where {self._key_match(row, 'new_')} and row_to_json(cur_)::text = {quote_literal(was)} returning 1) "
+            + self._conflict(key, "the row is not as the rewind left it (changed or deleted since): not updated")
+        )
+
+    def delete_sql(self, key: str, was: str) -> str:
+        return (
+            f"with applied_ as (delete from {self.relation} cur_ using json_populate_record(null::{self.relation}, {quote_literal(was)}) was_ "
+            f"where {self._key_match(was, 'was_')} and row_to_json(cur_)::text = {quote_literal(was)} returning 1) "
+            + self._conflict(key, "the row is not as the rewind left it (changed since): not deleted")
         )
 
     def sequence_sql(self) -> list[str]:
         """Move each column's sequence past the values inserted (never backwards)."""
         target = self.relation
         return [
-            f"select setval({quote_literal(seq)}, greatest((select max({quote_ident(col)}) from {target}), (select last_value from {seq})));"
+            f"select 'sequence ' || {quote_literal(seq)} || ' at ' || setval({quote_literal(seq)}, "
+            f"greatest((select max({quote_ident(col)}) from {target}), (select last_value from {seq})));"
             for col, seq in sorted(self.sequences.items())
         ]
 
-    def delete_sql(self, row: Row) -> str:
-        target = self.relation
-        keys = ", ".join(map(quote_ident, self.key))
-        return (
-            f"delete from {target} where ({keys}) = (select {keys} from json_populate_record(null::{target}, {quote_literal(row.record)}));"
-        )
+    def notes(self, *, legit_deletes: bool, bad_deletes: bool, bad_updates: bool) -> None:
+        if self.deleted_for_review:
+            self.review.append(
+                f"{self.deleted_for_review} row(s) deleted after the target by legitimate and bad transactions alike: which is which "
+                "cannot be told; listed in the .deleted-review.csv, not in the SQL"
+            )
+        if self.updated and bad_updates:
+            self.review.append(
+                f"{self.updated} updated row(s): bad transactions also updated this table; a row they changed and a legitimate one "
+                "changed later carries both changes: check the values"
+            )
+        if self.before_bad:
+            self.review.append(
+                f"{self.before_bad} row(s) a legitimate transaction wrote and a bad one changed or deleted later: their version before "
+                "the bad transaction is salvaged; listed in the .review.csv"
+            )
 
 
-def classify(
-    table: TableSalvage,
-    changed_rows: list[Row],
-    target_keys: dict[str, Row],
-    latest_keys: set[str],
-    *,
-    legit_deletes: bool,
-    bad_deletes: bool,
-    bad_updates: bool,
-) -> TableSalvage:
-    """Sort the scratch's changed rows into inserted/updated by whether the key existed at the
-    target; deletions are keys at the target gone from the latest state."""
-    for row in changed_rows:
-        (table.updated if row.key in target_keys else table.inserted).append(row)
-    gone = [target_keys[k] for k in sorted(set(target_keys) - latest_keys)]
-    if gone and legit_deletes and not bad_deletes:
-        table.deleted = gone
-    elif gone and legit_deletes and bad_deletes:
-        table.deleted_for_review = gone
-        table.review.append(
-            f"{len(gone)} row(s) deleted after the target by legitimate and bad transactions alike: which is which cannot be told; "
-            "listed in the .deleted-review.csv, not in the SQL"
-        )
-    if table.updated and bad_updates:
-        table.review.append(
-            f"{len(table.updated)} updated row(s): bad transactions also updated this table; a row they changed and a legitimate one changed "
-            "later carries both changes: check the values"
-        )
-    return table
+def _key_exprs(key: list[str]) -> str:
+    return f"json_build_array({', '.join(quote_ident(k) for k in key)})::text"
 
 
-def _key_exprs(key: list[str]) -> tuple[str, str]:
-    cols = [quote_ident(k) for k in key]
-    array = f"json_build_array({', '.join(cols)})::text"
-    obj = "json_build_object(" + ", ".join(f"{quote_literal(k)}, {c}" for k, c in zip(key, cols, strict=True)) + ")::text"
-    return array, obj
+def _xids(xids: Iterable[int]) -> str:
+    return "'{" + (",".join(str(x) for x in sorted(xids)) or "0") + "}'::bigint[]"
 
 
-def key_query(relation: str, key: list[str]) -> str:
-    """Each row's key, as a JSON array and as a JSON object, tab-separated, one row per line."""
-    array, obj = _key_exprs(key)
-    return f"select {array} || E'\\t' || {obj} from {relation}"
-
-
-def changed_rows_query(relation: str, key: list[str], xids: Iterable[int]) -> str:
-    """Rows whose current version a listed transaction wrote: key array, tab, the whole row as JSON.
-    The list can be long (thousands of transactions): the SQL goes on psql's standard input."""
-    listed = ",".join(str(x) for x in sorted(xids)) or "0"
-    array, _obj = _key_exprs(key)
+def rows_query(relation: str, key: list[str], *, written_by: Iterable[int] | None = None) -> str:
+    """Each row (or each a listed transaction wrote last): key as a JSON array, tab, the row as
+    JSON; in the key's byte order (collation "C"), which Python's string order is too."""
+    where = f" where salvage_row_.xmin::text::bigint = any({_xids(written_by)})" if written_by is not None else ""
     return (
-        f"select {array} || E'\\t' || row_to_json(salvage_row_)::text from {relation} salvage_row_"
-        f" where salvage_row_.xmin::text::bigint = any('{{{listed}}}'::bigint[])"
+        settings_sql(local=False) + f"select k || E'\\t' || v from (select {_key_exprs(key)} as k, row_to_json(salvage_row_)::text as v "
+        f'from {relation} salvage_row_{where}) s order by k collate "C"'
     )
 
 
-def parse_rows(text: str) -> list[Row]:
-    """One row per line. Only a newline ends a line: JSON escapes control characters but not
-    U+2028, U+2029 or U+0085, which str.splitlines() would break a row's value at."""
-    return [Row(*line.split("\t", 1)) for line in text.split("\n") if line]
+def end_rows_query(relation: str, key: list[str], *, legit: Iterable[int], bad: Iterable[int]) -> str:
+    """Every row's key, tab, who wrote it last (L legitimate, B bad, - before the target), tab,
+    the row as JSON when a legitimate transaction wrote it (else empty); in the key's byte order."""
+    xmin = "salvage_row_.xmin::text::bigint"
+    legit_list = _xids(legit)
+    return (
+        settings_sql(local=False) + f"select k || E'\\t' || c || E'\\t' || v from (select {_key_exprs(key)} as k, "
+        f"case when {xmin} = any({legit_list}) then 'L' when {xmin} = any({_xids(bad)}) then 'B' else '-' end as c, "
+        f"case when {xmin} = any({legit_list}) then row_to_json(salvage_row_)::text else '' end as v "
+        f'from {relation} salvage_row_) s order by k collate "C"'
+    )
+
+
+def read_rows(path: Path, fields: int) -> Iterator[tuple[str, ...]]:
+    """A file of rows_query / end_rows_query, one row per line. Only a newline ends a line: JSON
+    escapes control characters but not U+2028, U+2029 or U+0085, which str.splitlines() (and a
+    file read with universal newlines) would break a value at. Refuses rows out of key order."""
+    previous = None
+    with open(path, encoding="utf-8", newline="\n") as rows:
+        for line in rows:
+            parts = tuple(line.rstrip("\n").split("\t", fields - 1))
+            if len(parts) != fields:
+                continue
+            if previous is not None and parts[0] <= previous:
+                raise SalvageError(f"{path.name}: rows not in key order at {parts[0][:80]}: the comparison would be wrong")
+            previous = parts[0]
+            yield parts
+
+
+def outer_join(*streams: Iterator[tuple[str, ...]]) -> Iterator[tuple[str, list[tuple[str, ...] | None]]]:
+    """Streams sorted by key (unique in each) merged: each key once, with its row in each stream or None."""
+    heads = [next(stream, None) for stream in streams]
+    while any(head is not None for head in heads):
+        key = min(head[0] for head in heads if head is not None)
+        found: list[tuple[str, ...] | None] = []
+        for i, head in enumerate(heads):
+            if head is not None and head[0] == key:
+                found.append(head)
+                heads[i] = next(streams[i], None)
+            else:
+                found.append(None)
+        yield key, found
 
 
 # One JSON array per table (oid, schema, name, primary key columns, columns): names may hold any
@@ -263,10 +313,10 @@ class SalvageResult:
         lines = [
             f"salvage of {self.scope.describe()}: {len(self.discarded)} transaction(s) discarded by the rewind, "
             f"{len(self.salvaged_xids)} salvaged, bad (excluded): {', '.join(map(str, self.bad_xids)) or 'none'}",
-            f"old timeline's latest state restored from backup {self.backup} into a scratch cluster (archiving off)",
+            f"the state at the target and the old timeline's latest state, from backup {self.backup} in a scratch cluster (archiving off)",
         ]
         for t in self.tables:
-            lines.append(f"  {t.table}: {len(t.inserted)} inserted, {len(t.updated)} updated, {len(t.deleted)} deleted")
+            lines.append(f"  {t.table}: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
             lines += [f"    REVIEW: {note}" for note in t.review]
         lines += [f"  not salvaged: {s}" for s in self.skipped]
         unknown_bad = sorted(set(self.bad_xids) - set(self.discarded))
@@ -278,6 +328,7 @@ class SalvageResult:
                 if name.endswith(".sql"):
                     lines.append(
                         f"review {name}, then apply it to the rewound cluster: psql -d <database> -v ON_ERROR_STOP=1 -f {self.directory / name}"
+                        " (it changes only rows still as the rewind left them and prints a REVIEW line for each one it left alone)"
                     )
         return "\n".join(lines)
 
@@ -293,79 +344,10 @@ class SalvageResult:
             "files": self.files,
             "sql": [str(self.directory / f) for f in self.files if f.endswith(".sql")] if self.directory else [],
             "tables": {
-                t.table: {"inserted": len(t.inserted), "updated": len(t.updated), "deleted": len(t.deleted), "review": t.review}
-                for t in self.tables
+                t.table: {"inserted": t.inserted, "updated": t.updated, "deleted": t.deleted, "review": t.review} for t in self.tables
             },
             "skipped": self.skipped,
         }
-
-
-def compare(
-    transactions: dict[int, Transaction],
-    bad_xids: Iterable[int],
-    *,
-    scratch_query: Callable[[str, str], str],
-    live_query: Callable[[str, str], str],
-) -> tuple[list[TableSalvage], list[str], list[int]]:
-    """Per table the discarded transactions wrote: rows and keys from the scratch (old timeline's
-    latest) and the live rewound cluster (the target's state). Both queries are read-only."""
-    bad = set(bad_xids)
-    legit = [x for xid, x in transactions.items() if xid not in bad]
-    bad_x = [x for xid, x in transactions.items() if xid in bad]
-    legit_ids = {i for x in legit for i in (x.xid, *x.subxacts)}
-
-    def kinds(xacts: list[Transaction], relation: Relation, kind: str) -> bool:
-        return any(x.rows.get(relation, {}).get(kind, 0) for x in xacts)
-
-    databases = {
-        str(oid): name
-        for oid, name in map(
-            json.loads,
-            filter(
-                None, scratch_query("select json_build_array(oid, datname) from pg_database where datallowconn", "postgres").split("\n")
-            ),
-        )
-    }
-    touched: dict[int, set[Relation]] = {}
-    for x in transactions.values():
-        for relation in x.rows:
-            if relation.node >= 16384:
-                touched.setdefault(relation.database, set()).add(relation)
-    tables, skipped = [], []
-    for db_oid, relations in sorted(touched.items()):
-        database = databases.get(str(db_oid))
-        if database is None:
-            skipped.append(f"database oid {db_oid} (not in the old timeline's latest state)")
-            continue
-        by_node = {r.node: r for r in relations}
-        rows = scratch_query(TABLE_INFO_SQL.format(nodes=",".join(map(str, sorted(by_node)))), database).split("\n")
-        info = {}
-        for row in filter(None, rows):
-            _oid, node, schema, name, key, columns = json.loads(row)
-            info[int(node)] = (schema, name, key, columns)
-        for node, relation in sorted(by_node.items()):
-            if node not in info:
-                continue  # not a user table now (toast, a dropped table)
-            schema, name, key, columns = info[node]
-            if not key:
-                skipped.append(f"{schema}.{name} (no primary key)")
-                continue
-            target = qualified(schema, name)
-            table = TableSalvage(f"{schema}.{name}", database, key, columns, sequences_of(scratch_query, target, database), relation=target)
-            changed = parse_rows(scratch_query(changed_rows_query(target, key, legit_ids), database))
-            target_keys = {row.key: row for row in parse_rows(live_query(key_query(target, key), database))}
-            latest_keys = {row.key for row in parse_rows(scratch_query(key_query(target, key), database))}
-            classify(
-                table,
-                changed,
-                target_keys,
-                latest_keys,
-                legit_deletes=kinds(legit, relation, "deleted"),
-                bad_deletes=kinds(bad_x, relation, "deleted"),
-                bad_updates=kinds(bad_x, relation, "updated"),
-            )
-            tables.append(table)
-    return tables, skipped, sorted(x.xid for x in legit)
 
 
 # ---- the files -----------------------------------------------------------------------------------
@@ -373,53 +355,71 @@ def sql_file(database: str) -> str:
     return f"salvage.{database}.sql"
 
 
-def write_files(result: SalvageResult, directory: Path) -> list[str]:
-    """<schema.table>.<inserted|updated|deleted|deleted-review>.csv and, per database, salvage.<database>.sql
-    (one transaction: upserts by primary key, then deletions)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = []
-    by_database: dict[str, list[TableSalvage]] = {}
-    for t in result.tables:
-        by_database.setdefault(t.database, []).append(t)
-        for change in ("inserted", "updated", "deleted", "deleted_for_review"):
-            if getattr(t, change):
-                name = f"{t.table}.{change.replace('_for_', '-')}.csv"
-                (directory / name).write_text(rows_csv(t, change))
-                files.append(name)
-    for database, tables in sorted(by_database.items()):
-        sql = [
-            f"-- Rewind salvage: {result.scope.describe()}, database {database}",
-            f"-- legitimate transactions re-applied: {', '.join(map(str, result.salvaged_xids)) or 'none'}",
-            f"-- excluded as bad: {', '.join(map(str, result.bad_xids)) or 'none'}",
-            f"-- review before applying; against the rewound cluster: psql -d {database} -v ON_ERROR_STOP=1 -f {sql_file(database)}",
-            "begin;",
-        ]
-        for t in tables:
-            sql.append(f"-- {t.table}: {len(t.inserted)} inserted, {len(t.updated)} updated, {len(t.deleted)} deleted")
-            sql += [t.upsert_sql(row) for row in (*t.inserted, *t.updated)]
-            sql += [t.delete_sql(row) for row in t.deleted]
-            sql += t.sequence_sql() if t.inserted or t.updated else []
-            sql += [f"-- REVIEW {t.table}: {note}" for note in t.review]
-        sql.append("commit;")
-        (directory / sql_file(database)).write_text("\n".join(sql) + "\n")
-        files.append(sql_file(database))
-    result.directory, result.files = directory, files
-    return files
+class SalvageFiles:
+    """The CSV per table and change and one SQL script per database, written row by row as the
+    comparison finds them (never all rows in memory)."""
 
+    def __init__(self, directory: Path, scope: Scope, salvaged_xids: list[int], bad_xids: list[int]):
+        self.directory = directory
+        self.scope = scope
+        self.salvaged_xids = salvaged_xids
+        self.bad_xids = bad_xids
+        self.files: list[str] = []
+        self._csv: dict[str, tuple] = {}
+        self._sql: dict[str, object] = {}
+        directory.mkdir(parents=True, exist_ok=True)
 
-def rows_csv(table: TableSalvage, change: str) -> str:
-    """CSV of a change's rows (the key columns for deletions), header first."""
-    import csv
-    import io
+    def sql(self, database: str, line: str) -> None:
+        if database not in self._sql:
+            out = open(self.directory / sql_file(database), "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            out.write(
+                "\n".join(
+                    [
+                        f"-- Rewind salvage: {self.scope.describe()}, database {database}",
+                        f"-- legitimate transactions re-applied: {', '.join(map(str, self.salvaged_xids)) or 'none'}",
+                        f"-- excluded as bad: {', '.join(map(str, self.bad_xids)) or 'none'}",
+                        f"-- review before applying; against the rewound cluster: psql -d {database} -v ON_ERROR_STOP=1 -f {sql_file(database)}",
+                        "-- every statement changes a row only if it is still as the rewind left it (an insert only into a free key);",
+                        "-- the rows it left alone are printed at the end as REVIEW lines",
+                        "begin;",
+                        settings_sql(local=True).rstrip("\n"),
+                        f"create temporary table {CONFLICTS.split('.')[1]} (table_name text, key text, reason text) on commit drop;",
+                        "",
+                    ]
+                )
+            )
+            self._sql[database] = out
+            self.files.append(sql_file(database))
+        self._sql[database].write(line + "\n")
 
-    columns = table.key if change.startswith("deleted") else table.columns
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(columns)
-    for row in getattr(table, change):
-        values = row.values()
-        writer.writerow([_csv_value(values.get(c)) for c in columns])
-    return out.getvalue()
+    def csv_row(self, table: TableSalvage, change: str, values: list[str]) -> None:
+        import csv
+
+        name = f"{table.table}.{change}.csv"
+        if name not in self._csv:
+            out = open(self.directory / name, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            writer = csv.writer(out)
+            columns = table.key if change.startswith("deleted") or change == "review" else table.columns
+            writer.writerow([*columns, "reason"] if change == "review" else columns)
+            self._csv[name] = (out, writer)
+            self.files.append(name)
+        self._csv[name][1].writerow(values)
+
+    def row_csv(self, table: TableSalvage, change: str, row: str, reason: str | None = None) -> None:
+        values = json.loads(row, parse_float=decimal.Decimal)
+        columns = table.key if change.startswith("deleted") or change == "review" else table.columns
+        cells = [_csv_value(values.get(c)) for c in columns]
+        self.csv_row(table, change, [*cells, reason] if reason is not None else cells)
+
+    def close(self) -> list[str]:
+        for out in self._sql.values():
+            out.write(
+                f"select 'REVIEW ' || table_name || ' key ' || key || ': ' || reason from {CONFLICTS} order by table_name, key;\ncommit;\n"
+            )
+            out.close()
+        for out, _writer in self._csv.values():
+            out.close()
+        return sorted(self.files)
 
 
 def _csv_value(value) -> str:
@@ -432,6 +432,72 @@ def _csv_value(value) -> str:
     return str(value)
 
 
+def salvage_table(
+    table: TableSalvage,
+    files: SalvageFiles,
+    *,
+    at_target: Path | None,
+    before_bad: list[Path],
+    at_end: Path,
+    legit_deletes: bool,
+    bad_deletes: bool,
+    bad_updates: bool,
+) -> TableSalvage:
+    """One pass over the table's sorted row files: the state at the target, the legitimate rows
+    just before each bad transaction, and the old timeline's end. Per key:
+    - written last by a legitimate transaction: salvaged (inserted when the key was free at the
+      target, else updated from the target's version);
+    - written last by a bad one, or gone, after a legitimate one wrote it: its last legitimate
+      version is salvaged, marked REVIEW;
+    - at the target and gone at the end: deleted when only legitimate transactions deleted rows of
+      the table; listed for review when bad ones did too; left alone when only bad ones did."""
+    streams = [
+        read_rows(at_target, 2) if at_target else iter(()),
+        *(read_rows(path, 2) for path in before_bad),
+        read_rows(at_end, 3),
+    ]
+    for key, found in outer_join(*streams):
+        target, earlier, end = found[0], found[1:-1], found[-1]
+        was = target[1] if target else None
+        row, reason = None, None
+        if end is not None and end[1] == "L":
+            row = end[2]
+        elif end is None or end[1] == "B":
+            legit_before = [f for f in earlier if f is not None]
+            if legit_before:
+                row = legit_before[-1][1]
+                reason = (
+                    "written by a legitimate transaction, then " + ("changed" if end else "deleted") + " by a bad one: its version before"
+                )
+        if row is not None:
+            if was is None:
+                files.sql(table.database, table.insert_sql(key, row))
+                files.row_csv(table, "inserted", row)
+                table.inserted += 1
+            elif row != was and (statement := table.update_sql(key, was, row)):
+                files.sql(table.database, statement)
+                files.row_csv(table, "updated", row)
+                table.updated += 1
+            if reason:
+                files.row_csv(table, "review", row, reason)
+                table.before_bad += 1
+        elif end is None and was is not None and legit_deletes:
+            if bad_deletes:
+                files.row_csv(table, "deleted-review", was)
+                table.deleted_for_review += 1
+            else:
+                files.sql(table.database, table.delete_sql(key, was))
+                files.row_csv(table, "deleted", was)
+                table.deleted += 1
+    if table.inserted or table.updated:
+        for line in table.sequence_sql():
+            files.sql(table.database, line)
+    table.notes(legit_deletes=legit_deletes, bad_deletes=bad_deletes, bad_updates=bad_updates)
+    for note in table.review:
+        files.sql(table.database, f"-- REVIEW {table.table}: {note}")
+    return table
+
+
 # ---- the whole salvage ---------------------------------------------------------------------------
 def free_port() -> int:
     """A port number for the scratch cluster's socket file (it listens on no TCP address)."""
@@ -442,16 +508,45 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_promoted(scratch, *, timeout_s: float = 600) -> None:
-    """pg_ctl -w returns once read-only connections are accepted: the replay of the old timeline's
-    WAL must have ended (and the scratch promoted) before its rows are read."""
-    import time
+@dataclass(frozen=True)
+class Stage:
+    """A point of the old timeline the scratch cluster pauses at (`lsn` None: its end, promoted)."""
 
-    deadline = time.monotonic() + timeout_s
-    while scratch.psql("select pg_is_in_recovery()") != "f":
-        if time.monotonic() > deadline:
-            raise SalvageError(f"the scratch cluster in {scratch.directory} still replays WAL after {timeout_s:.0f} s")
-        time.sleep(0.5)
+    name: str
+    lsn: int | None
+
+
+def stages_of(scope: Scope, transactions: dict[int, Transaction], bad: Iterable[int]) -> list[Stage]:
+    """The target (the switch point), just before each discarded bad transaction's commit (what
+    legitimate transactions wrote before it changed it), and the old timeline's end."""
+    stages = [Stage("the state at the target", scope.switch_lsn)]
+    for xact in sorted((transactions[x] for x in set(bad) if x in transactions), key=lambda x: lsn_value(x.lsn)):
+        if lsn_value(xact.lsn) > (stages[-1].lsn or 0):
+            stages.append(Stage(f"just before bad transaction {xact.xid}", lsn_value(xact.lsn)))
+    return [*stages, Stage("the old timeline's latest state", None)]
+
+
+def backup_before(info, history: TimelineHistory, lsn: int):
+    """The newest valid backup on the history that ended at or before `lsn` (a restore can stop there)."""
+    usable = [
+        b for b in info.backups if not b.error and history.contains(b.timeline, lsn_value(b.lsn.stop)) and lsn_value(b.lsn.stop) <= lsn
+    ]
+    if not usable:
+        raise SalvageError(
+            f"no backup of timeline {history.timeline}'s history before {lsn_text(lsn)} is left in the repository: "
+            "the pre-rewind history was expired (README, Retention)"
+        )
+    return max(usable, key=lambda b: lsn_value(b.lsn.stop))
+
+
+def table_info(query: Callable[[str], str], nodes: Iterable[int]) -> dict[int, tuple]:
+    """oid -> (relation file, schema, name, key, columns) of the user tables stored in these relation files now."""
+    listed = ",".join(map(str, sorted(nodes))) or "0"
+    info = {}
+    for row in filter(None, query(TABLE_INFO_SQL.format(nodes=listed)).split("\n")):
+        oid, node, schema, name, key, columns = json.loads(row)
+        info[int(oid)] = (int(node), schema, name, key, columns)
+    return info
 
 
 def salvage(
@@ -463,9 +558,14 @@ def salvage(
     old_timeline: int | None = None,
     log: Callable[[str], None] = print,
 ) -> SalvageResult:
-    """Read-only against production: reads the repository and the live (rewound) cluster, restores
-    into `directory`/pg (removed at the end, however it ends), writes the files into `directory`."""
-    from rewind.finder import live_query
+    """Read-only against production: reads the repository, restores into `directory`/pg (removed
+    at the end, however it ends) and writes the files into `directory`. One scratch restore
+    pauses at the target (the switch point), just before each bad transaction, and runs to the
+    old timeline's end, each table's rows written to sorted files at each stop; one pass over
+    those files per table makes the salvage, in bounded memory whatever the tables' size."""
+    import os
+    import pwd
+
     from rewind.postgres import live_timeline
     from rewind.scratch import ScratchCluster
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
@@ -481,26 +581,120 @@ def salvage(
         raise SalvageError(f"stanza {info.name!r} has no archived WAL")
     listing = read_archive(pgbackrest, archive.id)
     old_history = read_history(pgbackrest, scope.old_timeline)
-    backup = newest_backup_on(info, old_history)
+    backup = backup_before(info, old_history, scope.switch_lsn)
     segments = segments_after_switch(listing, old_history, scope)
-    dumps = [dump for batch in waldump_archive(pgbackrest, segments, stats=ScanStats(), log=log) for dump in batch]
-    transactions = discarded_transactions(dumps, scope)
-    log(f"{len(transactions)} transaction(s) committed on timeline {scope.old_timeline} after the switch point: {sorted(transactions)}")
+    transactions = discarded_transactions(waldump_archive(pgbackrest, segments, stats=ScanStats(), log=log), scope)
+    log(f"{len(transactions)} transaction(s) committed on timeline {scope.old_timeline} after the switch point")
+    legit = [x for xid, x in transactions.items() if xid not in bad]
+    bad_x = [x for xid, x in transactions.items() if xid in bad]
+    legit_ids = {i for x in legit for i in (x.xid, *x.subxacts)}
+    bad_ids = {i for x in bad_x for i in (x.xid, *x.subxacts)}
+    touched: dict[int, set[int]] = {}
+    for x in transactions.values():
+        for relation in x.rows:
+            if relation.node >= 16384:
+                touched.setdefault(relation.database, set()).add(relation.node)
+    stages = stages_of(scope, transactions, bad)
 
     scratch = ScratchCluster(pgbackrest, directory / "pg", port=free_port())
+    rows_dir = directory / "pg" / "rows"
+    user = pwd.getpwnam(cluster.postgres.os_user)
+    files: dict[tuple[int, int, int], Path] = {}  # (stage, database oid, table oid) -> its sorted rows
+    tables: dict[tuple[int, int], tuple] = {}  # (database oid, table oid) -> (database, schema, name, key, columns) at the end
+    sequences: dict[tuple[int, int], dict[str, str]] = {}
+    nodes_of: dict[tuple[int, int], set[int]] = {}  # a table's relation files at each stage (TRUNCATE gives it a new one)
+    skipped: list[str] = []
     try:
-        log(f"restoring timeline {scope.old_timeline}'s latest state from backup {backup.label} into {scratch.data_dir} (archiving off)")
-        scratch.restore(backup_set=backup.label, restore_type="default", target_timeline=str(scope.old_timeline))
-        scratch.start()
-        wait_until_promoted(scratch)
-        tables, skipped, salvaged = compare(
-            transactions,
-            bad,
-            scratch_query=lambda sql, database: scratch.psql(sql, database=database, timeout=1800),
-            live_query=live_query(runner, cluster),
+        first = stages[0]
+        log(f"restoring backup {backup.label} into {scratch.data_dir} (archiving off), paused at {first.name} ({lsn_text(first.lsn)})")
+        scratch.restore(
+            backup_set=backup.label,
+            restore_type="lsn",
+            target=lsn_text(first.lsn),
+            target_exclusive=True,
+            target_timeline=str(scope.old_timeline),
+            target_action="pause",
         )
+        rows_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(rows_dir, user.pw_uid, user.pw_gid)
+        for number, stage in enumerate(stages):
+            if number:
+                scratch.stop()
+                log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
+            recovery = (
+                {"recovery_target_lsn": lsn_text(stage.lsn), "recovery_target_inclusive": "off", "recovery_target_action": "pause"}
+                if stage.lsn is not None
+                else {"recovery_target_lsn": "''", "recovery_target_action": "promote"}
+            )
+            scratch.start(wait=False, recovery=recovery)
+            if stage.lsn is not None:
+                scratch.wait_until_paused(timeout_s=cluster.rehearsal.recovery_timeout_s, log=log)
+            else:
+                scratch.wait_until_promoted(timeout_s=cluster.rehearsal.recovery_timeout_s, log=log)
+            databases = {
+                int(oid): name  # JSON prints an oid as a string
+                for oid, name in map(
+                    json.loads,
+                    filter(None, scratch.psql("select json_build_array(oid, datname) from pg_database where datallowconn").split("\n")),
+                )
+            }
+            for db_oid, nodes in sorted(touched.items()):
+                database = databases.get(db_oid)
+                if database is None:
+                    continue
+                found = table_info(lambda sql, database=database: scratch.psql(sql, database=database, timeout=600), nodes)
+                log(f"{stage.name}: {', '.join(f'{v[1]}.{v[2]}' for v in found.values()) or 'none'} of the tables written after the target in {database}")
+                for table_oid, (node, schema, name, key, columns) in sorted(found.items()):
+                    nodes_of.setdefault((db_oid, table_oid), set()).add(node)
+                    if not key:
+                        continue
+                    relation = qualified(schema, name)
+                    path = rows_dir / f"{number}.{db_oid}.{table_oid}"
+                    if number == 0:
+                        sql = rows_query(relation, key)
+                    elif stage.lsn is not None:
+                        sql = rows_query(relation, key, written_by=legit_ids)
+                    else:
+                        sql = end_rows_query(relation, key, legit=legit_ids, bad=bad_ids)
+                        tables[(db_oid, table_oid)] = (database, schema, name, key, columns)
+                        sequences[(db_oid, table_oid)] = sequences_of(
+                            lambda sql, database: scratch.psql(sql, database=database, timeout=600), relation, database
+                        )
+                    scratch.copy_out(sql, path, database=database)
+                    files[(number, db_oid, table_oid)] = path
+                if stage.lsn is None:
+                    skipped += [f"{schema}.{name} (no primary key)" for _n, schema, name, key, _c in found.values() if not key]
+            if stage.lsn is None:
+                skipped += [
+                    f"database oid {db_oid} (not in the old timeline's latest state)" for db_oid in touched if db_oid not in databases
+                ]
+        scratch.stop()
+
+        out = SalvageFiles(directory, scope, sorted(x.xid for x in legit), bad)
+        result_tables = []
+        end = len(stages) - 1
+        for (db_oid, table_oid), (database, schema, name, key, columns) in sorted(tables.items()):
+            nodes = nodes_of[(db_oid, table_oid)]
+            mine = {r for x in transactions.values() for r in x.rows if r.database == db_oid and r.node in nodes}
+            table = TableSalvage(
+                f"{schema}.{name}", database, key, columns, sequences[(db_oid, table_oid)], relation=qualified(schema, name)
+            )
+            log(f"comparing {table.table}")
+            result_tables.append(
+                salvage_table(
+                    table,
+                    out,
+                    at_target=files.get((0, db_oid, table_oid)),
+                    before_bad=[files[(n, db_oid, table_oid)] for n in range(1, end) if (n, db_oid, table_oid) in files],
+                    at_end=files[(end, db_oid, table_oid)],
+                    legit_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in legit for r in mine),
+                    bad_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in bad_x for r in mine),
+                    bad_updates=any(x.rows.get(r, {}).get("updated", 0) for x in bad_x for r in mine),
+                )
+            )
+        written = out.close()
     finally:
         scratch.remove()
-    result = SalvageResult(scope, backup.label, sorted(transactions), salvaged, bad, tables, skipped, directory)
-    write_files(result, directory)
+    result = SalvageResult(scope, backup.label, sorted(transactions), sorted(x.xid for x in legit), bad, result_tables, skipped, directory)
+    result.files = written
     return result

@@ -67,7 +67,9 @@ class ScratchCluster:
         backup_set: str | None = None,
         restore_type: str = "immediate",
         target: str | None = None,
+        target_exclusive: bool = False,
         target_timeline: str | None = None,
+        target_action: str = "promote",
     ) -> None:
         user = pwd.getpwnam(self.pgbackrest.cluster.postgres.os_user)
         if self.data_dir.exists() and not any((self.data_dir / name).exists() for name in ("PG_VERSION", "backup.manifest")):
@@ -91,8 +93,9 @@ class ScratchCluster:
             backup_set=backup_set,
             restore_type=restore_type,
             target=target,
+            target_exclusive=target_exclusive,
             target_timeline=target_timeline,
-            target_action="promote",
+            target_action=target_action,
             archive_mode="off",
             delta=True,
         )
@@ -126,11 +129,14 @@ class ScratchCluster:
             os.chown(path, user.pw_uid, user.pw_gid)
             path.chmod(0o600)
 
-    def start(self, *, runner: CommandRunner | None = None, wait: bool = True) -> None:
+    def start(self, *, runner: CommandRunner | None = None, wait: bool = True, recovery: dict[str, str] | None = None) -> None:
         """Start the copy (`runner`: with what its restore_command needs, default the pgBackRest
-        client's). wait=False returns at once: recovery may take far longer than any fixed wait."""
+        client's). wait=False returns at once: recovery may take far longer than any fixed wait.
+        `recovery`: recovery settings for this start only (a restart still in recovery goes on to
+        a new target; the restored configuration is left as it is)."""
         self._write_own_config()
-        options = f"-p {self.port} " + " ".join(f"-c {name}={value}" for name, value in self.settings().items())
+        settings = {**self.settings(), **(recovery or {})}
+        options = f"-p {self.port} " + " ".join(f"-c {name}={value}" for name, value in settings.items())
         waiting = ["-w", "-t", "300"] if wait else ["-W"]
         (runner or self.pgbackrest.runner).run(
             [str(self.bin_dir / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_path), *waiting, "-o", options],
@@ -177,6 +183,34 @@ class ScratchCluster:
             if time.monotonic() > deadline:
                 raise ScratchError(f"the scratch copy did not finish recovery within {timeout_s:.0f}s: see {self.log_path}")
             time.sleep(poll_s)
+
+    def wait_until_paused(self, *, timeout_s: float, poll_s: float = 0.25, log: Callable[[str], None] = print) -> None:
+        """Until replay has paused at the recovery target (its target action is pause)."""
+        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        while True:
+            lines = self.log_lines()
+            if any(NOT_REACHED in line for line in lines):
+                raise ScratchError(f"the scratch copy reported '{NOT_REACHED}': the target is beyond the archived WAL")
+            if not self.is_running() and time.monotonic() - started > 3:
+                fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
+                raise ScratchError(f"the scratch copy exited during recovery: {fatal[-1].strip() if fatal else f'see {self.log_path}'}")
+            try:
+                state = self.psql("select pg_is_in_recovery() and pg_is_wal_replay_paused()", timeout=30)
+            except CommandFailed:
+                state = "starting"
+            if state == "t":
+                return
+            if time.monotonic() > deadline:
+                raise ScratchError(f"the scratch copy did not pause at its target within {timeout_s:.0f}s: see {self.log_path}")
+            time.sleep(poll_s)
+
+    def copy_out(self, sql: str, path: Path, *, database: str = "postgres", timeout: float = 3600) -> None:
+        """The query's rows (psql unaligned, one per line) into `path`, never all in memory: psql
+        fetches them through a cursor (FETCH_COUNT), and its output goes straight to the file."""
+        argv = psql_argv(self.cluster, None, database=database)
+        sql = "\\set FETCH_COUNT 10000\n" + sql
+        self.pgbackrest.runner.run(argv, timeout=timeout, log_stdout=False, input_text=sql, stdout_path=path)
 
     def psql(self, sql: str, *, database: str = "postgres", timeout: float = 120) -> str:
         """The SQL on psql's standard input: it may carry data of any size (never argv)."""

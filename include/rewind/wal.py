@@ -284,12 +284,15 @@ def waldump_archive(
     batch: int = 16,
     stats: ScanStats | None = None,
     log: Callable[[str], None] = print,
-) -> Iterator[list[tuple[int, list[str]]]]:
+) -> Iterator[tuple[int, Iterator[str]]]:
     """pg_waldump over archived segments (newest first, as segments_on_path lists them), fetched
-    with `archive-get` into a private directory `batch` at a time: yields, per batch, the
-    (timeline, output lines) of each pg_waldump run (one per timeline in the batch). Consecutive batches overlap by one segment (records span files), so a
-    record can be yielded twice: key records by LSN. Commit times are printed in UTC. The caller
-    stops when it has what it wants; the fetched WAL is removed however the iteration ends."""
+    with `archive-get` into a private directory `batch` at a time: yields (timeline, its output
+    lines as pg_waldump prints them) per pg_waldump run (one per timeline in a batch). Read each
+    run's lines before asking for the next: memory stays bounded whatever the window, and the
+    batch's files are replaced by the next one's. Consecutive batches overlap by one segment
+    (records span files), so a record can be printed twice: key records by LSN. Commit times are
+    printed in UTC. The caller stops when it has what it wants; the fetched WAL is removed however
+    the iteration ends."""
     stats = stats if stats is not None else ScanStats()
     pg_waldump = str(Path(pgbackrest.cluster.postgres.bin_dir) / "pg_waldump")
     directory = work_dir(pgbackrest)
@@ -299,7 +302,6 @@ def waldump_archive(
         while index < len(on_path):
             window = on_path[index : index + batch]
             index += batch - 1 if len(window) == batch else batch  # overlap one segment: records span files
-            dumps = []
             for timeline in sorted({tli for _seg, tli in window}):
                 names = sorted(segment_name(tli, segno) for segno, tli in window if tli == timeline)
                 for child in directory.iterdir():
@@ -307,15 +309,13 @@ def waldump_archive(
                 for name in names:
                     pgbackrest.archive_get(name, str(directory / name))
                 stats.segments.update(segment_parts(name)[1] for name in names)
-                result = pgbackrest.runner.run(
-                    [pg_waldump, "--path", str(directory), names[0], names[-1]],
-                    timeout=600,
-                    check=False,
-                    log_stdout=False,
-                    extra_env={"TZ": "UTC"},
+                lines = pgbackrest.runner.lines(
+                    [pg_waldump, "--path", str(directory), names[0], names[-1]], timeout=600, extra_env={"TZ": "UTC"}
                 )
-                dumps.append((timeline, result.stdout.splitlines()))
-            yield dumps
+                try:
+                    yield timeline, lines
+                finally:
+                    lines.close()  # a reader that stopped early: its pg_waldump ends before the next archive-get
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         stats.seconds = time.monotonic() - started

@@ -127,3 +127,22 @@ def test_output_is_streamed_line_by_line_while_running():
     runner.run(["/bin/sh", "-c", "echo first; sleep 1; echo second"], timeout=10)
     stamps = {line: stamp for stamp, line in seen}
     assert stamps["second"] - stamps["first"] > 0.8
+
+
+def test_output_to_a_file_never_passes_through_memory(tmp_path):
+    runner = CommandRunner(os_user=ME, line_logger=lambda _l: None)
+    result = runner.run(["/bin/sh", "-c", "seq 1 200000; echo done >&2"], timeout=30, stdout_path=tmp_path / "out")
+    assert result.stdout == "" and result.stderr == "done\n"
+    assert (tmp_path / "out").read_text().splitlines()[-1] == "200000"
+
+
+def test_lines_come_as_printed_and_a_reader_that_stops_early_stops_the_command(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    runner = CommandRunner(os_user=ME, line_logger=lambda _l: None)
+    lines = runner.lines(["/bin/sh", "-c", f"echo $$ > {pidfile}; seq 1 100000000"], timeout=60)
+    assert [next(lines) for _ in range(3)] == ["1", "2", "3"]
+    lines.close()  # the reader has what it wants: the command must not go on printing into a pipe nobody reads
+    assert not _alive(int(pidfile.read_text()))
+    assert list(runner.lines(["/bin/sh", "-c", "echo a; echo b; exit 3"], timeout=10)) == ["a", "b"]  # exit status not checked
+    with pytest.raises(CommandTimeout, match="ran longer than 1s"):
+        list(runner.lines(["/bin/sh", "-c", "echo a; sleep 300"], timeout=1))
