@@ -643,7 +643,9 @@ def salvage(
                 if database is None:
                     continue
                 found = table_info(lambda sql, database=database: scratch.psql(sql, database=database, timeout=600), nodes)
-                log(f"{stage.name}: {', '.join(f'{v[1]}.{v[2]}' for v in found.values()) or 'none'} of the tables written after the target in {database}")
+                log(
+                    f"{stage.name}: {', '.join(f'{v[1]}.{v[2]}' for v in found.values()) or 'none'} of the tables written after the target in {database}"
+                )
                 for table_oid, (node, schema, name, key, columns) in sorted(found.items()):
                     nodes_of.setdefault((db_oid, table_oid), set()).add(node)
                     if not key:
