@@ -64,6 +64,15 @@ PARAMS = {
         title="At the target",
         description="pause (default): stop read-only at the target, run the data checks, promote only if they pass · decide: pause and check, then a DBA decides in Required actions: promote, move the target, or abort back to latest · promote: open for writes at the target, checks after (latest always promotes)",
     ),
+    "approved_window_s": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=86400,
+        title="Approved window (seconds, decide + time targets)",
+        description="with decide: a DBA may move a time target this far from the one approved and still promote; "
+        "anywhere else needs a follow-on change approved · 0: only the target itself",
+    ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(
         None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"
@@ -184,6 +193,7 @@ for cluster in inventory.clusters.values():
             cluster=cluster.name,
             request=REQUEST,
             response_timeout=timedelta(hours=cluster.pitr.decision_timeout_h),
+            reapproval_poll_s=cluster.pitr.approval_poll_s,  # promoting outside the approved target: a follow-on change
             # every try converges (an answer recorded but not carried out is carried out, else it asks again)
             retries=3,
             pool=cluster.pool,

@@ -170,6 +170,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "target_type",
         "target",
         "target_exclusive",
+        "approved_window_s",
         "target_action",
         "target_timeline",
         "backup_set",
@@ -210,7 +211,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
     decide = dag.get_task("decide_at_target")
     assert isinstance(decide, HITLOperator)
     assert decide.options == list(OPTIONS) and not decide.multiple and decide.defaults is None
-    assert set(decide.params) == {"new_target_type", "new_target", "new_target_exclusive"}
+    assert set(decide.params) == {"new_target_type", "new_target", "new_target_exclusive", "question"}
     assert decide.response_timeout == dt.timedelta(hours=8)
     # The downtime is one task; its steps are the runbook's, in order, and a failed data check or a
     # missed target is not tried again (a second wait or check cannot change what recovery did).

@@ -82,12 +82,34 @@ def _all_tries(standalone, run_id) -> str:
     return "\n".join(lines[-60:])
 
 
-def _answer(client, run_id, option: str, form: dict | None = None):
+def _events(standalone, run_id, task_id: str = "full_backup_new_timeline") -> str:
+    import json
+
+    text = task_log(standalone, DAG_ID, run_id, task_id)
+    try:
+        content = json.loads(text).get("content", [])
+    except ValueError:
+        return text[-3000:]
+    return "\n".join(str(entry.get("event"))[:500] for entry in content if isinstance(entry, dict))[-4000:]
+
+
+def _answer(client, run_id, option: str, form: dict | None = None, *, question: int = 1):
     return client.api(
         "PATCH",
         f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target/-1/hitlDetails",
-        json={"chosen_options": [option], "params_input": {**FORM, **(form or {})}},
+        json={"chosen_options": [option], "params_input": {**FORM, "question": question, **(form or {})}},
     )
+
+
+def _followon(sn, run_id, timeout: float = 120) -> dict:
+    """The follow-on change a promotion outside the approved target opens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sn.query("change_request", f"correlation_id=rewind:{DAG_ID}:{run_id}:question-2")
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no follow-on change for {run_id}")
 
 
 def _rewind(standalone, servicenow, target: str, reason: str) -> tuple[str, dict]:
@@ -147,9 +169,22 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from trade") == "50 0"
     note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
     assert "Data checks here: 1/1 passed" in note and "Decision 3: Move the target by" in note, note
-    assert _answer(dba, run_id, PROMOTE).status_code == 200
+    assert note.startswith("Question 2: "), note
+    # A Promote from a page still showing the first question: refused, consumed, nothing touched.
+    assert _answer(dba, run_id, PROMOTE, question=1).status_code == 200
+    _question(standalone, demo_stack, run_id, answered=4)
+    assert "this answer was given to question 1; the cluster is now at question 2" in _decisions(demo_stack, run_id)[-1]["refused"]
+    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    # Promote at the moved target: the change approved the first one, so a follow-on change must be
+    # approved first; the task waits in the triggerer, PostgreSQL still paused.
+    assert _answer(dba, run_id, PROMOTE, question=2).status_code == 200
+    followon = _followon(sn, run_id)
+    wait_for_task_state(standalone, DAG_ID, run_id, "decide_at_target", "deferred")
+    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert "re-approval asked in " + followon["number"] in " ".join(sn.work_notes("change_request", change["sys_id"]))
+    servicenow.approve(followon["number"])
     run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
-    assert run["state"] == "success", standalone.task_states(DAG_ID, run_id)
+    assert run["state"] == "success", (standalone.task_states(DAG_ID, run_id), _events(standalone, run_id, "decide_at_target"))
     assert demo_stack.psql("select pg_is_in_recovery()") == "f"
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || max(id) from trade") == "50 0 50"
 
@@ -161,6 +196,8 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
         "(not carried out:",
         "Decision 3: Move the target by",
         "Decision 4: Promote by",
+        "Decision 5: Promote by",
+        f"(re-approved in {followon['number']})",
         "Data checks: 1/1 passed",
     ):
         assert line in closed["close_notes"], (line, closed["close_notes"])

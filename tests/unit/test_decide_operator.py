@@ -70,6 +70,7 @@ def decide(tmp_path, monkeypatch):
     notes: list[str] = []
     asked: list[str | None] = []
     monkeypatch.setattr(operator, "gate", lambda *_a, **_k: None)
+    monkeypatch.setattr(DecideAtTargetOperator, "servicenow", property(lambda _self: SimpleNamespace()))
     monkeypatch.setattr(operator, "note", lambda _journal, text: notes.append(text))
     monkeypatch.setattr(operator, "ask", lambda _context, _journal, problem=None: asked.append(problem) or "asked")
 
@@ -87,10 +88,10 @@ def decide(tmp_path, monkeypatch):
     return SimpleNamespace(operator=operator, journal=journal, cluster=cluster, notes=notes, asked=asked, restores=restores)
 
 
-def answer(option: str, minute: int, **form) -> dict:
+def answer(option: str, minute: int, question: int | None = 1, **form) -> dict:
     return {
         "chosen_options": [option],
-        "params_input": form,
+        "params_input": {**form, **({"question": question} if question is not None else {})},
         "responded_at": dt.datetime(2026, 11, 24, 2, minute, tzinfo=dt.timezone.utc),
         "responded_by_user": {"id": "7", "name": "Dana DBA"},
     }
@@ -100,7 +101,11 @@ def reload(d) -> RunJournal:
     return RunJournal.load(d.cluster, RUN)
 
 
-def test_a_refused_promote_then_a_move_then_a_promote(decide):
+class Deferred(Exception):
+    pass
+
+
+def test_a_refused_promote_then_a_move_then_a_promote_reapproved(decide, monkeypatch):
     context = {"run_id": RUN}
     assert decide.operator.answered(context, decide.journal, answer(PROMOTE, 30)) == "asked"
     assert decide.asked == [f"{PROMOTE} refused: a data check failed at {DECIDE_REQUEST.describe()}; move the target or abort"]
@@ -111,6 +116,7 @@ def test_a_refused_promote_then_a_move_then_a_promote(decide):
             "by": "Dana DBA (Airflow user id 7)",
             "at": "2026-11-24T02:30:00+00:00",
             "from": DECIDE_REQUEST.describe(),
+            "question": 1,
             "refused": decide.asked[0],
         }
     ]
@@ -119,18 +125,51 @@ def test_a_refused_promote_then_a_move_then_a_promote(decide):
     assert decide.operator.answered(context, reload(decide), move) == "asked"
     journal = reload(decide)
     moved = journal.data["decisions"][-1]
-    assert set(moved) == {"answer", "by", "at", "from", "to"} and moved["to"].startswith("xid 7421")
+    assert set(moved) == {"answer", "by", "at", "from", "question", "to"} and moved["to"].startswith("xid 7421")
     assert journal.data["pending_decision"] is None and journal.data["plan"] == MOVED_PLAN
     assert (journal.data["request"]["target_type"], journal.data["decide_checks"]) == ("xid", CHECKS)
     assert journal.data["decide_recovery"] == {"state": "paused", "replay_lsn": "0/9000100", "stop_record": None, "timeline": None}
     assert decide.restores[-1]["backup_set"] == "20261124-010000F" and journal.at("checked")
     assert "data checks 1/1 passed" in decide.notes[-1]
+    assert journal.data["question"] == 2  # a new target: a new question
 
-    result = decide.operator.answered(context, journal, answer(PROMOTE, 32))
+    # promoting at xid 7421, which the change did not approve (it approved a time): a follow-on change first
+    context = {"run_id": RUN, "ti": SimpleNamespace(dag_id="rewind_pitr__ledger", task_id="decide_at_target")}
+    opened: list[dict] = []
+    monkeypatch.setattr(
+        pitr_decide,
+        "open_change",
+        lambda _client, *, correlation, model, fields: (
+            opened.append({"correlation": correlation, **fields()}) or {"number": "CHG0030002", "sys_id": "c2", "created": True}
+        ),
+    )
+    monkeypatch.setattr(pitr_decide, "run_url", lambda _context: "http://airflow/run")
+    monkeypatch.setattr(pitr_decide, "set_run_note", lambda *_a, **_k: None)
+    deferred: list = []
+
+    def defer(*, trigger, method_name, timeout):
+        deferred.append((trigger, method_name))
+        raise Deferred
+
+    monkeypatch.setattr(decide.operator, "defer", defer)
+    with pytest.raises(Deferred):
+        decide.operator.answered(context, journal, answer(PROMOTE, 32, question=2))
+    [(trigger, method)] = deferred
+    assert (trigger.change_number, method) == ("CHG0030002", "execute_reapproved")
+    assert opened[0]["correlation"] == f"rewind:rewind_pitr__ledger:{RUN}:question-2"
+    assert "promote ledger at xid 7421" in opened[0]["short_description"] and "Follow-on to CHG0030001" in opened[0]["description"]
+    assert "re-approval asked in CHG0030002" in decide.notes[-1] and not reload(decide).at("promoted")
+    gated: list[str] = []
+    monkeypatch.setattr(pitr_decide, "require_gate", lambda _c, sys_id, **_k: gated.append(sys_id) or SimpleNamespace(sys_id=sys_id))
+    monkeypatch.setattr(pitr_decide, "start_implementing", lambda *_a, **_k: None)
+    closed: list[str] = []
+    monkeypatch.setattr(pitr_decide, "close_change", lambda _c, sys_id, **_k: closed.append(sys_id))
+    result = decide.operator._reapproved(context, {"status": "approved", "reason": "CHG0030002 approved"})
     assert set(result) == {"asked", "decisions", "request", "plan", "recovery", "checks", "timeline", "aborted"}
     decided = DecisionResult.model_validate(result)
     assert decided.to_xcom() == result
     assert [d.answer for d in decided.decisions] == [PROMOTE, MOVE, PROMOTE] and decided.decisions[0].refused
+    assert decided.decisions[-1].reapproval == "CHG0030002" and gated == ["c2"] and closed == ["c2"]
     assert (decided.timeline, decided.aborted, decided.request.target, decided.plan.backup_set) == (2, False, "7421", "20261124-010000F")
 
 
@@ -144,6 +183,7 @@ def test_an_abort_names_the_timeline_it_goes_back_to_and_is_the_result(decide):
             "at": "2026-11-24T02:33:00+00:00",
             "from": DECIDE_REQUEST.describe(),
             "timeline_before": 1,
+            "question": 1,
             "to": result["decisions"][0]["to"],
         }
     ]
@@ -222,7 +262,7 @@ def test_a_move_or_abort_never_restores_over_a_cluster_changed_outside_the_run(d
     monkeypatch.setattr(pitr_decide, "run_sql", lambda *_a, **_k: server.replace("<where the run paused it>", paused_at()))
     for option, form in ((MOVE, {"new_target_type": "xid", "new_target": "7421", "new_target_exclusive": True}), (ABORT, {})):
         if refused is None:
-            decide.operator.answered({"run_id": RUN}, reload(decide), answer(option, 41, **form))
+            decide.operator.answered({"run_id": RUN}, reload(decide), answer(option, 41, reload(decide).data.get("question", 1), **form))
             continue
         with pytest.raises(pitr_decide.PitrStepFinal, match=f"{option} refused: ledger {refused}".replace("(", r"\(").replace(")", r"\)")):
             decide.operator.answered({"run_id": RUN}, reload(decide), answer(option, 41, **form))
@@ -245,3 +285,32 @@ def test_no_answer_within_the_timeout_fails_once_and_leaves_the_cluster_paused(d
     from airflow.sdk.exceptions import AirflowFailException
 
     assert isinstance(failed.value, AirflowFailException)  # not retried: a retry would only wait another timeout
+
+
+@pytest.mark.parametrize(
+    "given, refused",
+    [
+        (1, "question: this answer was given to question 1; the cluster is now at question 2, paused at xid 7421"),
+        (None, "question: None is not a question number; this is question 2"),
+        ("two", "question: 'two' is not a question number"),
+    ],
+    ids=["an earlier question", "no question", "not a number"],
+)
+def test_an_answer_to_another_question_is_refused_consumed_and_touches_nothing(decide, given, refused):
+    """Issue: a Promote from a page left open at the first target applied to a target moved since."""
+    move = answer(MOVE, 31, new_target_type="xid", new_target="7421", new_target_exclusive=True)
+    decide.operator.answered({"run_id": RUN}, decide.journal, move)
+    restores = len(decide.restores)
+    assert decide.operator.answered({"run_id": RUN}, reload(decide), answer(ABORT, 33, question=given)) == "asked"
+    assert decide.asked[-1].startswith(refused) and len(decide.restores) == restores
+    journal = reload(decide)
+    assert journal.data["pending_decision"] is None and journal.data["decisions"][-1]["refused"].startswith(refused)
+
+
+def test_a_move_within_the_approved_window_promotes_without_reapproval(decide, monkeypatch):
+    decide.operator.request = DECIDE_REQUEST.model_copy(update={"approved_window_s": 60}).model_dump(mode="json")
+    monkeypatch.setattr(decide.operator, "ask_reapproval", lambda *_a, **_k: pytest.fail("asked for a re-approval inside the window"))
+    move = answer(MOVE, 31, new_target_type="time", new_target="2026-11-24 02:14:00+00", new_target_exclusive=False)
+    decide.operator.answered({"run_id": RUN}, decide.journal, move)
+    result = decide.operator.answered({"run_id": RUN}, reload(decide), answer(PROMOTE, 32, question=2))
+    assert result["timeline"] == 2 and reload(decide).at("promoted")

@@ -15,7 +15,7 @@ from rewind.pitr.decision import (
     moved_request,
     state_text,
 )
-from rewind.pitr.request import parse_request
+from rewind.pitr.request import PitrParamError, parse_request
 from rewind.pitr.results import CheckResult, DecisionRecord, RecoveryResult
 
 CURRENT = parse_request(
@@ -96,7 +96,7 @@ def test_what_the_dba_reads_names_the_failed_check_the_refusal_and_every_answer_
         decisions=decisions,
         problem="a check failed",
     )
-    assert text.splitlines()[0].startswith("CHG0010001: ledger is paused read-only at time 2026-11-24 02:13:30")
+    assert text.splitlines()[0].startswith("Question 1: CHG0010001: ledger is paused read-only at time 2026-11-24 02:13:30")
     assert "Last answer not carried out: a check failed" in text
     assert "Data checks here: 1/2 passed" in text and "FAILED: select 2 -> 2 (expected 0)" in text
     assert f"{PROMOTE} is refused until the checks pass here" in text
@@ -127,3 +127,17 @@ def test_a_yes_no_field_that_is_neither_is_refused_naming_it():
     assert form_bool("no", "x") is False and form_bool(1, "x") is True
     with pytest.raises(FormValueError, match=r"^param delete_repository: \[\] is not true or false$"):
         form_bool([], "param delete_repository")
+
+
+def test_the_approval_covers_its_target_and_the_window_its_requester_asked_for_only():
+
+    base = {"target_type": "time", "target": "2026-11-24 02:13:30+00", "target_action": "decide", "reason": "runaway UPDATE at 02:14"}
+    exact = parse_request(base)
+    windowed = parse_request({**base, "approved_window_s": 60})
+    at = lambda target, kind="time": parse_request({**base, "target_type": kind, "target": target})  # noqa: E731
+    assert exact.covers(at("2026-11-24 02:13:30.000+00")) and not exact.covers(at("2026-11-24 02:13:31+00"))
+    assert windowed.covers(at("2026-11-24 02:14:30+00")) and not windowed.covers(at("2026-11-24 02:14:31+00"))
+    assert not windowed.covers(at("7421", "xid"))  # another kind of target is never inside a time window
+    assert "or a time within 60 s of it" in windowed.approval_text()
+    with pytest.raises(PitrParamError, match="approved_window_s: a window is only for target_type time"):
+        parse_request({**base, "target_type": "xid", "target": "7421", "approved_window_s": 5})

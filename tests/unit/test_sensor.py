@@ -102,7 +102,12 @@ def test_waiting_defers_to_a_trigger_the_triggerer_can_rebuild(sensor, change, f
     module, _, name = classpath.rpartition(".")
     assert getattr(importlib.import_module(module), name) is ChangeApprovalTrigger
     timeout_at = dt.datetime.fromisoformat(kwargs.pop("timeout_at"))
-    assert kwargs == {"change_number": change["number"], "servicenow_conn_id": "servicenow_default", "poll_interval": 5}
+    assert kwargs == {
+        "change_number": change["number"],
+        "servicenow_conn_id": "servicenow_default",
+        "poll_interval": 5,
+        "end_task_on_approval": True,
+    }
     assert before + dt.timedelta(seconds=3600) <= timeout_at <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3600)
     rebuilt = ChangeApprovalTrigger(**kwargs, timeout_at=timeout_at.isoformat())
     assert rebuilt.serialize() == deferred.value.trigger.serialize()

@@ -36,7 +36,9 @@ def change_fields(
             f"Point-in-time recovery of PostgreSQL cluster {cluster.name} ({cluster.postgres.data_dir}, port {cluster.postgres.port}) "
             f"to {target}, with pgBackRest from s3://{cluster.repo.bucket}{cluster.repo.path}.\nReason: {free_text(request.reason)}\n"
             f"Requested by: {requester.describe() if requester else 'unknown'}\n"
-            f"At the target: {request.action_text()}.\nAirflow run: {run_id}\n{run_url}"
+            f"At the target: {request.action_text()}.\n"
+            + (f"Approved by this change: {request.approval_text()}.\n" if request.dba_decides else "")
+            + f"Airflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
         "implementation_plan": (
@@ -191,3 +193,39 @@ def run_note(number: str, text: str, close_code: str = "successful") -> str:
     """The completed run's note: the change's close summary, cut to what Airflow accepts (the change's
     close notes and close_change's return value keep all of it)."""
     return bounded_note(f"{number} closed {close_code}\n{text}", f"the full summary is in {number}'s close notes")
+
+
+def reapproval_fields(
+    cluster: Cluster,
+    *,
+    approved: list[PitrRequest],
+    target: PitrRequest,
+    change_number: str,
+    asked_by: str,
+    dag_id: str,
+    run_id: str,
+    run_url: str,
+    question: int,
+    requester_sys_id: str | None = None,
+    approval_group: str | None = None,
+) -> dict:
+    """A follow-on change: promoting at a target the run's change did not approve. Its own approval
+    is required (the original change, in Implement, cannot go back to approval)."""
+    who = {"requested_by": requester_sys_id} if requester_sys_id else {}
+    if approval_group:
+        who["assignment_group"] = approval_group
+    approvals = "; ".join(a.approval_text() for a in approved)
+    return {
+        **who,
+        "short_description": f"Rewind PITR re-approval: promote {cluster.name} at {target.describe()}",
+        "description": (
+            f"Follow-on to {change_number} (Airflow run {run_id}). {change_number} approved: {approvals}.\n"
+            f"The DBA {free_text(asked_by)} moved the target and asks to promote {cluster.name} at {target.describe()}.\n"
+            f"Until this change is approved, {cluster.name} stays paused, read-only, at that target; nothing has been written to it.\n{run_url}"
+        ),
+        "justification": f"Promote at a target outside what {change_number} approved",
+        "implementation_plan": f"1. Promote {cluster.name} at {target.describe()} (the data checks there passed).\n2. The rest of {change_number}'s plan.",
+        "backout_plan": f"Reject this change: the DBA moves the target back or aborts under {change_number}.",
+        "cmdb_ci": cluster.name,
+        "correlation_id": f"{correlation_id(dag_id, run_id)}:question-{question}",
+    }

@@ -9,9 +9,13 @@ read-only, at its target, runs the data checks there, and asks the DBA (Airflow'
   Abort: back to latest   restore to the end of the archived WAL of the timeline the cluster ran on
                           before the rewind, and promote: the state before the stop, nothing lost.
 
-Nothing has been written to a paused cluster, so moving it or aborting loses nothing. The change's
-approval covers every answer (its gate is re-read before each act), each answer is a work note on
-the change and an entry in the run's journal, with who answered and when.
+Nothing has been written to a paused cluster, so moving it or aborting loses nothing. The change
+approves its target (and the window around it its requester asked for, `approved_window_s`): the
+cluster may be inspected anywhere, but promoting elsewhere first needs a follow-on change approved
+(the run waits for it, PostgreSQL paused). Every answer names the question it answers (the run's
+count of targets paused at) and is refused if that is no longer the question. The change's gate is
+re-read before each act; each answer is a work note on the change and an entry in the run's
+journal, with who answered and when.
 
 This module is the plain-Python half: the options, the new request a move asks for (checked like
 the trigger form, one line naming the field), and the text the DBA and the auditor read.
@@ -48,6 +52,14 @@ FORM_FIELDS: dict[str, dict[str, Any]] = {
         "description": "time: 2026-11-24 02:13:00+00 · xid: 123456 · name: before-migration-42 · lsn: 0/3000060 · empty for immediate",
     },
     "new_target_exclusive": {"default": False, "type": "boolean", "title": "Exclusive (Move the target only)"},
+    "question": {
+        "default": 1,
+        "type": "integer",
+        "minimum": 1,
+        "title": "Question number",
+        "description": "The run note names the question being asked and where the cluster is paused for it: "
+        "an answer applies to that question only",
+    },
 }
 _FORM_NAME = {"target_type": "new_target_type", "target": "new_target", "target_exclusive": "new_target_exclusive"}
 
@@ -55,6 +67,21 @@ _FORM_NAME = {"target_type": "new_target_type", "target": "new_target", "target_
 class NotThisAnswer(PitrParamError):
     """An answer that cannot be carried out as given (a bad new target, promote after a failed
     check): nothing is touched and the DBA is asked again with this line."""
+
+
+def require_this_question(form: Mapping[str, Any], *, question: int, target: str) -> None:
+    """An answer is bound to the question it was given to: one given to an earlier question (a page
+    left open while another DBA moved the target) would act on a target its author never saw."""
+    given = form.get("question")
+    if isinstance(given, str) and given.strip().isdigit():
+        given = int(given)
+    if isinstance(given, bool) or not isinstance(given, int):
+        raise NotThisAnswer(f"question: {given!r} is not a question number; this is question {question} (paused at {target})")
+    if given != question:
+        raise NotThisAnswer(
+            f"question: this answer was given to question {given}; the cluster is now at question {question}, paused at {target}: "
+            "read the run note and answer that question"
+        )
 
 
 def moved_request(current: PitrRequest, form: Mapping[str, Any], *, timeline: int) -> PitrRequest:
@@ -117,6 +144,8 @@ def describe_decision(decision: DecisionRecord, *, short: bool = False) -> str:
         text += f":{origin} back to the latest archived WAL of timeline {decision.timeline_before}"
     elif decision.answer == PROMOTE and not short:
         text += f": at {decision.from_}"
+    if decision.reapproval:
+        text += f" (re-approved in {decision.reapproval})"
     if decision.refused:
         text += f" (not carried out: {decision.refused})"
     return text
@@ -131,10 +160,14 @@ def state_text(
     checks: list[CheckResult] | None,
     decisions: list[DecisionRecord],
     problem: str | None = None,
+    question: int = 1,
 ) -> str:
     """What the DBA reads before answering (the run note and the task log, refreshed at every
     question): where the cluster is paused, what the checks found there, the answers so far."""
-    lines = [f"{change or 'The change'}: {cluster_name} is paused read-only at {request.describe()}. Waiting for a DBA's decision."]
+    lines = [
+        f"Question {question}: {change or 'The change'}: {cluster_name} is paused read-only at {request.describe()}. "
+        "Waiting for a DBA's decision (answer with this question number)."
+    ]
     if problem:
         lines.append(f"Last answer not carried out: {problem}")
     # the newest answers first: Airflow bounds a run note, and the task log keeps every line
@@ -164,5 +197,8 @@ def question_body(cluster_name: str, change: str | None) -> str:
         f"- **{MOVE}**: fill in the new target below; it is checked first (nothing is touched if it cannot be reached), "
         "then restored with `--delta` in this run, paused, checked, and you are asked again.\n"
         f"- **{ABORT}**: restore to the latest archived WAL of the timeline it ran on before the rewind; nothing is lost.\n\n"
-        f"The approval of {change or 'the change'} covers every answer; each is a work note on it, with your name."
+        "Every answer names the **question number** the run note shows: an answer to an earlier question is refused.\n\n"
+        f"{change or 'The change'} approves promoting at its target (and the window its requester asked for): "
+        "promoting anywhere else first asks for a follow-on change to be approved (the cluster stays paused meanwhile). "
+        "Each answer is a work note on the change, with your name."
     )

@@ -112,6 +112,10 @@ class PitrRequest(BaseModel):
     change_type: Literal["normal", "emergency"] = "normal"
     validation_sql: list[DataCheck] = []
     validation_database: str | None = None  # where the checks run; default the cluster's main database
+    # With target_action decide: how far (seconds, time targets only) from the approved target a DBA
+    # may move it and still promote under this approval; beyond it, promoting needs the target
+    # re-approved (a follow-on change). 0: only the approved target itself.
+    approved_window_s: int = Field(default=0, ge=0, le=86400)
     reason: str = Field(min_length=10, max_length=2000)
 
     @field_validator("target", "target_timeline", "reason", mode="before")
@@ -190,6 +194,8 @@ class PitrRequest(BaseModel):
                 )
             if self.target_exclusive:
                 raise ValueError("target_exclusive: not supported for restore point names")
+        if self.approved_window_s and kind != "time":
+            raise ValueError(f"approved_window_s: a window is only for target_type time (this one is {kind}); leave it 0")
         if kind == "latest" and self.target_action == "decide":
             raise ValueError("target_action: decide needs a target to pause at; latest recovers all WAL and promotes")
         return self
@@ -230,6 +236,23 @@ class PitrRequest(BaseModel):
             return f"{self.target_type} (action {action}, timeline {self.target_timeline})"
         inclusive = "exclusive" if self.target_exclusive else "inclusive"
         return f"{self.target_type} {self.pgbackrest_target} ({inclusive}, action {action}, timeline {self.target_timeline})"
+
+    def approval_text(self) -> str:
+        """What the change approves: this target, and the window a DBA may move it in before promoting."""
+        window = f", or a time within {self.approved_window_s} s of it" if self.approved_window_s else ""
+        return f"promotion at {self.describe()}{window}; any other target needs re-approval (a follow-on change)"
+
+    def covers(self, other: PitrRequest) -> bool:
+        """Whether this (approved) request's approval covers promoting at `other`'s target."""
+        if (other.target_type, other.pgbackrest_target, other.target_exclusive) == (
+            self.target_type,
+            self.pgbackrest_target,
+            self.target_exclusive,
+        ):
+            return True
+        if self.approved_window_s and self.target_type == other.target_type == "time":
+            return abs((other.target_time - self.target_time).total_seconds()) <= self.approved_window_s
+        return False
 
     def action_text(self) -> str:
         """For the change: when the data checks run relative to the cluster opening for writes."""

@@ -103,6 +103,8 @@ class DecisionRecord(StepResult):
     to: str | None = None
     timeline_before: int | None = None
     refused: str | None = None
+    question: int | None = None  # the question it answered (the run's count of targets paused at)
+    reapproval: str | None = None  # the follow-on change that approved a promotion outside the approved target
     request: PitrRequest | None = None
     plan: RestorePlan | None = None
     started: str | None = None

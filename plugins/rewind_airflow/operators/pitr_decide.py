@@ -24,8 +24,9 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param
 
 from rewind import guard as restore_guard
-from rewind.change_control import ChangeNotUsable
+from rewind.change_control import ChangeNotUsable, close_change, open_change, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
+from rewind.pitr.change import reapproval_fields
 from rewind.pitr.decision import (
     ABORT,
     FORM_FIELDS,
@@ -38,6 +39,7 @@ from rewind.pitr.decision import (
     describe_decision,
     moved_request,
     question_body,
+    require_this_question,
     state_text,
 )
 from rewind.pitr.journal import RunJournal
@@ -47,8 +49,9 @@ from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promot
 from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
 from rewind.postgres import postmaster_pid, run_sql, start_nowait_argv, stop_argv
-from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, PitrStepFinal, airflow_base_url
+from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, PitrStepFinal, airflow_base_url, run_url
 from rewind_airflow.run_note import airflow_rest_client, set_run_note
+from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
 
 
 def _now() -> str:
@@ -75,6 +78,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         response_timeout: timedelta,
         airflow_api_conn_id: str = "airflow_api",
         recovery_timeout_s: float = 6 * 3600,
+        reapproval_poll_s: float = 60.0,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("params", None)  # the DAG's (the trigger form), merged in by Airflow: the question has its own form
@@ -87,11 +91,22 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         )
         self.airflow_api_conn_id = airflow_api_conn_id
         self.recovery_timeout_s = recovery_timeout_s
+        self.reapproval_poll_s = reapproval_poll_s
 
     # ---- the state this run is in ----------------------------------------------------------------
     def current_request(self, journal: RunJournal) -> PitrRequest:
         """The target the cluster is paused at: the DBA's last move, else the trigger's."""
         return PitrRequest.model_validate(journal.data.get("request") or self.request)
+
+    @staticmethod
+    def question(journal: RunJournal) -> int:
+        """The question being asked: the run's count of targets the cluster was paused at."""
+        return int(journal.data.get("question") or 1)
+
+    def approved_requests(self, journal: RunJournal) -> list[PitrRequest]:
+        """What promotion the run may do: the change's target (and window), and each target a
+        follow-on change approved since."""
+        return [PitrRequest.model_validate(self.request)] + [PitrRequest.model_validate(r) for r in journal.data.get("reapproved", [])]
 
     @staticmethod
     def recovery_here(journal: RunJournal) -> RecoveryResult | None:
@@ -162,6 +177,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             checks=self.checks_here(journal),
             decisions=self.decisions(journal),
             problem=problem,
+            question=self.question(journal),
         )
         link = self.generate_link_to_ui(task_instance=context["ti"], base_url=airflow_base_url())
         self.log.info("asking the DBA (%s):\n%s", link, text)
@@ -172,6 +188,9 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
                 f"Rewind PITR run {context['run_id']}: {cluster.name} is paused read-only at the target; a DBA decides in Airflow: {link}",
             )
         self.body = question_body(cluster.name, journal.change)
+        # Airflow keeps a task's first question for every later one of the try: this default is
+        # right for the first question only, which is the point (a page left open answers question 1)
+        self.params["question"] = Param(**{**FORM_FIELDS["question"], "default": self.question(journal)})
         journal.set(asked_at=_now())
         HITLOperator.execute(self, context)  # writes the question, parks the task in awaiting_input
 
@@ -248,12 +267,15 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             by=f"{who.get('name')} (Airflow user id {who.get('id')})",
             at=answer["responded_at"].isoformat(),
             from_=self.current_request(journal).describe(),
+            question=self.question(journal),
             # an abort names the timeline it goes back to, in its record even when it is refused
             **({"timeline_before": journal.data.get("timeline_before") or journal.data["plan"]["timeline"]} if chosen == ABORT else {}),
         )
         self.log.info("answer: %s", describe_decision(decision))
         try:
-            decision = self.prepare(context, journal, decision, answer["params_input"] or {})
+            form = answer["params_input"] or {}
+            require_this_question(form, question=self.question(journal), target=self.current_request(journal).describe())
+            decision = self.prepare(context, journal, decision, form)
         except (NotThisAnswer, PreflightError) as exc:  # nothing was touched: ask again with the reason
             return self.refuse(context, journal, decision, exc)
         journal.set(pending_decision=decision.to_xcom())
@@ -302,13 +324,108 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
     # ---- promote ---------------------------------------------------------------------------------
     def promote_here(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
         cluster = self.hook.cluster
+        current = self.current_request(journal)
+        if not any(approved.covers(current) for approved in self.approved_requests(journal)):
+            return self.ask_reapproval(context, journal, decision)
         self.gate(journal, step="promote", implementing=True)
+        followon = journal.data.get("reapproval")
+        if decision.reapproval and followon:  # promoted under the follow-on change too: it must still hold
+            change = require_gate(
+                self.servicenow,
+                followon["sys_id"],
+                step="promote",
+                implementing=False,
+                requester=(journal.data.get("requester") or {}).get("sys_id"),
+                approval_group=journal.data.get("approval_group"),
+            )
+            start_implementing(self.servicenow, change, f"Rewind PITR run {context['run_id']}: promoting at {current.describe()}")
         timeline = promote(self.runner, cluster)
         journal.record("promoted")
         restore_guard.advance(cluster, context["run_id"], "promoted")
         self.finish(journal, decision, timeline=timeline)
-        self.log.info("PostgreSQL is promoted at %s, on timeline %s", self.current_request(journal).describe(), timeline)
+        if decision.reapproval and followon:
+            close_change(
+                self.servicenow,
+                followon["sys_id"],
+                close_code="successful",
+                close_notes=f"{cluster.name} promoted at {current.describe()} on timeline {timeline} by Rewind PITR run {context['run_id']} "
+                f"(the rest of {journal.change}'s plan follows there).",
+            )
+        self.log.info("PostgreSQL is promoted at %s, on timeline %s", current.describe(), timeline)
         return self.result(journal)
+
+    # ---- promote outside what the change approved --------------------------------------------------
+    def ask_reapproval(self, context, journal: RunJournal, decision: DecisionRecord):
+        """The change approved another target: open (or find, on a retry) a follow-on change for
+        this one and wait for its approval in the triggerer, PostgreSQL still paused."""
+        cluster, run_id = self.hook.cluster, context["run_id"]
+        current = self.current_request(journal)
+        request = self.pitr_request
+        opened = open_change(
+            self.servicenow,
+            correlation=f"rewind:{context['ti'].dag_id}:{run_id}:question-{self.question(journal)}",
+            model=request.change_type,
+            fields=lambda: reapproval_fields(
+                cluster,
+                approved=self.approved_requests(journal),
+                target=current,
+                change_number=journal.change or "-",
+                asked_by=decision.by,
+                dag_id=context["ti"].dag_id,
+                run_id=run_id,
+                run_url=run_url(context),
+                question=self.question(journal),
+                requester_sys_id=(journal.data.get("requester") or {}).get("sys_id"),
+                approval_group=journal.data.get("approval_group"),
+            ),
+        )
+        journal.set(reapproval={"number": opened["number"], "sys_id": opened["sys_id"], "request": current.model_dump(mode="json")})
+        message = (
+            f"{PROMOTE} at {current.describe()} is outside what {journal.change or 'the change'} approved "
+            f"({'; '.join(a.approval_text() for a in self.approved_requests(journal))}): re-approval asked in {opened['number']}; "
+            f"{cluster.name} stays paused read-only until it is approved (rejected: the question is asked again)"
+        )
+        if opened["created"]:
+            self.note(journal, f"Rewind PITR run {run_id}: {message}")
+        self.log.info(message)
+        set_run_note(self, context, message)
+        timeout = self.response_timeout or timedelta(hours=24)
+        self.defer(
+            trigger=ChangeApprovalTrigger(
+                change_number=opened["number"],
+                servicenow_conn_id=self.servicenow_conn_id,
+                poll_interval=self.reapproval_poll_s,
+                timeout_at=(dt.datetime.now(dt.timezone.utc) + timeout).isoformat(),
+                end_task_on_approval=False,  # the promotion happens when the task resumes
+            ),
+            method_name="execute_reapproved",
+            timeout=timeout + timedelta(seconds=60),
+        )
+
+    def execute_reapproved(self, context, event: Any) -> Any:
+        return self.publishing_journal(context, self._reapproved, context, event)
+
+    def _reapproved(self, context, event: Any) -> Any:
+        try:
+            journal = self.journal(context)
+            pending = journal.data.get("pending_decision")
+            followon = journal.data.get("reapproval")
+            if not pending or not followon:
+                raise PitrStepFailed("resumed for a re-approval this run did not ask for: nothing was done")
+            decision = DecisionRecord.model_validate(pending)
+            status = "approved" if event == "success" else (event or {}).get("status")
+            if status != "approved":
+                reason = (event or {}).get("reason") or f"{followon['number']} was not approved"
+                return self.refuse(context, journal, decision, NotThisAnswer(f"{PROMOTE} at {decision.from_}: {reason}"))
+            if self.current_request(journal).model_dump(mode="json") != followon["request"]:
+                raise PitrStepFailed(f"{followon['number']} approved another target than the cluster is paused at: nothing was done")
+            journal.set(reapproved=[*journal.data.get("reapproved", []), followon["request"]])
+            decision = decision.model_copy(update={"reapproval": followon["number"]})
+            journal.set(pending_decision=decision.to_xcom())
+            self.note(journal, f"Rewind PITR run {context['run_id']}: {followon['number']} approved promoting at {decision.from_}")
+            return self.promote_here(context, journal, decision)
+        finally:
+            self.hook.release()
 
     # ---- move the target -------------------------------------------------------------------------
     def restore_again(self, context, journal: RunJournal, decision: DecisionRecord) -> None:
@@ -331,6 +448,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             decide_checks=[check.to_xcom() for check in checks],
         )
         self.finish(journal, decision)
+        journal.set(question=self.question(journal) + 1)  # a new target: answers to the previous question no longer apply
         self.note(
             journal,
             f"Rewind PITR run {run_id}: {cluster.name} is paused again, read-only, at {request.describe()} "

@@ -28,12 +28,16 @@ class ChangeApprovalTrigger(BaseTrigger):
         servicenow_conn_id: str = "servicenow_default",
         poll_interval: float = 60.0,
         timeout_at: str | None = None,
+        end_task_on_approval: bool = True,
     ) -> None:
         super().__init__()
         self.change_number = change_number
         self.servicenow_conn_id = servicenow_conn_id
         self.poll_interval = poll_interval
         self.timeout_at = timeout_at  # ISO 8601, UTC
+        # False: an approval resumes the task on a worker (a step that acts on it: decide's
+        # promotion after a follow-on change), instead of ending it from here
+        self.end_task_on_approval = end_task_on_approval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -43,6 +47,7 @@ class ChangeApprovalTrigger(BaseTrigger):
                 "servicenow_conn_id": self.servicenow_conn_id,
                 "poll_interval": self.poll_interval,
                 "timeout_at": self.timeout_at,
+                "end_task_on_approval": self.end_task_on_approval,
             },
         )
 
@@ -67,7 +72,7 @@ class ChangeApprovalTrigger(BaseTrigger):
                 if decision == "proceed":
                     self.log.info(reason)
                     approval = {"status": "approved", "change": change.number, "sys_id": change.sys_id, "reason": reason}
-                    yield TaskSuccessEvent(xcoms={"return_value": approval})
+                    yield TaskSuccessEvent(xcoms={"return_value": approval}) if self.end_task_on_approval else TriggerEvent(approval)
                     return
                 if decision == "reject":
                     yield TriggerEvent({"status": "rejected", "change": change.number, "sys_id": change.sys_id, "reason": reason})
