@@ -162,3 +162,18 @@ def test_an_analyze_is_not_listed_as_a_catalog_change():
     assert {f.xid: f for f in findings(xacts, altered, ALL_DAY, history)}[731].ddl == (
         "catalog change (ALTER, CREATE or GRANT: DDL without new files)",
     )
+
+
+def test_a_capped_scan_says_what_it_read_and_from_when_the_listing_is_whole():
+    from rewind.finder import Capped, FinderResult, Recoverable
+
+    capped = Capped(16, 260, dt.datetime(2026, 11, 27, 18, 18, 9, tzinfo=UTC))
+    result = FinderResult(ALL_DAY, Recoverable(None, None, None, None), [], 16, capped, 1)
+    text = result.text()
+    assert (
+        "CAPPED: read the newest 16 of the 260 archived WAL segments the window needs: transactions of the window "
+        "committed before 2026-11-27 18:18:09 UTC are not listed; run again with max_segments=260 or a window that starts later"
+    ) in text
+    assert result.as_dict()["partial"] is True and result.as_dict()["capped"]["segments_needed"] == 260
+    whole = FinderResult(ALL_DAY, Recoverable(None, None, None, None), [], 3, None, 1)
+    assert "CAPPED" not in whole.text() and whole.as_dict()["capped"] is None
