@@ -8,6 +8,8 @@ on a paused cluster, and routine work while a restore is in progress or a guard 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import pwd
 import subprocess
 import threading
 import time
@@ -518,3 +520,42 @@ def test_a_run_whose_requester_servicenow_does_not_know_is_refused_before_anythi
     assert states(run)["validate_params"] == "failed", states(run)
     assert "the run was triggered by 'dag_test' <stranger@example.com>, who is not a ServiceNow user" in capfd.readouterr().out
     assert postmaster_pid(demo_stack.cluster) == pid and len(client(servicenow).query("change_request", "")) == changes
+
+
+def test_a_cluster_found_stopped_with_wal_never_archived_has_it_archived_before_the_restore(demo_stack, pitr, servicenow, approve_all):
+    """Issue: a PITR started while PostgreSQL was already stopped restored over pg_wal, destroying
+    finished segments its archive_command had never archived (and with them every commit they held:
+    no abort back to latest could reach them)."""
+    fresh_ledger(demo_stack)
+    write(demo_stack, 1, 10)
+    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "left-behind-base"})
+    target = demo_stack.psql("begin; insert into ledger_entry values (11, 1, 'posted'); select pg_current_xact_id(); commit;").split()[-1]
+    demo_stack.psql("select pg_switch_wal()")  # the target's commit reaches the repository
+    wait_for(
+        lambda: demo_stack.psql("select count(*) from pg_ls_archive_statusdir() where name like '%.ready'") == "0",
+        timeout=30,
+        what="archiving",
+    )
+    # archiving breaks (the repository unreachable, say); the cluster goes on, then crashes
+    demo_stack.psql("alter system set archive_command = '/bin/false'")
+    demo_stack.psql("select pg_reload_conf()")
+    write(demo_stack, 100, 50)
+    unarchived = [demo_stack.psql("select pg_walfile_name(pg_switch_wal())")]
+    write(demo_stack, 200, 50)
+    unarchived.append(demo_stack.psql("select pg_walfile_name(pg_switch_wal())"))
+    demo_stack.stop_postgres(mode="immediate")
+    auto_conf = demo_stack.data_dir / "postgresql.auto.conf"
+    auto_conf.write_text("".join(line for line in auto_conf.read_text().splitlines(True) if "archive_command" not in line))
+    ready = sorted(p.name for p in (demo_stack.data_dir / "pg_wal" / "archive_status").glob("*.ready"))
+    assert [f"{name}.ready" for name in unarchived] == [r for r in ready if r.removesuffix(".ready") in unarchived]
+
+    assert_success(run_pitr(pitr, target_type="xid", target=target, target_exclusive=False))
+    assert ledger(demo_stack) == (11, 0, 11)
+    # every segment the crash left behind is in the repository: the rows after the target can still be recovered
+    fetched = demo_stack.base / "fetched"
+    fetched.mkdir(exist_ok=True)
+    user = pwd.getpwnam(demo_stack.os_user)
+    os.chown(fetched, user.pw_uid, user.pw_gid)  # archive-get writes as the cluster's OS user
+    for name in unarchived:
+        demo_stack.pgbackrest().archive_get(name, str(fetched / name))
+        assert (fetched / name).stat().st_size == 16 * 1024 * 1024

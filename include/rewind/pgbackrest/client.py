@@ -77,6 +77,9 @@ class PgBackRest:
     def repo_ls(self, path: str) -> dict[str, dict]:
         return json.loads(self.run(self.commands.repo_ls(path), log_stdout=False).stdout)
 
+    def archive_push(self, wal_path: str) -> None:
+        self.run(self.commands.archive_push(wal_path), log_stdout=False)
+
     def archive_get(self, wal_file: str, destination: str) -> None:
         self.run(self.commands.archive_get(wal_file, destination), log_stdout=False)
 

@@ -95,6 +95,11 @@ class PgBackRestCommands:
         """Every file under a repository path (JSON: name -> {type, size, time})."""
         return self._argv("repo-ls", _option("output", "json"), _option("recurse"), args=(path,))
 
+    def archive_push(self, wal_path: str) -> list[str]:
+        """Archive one WAL file of pg_wal (what archive_command does, by hand: a stopped cluster's
+        segments it never archived)."""
+        return self._argv("archive-push", args=(wal_path,))
+
     def archive_get(self, wal_file: str, destination: str) -> list[str]:
         """Fetch one archived WAL segment or timeline history file (decrypted) into `destination`."""
         return self._argv("archive-get", args=(wal_file, destination))

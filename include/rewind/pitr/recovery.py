@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from rewind.credentials import bounded, redact
 from rewind.errors import RewindError
@@ -70,6 +71,33 @@ def archive_current_wal(
         time.sleep(0.1)
     log(f"WAL up to segment {segment} is archived")
     return segment
+
+
+def unarchived_wal(cluster: Cluster) -> list[str]:
+    """WAL files PostgreSQL finished but never archived (archive_status/*.ready), oldest first."""
+    status = Path(cluster.postgres.data_dir) / "pg_wal" / "archive_status"
+    return sorted(path.name.removesuffix(".ready") for path in status.glob("*.ready")) if status.is_dir() else []
+
+
+def archive_left_behind(pgbackrest, cluster: Cluster, *, log: Callable[[str], None] = print) -> list[str]:
+    """A cluster found stopped may hold finished WAL its archive_command never archived (it
+    crashed, or was stopped while the repository was unreachable): a restore over its pg_wal would
+    destroy those commits, and an abort back to latest could never reach them. They are archived
+    now, before anything is restored; one that cannot be is a failure that touches nothing."""
+    left = unarchived_wal(cluster)
+    if not left:
+        return []
+    log(f"PostgreSQL of {cluster.name} is stopped with {len(left)} WAL file(s) never archived: archiving them before the restore")
+    for name in left:
+        try:
+            pgbackrest.archive_push(str(Path(cluster.postgres.data_dir) / "pg_wal" / name))
+        except RewindError as exc:
+            raise RecoveryError(
+                f"WAL file {name} in {cluster.postgres.data_dir}/pg_wal was never archived and archiving it now failed ({exc}); "
+                "a restore would destroy it: nothing was restored. Fix archiving, then clear this task"
+            ) from None
+    log(f"archived {', '.join(left)}")
+    return left
 
 
 def log_offset(cluster: Cluster) -> int:

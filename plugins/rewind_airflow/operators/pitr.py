@@ -42,6 +42,7 @@ from rewind.pitr.preflight import pitr_preflight, replan
 from rewind.pitr.recovery import (
     DataCheckFailed,
     archive_current_wal,
+    archive_left_behind,
     is_running,
     log_offset,
     promote,
@@ -422,6 +423,9 @@ class StopRestorePromoteOperator(PitrOperator):
             self.log.info("PostgreSQL was already stopped")
         if postmaster_pid(cluster):
             raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
+        # Found stopped (a crash, a DBA), or archiving failed at the shutdown: finished WAL never
+        # archived would be destroyed by the restore. Archived now, or nothing is restored.
+        archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
         journal.record("stopped")
         restore_guard.advance(cluster, run_id, "stopped")
         self._backup_checked = (plan.backup_set, time.monotonic())  # by the re-plan, from the repository as it was at the stop
