@@ -117,6 +117,7 @@ for cluster in inventory.clusters.values():
             task_id="close_change",
             cluster=cluster.name,
             change=CHANGE,
+            record_onboarding=True,  # from now on a lost config, stanza or archiving pages
             done={
                 "plan": "{{ ti.xcom_pull(task_ids='plan')['describe'] }}",
                 "settings after": "{{ ti.xcom_pull(task_ids='restart_postgres') }}",

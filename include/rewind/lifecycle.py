@@ -241,6 +241,37 @@ def archiving_off_settings() -> dict[str, str]:
     return {"archive_mode": "off", "archive_command": ""}
 
 
+def onboarded_path(cluster: Cluster) -> Path:
+    return Path(cluster.state_dir) / "onboarded.json"
+
+
+def mark_onboarded(cluster: Cluster, *, run_id: str, change: str | None, how: str) -> None:
+    """From now on a missing config, stanza or archiving is a failure that pages, not a cluster
+    still waiting for its onboarding."""
+    import datetime as dt
+
+    from rewind.state import state_dir, write_json
+
+    state_dir(cluster)
+    write_json(
+        onboarded_path(cluster),
+        {"run_id": run_id, "change": change, "how": how, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    )
+
+
+def onboarding_record(cluster: Cluster) -> dict | None:
+    from rewind.state import read_json
+
+    return read_json(onboarded_path(cluster), what="onboarding record", fix="remove the file; the next backup writes it again")
+
+
+def awaiting_onboarding(cluster: Cluster) -> bool:
+    """Never onboarded through Rewind: no onboarding record (written by the onboarding DAG, or by
+    any backup that succeeded) and no pgbackrest.conf installed. Its routine work has nothing to
+    work on yet; one that was onboarded and lost its config is a failure."""
+    return onboarding_record(cluster) is None and not Path(cluster.config_path).exists()
+
+
 def decommissioned_path(cluster: Cluster) -> Path:
     return Path(cluster.state_dir) / "decommissioned.json"
 

@@ -179,6 +179,26 @@ def test_onboarding_checks_again_at_configure_time_that_nothing_else_archives(ne
     assert settings(newcomer)["archive_mode"] == "off"
 
 
+ROUTINE = (
+    ("rewind_backup.py", "rewind_backup_incr__newcomer"),
+    ("rewind_health.py", "rewind_health__newcomer"),
+    ("rewind_verify.py", "rewind_verify__newcomer"),
+)
+
+
+def test_a_cluster_waiting_for_its_onboarding_skips_its_routine_work_and_opens_no_incident(newcomer, servicenow, capfd):
+    """Issue: a stack left running for hours showed incidents for the cluster waiting to be onboarded
+    (its hourly backup's preflight failed three tries on a missing config; the watchdog opened a
+    "repository" incident) while the stack's own banner said those DAGs skip until it is onboarded."""
+    capfd.readouterr()
+    for dag_file, dag_id in ROUTINE:
+        run = run_once(load_dags(dag_file)[dag_id])
+        assert run.state == "success" and set(states(run).values()) == {"skipped"}, (dag_id, states(run))
+    out = capfd.readouterr().out
+    assert "cluster 'newcomer' is not onboarded yet" in out and "run rewind_onboard__newcomer" in out
+    assert [i for i in client(servicenow).query("incident", "cmdb_ci=newcomer")] == []
+
+
 def test_onboarding_enables_archiving_then_a_second_run_changes_nothing(newcomer, servicenow):
     use_postured_bucket(newcomer)
     pid = postmaster_pid(newcomer.cluster)
@@ -202,6 +222,18 @@ def test_onboarding_enables_archiving_then_a_second_run_changes_nothing(newcomer
         assert postmaster_pid(newcomer.cluster) == pid and len(client(servicenow).query("change_request", "")) == changes
     finally:
         servicenow.state.auto_approve = False
+
+
+def test_an_onboarded_cluster_that_loses_its_config_still_pages(newcomer, servicenow):
+    config = Path(newcomer.cluster.config_path)
+    aside = config.with_name(config.name + ".aside")
+    config.rename(aside)  # kept with its owner and mode
+    try:
+        run = run_once(load_dags("rewind_backup.py")["rewind_backup_incr__newcomer"])
+        assert states(run)["preflight"] == "failed", states(run)
+        assert [i for i in client(servicenow).query("incident", "cmdb_ci=newcomer") if i["state"] == "1"], "no incident opened"
+    finally:
+        aside.rename(config)
 
 
 def test_a_cluster_archiving_elsewhere_is_refused(newcomer, capfd):

@@ -9,6 +9,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from rewind import guard
 from rewind.guard import RestoreFailed
+from rewind.lifecycle import mark_onboarded
 from rewind.retention import place_hold
 from rewind_airflow.operators import pgbackrest as pgbackrest_operators
 from rewind_airflow.operators.base import RewindClusterOperator
@@ -23,7 +24,18 @@ RUN = "scheduled__2026-11-24T02:00:00+00:00"
 
 @pytest.fixture
 def cluster(tmp_path):
-    return local_cluster(tmp_path, repo={"retention_full": 2})
+    onboarded = local_cluster(tmp_path, repo={"retention_full": 2})
+    mark_onboarded(onboarded, run_id="manual__onboarding", change="CHG0000001", how="the onboarding DAG")
+    return onboarded
+
+
+def test_routine_work_of_a_cluster_never_onboarded_skips_and_once_onboarded_runs(tmp_path):
+    newcomer = local_cluster(tmp_path, name="newcomer")
+    operator = with_hook(PgBackRestExpireOperator(task_id="expire", cluster="newcomer"), newcomer)
+    with pytest.raises(AirflowSkipException, match="cluster 'newcomer' is not onboarded yet .* run rewind_onboard__newcomer"):
+        operator.skip_unless_routine_work_may_run()
+    mark_onboarded(newcomer, run_id="r", change=None, how="a full backup succeeded")
+    operator.skip_unless_routine_work_may_run()  # onboarded: a missing config is now a failure of the work itself
 
 
 def with_hook(operator, cluster, client=None):

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from rewind.errors import RewindError
 from rewind.guard import RestoreInProgress, require_no_restore
-from rewind.lifecycle import decommissioned
+from rewind.lifecycle import awaiting_onboarding, decommissioned
 from rewind.servicenow import ServiceNowClient
 from rewind_airflow.hooks.pgbackrest import PgBackRestHook
 from rewind_airflow.hooks.servicenow import ServiceNowHook
@@ -61,8 +61,14 @@ class RewindClusterOperator(BaseOperator):
 
     def skip_unless_routine_work_may_run(self, *, allowed_run_id: str | None = None) -> None:
         """Routine work (backups, verify, the watchdog) skips, not fails and opens no incident, while
-        a PITR replaces the data directory and once the cluster is decommissioned. A PITR that failed
-        mid-rewind is another matter: that raises (the cluster needs a DBA)."""
+        a PITR replaces the data directory, before the cluster is onboarded and once it is
+        decommissioned. A PITR that failed mid-rewind is another matter: that raises (the cluster
+        needs a DBA); so does an onboarded cluster that lost its config, stanza or archiving."""
+        if awaiting_onboarding(self.hook.cluster):
+            raise AirflowSkipException(
+                f"cluster {self.hook.cluster.name!r} is not onboarded yet (no {self.hook.cluster.config_path}, no onboarding record): "
+                f"run rewind_onboard__{self.hook.cluster.name}; its routine work skips until then"
+            )
         retired = decommissioned(self.hook.cluster)
         if retired:
             raise AirflowSkipException(

@@ -30,6 +30,7 @@ from rewind.lifecycle import (
     bucket_posture_problems,
     check_decommission_request,
     mark_decommissioned,
+    mark_onboarded,
     plan_onboarding,
     read_settings,
     refuse_if_archiving_elsewhere,
@@ -202,9 +203,10 @@ class CloseLifecycleChangeOperator(LifecycleOperator):
 
     template_fields: Sequence[str] = ("cluster", "change", "plan", "servicenow_conn_id", "done")
 
-    def __init__(self, *, done: Any, **kwargs: Any) -> None:
+    def __init__(self, *, done: Any, record_onboarding: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.done = done
+        self.record_onboarding = record_onboarding
 
     def execute_on_cluster(self, context) -> dict:
         approver = approved_by(self.servicenow, self.change["sys_id"])
@@ -213,6 +215,8 @@ class CloseLifecycleChangeOperator(LifecycleOperator):
         lines.append(f"approved by: {approver or 'unknown'}")
         text = "\n".join(lines)[:MAX_NOTE_CHARS]
         close_change(self.servicenow, self.change["sys_id"], close_code="successful", close_notes=text)
+        if self.record_onboarding:
+            mark_onboarded(self.hook.cluster, run_id=context["run_id"], change=self.change["number"], how="the onboarding DAG")
         self.log.info("closed %s:\n%s", self.change["number"], text)
         return ClosedChange(number=self.change["number"], close_code="successful", close_notes=text, approved_by=approver).model_dump()
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rewind.backup import DAG_ID_ANNOTATION, RUN_ID_ANNOTATION, take_backup
+from rewind.lifecycle import mark_onboarded, onboarding_record
 from rewind.postgres import live_timeline
 from rewind.preflight import run_repository_preflight
 from rewind.retention import expire_with_holds
@@ -88,6 +89,8 @@ class PgBackRestBackupOperator(RewindClusterOperator):
             record["size_bytes"],
             record["repo_size_bytes"],
         )
+        if onboarding_record(self.hook.cluster) is None:  # a cluster onboarded before the record existed, or by hand
+            mark_onboarded(self.hook.cluster, run_id=context["run_id"], change=None, how=f"a {record['type']} backup succeeded")
         for asset in self.outlets:
             context["outlet_events"][asset].extra = record
         return record
