@@ -549,6 +549,90 @@ def table_info(query: Callable[[str], str], nodes: Iterable[int]) -> dict[int, t
     return info
 
 
+@dataclass
+class StageRows:
+    """What the scratch's stops wrote: each table's sorted rows per stop, and its shape at the end."""
+
+    files: dict[tuple[int, int, int], Path] = field(default_factory=dict)  # (stop, database oid, table oid) -> sorted rows
+    tables: dict[tuple[int, int], tuple] = field(
+        default_factory=dict
+    )  # (database oid, table oid) -> (database, schema, name, key, columns)
+    sequences: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
+    nodes_of: dict[tuple[int, int], set[int]] = field(default_factory=dict)  # its relation files at each stop (TRUNCATE gives a new one)
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_stages(
+    scratch,
+    stages: list[Stage],
+    touched: dict[int, set[int]],
+    *,
+    legit_ids: set[int],
+    bad_ids: set[int],
+    rows_dir: Path,
+    timeout_s: float,
+    log: Callable[[str], None],
+) -> StageRows:
+    """Start the restored scratch paused at each stage in turn (recovery settings on its command
+    line only) and write each touched table's rows there to a sorted file."""
+    read = StageRows()
+    for number, stage in enumerate(stages):
+        if number:
+            scratch.stop()
+            log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
+        at_end = stage.lsn is None
+        recovery = (
+            {"recovery_target_lsn": "''", "recovery_target_action": "promote"}
+            if at_end
+            else {"recovery_target_lsn": lsn_text(stage.lsn), "recovery_target_inclusive": "off", "recovery_target_action": "pause"}
+        )
+        scratch.start(wait=False, recovery=recovery)
+        (scratch.wait_until_promoted if at_end else scratch.wait_until_paused)(timeout_s=timeout_s, log=log)
+        databases = {
+            int(oid): name  # JSON prints an oid as a string
+            for oid, name in map(
+                json.loads,
+                filter(None, scratch.psql("select json_build_array(oid, datname) from pg_database where datallowconn").split("\n")),
+            )
+        }
+        for db_oid, nodes in sorted(touched.items()):
+            database = databases.get(db_oid)
+            if database is None:
+                if at_end:
+                    read.skipped.append(f"database oid {db_oid} (not in the old timeline's latest state)")
+                continue
+
+            def query(sql: str, database: str = database) -> str:
+                return scratch.psql(sql, database=database, timeout=600)
+
+            found = table_info(query, nodes)
+            log(
+                f"{stage.name}: {', '.join(f'{v[1]}.{v[2]}' for v in found.values()) or 'none'} of the tables written after the target in {database}"
+            )
+            for table_oid, (node, schema, name, key, columns) in sorted(found.items()):
+                read.nodes_of.setdefault((db_oid, table_oid), set()).add(node)
+                if not key:
+                    if at_end:
+                        read.skipped.append(f"{schema}.{name} (no primary key)")
+                    continue
+                relation = qualified(schema, name)
+                if number == 0:
+                    sql = rows_query(relation, key)
+                elif not at_end:
+                    sql = rows_query(relation, key, written_by=legit_ids)
+                else:
+                    sql = end_rows_query(relation, key, legit=legit_ids, bad=bad_ids)
+                    read.tables[(db_oid, table_oid)] = (database, schema, name, key, columns)
+                    read.sequences[(db_oid, table_oid)] = sequences_of(
+                        lambda sql, database: scratch.psql(sql, database=database, timeout=600), relation, database
+                    )
+                path = rows_dir / f"{number}.{db_oid}.{table_oid}"
+                scratch.copy_out(sql, path, database=database)
+                read.files[(number, db_oid, table_oid)] = path
+    scratch.stop()
+    return read
+
+
 def salvage(
     pgbackrest,
     runner,
@@ -587,8 +671,6 @@ def salvage(
     log(f"{len(transactions)} transaction(s) committed on timeline {scope.old_timeline} after the switch point")
     legit = [x for xid, x in transactions.items() if xid not in bad]
     bad_x = [x for xid, x in transactions.items() if xid in bad]
-    legit_ids = {i for x in legit for i in (x.xid, *x.subxacts)}
-    bad_ids = {i for x in bad_x for i in (x.xid, *x.subxacts)}
     touched: dict[int, set[int]] = {}
     for x in transactions.values():
         for relation in x.rows:
@@ -597,13 +679,6 @@ def salvage(
     stages = stages_of(scope, transactions, bad)
 
     scratch = ScratchCluster(pgbackrest, directory / "pg", port=free_port())
-    rows_dir = directory / "pg" / "rows"
-    user = pwd.getpwnam(cluster.postgres.os_user)
-    files: dict[tuple[int, int, int], Path] = {}  # (stage, database oid, table oid) -> its sorted rows
-    tables: dict[tuple[int, int], tuple] = {}  # (database oid, table oid) -> (database, schema, name, key, columns) at the end
-    sequences: dict[tuple[int, int], dict[str, str]] = {}
-    nodes_of: dict[tuple[int, int], set[int]] = {}  # a table's relation files at each stage (TRUNCATE gives it a new one)
-    skipped: list[str] = []
     try:
         first = stages[0]
         log(f"restoring backup {backup.label} into {scratch.data_dir} (archiving off), paused at {first.name} ({lsn_text(first.lsn)})")
@@ -615,88 +690,49 @@ def salvage(
             target_timeline=str(scope.old_timeline),
             target_action="pause",
         )
+        rows_dir = directory / "pg" / "rows"
         rows_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(rows_dir, user.pw_uid, user.pw_gid)
-        for number, stage in enumerate(stages):
-            if number:
-                scratch.stop()
-                log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
-            recovery = (
-                {"recovery_target_lsn": lsn_text(stage.lsn), "recovery_target_inclusive": "off", "recovery_target_action": "pause"}
-                if stage.lsn is not None
-                else {"recovery_target_lsn": "''", "recovery_target_action": "promote"}
-            )
-            scratch.start(wait=False, recovery=recovery)
-            if stage.lsn is not None:
-                scratch.wait_until_paused(timeout_s=cluster.rehearsal.recovery_timeout_s, log=log)
-            else:
-                scratch.wait_until_promoted(timeout_s=cluster.rehearsal.recovery_timeout_s, log=log)
-            databases = {
-                int(oid): name  # JSON prints an oid as a string
-                for oid, name in map(
-                    json.loads,
-                    filter(None, scratch.psql("select json_build_array(oid, datname) from pg_database where datallowconn").split("\n")),
-                )
-            }
-            for db_oid, nodes in sorted(touched.items()):
-                database = databases.get(db_oid)
-                if database is None:
-                    continue
-                found = table_info(lambda sql, database=database: scratch.psql(sql, database=database, timeout=600), nodes)
-                log(
-                    f"{stage.name}: {', '.join(f'{v[1]}.{v[2]}' for v in found.values()) or 'none'} of the tables written after the target in {database}"
-                )
-                for table_oid, (node, schema, name, key, columns) in sorted(found.items()):
-                    nodes_of.setdefault((db_oid, table_oid), set()).add(node)
-                    if not key:
-                        continue
-                    relation = qualified(schema, name)
-                    path = rows_dir / f"{number}.{db_oid}.{table_oid}"
-                    if number == 0:
-                        sql = rows_query(relation, key)
-                    elif stage.lsn is not None:
-                        sql = rows_query(relation, key, written_by=legit_ids)
-                    else:
-                        sql = end_rows_query(relation, key, legit=legit_ids, bad=bad_ids)
-                        tables[(db_oid, table_oid)] = (database, schema, name, key, columns)
-                        sequences[(db_oid, table_oid)] = sequences_of(
-                            lambda sql, database: scratch.psql(sql, database=database, timeout=600), relation, database
-                        )
-                    scratch.copy_out(sql, path, database=database)
-                    files[(number, db_oid, table_oid)] = path
-                if stage.lsn is None:
-                    skipped += [f"{schema}.{name} (no primary key)" for _n, schema, name, key, _c in found.values() if not key]
-            if stage.lsn is None:
-                skipped += [
-                    f"database oid {db_oid} (not in the old timeline's latest state)" for db_oid in touched if db_oid not in databases
-                ]
-        scratch.stop()
-
+        user = pwd.getpwnam(cluster.postgres.os_user)
+        os.chown(rows_dir, user.pw_uid, user.pw_gid)  # psql writes there as the OS user
+        read = read_stages(
+            scratch,
+            stages,
+            touched,
+            legit_ids={i for x in legit for i in (x.xid, *x.subxacts)},
+            bad_ids={i for x in bad_x for i in (x.xid, *x.subxacts)},
+            rows_dir=rows_dir,
+            timeout_s=cluster.rehearsal.recovery_timeout_s,
+            log=log,
+        )
         out = SalvageFiles(directory, scope, sorted(x.xid for x in legit), bad)
         result_tables = []
         end = len(stages) - 1
-        for (db_oid, table_oid), (database, schema, name, key, columns) in sorted(tables.items()):
-            nodes = nodes_of[(db_oid, table_oid)]
-            mine = {r for x in transactions.values() for r in x.rows if r.database == db_oid and r.node in nodes}
-            table = TableSalvage(
-                f"{schema}.{name}", database, key, columns, sequences[(db_oid, table_oid)], relation=qualified(schema, name)
-            )
-            log(f"comparing {table.table}")
-            result_tables.append(
-                salvage_table(
-                    table,
-                    out,
-                    at_target=files.get((0, db_oid, table_oid)),
-                    before_bad=[files[(n, db_oid, table_oid)] for n in range(1, end) if (n, db_oid, table_oid) in files],
-                    at_end=files[(end, db_oid, table_oid)],
-                    legit_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in legit for r in mine),
-                    bad_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in bad_x for r in mine),
-                    bad_updates=any(x.rows.get(r, {}).get("updated", 0) for x in bad_x for r in mine),
+        try:
+            for (db_oid, table_oid), (database, schema, name, key, columns) in sorted(read.tables.items()):
+                nodes = read.nodes_of[(db_oid, table_oid)]
+                mine = {r for x in transactions.values() for r in x.rows if r.database == db_oid and r.node in nodes}
+                table = TableSalvage(
+                    f"{schema}.{name}", database, key, columns, read.sequences[(db_oid, table_oid)], relation=qualified(schema, name)
                 )
-            )
-        written = out.close()
+                log(f"comparing {table.table}")
+                result_tables.append(
+                    salvage_table(
+                        table,
+                        out,
+                        at_target=read.files.get((0, db_oid, table_oid)),
+                        before_bad=[read.files[(n, db_oid, table_oid)] for n in range(1, end) if (n, db_oid, table_oid) in read.files],
+                        at_end=read.files[(end, db_oid, table_oid)],
+                        legit_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in legit for r in mine),
+                        bad_deletes=any(x.rows.get(r, {}).get("deleted", 0) for x in bad_x for r in mine),
+                        bad_updates=any(x.rows.get(r, {}).get("updated", 0) for x in bad_x for r in mine),
+                    )
+                )
+        finally:
+            written = out.close()
     finally:
         scratch.remove()
-    result = SalvageResult(scope, backup.label, sorted(transactions), sorted(x.xid for x in legit), bad, result_tables, skipped, directory)
+    result = SalvageResult(
+        scope, backup.label, sorted(transactions), sorted(x.xid for x in legit), bad, result_tables, read.skipped, directory
+    )
     result.files = written
     return result

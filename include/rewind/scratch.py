@@ -161,6 +161,16 @@ class ScratchCluster:
     def wait_until_promoted(self, *, timeout_s: float, poll_s: float = 0.25, log: Callable[[str], None] = print) -> None:
         """Until recovery has ended and the copy answers queries as a primary (its restore target
         action is promote). Fails at once when PostgreSQL exits or says the target was not reached."""
+        self._wait_for("select not pg_is_in_recovery()", "finish recovery", timeout_s=timeout_s, poll_s=poll_s, log=log)
+
+    def wait_until_paused(self, *, timeout_s: float, poll_s: float = 0.25, log: Callable[[str], None] = print) -> None:
+        """Until replay has paused at the recovery target (its target action is pause)."""
+        self._wait_for(
+            "select pg_is_in_recovery() and pg_is_wal_replay_paused()", "pause at its target", timeout_s=timeout_s, poll_s=poll_s, log=log
+        )
+
+    def _wait_for(self, sql: str, what: str, *, timeout_s: float, poll_s: float, log: Callable[[str], None]) -> None:
+        """Until `sql` answers true; fails at once when PostgreSQL exits or says the target was not reached."""
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
         last = ""
@@ -172,7 +182,7 @@ class ScratchCluster:
                 fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
                 raise ScratchError(f"the scratch copy exited during recovery: {fatal[-1].strip() if fatal else f'see {self.log_path}'}")
             try:
-                if self.psql("select pg_is_in_recovery()", timeout=30) == "f":
+                if self.psql(sql, timeout=30) == "t":
                     return
                 note = "in recovery"
             except CommandFailed as exc:  # starting up, or between two states
@@ -181,28 +191,7 @@ class ScratchCluster:
                 log(f"waiting for the scratch copy: {note}")
                 last = note
             if time.monotonic() > deadline:
-                raise ScratchError(f"the scratch copy did not finish recovery within {timeout_s:.0f}s: see {self.log_path}")
-            time.sleep(poll_s)
-
-    def wait_until_paused(self, *, timeout_s: float, poll_s: float = 0.25, log: Callable[[str], None] = print) -> None:
-        """Until replay has paused at the recovery target (its target action is pause)."""
-        deadline = time.monotonic() + timeout_s
-        started = time.monotonic()
-        while True:
-            lines = self.log_lines()
-            if any(NOT_REACHED in line for line in lines):
-                raise ScratchError(f"the scratch copy reported '{NOT_REACHED}': the target is beyond the archived WAL")
-            if not self.is_running() and time.monotonic() - started > 3:
-                fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
-                raise ScratchError(f"the scratch copy exited during recovery: {fatal[-1].strip() if fatal else f'see {self.log_path}'}")
-            try:
-                state = self.psql("select pg_is_in_recovery() and pg_is_wal_replay_paused()", timeout=30)
-            except CommandFailed:
-                state = "starting"
-            if state == "t":
-                return
-            if time.monotonic() > deadline:
-                raise ScratchError(f"the scratch copy did not pause at its target within {timeout_s:.0f}s: see {self.log_path}")
+                raise ScratchError(f"the scratch copy did not {what} within {timeout_s:.0f}s: see {self.log_path}")
             time.sleep(poll_s)
 
     def copy_out(self, sql: str, path: Path, *, database: str = "postgres", timeout: float = 3600) -> None:
