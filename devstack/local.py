@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def up(sso: bool = False) -> int:
             f"local stack already running: {state['url']} (user admin, password {state['password']}); audit page {state['url']}{AUDIT_PAGE}"
         )
         return 0
+    started = time.monotonic()
     down(quiet=True)
     shutil.rmtree(HOME / "stack", ignore_errors=True)
     shutil.rmtree(HOME / "newcomer", ignore_errors=True)
@@ -216,7 +218,12 @@ def up(sso: bool = False) -> int:
     if sso:
         print("starting the OIDC simulator (people sign in to Airflow through it) ...", flush=True)
         oidc, sso_env, people = _start_oidc()
-    print("starting Airflow" + (" (FAB auth manager, single sign-on)" if sso else " (standalone)") + " ...", flush=True)
+    print(
+        "starting Airflow"
+        + (" (FAB auth manager, single sign-on)" if sso else " (standalone)")
+        + ": its database, the DAGs parsed, the API server up (half a minute or more) ...",
+        flush=True,
+    )
     airflow = AirflowStandalone(
         home=HOME / "airflow",
         port=PORT,
@@ -276,7 +283,7 @@ def up(sso: bool = False) -> int:
         login = f"user: admin   password: {password}"
     print(
         f"""
-Rewind local stack is up.
+Rewind local stack is up (in {time.monotonic() - started:.0f} s).
   Airflow UI   {airflow.url}   {login}
   Audit page   {airflow.url}{AUDIT_PAGE}   (Browse > Rewind audit in the UI; every PITR, onboarding,
                decommissioning and rehearsal run: who asked, the change, who approved, what it did; CSV)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything, then run the whole test suite: unit, DAG integrity, integration against the
+# Install what the tests need besides the local stack's (scripts/install.sh), then run the whole test suite: unit, DAG integrity, integration against the
 # real stack (PostgreSQL + pgBackRest + S3 over TLS), and end-to-end under a real Airflow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
