@@ -43,6 +43,8 @@ def main() -> None:
         os.environ["REWIND_INVENTORY"] = str(stack.inventory_path)
         os.environ["AIRFLOW_CONN_SERVICENOW_DEFAULT"] = sim.airflow_connection()
         os.environ.update(stack.worker_env())
+        # who asks (dag.test runs as DAG_TEST): the simulator's on-call DBA, so its CAB approver may approve
+        os.environ["AIRFLOW_VAR_REWIND_IDENTITY__DAG_TEST"] = '{"email": "dba.oncall@example.com", "amr": ["pwd", "otp"]}'
         stack.psql(
             f"create table ledger_entry as select g as id, 'posted'::text as status, repeat('x', 200) as pad from generate_series(1, {args.rows}) g"
         )

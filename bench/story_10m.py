@@ -66,6 +66,8 @@ def main() -> None:
         os.environ["REWIND_INVENTORY"] = str(stack.inventory_path)
         os.environ["AIRFLOW_CONN_SERVICENOW_DEFAULT"] = sim.airflow_connection()
         os.environ.update(stack.worker_env())
+        # who asks (dag.test runs as DAG_TEST): the simulator's on-call DBA, so its CAB approver may approve
+        os.environ["AIRFLOW_VAR_REWIND_IDENTITY__DAG_TEST"] = json.dumps({"email": "dba.oncall@example.com", "amr": ["pwd", "otp"]})
         runner = stack.runner(line_logger=lambda _line: None)
         pgbackrest = stack.pgbackrest()
         cli = [sys.executable, "-m", "rewind.cli", "--inventory", str(stack.inventory_path)]
