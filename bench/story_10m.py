@@ -184,7 +184,6 @@ def main() -> None:
     finally:
         sim.stop()
         stack.remove()
-    (REPO / "bench" / "story_10m.last.txt").write_text("\n".join(report) + "\n")
 
 
 if __name__ == "__main__":
