@@ -105,7 +105,7 @@ def _followon(sn, run_id, timeout: float = 120) -> dict:
     """The follow-on change a promotion outside the approved target opens."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sn.query("change_request", f"correlation_id=rewind:{DAG_ID}:{run_id}:question-2")
+        found = sn.query("change_request", f"correlation_id=rewind:{DAG_ID}:{run_id}:question-2:reapproval-1")
         if found:
             return found[0]
         time.sleep(0.5)

@@ -140,7 +140,8 @@ def test_a_refused_promote_then_a_move_then_a_promote_reapproved(decide, monkeyp
         pitr_decide,
         "open_change",
         lambda _client, *, correlation, model, fields: (
-            opened.append({"correlation": correlation, **fields()}) or {"number": "CHG0030002", "sys_id": "c2", "created": True}
+            opened.append({"correlation": correlation, **fields()})
+            or {"number": f"CHG003000{1 + len(opened)}", "sys_id": f"c{1 + len(opened)}", "created": True}
         ),
     )
     monkeypatch.setattr(pitr_decide, "run_url", lambda _context: "http://airflow/run")
@@ -156,20 +157,28 @@ def test_a_refused_promote_then_a_move_then_a_promote_reapproved(decide, monkeyp
         decide.operator.answered(context, journal, answer(PROMOTE, 32, question=2))
     [(trigger, method)] = deferred
     assert (trigger.change_number, method) == ("CHG0030002", "execute_reapproved")
-    assert opened[0]["correlation"] == f"rewind:rewind_pitr__ledger:{RUN}:question-2"
+    assert opened[0]["correlation"] == opened[0]["correlation_id"] == f"rewind:rewind_pitr__ledger:{RUN}:question-2:reapproval-1"
     assert "promote ledger at xid 7421" in opened[0]["short_description"] and "Follow-on to CHG0030001" in opened[0]["description"]
     assert "re-approval asked in CHG0030002" in decide.notes[-1] and not reload(decide).at("promoted")
+    # rejected: consumed, asked again, still paused; a new Promote asks a new follow-on change
+    assert decide.operator._reapproved(context, {"status": "rejected", "reason": "CHG0030002 was rejected"}) == "asked"
+    assert "CHG0030002 was rejected" in decide.asked[-1] and reload(decide).data["reapproval"] is None
+    with pytest.raises(Deferred):
+        decide.operator.answered(context, reload(decide), answer(PROMOTE, 33, question=2))
+    assert [o["correlation_id"].rsplit(":", 1)[-1] for o in opened] == ["reapproval-1", "reapproval-2"]
+    assert deferred[-1][0].change_number == "CHG0030003"
     gated: list[str] = []
     monkeypatch.setattr(pitr_decide, "require_gate", lambda _c, sys_id, **_k: gated.append(sys_id) or SimpleNamespace(sys_id=sys_id))
     monkeypatch.setattr(pitr_decide, "start_implementing", lambda *_a, **_k: None)
     closed: list[str] = []
     monkeypatch.setattr(pitr_decide, "close_change", lambda _c, sys_id, **_k: closed.append(sys_id))
-    result = decide.operator._reapproved(context, {"status": "approved", "reason": "CHG0030002 approved"})
+    result = decide.operator._reapproved(context, {"status": "approved", "reason": "CHG0030003 approved"})
     assert set(result) == {"asked", "decisions", "request", "plan", "recovery", "checks", "timeline", "aborted"}
     decided = DecisionResult.model_validate(result)
     assert decided.to_xcom() == result
-    assert [d.answer for d in decided.decisions] == [PROMOTE, MOVE, PROMOTE] and decided.decisions[0].refused
-    assert decided.decisions[-1].reapproval == "CHG0030002" and gated == ["c2"] and closed == ["c2"]
+    assert [d.answer for d in decided.decisions] == [PROMOTE, MOVE, PROMOTE, PROMOTE] and decided.decisions[0].refused
+    assert "CHG0030002 was rejected" in decided.decisions[2].refused
+    assert decided.decisions[-1].reapproval == "CHG0030003" and gated == ["c3"] and closed == ["c3"]
     assert (decided.timeline, decided.aborted, decided.request.target, decided.plan.backup_set) == (2, False, "7421", "20261124-010000F")
 
 

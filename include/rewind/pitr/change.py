@@ -195,6 +195,12 @@ def run_note(number: str, text: str, close_code: str = "successful") -> str:
     return bounded_note(f"{number} closed {close_code}\n{text}", f"the full summary is in {number}'s close notes")
 
 
+def reapproval_correlation(dag_id: str, run_id: str, *, question: int, attempt: int) -> str:
+    """The follow-on change of a run's question: found again by a retry; a rejected one is not
+    asked again (the next Promote at that question opens attempt + 1)."""
+    return f"{correlation_id(dag_id, run_id)}:question-{question}:reapproval-{attempt}"
+
+
 def reapproval_fields(
     cluster: Cluster,
     *,
@@ -202,10 +208,9 @@ def reapproval_fields(
     target: PitrRequest,
     change_number: str,
     asked_by: str,
-    dag_id: str,
     run_id: str,
     run_url: str,
-    question: int,
+    correlation: str,
     requester_sys_id: str | None = None,
     approval_group: str | None = None,
 ) -> dict:
@@ -227,5 +232,5 @@ def reapproval_fields(
         "implementation_plan": f"1. Promote {cluster.name} at {target.describe()} (the data checks there passed).\n2. The rest of {change_number}'s plan.",
         "backout_plan": f"Reject this change: the DBA moves the target back or aborts under {change_number}.",
         "cmdb_ci": cluster.name,
-        "correlation_id": f"{correlation_id(dag_id, run_id)}:question-{question}",
+        "correlation_id": correlation,
     }

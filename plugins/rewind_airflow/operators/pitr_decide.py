@@ -26,7 +26,7 @@ from airflow.sdk import Param
 from rewind import guard as restore_guard
 from rewind.change_control import ChangeNotUsable, close_change, open_change, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
-from rewind.pitr.change import reapproval_fields
+from rewind.pitr.change import reapproval_correlation, reapproval_fields
 from rewind.pitr.decision import (
     ABORT,
     FORM_FIELDS,
@@ -356,43 +356,51 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     # ---- promote outside what the change approved --------------------------------------------------
     def ask_reapproval(self, context, journal: RunJournal, decision: DecisionRecord):
-        """The change approved another target: open (or find, on a retry) a follow-on change for
-        this one and wait for its approval in the triggerer, PostgreSQL still paused."""
-        cluster, run_id = self.hook.cluster, context["run_id"]
+        """The change approved another target: open a follow-on change for this one (a retry finds
+        the one it opened) and wait for its approval in the triggerer, PostgreSQL still paused."""
+        cluster, run_id, dag_id = self.hook.cluster, context["run_id"], context["ti"].dag_id
         current = self.current_request(journal)
-        request = self.pitr_request
-        opened = open_change(
-            self.servicenow,
-            correlation=f"rewind:{context['ti'].dag_id}:{run_id}:question-{self.question(journal)}",
-            model=request.change_type,
-            fields=lambda: reapproval_fields(
-                cluster,
-                approved=self.approved_requests(journal),
-                target=current,
-                change_number=journal.change or "-",
-                asked_by=decision.by,
-                dag_id=context["ti"].dag_id,
-                run_id=run_id,
-                run_url=run_url(context),
-                question=self.question(journal),
-                requester_sys_id=(journal.data.get("requester") or {}).get("sys_id"),
-                approval_group=journal.data.get("approval_group"),
-            ),
-        )
-        journal.set(reapproval={"number": opened["number"], "sys_id": opened["sys_id"], "request": current.model_dump(mode="json")})
-        message = (
-            f"{PROMOTE} at {current.describe()} is outside what {journal.change or 'the change'} approved "
-            f"({'; '.join(a.approval_text() for a in self.approved_requests(journal))}): re-approval asked in {opened['number']}; "
-            f"{cluster.name} stays paused read-only until it is approved (rejected: the question is asked again)"
-        )
-        if opened["created"]:
-            self.note(journal, f"Rewind PITR run {run_id}: {message}")
+        asked = journal.data.get("reapproval")
+        if not asked or asked["request"] != current.model_dump(mode="json"):
+            attempt = 1 + sum(1 for r in journal.data.get("reapprovals_refused", []) if r["question"] == self.question(journal))
+            correlation = reapproval_correlation(dag_id, run_id, question=self.question(journal), attempt=attempt)
+            opened = open_change(
+                self.servicenow,
+                correlation=correlation,
+                model=self.pitr_request.change_type,
+                fields=lambda: reapproval_fields(
+                    cluster,
+                    approved=self.approved_requests(journal),
+                    target=current,
+                    change_number=journal.change or "-",
+                    asked_by=decision.by,
+                    run_id=run_id,
+                    run_url=run_url(context),
+                    correlation=correlation,
+                    requester_sys_id=(journal.data.get("requester") or {}).get("sys_id"),
+                    approval_group=journal.data.get("approval_group"),
+                ),
+            )
+            asked = {
+                "number": opened["number"],
+                "sys_id": opened["sys_id"],
+                "request": current.model_dump(mode="json"),
+                "question": self.question(journal),
+            }
+            journal.set(reapproval=asked)
+            self.note(
+                journal,
+                f"Rewind PITR run {run_id}: {PROMOTE} at {current.describe()} is outside what {journal.change or 'the change'} approved "
+                f"({'; '.join(a.approval_text() for a in self.approved_requests(journal))}): re-approval asked in {asked['number']}; "
+                f"{cluster.name} stays paused read-only until it is approved (rejected: the question is asked again)",
+            )
+        message = f"waiting for {asked['number']} to approve promoting {cluster.name} at {current.describe()}; it stays paused read-only meanwhile"
         self.log.info(message)
         set_run_note(self, context, message)
         timeout = self.response_timeout or timedelta(hours=24)
         self.defer(
             trigger=ChangeApprovalTrigger(
-                change_number=opened["number"],
+                change_number=asked["number"],
                 servicenow_conn_id=self.servicenow_conn_id,
                 poll_interval=self.reapproval_poll_s,
                 timeout_at=(dt.datetime.now(dt.timezone.utc) + timeout).isoformat(),
@@ -416,6 +424,8 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             status = "approved" if event == "success" else (event or {}).get("status")
             if status != "approved":
                 reason = (event or {}).get("reason") or f"{followon['number']} was not approved"
+                # consumed: a later Promote at this target asks a new follow-on change
+                journal.set(reapproval=None, reapprovals_refused=[*journal.data.get("reapprovals_refused", []), followon])
                 return self.refuse(context, journal, decision, NotThisAnswer(f"{PROMOTE} at {decision.from_}: {reason}"))
             if self.current_request(journal).model_dump(mode="json") != followon["request"]:
                 raise PitrStepFailed(f"{followon['number']} approved another target than the cluster is paused at: nothing was done")
