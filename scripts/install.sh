@@ -62,10 +62,17 @@ if [ "$("$VENV/bin/python" -m uv --version 2>/dev/null | awk '{print "uv==" $2}'
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-install.txt 2> >(grep -v "is ignored: it is neither" >&2)
   did_something=yes
 fi
-uv_install() {  # uv_install VENV ARGS...: uv pip install into that venv, quietly
+# uv reads neither pip's configuration nor PIP_CERT: a machine whose PyPI traffic passes a CA of its
+# own names it to pip that way (scripts/test-in-debian.sh does); uv trusts it through SSL_CERT_FILE.
+if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then export SSL_CERT_FILE=$PIP_CERT; fi
+uv_install() {  # uv_install VENV ARGS...: uv pip install into that venv, quietly; pip when uv cannot
   local venv=$1
   shift
-  "$VENV/bin/python" -m uv pip install --quiet --python "$venv/bin/python" "$@"
+  "$VENV/bin/python" -m uv pip install --quiet --python "$venv/bin/python" "$@" && return 0
+  # e.g. a package index only pip's configuration names: the same pins, installed by pip
+  echo "install.sh: uv could not install ($*): installing with pip instead" >&2
+  [ -x "$venv/bin/pip" ] || "$venv/bin/python" -m ensurepip --upgrade >/dev/null
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 }
 
 # checkov scans terraform/ (tests/unit/test_terraform.py) from a venv of its own inside this one:
