@@ -499,15 +499,6 @@ def salvage_table(
 
 
 # ---- the whole salvage ---------------------------------------------------------------------------
-def free_port() -> int:
-    """A port number for the scratch cluster's socket file (it listens on no TCP address)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Stage:
     """A point of the old timeline the scratch cluster pauses at (`lsn` None: its end, promoted)."""
@@ -651,7 +642,7 @@ def salvage(
     import pwd
 
     from rewind.postgres import live_timeline
-    from rewind.scratch import ScratchCluster
+    from rewind.scratch import ScratchCluster, free_port
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
 
     cluster = pgbackrest.cluster

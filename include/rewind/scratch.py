@@ -34,6 +34,16 @@ class ScratchError(RewindError):
     pass
 
 
+def free_port() -> int:
+    """A port no TCP listener on this host uses (a scratch copy listens on its socket only; the
+    number names the socket file, and a free one keeps a person's `psql -p` from reaching the wrong server)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @dataclass
 class ScratchCluster:
     pgbackrest: PgBackRest

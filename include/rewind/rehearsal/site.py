@@ -15,7 +15,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,14 +62,6 @@ def check_scratch_path(cluster: Cluster) -> Path:
     if path.exists() and any(path.iterdir()) and not (path / MARKER).exists():
         raise PreflightError(f"rehearsal scratch directory {text} is not empty and was not made by Rewind: empty it or choose another path")
     return path
-
-
-def free_port() -> int:
-    """A port no TCP listener on this host uses (the copy listens on its socket only; the number
-    names the socket file, and a free one keeps a person's `psql -p` from reaching the wrong server)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def read_marker(path: Path) -> dict | None:

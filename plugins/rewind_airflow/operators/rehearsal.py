@@ -33,8 +33,8 @@ from rewind.rehearsal import checks as rehearsal_checks
 from rewind.rehearsal.evidence import summary
 from rewind.rehearsal.production import Mark, choose_backup, mark_production, missing_tables
 from rewind.rehearsal.request import RehearsalRefused, RehearsalRequest, parse_request
-from rewind.rehearsal.site import check_scratch_path, free_port, read_marker, remove_scratch, write_marker
-from rewind.scratch import ScratchCluster
+from rewind.rehearsal.site import check_scratch_path, read_marker, remove_scratch, write_marker
+from rewind.scratch import ScratchCluster, free_port
 from rewind.wal import read_archive, read_history
 from rewind_airflow.notifiers.alerts import clear_alert
 from rewind_airflow.notifiers.rehearsal import PROBLEM, run_seconds
