@@ -228,30 +228,19 @@ class CommandRunner:
         argv, which the kernel caps at 128 KiB an argument. `stdout_path`: the output goes to this
         file (created or truncated here), not into memory: for output of any size."""
         argv = [str(item) for item in argv]
-        identity = self._identity()
-        env = self.environment()
-        env.update(extra_env or {})
-        self._line_logger(f"$ {' '.join(shown_argv or argv)}  (as {self.os_user})")
         started = time.monotonic()
         stdout_file = open(stdout_path, "wb") if stdout_path is not None else None  # noqa: SIM115 - closed below
         try:
-            with self._lock:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
-                    stdout=stdout_file or subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=env,
-                    cwd=self._cwd,
-                    start_new_session=True,  # its own process group: one killpg reaches every child
-                    text=True,
-                    errors="replace",
-                    **identity,
-                )
+            proc = self._start(
+                argv,
+                extra_env=extra_env,
+                shown_argv=shown_argv,
+                stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+                stdout=stdout_file or subprocess.PIPE,
+            )
         finally:
             if stdout_file is not None:
                 stdout_file.close()  # the child holds its own copy
-        proc = self._proc
         stdout_lines: list[str] = []
         stderr_lines: list[str] = []
         readers = [threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True)]
@@ -296,24 +285,7 @@ class CommandRunner:
         reader stops early or `timeout` passes. The exit status is not checked: pg_waldump ends on
         an error at the end of the WAL it was given."""
         argv = [str(item) for item in argv]
-        identity = self._identity()
-        env = self.environment()
-        env.update(extra_env or {})
-        self._line_logger(f"$ {' '.join(argv)}  (as {self.os_user})")
-        with self._lock:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=self._cwd,
-                start_new_session=True,
-                text=True,
-                errors="replace",
-                **identity,
-            )
-        proc = self._proc
+        proc = self._start(argv, extra_env=extra_env, shown_argv=None, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         stderr_lines: list[str] = []
         reader = threading.Thread(target=self._pump, args=(proc.stderr, stderr_lines, True), daemon=True)
         reader.start()
@@ -339,6 +311,27 @@ class CommandRunner:
                 self._proc = None
         if timed_out.is_set():
             raise CommandTimeout(f"{os.path.basename(argv[0])} ran longer than {timeout:.0f}s and was stopped (process group killed)")
+
+    def _start(self, argv: list[str], *, extra_env, shown_argv, stdin, stdout) -> subprocess.Popen:
+        """Log the command and start it as the OS user, in a clean environment, in a process group of its own."""
+        identity = self._identity()
+        env = self.environment()
+        env.update(extra_env or {})
+        self._line_logger(f"$ {' '.join(shown_argv or argv)}  (as {self.os_user})")
+        with self._lock:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=self._cwd,
+                start_new_session=True,  # its own process group: one killpg reaches every child
+                text=True,
+                errors="replace",
+                **identity,
+            )
+            return self._proc
 
     @staticmethod
     def _join_readers(readers: list[threading.Thread]) -> None:
