@@ -25,9 +25,11 @@ import dataclasses
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from rewind import guard as restore_guard
@@ -211,7 +213,23 @@ def roles_command(*, apply: bool) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # As SystemExit, so the `finally` blocks run: a salvage or a rehearsal killed from outside
+    # stops and removes its scratch cluster instead of leaving a postmaster behind.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            return _main(argv)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="rewind", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inventory", help="inventory file (default: $REWIND_INVENTORY or /etc/rewind/inventory.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
