@@ -40,6 +40,7 @@ from rewind_airflow.sensors.servicenow import ChangeApprovalSensor
 
 REQUEST = "{{ ti.xcom_pull(task_ids='validate_params') }}"
 PLAN = "{{ ti.xcom_pull(task_ids='preflight') }}"
+PITR_STEP_RETRIES = 12
 
 PARAMS = {
     "target_type": Param(
@@ -167,11 +168,19 @@ for cluster in inventory.clusters.values():
             tags=("destructive",),
             # Short: a step cut off by a crash (its heartbeat missed for [scheduler]
             # task_instance_heartbeat_timeout) resumes the rewind within a minute (README "Crash recovery").
+            # Many: every step resumes from the run's journal, and a try that starts while Airflow
+            # itself is still coming back (the API server not up yet after every component was
+            # killed) must not be the last one, leaving PostgreSQL down until a DBA clears the task.
+            # Growing from 10 s to at most 30 s: about six minutes of outage ridden out, and a step
+            # resumes within 30 s of Airflow being back. What no retry can change fails at once (Refused).
+            retries=PITR_STEP_RETRIES,
             retry_delay=timedelta(seconds=10),
             # A second trigger must start, to be refused by name, instead of queueing behind the first.
             max_active_runs=3,
             default_args={
-                "on_failure_callback": [PitrFailureNotifier(cluster=cluster.name, **sn), alert_callbacks(cluster)["on_failure_callback"]]
+                "on_failure_callback": [PitrFailureNotifier(cluster=cluster.name, **sn), alert_callbacks(cluster)["on_failure_callback"]],
+                "retry_exponential_backoff": 2.0,
+                "max_retry_delay": timedelta(seconds=30),
             },
         ),
     ):
@@ -195,7 +204,7 @@ for cluster in inventory.clusters.values():
             response_timeout=timedelta(hours=cluster.pitr.decision_timeout_h),
             reapproval_poll_s=cluster.pitr.approval_poll_s,  # promoting outside the approved target: a follow-on change
             # every try converges (an answer recorded but not carried out is carried out, else it asks again)
-            retries=3,
+            retries=PITR_STEP_RETRIES,
             pool=cluster.pool,
             **sn,
         )

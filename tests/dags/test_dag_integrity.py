@@ -121,6 +121,26 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
             assert TaskRecoveredNotifier in _callbacks(task.on_success_callback), (dag_id, task.task_id)
 
 
+def test_a_pitr_step_rides_out_airflow_coming_back_and_resumes_within_a_minute(monkeypatch, example_inventory):
+    """Every Airflow process killed mid-restore and restarted: a try that starts before the API
+    server is up fails, and must not be the last (PostgreSQL would stay down until a DBA cleared the
+    task). Each step resumes from the run's journal, so it is retried for minutes, at most 30 s apart."""
+
+    bag = import_dag_files(monkeypatch)
+    pitr = next(dag for dag_id, dag in bag.dags.items() if dag_id.startswith("rewind_pitr__"))
+    for task in pitr.tasks:
+        if task.task_id == "validate_params":
+            continue
+        delays, waited = [], 0.0
+        for try_number in range(1, task.retries + 1):
+            delay = min(
+                task.retry_delay.total_seconds() * task.retry_exponential_backoff ** (try_number - 1), task.max_retry_delay.total_seconds()
+            )
+            delays.append(delay)
+            waited += delay
+        assert max(delays) <= 30 and waited >= 300, (task.task_id, delays)
+
+
 DBA_ONLY_WORKFLOWS = (
     "rewind_pitr__",
     "rewind_onboard__",
