@@ -91,9 +91,10 @@ def main() -> None:
     from devstack.vault_sim import VaultSimulator, VaultState, configure_cluster, inventory_credentials
     from rewind.cli import pools_json
     from rewind.inventory import PitrSettings, load_inventory
-    from rewind.pitr.recovery import archive_current_wal, log_offset, promote, run_data_checks, wait_for_recovery
+    from rewind.pitr.recovery import archive_current_wal, run_data_checks
     from rewind.pitr.request import DataCheck
     from rewind.postgres import control_timeline, start_nowait_argv, stop_argv
+    from rewind.restore import Instance, RestoreExecutor
     from rewind.servicenow import Auth, ServiceNowClient
 
     extra_env = dict(item.split("=", 1) for item in args.airflow_env)
@@ -172,7 +173,7 @@ def main() -> None:
 
         def dag_round(k: int) -> dict:
             target = make_target(k)
-            offset = log_offset(cluster)
+            offset = Instance.production(cluster).log_size()
             conf = {"target_type": "time", "target": target, "validation_sql": [VOID_CHECK], "reason": f"bench round {k}: bad update"}
             response = airflow.trigger(DAG_ID, conf=conf)
             response.raise_for_status()
@@ -203,7 +204,7 @@ def main() -> None:
             target = make_target(k)
             label = pgbackrest.info().latest().label  # known before anything is typed, as preflight knows it
             timeline = control_timeline(runner, cluster)
-            offset = log_offset(cluster)
+            offset = Instance.production(cluster).log_size()
             started = time.time()
             marks = [("archive_wal", time.monotonic())]
             archive_current_wal(runner, cluster, log=lambda _m: None)
@@ -222,11 +223,14 @@ def main() -> None:
             marks.append(("start", time.monotonic()))
             runner.run(start_nowait_argv(cluster), timeout=120)
             marks.append(("wait_for_target", time.monotonic()))
-            wait_for_recovery(runner, cluster, action="pause", since_offset=offset, timeout_s=900, log=lambda _m: None)
+            by_hand = RestoreExecutor(
+                pgbackrest, Instance.production(cluster), runner=runner, postmaster_runner=runner, log=lambda _m: None
+            )
+            by_hand.wait("pause", since_offset=offset, timeout_s=900)
             marks.append(("checks", time.monotonic()))
             run_data_checks(runner, cluster, [DataCheck(**VOID_CHECK)], database="postgres", log=lambda _m: None)
             marks.append(("promote", time.monotonic()))
-            promote(runner, cluster)
+            by_hand.promote()
             marks.append(("", time.monotonic()))
             shutdown, ready = log_events(log_path, offset)
             pgbackrest.backup("full", annotations={})  # what the DAG does next; not timed

@@ -74,6 +74,14 @@ PARAMS = {
         description="with decide: a DBA may move a time target this far from the one approved and still promote; "
         "anywhere else needs a follow-on change approved · 0: only the target itself",
     ),
+    "mode": Param(
+        "inventory",
+        type="string",
+        enum=["inventory", "in_place", "clone"],
+        title="Where the target is built",
+        description="inventory: the cluster's pitr.mode · in_place: stop PostgreSQL, restore over its data directory · "
+        "clone: restore and check beside production while it serves, then cut over in seconds",
+    ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(
         None, type=["null", "string"], title="Backup set", description="leave empty: the newest backup that ended before the target"

@@ -3,11 +3,15 @@ being replaced.
 
 One small JSON file in the cluster's durable state directory on the database host, where every
 Rewind task of the cluster runs. A PITR run claims it when its params are valid (a second PITR of
-the cluster is refused while the first is active, naming it) and moves it through the phases of the
-rewind. From `stopping` on it blocks every backup, verify and watchdog run of the cluster, which
-report "restore in progress" and skip. A run that fails after stopping PostgreSQL leaves it in
+the cluster is refused while the first is active, naming it) and begins its rewind on it right
+before it stops PostgreSQL: from then on it blocks every backup, verify and watchdog run of the
+cluster, which report "restore in progress" and skip. A run that fails after that leaves it in
 phase `failed` on purpose: backups stay blocked and the watchdog raises it until a DBA has looked
 at the cluster (`rewind guard clear`), or until the next PITR takes it over.
+
+Where a rewind stands (stopped, restoring, started, at the target, promoted, backed up) is not kept
+here: the run's journal (rewind.pitr.journal) is the one record of it, and a guard read while a
+rewind is under way takes its phase from there (`progress`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ class Phase(str, Enum):
     """Where a PITR run is with its cluster. Stored by value in the guard file."""
 
     CLAIMED = "claimed"  # params valid; preflight, change, approval wait: nothing touched yet
+    # Stored while a rewind is under way; read, it is one of the phases below (from the run's journal).
+    REWINDING = "rewinding"
     # What a rewind goes through once PostgreSQL is to be stopped; each blocks backups.
+    CLONING = "cloning"  # clone mode: read only while its cutover has not stopped production
     STOPPING = "stopping"
     STOPPED = "stopped"
     RESTORING = "restoring"
@@ -39,8 +46,7 @@ class Phase(str, Enum):
     FAILED = "failed"  # a step failed after the claim: left up on purpose (see the module's docstring)
 
 
-CLAIMED, FAILED = Phase.CLAIMED, Phase.FAILED
-RESTORE_PHASES = tuple(p for p in Phase if p not in (Phase.CLAIMED, Phase.FAILED))
+CLAIMED, FAILED, REWINDING = Phase.CLAIMED, Phase.FAILED, Phase.REWINDING
 ACTIVE_RUN_STATES = ("queued", "running")
 
 RunState = Callable[[str, str], str | None]  # (dag_id, run_id) -> Airflow DagRun state, None if unknown
@@ -100,17 +106,53 @@ def read_guard(cluster: Cluster) -> Guard | None:
     if data is None:
         return None
     try:
-        return Guard(**{**data, "phase": Phase(data.get("phase")), "predecessors": tuple(data.get("predecessors", ()))})
+        guard = Guard(**{**data, "phase": Phase(data.get("phase")), "predecessors": tuple(data.get("predecessors", ()))})
     except (TypeError, ValueError) as exc:
         raise StateFileDamaged(
             f"restore guard {guard_path(cluster)} is damaged ({exc}): look at the cluster, then remove it with "
             f"`rewind guard clear --cluster {cluster.name}`"
         ) from None
+    if guard.phase not in (CLAIMED, FAILED):  # a rewind under way (or a guard written before the journal said it)
+        guard = replace(guard, phase=progress(cluster, guard.run_id))
+    return guard
+
+
+def progress(cluster: Cluster, run_id: str) -> Phase:
+    """Where run `run_id`'s rewind stands, from its journal: the last milestone it recorded (a DBA's
+    move or abort at the target restores again: restoring, then started, until it is back at a
+    target or promoted)."""
+    from rewind.pitr.journal import RunJournal  # the journal imports nothing of this module
+
+    data = RunJournal.load(cluster, run_id).data
+    steps = data.get("steps") or {}
+    pending = data.get("pending_decision") or {}
+    if "backup" in steps:
+        return Phase.BACKED_UP
+    if data.get("mode") == "clone":  # at_target and checked were the clone's, before the cutover
+        if "stopped" not in steps:
+            return Phase.CLONING  # the clone is built and checked; production serves
+        return Phase.PROMOTED if "promoted" in steps else Phase.STARTED if "started" in steps else Phase.STOPPED
+    if pending.get("started"):
+        return Phase.STARTED
+    if pending.get("restore_started"):
+        return Phase.RESTORING
+    for step, phase in (
+        ("promoted", Phase.PROMOTED),
+        ("at_target", Phase.AT_TARGET),
+        ("started", Phase.STARTED),
+        ("restored", Phase.RESTORED),
+        ("restore_started", Phase.RESTORING),
+        ("stopped", Phase.STOPPED),
+    ):
+        if step in steps:
+            return phase
+    return Phase.STOPPING
 
 
 def _write(cluster: Cluster, guard: Guard) -> Guard:
     state_dir(cluster)
-    write_json(guard_path(cluster), {**asdict(guard), "phase": guard.phase.value, "predecessors": list(guard.predecessors)})
+    stored = guard.phase if guard.phase in (CLAIMED, FAILED) else REWINDING  # progress is the journal's
+    write_json(guard_path(cluster), {**asdict(guard), "phase": stored.value, "predecessors": list(guard.predecessors)})
     return guard
 
 
@@ -166,6 +208,11 @@ def claim(cluster: Cluster, *, dag_id: str, run_id: str, run_state: RunState, lo
     )
 
 
+def held_by(cluster: Cluster, run_id: str) -> Guard:
+    """This run's guard, or RestoreFailed: a step about to act on the cluster checks it still holds it."""
+    return _own(cluster, run_id)
+
+
 def _own(cluster: Cluster, run_id: str) -> Guard:
     existing = read_guard(cluster)
     if existing is None or existing.run_id != run_id:
@@ -174,17 +221,15 @@ def _own(cluster: Cluster, run_id: str) -> Guard:
     return existing
 
 
-def advance(cluster: Cluster, run_id: str, phase: Phase | str, *, change: str | None = None, timeline_before: int | None = None) -> Guard:
-    """Move this run's guard to `phase` (one of RESTORE_PHASES: backups are blocked from now on)."""
-    phase = Phase(phase)
-    if phase not in RESTORE_PHASES:
-        raise ValueError(f"{phase.value!r} is not a restore phase")
+def begin_rewind(cluster: Cluster, run_id: str, *, change: str | None = None, timeline_before: int | None = None) -> Guard:
+    """This run is about to stop PostgreSQL: backups are blocked from now on. Keeps the first
+    timeline a run of this guard stopped (a run that takes over a failed one means that one's)."""
     guard = _own(cluster, run_id)
-    return _write(
+    _write(
         cluster,
         replace(
             guard,
-            phase=phase,
+            phase=REWINDING,
             updated=_now(),
             blocks_backups=True,
             failed_step=None,
@@ -192,6 +237,7 @@ def advance(cluster: Cluster, run_id: str, phase: Phase | str, *, change: str | 
             timeline_before=guard.timeline_before or timeline_before,
         ),
     )
+    return _own(cluster, run_id)
 
 
 def set_change(cluster: Cluster, run_id: str, change: str) -> Guard:

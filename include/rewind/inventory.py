@@ -315,6 +315,10 @@ class PitrSettings(_Model):
     # target_action decide: how long the question waits for a DBA; then the task fails and the cluster
     # stays paused, read-only, at the target (the failure is noted on the change and pages).
     decision_timeout_h: float = Field(8.0, gt=0, le=24 * 7)
+    # Where a rewind builds the target state (rewind.pitr.clone): in_place (default) stops PostgreSQL
+    # and restores over its data directory; clone restores beside it while it serves, checks the
+    # clone, then cuts over in seconds (needs the backup's size free beside the data directory).
+    mode: Literal["in_place", "clone"] = "in_place"
 
 
 class ChangeControl(_Model):

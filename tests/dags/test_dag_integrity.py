@@ -191,6 +191,7 @@ def test_pitr_dag_runbook_order_gate_and_failure_notes(monkeypatch, example_inve
         "target",
         "target_exclusive",
         "approved_window_s",
+        "mode",
         "target_action",
         "target_timeline",
         "backup_set",

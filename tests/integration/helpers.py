@@ -22,6 +22,8 @@ FORM_DEFAULTS = {
     "change_type": "normal",
     "validation_sql": [],
     "validation_database": None,
+    "approved_window_s": 0,
+    "mode": "inventory",
     "reason": REASON,
 }
 

@@ -438,7 +438,7 @@ def test_routine_work_skips_while_a_restore_is_in_progress(demo_stack, airflow_d
     """Backups, verify and the watchdog report "restore in progress": skipped, no failure, no incident."""
     cluster = demo_stack.cluster
     restore_guard.claim(cluster, dag_id="rewind_pitr__demo", run_id="restoring-now", run_state=lambda *_: "running")
-    restore_guard.advance(cluster, "restoring-now", "restoring", change="CHG0000001")
+    restore_guard.begin_rewind(cluster, "restoring-now", change="CHG0000001")
     incidents_before = len(incidents_for(servicenow, "demo"))
     try:
         for dag_file, dag_id in (

@@ -32,36 +32,53 @@ class FakeRunner:
         self.argvs.append(argv)
 
 
+class FakeExecutor:
+    """The restore executor (rewind.restore.RestoreExecutor) on the cluster: records the restores."""
+
+    def __init__(self, restores: list[dict]) -> None:
+        self.restores = restores
+
+    def stop(self, *, mode: str = "fast") -> bool:
+        return False
+
+    def restore(self, target) -> None:
+        self.restores.append(
+            {"backup_set": target.backup_set, "restore_type": target.type, "target": target.target, "target_timeline": target.timeline}
+        )
+
+    def start(self) -> int:
+        return 123
+
+    def wait(self, action: str, **_kwargs) -> RecoveryResult:
+        return RecoveryResult(state="paused" if action == "pause" else "promoted", replay_lsn="0/9000100", stop_record=None, timeline=None)
+
+    def promote(self) -> int:
+        return 2
+
+
 @pytest.fixture
 def decide(tmp_path, monkeypatch):
     cluster = local_cluster(tmp_path)
     restores: list[dict] = []
     runner = FakeRunner()
+    executor = FakeExecutor(restores)
     hook = SimpleNamespace(
         cluster=cluster,
-        get_conn=lambda: SimpleNamespace(restore=lambda **options: restores.append(options)),
+        get_conn=lambda: SimpleNamespace(),
+        restore_executor=lambda: executor,
         os_runner=lambda: runner,
         postmaster_runner=lambda: runner,
         postmaster_secrets=lambda: None,
         release=lambda: None,
     )
     monkeypatch.setattr(pitr_decide, "plan_while_paused", lambda *_a, **_k: RestorePlan.model_validate(MOVED_PLAN))
-    monkeypatch.setattr(pitr_decide, "promote", lambda *_a, **_k: 2)
-    monkeypatch.setattr(
-        pitr_decide,
-        "wait_for_recovery",
-        lambda *_a, action, **_k: RecoveryResult(
-            state="paused" if action == "pause" else "promoted", replay_lsn="0/9000100", stop_record=None, timeline=None
-        ),
-    )
     from rewind_airflow.operators import pitr as pitr_operators
 
     monkeypatch.setattr(pitr_operators, "run_data_checks", lambda *_a, **_k: [CheckResult.model_validate(c) for c in CHECKS])
     monkeypatch.setattr(pitr_operators, "known_secret_values", lambda: [])
     monkeypatch.setattr(pitr_decide, "is_running", lambda _cluster: False)
     monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: None)
-    monkeypatch.setattr(pitr_decide, "log_offset", lambda _cluster: 123)
-    monkeypatch.setattr(guard, "advance", lambda *_a, **_k: None)
+    monkeypatch.setattr(guard, "held_by", lambda *_a, **_k: None)
 
     operator = DecideAtTargetOperator(
         task_id="decide_at_target", cluster="ledger", request=DECIDE_REQUEST.model_dump(mode="json"), response_timeout=timedelta(hours=1)
@@ -85,7 +102,9 @@ def decide(tmp_path, monkeypatch):
     )
     journal.record("started")
     journal.record("at_target")
-    return SimpleNamespace(operator=operator, journal=journal, cluster=cluster, notes=notes, asked=asked, restores=restores)
+    return SimpleNamespace(
+        operator=operator, journal=journal, cluster=cluster, notes=notes, asked=asked, restores=restores, executor=executor
+    )
 
 
 def answer(option: str, minute: int, question: int | None = 1, **form) -> dict:
@@ -233,7 +252,7 @@ def test_an_answer_the_change_refused_is_consumed_and_never_carried_out_by_a_lat
     decide.journal.record("checked")
     decide.journal.set(decide_checks=CHECKS)
     promoted: list[int] = []
-    monkeypatch.setattr(pitr_decide, "promote", lambda *_a, **_k: promoted.append(1) or 2)
+    monkeypatch.setattr(decide.executor, "promote", lambda: promoted.append(1) or 2)
     monkeypatch.setattr(
         decide.operator,
         "gate",

@@ -14,6 +14,7 @@ import pytest
 
 from rewind import guard
 from rewind.guard import PitrAlreadyRunning, RestoreFailed, RestoreInProgress
+from rewind.pitr.journal import RunJournal
 from rewind.state import StateFileDamaged, state_dir
 
 DAG = "rewind_pitr__ledger"
@@ -24,6 +25,13 @@ A_RE = re.escape(A)
 def states(**by_run):
     """run_state as Airflow answers it: the DagRun state of each run id (None: unknown)."""
     return lambda dag_id, run_id: by_run.get(run_id)
+
+
+def at_step(cluster, run_id, *steps: str) -> None:
+    """The run's journal records these milestones (rewind.pitr.journal): where its rewind stands."""
+    journal = RunJournal.load(cluster, run_id)
+    for step in steps:
+        journal.record(step)
 
 
 def claim(cluster, run_id, *, run_state=None, log=None):
@@ -79,8 +87,8 @@ def test_a_stale_claim_of_an_ended_run_is_taken_over(ledger):
 
 def test_a_failed_rewind_is_taken_over_with_its_blocks_and_the_timeline_it_left(ledger):
     claim(ledger, A)
-    guard.advance(ledger, A, "stopping", change="CHG0010001", timeline_before=3)
-    guard.advance(ledger, A, "restoring")
+    guard.begin_rewind(ledger, A, change="CHG0010001", timeline_before=3)
+    at_step(ledger, A, "stopped", "restore_started")
     failed = guard.fail(ledger, A, "restore")
     assert (failed.phase, failed.failed_step, failed.blocks_backups, failed.timeline_before) == ("failed", "restore", True, 3)
     lines: list[str] = []
@@ -100,7 +108,8 @@ def test_a_failed_rewind_is_taken_over_with_its_blocks_and_the_timeline_it_left(
 
 def test_a_rewind_that_ended_without_recording_a_failure_needs_a_dba(ledger):
     claim(ledger, A)
-    guard.advance(ledger, A, "restoring", change="CHG0010001")
+    guard.begin_rewind(ledger, A, change="CHG0010001")
+    at_step(ledger, A, "stopped", "restore_started")
     with pytest.raises(
         RestoreFailed,
         match=(
@@ -111,22 +120,47 @@ def test_a_rewind_that_ended_without_recording_a_failure_needs_a_dba(ledger):
         claim(ledger, B, run_state=states(**{A: "failed"}))
 
 
-def test_advance_blocks_backups_and_keeps_the_first_timeline_and_the_change(ledger):
+def test_a_rewind_blocks_backups_keeps_the_first_timeline_and_takes_its_phase_from_the_journal(ledger):
     claim(ledger, A)
     guard.set_change(ledger, A, "CHG0010001")
-    stopping = guard.advance(ledger, A, "stopping", timeline_before=3)
+    stopping = guard.begin_rewind(ledger, A, timeline_before=3)
     assert (stopping.phase, stopping.blocks_backups, stopping.change, stopping.timeline_before) == ("stopping", True, "CHG0010001", 3)
-    later = guard.advance(ledger, A, "started", timeline_before=4)
-    assert (later.phase, later.timeline_before, later.change) == ("started", 3, "CHG0010001")
-    with pytest.raises(ValueError, match="'claimed' is not a restore phase"):
-        guard.advance(ledger, A, "claimed")
+    # the journal is the one record of progress: the guard says what it says
+    for steps, phase in (
+        (("stopped",), "stopped"),
+        (("restore_started",), "restoring"),
+        (("restored", "started"), "started"),
+        (("at_target",), "at_target"),
+        (("checked", "promoted"), "promoted"),
+        (("backup",), "backed_up"),
+    ):
+        at_step(ledger, A, *steps)
+        assert guard.read_guard(ledger).phase == phase
+    assert json.loads(guard.guard_path(ledger).read_text())["phase"] == "rewinding"  # nothing kept twice
+    later = guard.begin_rewind(ledger, A, timeline_before=4)
+    assert (later.timeline_before, later.change) == (3, "CHG0010001")
     with pytest.raises(RestoreFailed, match=rf"the restore guard is not held by this run \(held by PITR run {A_RE} "):
-        guard.advance(ledger, B, "stopping")
+        guard.begin_rewind(ledger, B)
+    with pytest.raises(RestoreFailed, match=rf"the restore guard is not held by this run \(held by PITR run {A_RE} "):
+        guard.held_by(ledger, B)
 
 
-def test_advance_without_a_guard_refuses(ledger):
+def test_a_dbas_move_at_the_target_shows_as_restoring_then_started(ledger):
+    claim(ledger, A)
+    guard.begin_rewind(ledger, A)
+    at_step(ledger, A, "stopped", "restore_started", "restored", "started", "at_target")
+    journal = RunJournal.load(ledger, A)
+    journal.set(pending_decision={"answer": "Move the target", "restore_started": "2026-11-24T02:40:00+00:00"})
+    assert guard.read_guard(ledger).phase == "restoring"
+    journal.set(pending_decision={"answer": "Move the target", "restore_started": "x", "started": "2026-11-24T02:41:00+00:00"})
+    assert guard.read_guard(ledger).phase == "started"
+    journal.set(pending_decision=None)
+    assert guard.read_guard(ledger).phase == "at_target"
+
+
+def test_a_rewind_without_a_guard_refuses(ledger):
     with pytest.raises(RestoreFailed, match=r"the restore guard is not held by this run \(held by nobody\): refusing to go on"):
-        guard.advance(ledger, A, "stopping")
+        guard.begin_rewind(ledger, A)
 
 
 def test_fail_before_anything_was_touched_releases_the_claim(ledger):
@@ -137,7 +171,8 @@ def test_fail_before_anything_was_touched_releases_the_claim(ledger):
 
 def test_fail_of_another_run_leaves_the_guard_alone(ledger):
     claim(ledger, A)
-    guard.advance(ledger, A, "stopped")
+    guard.begin_rewind(ledger, A)
+    at_step(ledger, A, "stopped")
     assert guard.fail(ledger, B, "validate_params").run_id == A
     assert guard.read_guard(ledger).phase == "stopped"
     assert guard.fail(ledger.model_copy(update={"state_path": str(ledger.state_dir) + "-none"}), A, "x") is None
@@ -146,7 +181,8 @@ def test_fail_of_another_run_leaves_the_guard_alone(ledger):
 def test_release_is_for_the_run_that_holds_it(ledger):
     assert guard.release(ledger, A) is False
     claim(ledger, A)
-    guard.advance(ledger, A, "backed_up")
+    guard.begin_rewind(ledger, A)
+    at_step(ledger, A, "backup")
     with pytest.raises(RestoreFailed, match=f"the restore guard belongs to PITR run {A_RE} .*, not this run"):
         guard.release(ledger, B)
     assert guard.release(ledger, A) is True
@@ -156,7 +192,7 @@ def test_release_is_for_the_run_that_holds_it(ledger):
 
 def test_require_no_restore_skips_during_a_rewind_and_fails_after_a_failed_one(ledger):
     claim(ledger, A)
-    guard.advance(ledger, A, "stopping", change="CHG0010001")
+    guard.begin_rewind(ledger, A, change="CHG0010001")
     in_progress = rf"cluster 'ledger': restore in progress \(PITR run {A_RE} .*\): backups wait for its new full backup"
     with pytest.raises(RestoreInProgress, match=in_progress):
         guard.require_no_restore(ledger)

@@ -157,7 +157,7 @@ def test_a_pitr_that_failed_before_touching_anything_releases_the_guard_and_the_
 def test_a_pitr_that_failed_mid_rewind_keeps_backups_blocked_and_tells_the_change(hooks, fake_servicenow, pitr_cluster, secrets):
     change = fake_servicenow.change(cmdb_ci="ledger", state=-1, approval="approved")
     guard.claim(pitr_cluster, dag_id="rewind_pitr__ledger", run_id=PITR_RUN, run_state=lambda *_: "running")
-    guard.advance(pitr_cluster, PITR_RUN, "restoring", change=change["number"], timeline_before=1)
+    guard.begin_rewind(pitr_cluster, PITR_RUN, change=change["number"], timeline_before=1)
     place_hold(pitr_cluster, run_id=PITR_RUN, info=stanza_info(BACKUPS), timeline=1)
     journal = RunJournal.load(pitr_cluster, PITR_RUN, dag_id="rewind_pitr__ledger")
     journal.set(change=change["number"], change_sys_id=change["sys_id"])

@@ -43,9 +43,15 @@ def with_hook(operator, cluster, client=None):
     return operator
 
 
-def rewinding(cluster, phase: str = "stopping") -> None:
+def rewinding(cluster, *steps: str) -> None:
+    """A PITR run under way: its guard up, its journal at `steps`."""
+    from rewind.pitr.journal import RunJournal
+
     guard.claim(cluster, dag_id="rewind_pitr__ledger", run_id=PITR_RUN, run_state=lambda *_: "running")
-    guard.advance(cluster, PITR_RUN, phase, change="CHG0010001")
+    guard.begin_rewind(cluster, PITR_RUN, change="CHG0010001")
+    journal = RunJournal.load(cluster, PITR_RUN, dag_id="rewind_pitr__ledger")
+    for step in steps:
+        journal.record(step)
 
 
 def test_skip_unless_routine_work_may_run_skips_during_a_rewind_and_raises_after_a_failed_one(cluster):
@@ -104,7 +110,7 @@ def test_a_backup_is_annotated_with_its_run_and_a_retry_takes_no_second_one(clus
 
 
 def test_only_the_pitrs_own_full_backup_runs_under_its_guard(cluster, live_timeline):
-    rewinding(cluster, "promoted")
+    rewinding(cluster, "stopped", "restore_started", "restored", "started", "at_target", "checked", "promoted")
     routine = with_hook(PgBackRestBackupOperator(task_id="backup", cluster="ledger", backup_type="incr"), cluster)
     with pytest.raises(AirflowSkipException):
         routine.execute(backup_context("rewind_backup_incr__ledger", RUN))
@@ -119,13 +125,9 @@ def test_only_the_pitrs_own_full_backup_runs_under_its_guard(cluster, live_timel
 def test_the_new_timelines_full_backup_refuses_a_run_that_has_not_promoted(cluster):
     """decide_at_target (or the downtime task) marked success by hand lets the backup task start on a
     cluster still paused at the target: it refuses before asking pgBackRest for anything."""
-    from rewind.pitr.journal import RunJournal
     from rewind_airflow.operators.pitr import PitrFullBackupOperator, PitrStepFinal
 
-    rewinding(cluster, "at_target")
-    journal = RunJournal.load(cluster, PITR_RUN, dag_id="rewind_pitr__ledger")
-    for step in ("stopped", "restore_started", "restored", "started", "at_target"):
-        journal.record(step)
+    rewinding(cluster, "stopped", "restore_started", "restored", "started", "at_target")
     client = FakePgBackRest(cluster, BACKUPS)
     backup = with_hook(PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster="ledger"), cluster, client)
     with pytest.raises(PitrStepFinal, match="this run has not promoted ledger .* nothing was backed up"):

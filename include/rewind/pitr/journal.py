@@ -19,8 +19,24 @@ from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.state import file_key, read_json, state_dir, write_json
 
-# The milestones, in order. `started` is the point after which the rewind has happened.
-STEPS = ("stopped", "restore_started", "restored", "started", "at_target", "checked", "promoted", "backup", "closed")
+# The milestones, in order. `started` is the point after which the rewind has happened. Clone mode
+# (rewind.pitr.clone) records the clone's first (production untouched), then at_target and checked
+# on the clone; its cutover records stopped, swapped (the clone's directory in production's place:
+# the point of no return) and started.
+CLONE_STEPS = ("clone_restore_started", "clone_restored", "clone_started")
+STEPS = (
+    *CLONE_STEPS,
+    "stopped",
+    "restore_started",
+    "restored",
+    "swapped",
+    "started",
+    "at_target",
+    "checked",
+    "promoted",
+    "backup",
+    "closed",
+)
 
 
 class AlreadyRewound(RewindError):
@@ -91,7 +107,11 @@ class RunJournal:
 
     @property
     def rewound(self) -> bool:
-        return self.at("started") is not None
+        return self.at("started") is not None or self.at("swapped") is not None
+
+    @property
+    def clone_mode(self) -> bool:
+        return self.data.get("mode") == "clone"
 
     def refuse_if_rewound(self, step: str) -> None:
         if self.rewound:
@@ -105,20 +125,34 @@ class RunJournal:
         """One line for the change: what this run has really done so far."""
         steps = self.data["steps"]
         done = []
+        clone = (self.data.get("clone") or {}).get("clone_dir", "a clone")
+        if "clone_restored" in steps:
+            done.append(f"clone {clone} restored beside production at {steps['clone_restored']}")
+        elif "clone_restore_started" in steps:
+            done.append(f"restore of clone {clone} started at {steps['clone_restore_started']} and not finished")
+        if self.clone_mode and "at_target" in steps:
+            done.append(f"the clone reached the target at {steps['at_target']}")
+        if self.clone_mode and "stopped" not in steps:
+            done.append("production was never stopped")
         if "stopped" in steps:
             done.append(f"PostgreSQL stopped at {steps['stopped']}")
         if "restored" in steps:
             done.append(f"data directory restored at {steps['restored']}")
         elif "restore_started" in steps:
             done.append(f"restore started at {steps['restore_started']} and not finished")
+        if "swapped" in steps:
+            pre = (self.data.get("clone") or {}).get("pre_rewind_dir", "aside")
+            done.append(f"the clone's directory swapped in at {steps['swapped']} (the pre-rewind directory is kept in {pre})")
         if "started" in steps:
             done.append(f"PostgreSQL started on the restored data at {steps['started']}")
         if "promoted" in steps:
             done.append(f"promoted at {steps['promoted']}")
-        elif "at_target" in steps:
+        elif "at_target" in steps and not self.clone_mode:
             done.append(f"recovery reached the target at {steps['at_target']} (not promoted)")
         done.append(f"new full backup {steps['backup']} exists" if "backup" in steps else "no new full backup was taken")
-        return "; ".join(done) if "stopped" in steps else "nothing was touched: PostgreSQL was never stopped; no new full backup was taken"
+        if "stopped" in steps or self.clone_mode:
+            return "; ".join(done)
+        return "nothing was touched: PostgreSQL was never stopped; no new full backup was taken"
 
 
 # The XCom key under which every step of a PITR run publishes its journal as it stood at the end of

@@ -1,5 +1,6 @@
-"""Live-cluster steps of a PITR: archive the current WAL before stopping, watch recovery reach the
-target (and fail loudly when PostgreSQL says it did not), check data, promote, describe state."""
+"""Live-cluster steps of a PITR around the restore: archive the current WAL before stopping (and
+what a stopped cluster left unarchived), check data, describe state. The restore, start, wait for
+the target, promote and stop are the restore executor's (rewind.restore)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,10 @@ from rewind.credentials import bounded, redact
 from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pitr.request import DataCheck
-from rewind.pitr.results import CheckResult, RecoveryResult
-from rewind.postgres import live_timeline, log_file, postmaster_pid, run_check, run_sql
+from rewind.pitr.results import CheckResult
+from rewind.postgres import live_timeline, postmaster_pid, run_check, run_sql
+from rewind.restore import RecoveryError
 from rewind.runner import CommandFailed, CommandRunner
-
-NOT_REACHED = "recovery ended before configured recovery target was reached"
-STATE_SQL = (
-    "select case when pg_is_in_recovery() "
-    "then 't|' || pg_get_wal_replay_pause_state() || '|' || coalesce(pg_last_wal_replay_lsn()::text, '-') "
-    "else 'f|-|' || pg_current_wal_lsn()::text end"
-)
-
-
-class RecoveryError(RewindError):
-    pass
-
-
-class RecoveryTargetNotReached(RecoveryError):
-    pass
 
 
 class DataCheckFailed(RewindError):
@@ -100,67 +87,6 @@ def archive_left_behind(pgbackrest, cluster: Cluster, *, log: Callable[[str], No
     return left
 
 
-def log_offset(cluster: Cluster) -> int:
-    path = log_file(cluster)
-    try:
-        return path.stat().st_size if path else 0
-    except FileNotFoundError:
-        return 0
-
-
-def new_log_lines(cluster: Cluster, offset: int) -> list[str]:
-    path = log_file(cluster)
-    if path is None or not path.exists():
-        return []
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return handle.read().decode(errors="replace").splitlines()
-
-
-def wait_for_recovery(
-    runner: CommandRunner,
-    cluster: Cluster,
-    *,
-    action: str,
-    since_offset: int,
-    timeout_s: float,
-    poll_s: float = 0.1,
-    log: Callable[[str], None] = print,
-) -> RecoveryResult:
-    deadline = time.monotonic() + timeout_s
-    started = time.monotonic()
-    last_note = ""
-    while True:
-        lines = new_log_lines(cluster, since_offset)
-        if any(NOT_REACHED in line for line in lines):
-            raise RecoveryTargetNotReached(
-                f"PostgreSQL reported '{NOT_REACHED}': the target is beyond the archived WAL; the cluster is stopped, not promoted"
-            )
-        if not is_running(cluster) and time.monotonic() - started > 3:
-            fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
-            raise RecoveryError(f"PostgreSQL exited during recovery: {fatal[-1].strip() if fatal else 'see its log'}")
-        # One statement, and any failure while PostgreSQL changes state (starting up, promoting
-        # between two calls: "recovery is not in progress") means: look again.
-        try:
-            state = run_sql(runner, cluster, STATE_SQL, timeout=30)
-        except CommandFailed as exc:
-            note = str(exc)
-            if note != last_note:
-                log(f"waiting for PostgreSQL: {note}")
-                last_note = note
-            state = None
-        if state is not None:
-            in_recovery, pause, lsn = state.split("|")
-            stop_record = next((line.split("LOG:", 1)[-1].strip() for line in lines if "recovery stopping" in line), None)
-            if action == "promote" and in_recovery == "f":
-                return RecoveryResult(state="promoted", replay_lsn=lsn, stop_record=stop_record, timeline=live_timeline(runner, cluster))
-            if action == "pause" and in_recovery == "t" and pause == "paused":
-                return RecoveryResult(state="paused", replay_lsn=lsn, stop_record=stop_record, timeline=None)
-        if time.monotonic() > deadline:
-            raise RecoveryError(f"recovery did not reach the target within {timeout_s:.0f}s: check PostgreSQL's log")
-        time.sleep(poll_s)
-
-
 MAX_RESULT_CHARS = 200  # what one check's answer may put into XCom, a log line, the change or an incident
 
 
@@ -195,21 +121,6 @@ def run_data_checks(
             results,
         )
     return results
-
-
-def promote(runner: CommandRunner, cluster: Cluster, *, timeout_s: int = 300) -> int:
-    """Promote if still in recovery, then CHECKPOINT: PostgreSQL only requests the end-of-recovery
-    checkpoint, and until it completes pg_control still names the old timeline, which pgBackRest
-    rejects for the new timeline's full backup ("WAL timeline does not match pg_control")."""
-    if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
-        if run_sql(runner, cluster, f"select pg_promote(true, {int(timeout_s)})", timeout=timeout_s + 30) != "t":
-            raise RecoveryError(f"pg_promote did not finish within {timeout_s}s")
-    run_sql(runner, cluster, "checkpoint", timeout=timeout_s)
-    timeline = live_timeline(runner, cluster)
-    control = int(run_sql(runner, cluster, "select timeline_id from pg_control_checkpoint()"))
-    if control != timeline:
-        raise RecoveryError(f"pg_control is on timeline {control} after a checkpoint, WAL on {timeline}")
-    return timeline
 
 
 def describe_state(runner: CommandRunner, cluster: Cluster) -> str:

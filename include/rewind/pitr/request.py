@@ -116,6 +116,10 @@ class PitrRequest(BaseModel):
     # may move it and still promote under this approval; beyond it, promoting needs the target
     # re-approved (a follow-on change). 0: only the approved target itself.
     approved_window_s: int = Field(default=0, ge=0, le=86400)
+    # Where the target state is built (rewind.pitr.clone): in_place stops production and restores
+    # over its data directory; clone builds and checks it beside production, which keeps serving,
+    # and cuts over in seconds. inventory: the cluster's pitr.mode.
+    mode: Literal["inventory", "in_place", "clone"] = "inventory"
     reason: str = Field(min_length=10, max_length=2000)
 
     @field_validator("target", "target_timeline", "reason", mode="before")
@@ -198,7 +202,23 @@ class PitrRequest(BaseModel):
             raise ValueError(f"approved_window_s: a window is only for target_type time (this one is {kind}); leave it 0")
         if kind == "latest" and self.target_action == "decide":
             raise ValueError("target_action: decide needs a target to pause at; latest recovers all WAL and promotes")
+        if self.mode == "clone" and self.clone_mode_problem():
+            raise ValueError(self.clone_mode_problem())
         return self
+
+    def clone_mode_problem(self) -> str | None:
+        """What clone mode cannot do (yet), as `field: message`; None when it can."""
+        if self.target_type == "latest":
+            return "mode: clone needs a target to pause the clone at (production writes on meanwhile); for latest use in_place"
+        if self.target_action == "decide":
+            return "mode: clone does not yet let the DBA decide on the clone; use target_action pause, or mode in_place"
+        return None
+
+    def refuse_in_clone_mode(self) -> None:
+        """The request in clone mode chosen by the inventory: refused as the param error it is."""
+        problem = self.clone_mode_problem()
+        if problem:
+            raise PitrParamError(f"param {problem} (pitr.mode is clone in the inventory)")
 
     # ---- derived ------------------------------------------------------------------------------
     @property
@@ -212,6 +232,10 @@ class PitrRequest(BaseModel):
         if self.target_type == "latest":
             return "promote"
         return "pause" if self.target_action == "decide" else self.target_action
+
+    def mode_for(self, inventory_mode: str) -> str:
+        """in_place or clone: the request's, else the inventory's for the cluster."""
+        return inventory_mode if self.mode == "inventory" else self.mode
 
     @property
     def dba_decides(self) -> bool:

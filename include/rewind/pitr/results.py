@@ -107,13 +107,16 @@ class DecisionRecord(StepResult):
     reapproval: str | None = None  # the follow-on change that approved a promotion outside the approved target
     request: PitrRequest | None = None
     plan: RestorePlan | None = None
+    restore_started: str | None = None  # a move or abort stopped the cluster and restores it
     started: str | None = None
     log_offset: int | None = None
 
     def answered(self) -> dict[str, Any]:
         """The answer as the run's decisions keep it once carried out: what was asked and done, not
         the request, plan and restart it carried meanwhile."""
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"request", "plan", "started", "log_offset"})
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_unset=True, exclude={"request", "plan", "restore_started", "started", "log_offset"}
+        )
 
 
 class DecisionResult(StepResult):

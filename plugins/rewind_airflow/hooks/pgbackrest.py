@@ -12,6 +12,7 @@ from rewind.credentials import RepositoryCredentials
 from rewind.errors import CredentialsError
 from rewind.inventory import Cluster, Inventory, inventory_path, load_inventory
 from rewind.pgbackrest.client import PgBackRest
+from rewind.restore import Instance, RestoreExecutor
 from rewind.runner import CommandRunner
 
 # Every secret value a hook of this process has handed out: what goes to ServiceNow or into an
@@ -40,6 +41,7 @@ class PgBackRestHook(BaseHook):
         self.cluster_name = cluster
         self.inventory_file = Path(inventory_file) if inventory_file else inventory_path()
         self._client: PgBackRest | None = None
+        self._executor: RestoreExecutor | None = None
         self._runners: list[CommandRunner] = []
 
     @cached_property
@@ -107,11 +109,26 @@ class PgBackRestHook(BaseHook):
         """Starts PostgreSQL with what its archive_command and restore_command need."""
         return self._runner(self.postmaster_secrets())
 
+    def restore_executor(self) -> RestoreExecutor:
+        """The restore executor on the cluster itself (its data directory, as the inventory controls
+        it): restore, start, wait for the target, promote, stop. One per task: its start's
+        credentials are read once."""
+        if self._executor is None:
+            self._executor = RestoreExecutor(
+                self.get_conn(),
+                Instance.production(self.cluster),
+                runner=self.os_runner(),
+                postmaster_runner=self.postmaster_runner(),
+                log=self.log.info,
+            )
+        return self._executor
+
     def release(self) -> None:
         """End of task: revoke a Vault lease if one was taken."""
         if "credentials" in self.__dict__:
             self.credentials.release()
         self._client = None
+        self._executor = None
 
     def terminate(self) -> None:
         """Stop the running commands (whole process groups); called from on_kill."""

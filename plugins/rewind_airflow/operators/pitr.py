@@ -14,7 +14,9 @@ render_template_as_native_obj), e.g. request="{{ ti.xcom_pull(task_ids='validate
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,19 +38,20 @@ from rewind.change_control import (
 )
 from rewind.errors import PreflightError, RewindError
 from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
+from rewind.pitr.clone import (
+    ClonePaths,
+    check_room,
+    clone_instance,
+    clone_paths,
+    finish_interrupted_swap,
+    refuse_tablespaces,
+    remove_clone,
+    swap,
+)
 from rewind.pitr.journal import JOURNAL_XCOM_KEY, RunJournal, snapshot
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import pitr_preflight, replan
-from rewind.pitr.recovery import (
-    DataCheckFailed,
-    archive_current_wal,
-    archive_left_behind,
-    is_running,
-    log_offset,
-    promote,
-    run_data_checks,
-    wait_for_recovery,
-)
+from rewind.pitr.recovery import DataCheckFailed, archive_current_wal, archive_left_behind, is_running, run_data_checks
 from rewind.pitr.request import PitrRequest, parse_request
 from rewind.pitr.results import (
     CheckResult,
@@ -60,8 +63,11 @@ from rewind.pitr.results import (
     StartResult,
     StopResult,
 )
-from rewind.postgres import live_timeline, postmaster_pid, start_nowait_argv, stop_argv
+from rewind.postgres import live_timeline, postmaster_pid, run_sql
+from rewind.restore import STATE_SQL, RecoveryTarget, RestoreExecutor
 from rewind.retention import end_hold, place_hold, set_hold_change
+from rewind.scratch import free_port
+from rewind.wal import SEGMENT_SIZE, segment_parts
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import ChangeControlledOperator, Refused
@@ -156,17 +162,10 @@ class PitrOperator(ChangeControlledOperator):
         """The approvers ServiceNow recorded, by name: for the close notes and the run note."""
         return approved_by(self.servicenow, journal.data["change_sys_id"])
 
-    def restore_plan(self, pgbackrest, request: PitrRequest, plan: RestorePlan) -> None:
-        """`pgbackrest restore --delta` of the plan's backup set, on its numeric timeline, to the request's target."""
-        pgbackrest.restore(
-            restore_type=request.pgbackrest_type,
-            target=request.pgbackrest_target,
-            target_exclusive=request.target_exclusive,
-            target_action=None if request.target_type == "latest" else request.action,
-            target_timeline=str(plan.timeline),
-            backup_set=plan.backup_set,
-            delta=True,
-        )
+    def restore_plan(self, request: PitrRequest, plan: RestorePlan) -> None:
+        """`pgbackrest restore --delta` of the plan's backup set, on its numeric timeline, to the
+        request's target, into the cluster's data directory (the restore executor, rewind.restore)."""
+        self.hook.restore_executor().restore(RecoveryTarget.of(request, plan))
 
     def data_checks(self, request: PitrRequest) -> list[CheckResult]:
         """The request's checks as the check role, read-only (rewind.pitr.recovery.run_data_checks);
@@ -192,6 +191,8 @@ class PitrValidateParamsOperator(PitrOperator):
     def execute_on_cluster(self, context) -> dict:
         cluster = self.hook.cluster
         request = parse_request(dict(context["params"]))
+        if request.mode_for(cluster.pitr.mode) == "clone":
+            request.refuse_in_clone_mode()
         journal = self.journal(context)
         journal.refuse_if_rewound("validate_params")
         # Who asked: a person ServiceNow knows, or nothing happens (the change names them, and they
@@ -226,6 +227,12 @@ class PitrPreflightOperator(PitrOperator):
     def execute_on_cluster(self, context) -> dict:
         cluster, request = self.hook.cluster, self.pitr_request
         guard = _require_claim(cluster, context["run_id"])
+        journal = self.journal(context)
+        if journal.clone_mode and journal.at("stopped") and not journal.at("swapped"):
+            # this run's cutover was cut off between its renames, and the run was cleared: the data
+            # directory is put back in place (the clone's, production's already aside) before
+            # anything reads it; the cutover goes on from there
+            self.log.info("an interrupted cutover: %s", finish_interrupted_swap(clone_paths(cluster, context["run_id"]), log=self.log.info))
         pgbackrest = self.hook.get_conn()
         if guard.timeline_before:
             self.log.info(
@@ -270,6 +277,8 @@ class EnsureChangeOperator(PitrOperator):
 
 # The steps of the downtime, in runbook order, as the journal, the task log and the change's notes name them.
 WINDOW_STEPS = ("stop_postgres", "restore", "start_postgres", "wait_for_target", "validate_data", "promote")
+# Clone mode (rewind.pitr.clone): production serves until the cutover; the checks run on the clone.
+CLONE_STEPS = ("restore_clone", "start_clone", "wait_for_target", "validate_data", "cutover", "promote")
 # A failure here cannot be changed by trying again (recovery did not reach the target, a data check
 # failed): the task fails without its retry, and the failure is read.
 FINAL_STEPS = ("wait_for_target", "validate_data")
@@ -337,8 +346,12 @@ class StopRestorePromoteOperator(PitrOperator):
         results: dict[str, Any] = {}
         timings: dict[str, float] = {}
         request = self.pitr_request
-        for step in WINDOW_STEPS:
-            if rewound and step in ("stop_postgres", "restore"):
+        mode = journal.data.get("mode") or request.mode_for(self.hook.cluster.pitr.mode)  # a retry keeps its run's
+        if mode == "clone":
+            request.refuse_in_clone_mode()
+        steps = CLONE_STEPS if mode == "clone" else WINDOW_STEPS
+        for step in steps:
+            if rewound and step in ("stop_postgres", "restore", "restore_clone"):
                 continue
             if step == "promote" and request.dba_decides:
                 self.log.info("not promoting: the DBA decides at the target (decide_at_target), with the checks' results in hand")
@@ -346,7 +359,8 @@ class StopRestorePromoteOperator(PitrOperator):
             self.log.info("---- %s ----", step)
             began = time.monotonic()
             try:
-                results[step] = getattr(self, f"_{step}")(context, journal)
+                method = f"_clone_{step}" if mode == "clone" and hasattr(self, f"_clone_{step}") else f"_{step}"
+                results[step] = getattr(self, method)(context, journal)
             except AirflowFailException as exc:
                 exc.pitr_step = step
                 raise
@@ -358,9 +372,9 @@ class StopRestorePromoteOperator(PitrOperator):
             timings[step] = round(time.monotonic() - began, 3)
         self.log.info("steps: %s", ", ".join(f"{step} {seconds:.2f}s" for step, seconds in timings.items()))
         return DowntimeResult(
-            stop=results.get("stop_postgres"),
-            restore=results.get("restore"),
-            start=results["start_postgres"],
+            stop=results.get("stop_postgres") or results.get("cutover"),
+            restore=results.get("restore") or results.get("restore_clone"),
+            start=results.get("start_postgres") or results["start_clone"],
             recovery=results["wait_for_target"],
             checks=results["validate_data"],
             promote=results.get("promote"),
@@ -401,7 +415,7 @@ class StopRestorePromoteOperator(PitrOperator):
                 f"Rewind PITR run {run_id}: re-planned before stopping: backup {self.plan['backup_set']} is no longer "
                 f"the one to use; restoring from {plan.backup_set} (same target, timeline {plan.timeline}).",
             )
-        guard = restore_guard.advance(cluster, run_id, "stopping", change=change.number, timeline_before=timeline_before)
+        guard = restore_guard.begin_rewind(cluster, run_id, change=change.number, timeline_before=timeline_before)
         journal.set(plan=plan.as_dict(), stop_started_at=started, timeline_before=guard.timeline_before)
         pid = postmaster_pid(cluster)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewind-change") as pool:
@@ -417,17 +431,12 @@ class StopRestorePromoteOperator(PitrOperator):
                     archive_current_wal(runner, cluster, log=self.log.info)
             finally:
                 implement.result()
-        if pid:
-            runner.run(stop_argv(cluster, mode="fast"), timeout=330)
-        else:
+        if not self.hook.restore_executor().stop(mode="fast"):
             self.log.info("PostgreSQL was already stopped")
-        if postmaster_pid(cluster):
-            raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
         # Found stopped (a crash, a DBA), or archiving failed at the shutdown: finished WAL never
         # archived would be destroyed by the restore. Archived now, or nothing is restored.
         archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
         journal.record("stopped")
-        restore_guard.advance(cluster, run_id, "stopped")
         self._backup_checked = (plan.backup_set, time.monotonic())  # by the re-plan, from the repository as it was at the stop
         return StopResult(plan=plan, pid_before=pid, timeline_before=timeline_before, started_at=started, finished_at=_now())
 
@@ -460,11 +469,10 @@ class StopRestorePromoteOperator(PitrOperator):
         _change, valid = _with_gate(lambda: self.gate(journal, step="restore", implementing=True), backup_of_plan_valid)
         if not valid:
             raise PreflightError(f"backup {plan.backup_set} of the plan is no longer valid in the repository: nothing was restored")
-        restore_guard.advance(cluster, run_id, "restoring")
+        restore_guard.held_by(cluster, run_id)
         journal.record("restore_started")
-        self.restore_plan(pgbackrest, request, plan)
+        self.restore_plan(request, plan)
         journal.record("restored")
-        restore_guard.advance(cluster, run_id, "restored")
         return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
 
     # ---- start_postgres -----------------------------------------------------------------------------
@@ -478,30 +486,23 @@ class StopRestorePromoteOperator(PitrOperator):
             raise PitrStepFailed(f"start refused: the restore of this run did not finish; PostgreSQL of {cluster.name} stays stopped")
         if not journal.rewound:
             self.gate(journal, step="start_postgres", implementing=True)
-        offset = log_offset(cluster)
-        self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
+        restore_guard.held_by(cluster, run_id)
+        offset = self.hook.restore_executor().start()
         journal.set(log_offset=offset)
         journal.record("started")
-        restore_guard.advance(cluster, run_id, "started")
         return StartResult(log_offset=offset, started_at=journal.at("started"))
 
     # ---- wait_for_target ----------------------------------------------------------------------------
     def _wait_for_target(self, context, journal: RunJournal) -> RecoveryResult:
         """Until recovery stopped at the target and paused (or promoted) as asked; loud when PostgreSQL
         reports the target was not reached."""
-        result = wait_for_recovery(
-            self.runner,
-            self.hook.cluster,
-            action=self.pitr_request.action,
-            since_offset=journal.data.get("log_offset", 0),
-            timeout_s=self.recovery_timeout_s,
-            log=self.log.info,
+        result = self.hook.restore_executor().wait(
+            self.pitr_request.action, since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s
         )
         self.log.info("recovery: %s", result.to_xcom())
         journal.record("at_target")
         if result.state == "promoted":
             journal.record("promoted")
-        restore_guard.advance(self.hook.cluster, context["run_id"], "at_target" if result.state == "paused" else "promoted")
         return result.model_copy(update={"finished_at": _now()})
 
     # ---- validate_data ------------------------------------------------------------------------------
@@ -529,11 +530,187 @@ class StopRestorePromoteOperator(PitrOperator):
                 f"promote refused: the data checks of this run did not pass (validate_data was not run to success here); "
                 f"{self.hook.cluster.name} stays paused and read-only at the target"
             )
-        timeline = promote(self.runner, self.hook.cluster)
+        timeline = self.hook.restore_executor().promote()
         journal.record("promoted")
-        restore_guard.advance(self.hook.cluster, context["run_id"], "promoted")
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
         return PromoteResult(timeline=timeline, finished_at=_now())
+
+    # ---- clone mode ---------------------------------------------------------------------------------
+    def clone_paths(self, context) -> ClonePaths:
+        return clone_paths(self.hook.cluster, context["run_id"])
+
+    def clone_executor(self, context, journal: RunJournal) -> RestoreExecutor:
+        """The restore executor on this run's clone (its port chosen once, kept in the journal)."""
+        port = journal.data.get("clone_port")
+        if port is None:
+            port = free_port()
+            journal.set(clone_port=port)
+        return RestoreExecutor(
+            self.hook.get_conn(),
+            clone_instance(self.hook.cluster, self.clone_paths(context), port=int(port)),
+            runner=self.runner,
+            postmaster_runner=self.hook.postmaster_runner(),
+            log=self.log.info,
+        )
+
+    def _clone_restore_clone(self, context, journal: RunJournal) -> RestoreResult:
+        """Re-plan from the repository as it is now, then restore the plan's backup into the clone
+        beside the data directory, paused at the target; production is not touched and keeps
+        serving. A restore that fails removes the clone (production was never touched)."""
+        started = _now()
+        cluster, run_id, request = self.hook.cluster, context["run_id"], self.pitr_request
+        journal.refuse_if_rewound("restore_clone")
+        _require_claim(cluster, run_id)
+        paths = self.clone_paths(context)
+        if journal.at("stopped") or (journal.at("clone_restored") and paths.clone_dir.is_dir()):
+            self.log.info("the clone %s was restored by an earlier try at %s", paths.clone_dir, journal.at("clone_restored"))
+            plan = RestorePlan.model_validate(journal.data["plan"])
+            return RestoreResult(
+                backup_set=plan.backup_set, timeline=plan.timeline, started_at=journal.at("clone_restored"), finished_at=_now()
+            )
+        implementing = journal.at("clone_restore_started") is not None
+        self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+        def prepare() -> tuple[RestorePlan, int | None]:
+            pgbackrest = self.hook.get_conn()
+            self.hook.postmaster_secrets()  # the clone's restore_command, before anything is written
+            plan = replan(pgbackrest, request, RestorePlan.model_validate(self.plan), runner=self.runner, log=self.log.info)
+            return plan, live_timeline(self.runner, cluster) if is_running(cluster) else None
+
+        change, (plan, timeline_before) = _with_gate(lambda: self.gate(journal, step="restore_clone", implementing=implementing), prepare)
+        refuse_tablespaces(cluster)
+        (_, first), (_, last) = segment_parts(plan.wal_first), segment_parts(plan.wal_last)
+        check_room(cluster, paths, backup_bytes=plan.backup_size_bytes, wal_bytes=(last - first + 1) * SEGMENT_SIZE)
+        journal.set(mode="clone", plan=plan.as_dict(), clone=paths.as_dict(), timeline_before=timeline_before)
+        if not implementing:
+            start_implementing(
+                self.servicenow,
+                change,
+                f"Implementation started by {run_id}: restoring a clone of {cluster.name} into {paths.clone_dir}, production "
+                f"serving meanwhile; plan: {plan.describe()}",
+            )
+        journal.record("clone_restore_started")
+        target = dataclasses.replace(RecoveryTarget.of(request, plan), action="pause")  # the cutover promotes
+        try:
+            self.clone_executor(context, journal).restore(target)
+        except BaseException:
+            remove_clone(paths)
+            self.log.info("the clone %s was removed; production was not touched", paths.clone_dir)
+            raise
+        journal.record("clone_restored")
+        return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
+
+    def _clone_start_clone(self, context, journal: RunJournal) -> StartResult:
+        """Start the clone on its private socket, no TCP listener, archiving off (all on its command line)."""
+        if journal.at("stopped"):
+            return StartResult(log_offset=journal.data.get("clone_log_offset", 0), started_at=journal.at("clone_started"))
+        executor = self.clone_executor(context, journal)
+        if journal.at("clone_started") and executor.instance.pid():
+            self.log.info("the clone was started by an earlier try at %s and runs", journal.at("clone_started"))
+            return StartResult(log_offset=journal.data.get("clone_log_offset", 0), started_at=journal.at("clone_started"))
+        offset = executor.start()
+        journal.set(clone_log_offset=offset)
+        journal.record("clone_started")
+        self.log.info("the clone runs on socket %s, port %s", executor.instance.run_dir, executor.instance.port)
+        return StartResult(log_offset=offset, started_at=journal.at("clone_started"))
+
+    def _clone_wait_for_target(self, context, journal: RunJournal) -> RecoveryResult:
+        """Until the clone paused at the target; loud when it did not reach it (the clone is kept, named)."""
+        if journal.at("stopped") and journal.data.get("clone_recovery"):
+            return RecoveryResult.model_validate(journal.data["clone_recovery"])
+        executor = self.clone_executor(context, journal)
+        try:
+            result = executor.wait("pause", since_offset=journal.data.get("clone_log_offset", 0), timeout_s=self.recovery_timeout_s)
+        except RewindError as exc:
+            raise type(exc)(
+                f"{exc}; production was not touched; the clone is kept for inspection in {executor.instance.data_dir}"
+            ) from None
+        result = result.model_copy(update={"finished_at": _now()})
+        self.log.info("the clone: %s", result.to_xcom())
+        journal.set(clone_recovery=result.to_xcom())
+        journal.record("at_target")
+        return result
+
+    def _clone_validate_data(self, context, journal: RunJournal) -> list[CheckResult]:
+        """The request's checks on the clone, as the check role, read-only; production is still serving."""
+        if journal.at("stopped"):
+            return [CheckResult.model_validate(check) for check in journal.data.get("clone_checks") or []]
+        executor = self.clone_executor(context, journal)
+        request = self.pitr_request
+        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
+        try:
+            results = run_data_checks(
+                self.runner,
+                executor.cluster,
+                list(request.validation_sql),
+                database=request.validation_database or executor.cluster.postgres.database,
+                secrets=known_secret_values(),
+                log=self.log.info,
+            )
+        except DataCheckFailed as exc:
+            journal.set(clone_checks=[check.to_xcom() for check in exc.results])
+            raise type(exc)(f"{exc}; production was not touched; the clone is kept in {executor.instance.data_dir}", exc.results) from None
+        journal.set(clone_checks=[check.to_xcom() for check in results])
+        journal.record("checked")
+        return results
+
+    def _clone_cutover(self, context, journal: RunJournal) -> StopResult:
+        """The change re-read, the clone still paused where it was checked; then archive production's
+        current WAL, a restartpoint on the clone, stop the clone and production, swap the directories
+        (rewind.pitr.clone.swap, journaled), start production on the clone's, until it pauses at the
+        target again. A retry goes on from where the journal says; once swapped, it never stops again."""
+        cluster, run_id, runner = self.hook.cluster, context["run_id"], self.runner
+        paths = self.clone_paths(context)
+        production = self.hook.restore_executor()
+        plan = RestorePlan.model_validate(journal.data["plan"])
+        pid_before = None
+        if not journal.at("stopped"):
+            journal.refuse_if_rewound("cutover")
+            _require_claim(cluster, run_id)
+            if not journal.at("checked"):
+                raise PitrStepFailed("cutover refused: the data checks on the clone did not pass; production was not touched")
+            clone = self.clone_executor(context, journal)
+            self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+            def clone_still_at_target() -> None:
+                recorded = RecoveryResult.model_validate(journal.data["clone_recovery"]).replay_lsn
+                if clone.instance.pid() is None:
+                    return  # stopped by an earlier try, at a restartpoint: nothing replayed since
+                state = run_sql(runner, clone.cluster, STATE_SQL, timeout=30)
+                if state != f"t|paused|{recorded}":
+                    raise PitrStepFailed(
+                        f"cutover refused: the clone is no longer paused where it was checked ({state}, checked at {recorded})"
+                    )
+
+            change, _ = _with_gate(lambda: self.gate(journal, step="cutover", implementing=True), clone_still_at_target)
+            restore_guard.begin_rewind(cluster, run_id, change=change.number, timeline_before=journal.data.get("timeline_before"))
+            journal.set(stop_started_at=_now())
+            pid_before = production.instance.pid()
+            if pid_before:
+                archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
+            if clone.instance.pid():
+                run_sql(runner, clone.cluster, "checkpoint", timeout=600)  # a restartpoint: the restart replays almost nothing
+                clone.stop(mode="fast")
+            production.stop(mode="fast")
+            archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
+            journal.record("stopped")
+        if not journal.at("swapped"):
+            self.log.info("cutover: %s", swap(paths, log=self.log.info))
+            journal.record("swapped")
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+        if not journal.at("started") or not production.instance.pid():
+            restore_guard.held_by(cluster, run_id)
+            journal.set(log_offset=production.start())
+            journal.record("started")
+        production.wait("pause", since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s)
+        self.log.info("production runs on the rewound directory, paused at the target; %s is kept, stopped", paths.pre_rewind_dir)
+        return StopResult(
+            plan=plan,
+            pid_before=pid_before,
+            timeline_before=journal.data.get("timeline_before"),
+            started_at=journal.data.get("stop_started_at") or _now(),
+            finished_at=_now(),
+        )
 
 
 class PitrFullBackupOperator(PgBackRestBackupOperator):
@@ -558,7 +735,6 @@ class PitrFullBackupOperator(PgBackRestBackupOperator):
         self.extra_annotations = {**self.extra_annotations, "rewind_change": journal.change or "-"}
         record = super().execute_on_cluster(context)
         journal.record("backup", record["label"])
-        restore_guard.advance(self.hook.cluster, context["run_id"], "backed_up")
         return record
 
 
@@ -593,12 +769,18 @@ class CloseChangeOperator(PitrOperator):
         seconds = lambda a, b: (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()  # noqa: E731
         stop_started = journal.data.get("stop_started_at") or stop.started_at
         promoted_at = journal.at("promoted") or recovery.finished_at
-        timings = {
-            "restore": seconds(journal.at("restore_started"), journal.at("restored")),
-            "recovery": seconds(journal.at("started"), journal.at("at_target")),
-            "downtime (stop to promoted)": seconds(stop_started, promoted_at),
-            "full backup": float(steps["backup"]["duration_s"]),
-        }
+        if journal.clone_mode:  # restored and recovered on the clone, production serving
+            timings = {
+                "clone restore (production serving)": seconds(journal.at("clone_restore_started"), journal.at("clone_restored")),
+                "clone recovery (production serving)": seconds(journal.at("clone_started"), journal.at("at_target")),
+            }
+        else:
+            timings = {
+                "restore": seconds(journal.at("restore_started"), journal.at("restored")),
+                "recovery": seconds(journal.at("started"), journal.at("at_target")),
+            }
+        timings["downtime (stop to promoted)"] = seconds(stop_started, promoted_at)
+        timings["full backup"] = float(steps["backup"]["duration_s"])
         # target_action decide: the DBA's answers and where they left the cluster
         request, recovery, checks, timeline = left_at(
             self.pitr_request, recovery=recovery, checks=checks, promoted=promoted, decision=decision

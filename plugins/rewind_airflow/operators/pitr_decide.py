@@ -45,10 +45,11 @@ from rewind.pitr.decision import (
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import plan_while_paused
-from rewind.pitr.recovery import DataCheckFailed, is_running, log_offset, promote, wait_for_recovery
+from rewind.pitr.recovery import DataCheckFailed, is_running
 from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
-from rewind.postgres import postmaster_pid, run_sql, start_nowait_argv, stop_argv
+from rewind.postgres import postmaster_pid, run_sql
+from rewind.restore import RecoveryTarget
 from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, PitrStepFinal, airflow_base_url, run_url
 from rewind_airflow.run_note import airflow_rest_client, set_run_note
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
@@ -339,9 +340,8 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
                 approval_group=journal.data.get("approval_group"),
             )
             start_implementing(self.servicenow, change, f"Rewind PITR run {context['run_id']}: promoting at {current.describe()}")
-        timeline = promote(self.runner, cluster)
+        timeline = self.hook.restore_executor().promote()
         journal.record("promoted")
-        restore_guard.advance(cluster, context["run_id"], "promoted")
         self.finish(journal, decision, timeline=timeline)
         if decision.reapproval and followon:
             close_change(
@@ -450,7 +450,6 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         journal.record("at_target")
         if checks_passed(checks):
             journal.record("checked")
-        restore_guard.advance(cluster, run_id, "at_target")
         journal.set(
             request=request.model_dump(mode="json"),
             plan=plan.as_dict(),
@@ -467,12 +466,11 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
 
     # ---- abort -----------------------------------------------------------------------------------
     def back_to_latest(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
-        cluster, run_id = self.hook.cluster, context["run_id"]
+        cluster = self.hook.cluster
         request, plan = decision.request, decision.plan
         recovery = self.restore(context, journal, request, plan)
-        timeline = promote(self.runner, cluster)  # recovery promoted itself at the end of the WAL: this checkpoints
+        timeline = self.hook.restore_executor().promote()  # recovery promoted itself at the end of the WAL: this checkpoints
         journal.record("promoted")
-        restore_guard.advance(cluster, run_id, "promoted")
         # The request's checks were written for the target; the latest state is what it was before the stop.
         journal.set(
             request=request.model_dump(mode="json"), plan=plan.as_dict(), decide_recovery=recovery.to_xcom(), decide_checks=[], aborted=True
@@ -492,31 +490,19 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         after this answer's start goes on waiting instead of stopping again."""
         cluster, run_id = self.hook.cluster, context["run_id"]
         pending = DecisionRecord.model_validate(journal.data["pending_decision"])
-        pgbackrest = self.hook.get_conn()
         if not (pending.started and is_running(cluster)):
             self.require_still_paused(journal, pending.answer)
             self.gate(journal, step=f"{pending.answer}: restore", implementing=True)
-            self.hook.postmaster_secrets()  # the restart's credentials, before anything is stopped
-            if postmaster_pid(cluster):
-                self.runner.run(stop_argv(cluster, mode="fast"), timeout=330)
-            if postmaster_pid(cluster):
-                raise PitrStepFailed(f"PostgreSQL of {cluster.name} is still running after stop")
-            restore_guard.advance(cluster, run_id, "restoring")
-            self.restore_plan(pgbackrest, request, plan)
-            restore_guard.advance(cluster, run_id, "restored")
-            offset = log_offset(cluster)
-            self.hook.postmaster_runner().run(start_nowait_argv(cluster), timeout=120)
-            restore_guard.advance(cluster, run_id, "started")
+            restore_guard.held_by(cluster, run_id)
+            executor = self.hook.restore_executor()  # the restart's credentials, before anything is stopped
+            executor.stop(mode="fast")
+            pending = pending.model_copy(update={"restore_started": _now()})
+            journal.set(pending_decision=pending.to_xcom())
+            executor.restore(RecoveryTarget.of(request, plan))
+            offset = executor.start()
             pending = pending.model_copy(update={"started": _now(), "log_offset": offset})
             journal.set(pending_decision=pending.to_xcom())
-        result = wait_for_recovery(
-            self.runner,
-            cluster,
-            action=request.action,
-            since_offset=pending.log_offset or 0,
-            timeout_s=self.recovery_timeout_s,
-            log=self.log.info,
-        )
+        result = self.hook.restore_executor().wait(request.action, since_offset=pending.log_offset or 0, timeout_s=self.recovery_timeout_s)
         self.log.info("recovery: %s", result.to_xcom())
         return result
 

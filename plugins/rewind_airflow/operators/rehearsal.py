@@ -173,7 +173,7 @@ class RestoreScratchOperator(RehearsalOperator):
         port = cluster.rehearsal.port or free_port()
         write_marker(cluster, path, run_id=context["run_id"], port=port)  # from here on, remove_scratch removes it
         check_free_disk(str(path / "data"), backup.info.size or 0, in_use_bytes=0)
-        scratch = ScratchCluster(pgbackrest, path, port)
+        scratch = ScratchCluster(pgbackrest, path, port, postmaster_runner=self.hook.postmaster_runner(), log=self.log.info)
         self.log.info("restoring backup %s (%s) into %s for %s", backup.label, backup.type, path, request.describe())
         started = _now()
         if mark.restore_point:
@@ -182,7 +182,7 @@ class RestoreScratchOperator(RehearsalOperator):
             target = request.target_time.strftime("%Y-%m-%d %H:%M:%S.%f+00")
             scratch.restore(backup_set=backup.label, restore_type="time", target=target, target_timeline=str(mark.timeline))
         restored_at = _now()
-        scratch.start(runner=self.hook.postmaster_runner(), wait=False)
+        scratch.start(wait=False)
         scratch.wait_until_promoted(timeout_s=cluster.rehearsal.recovery_timeout_s, log=self.log.info)
         scratch.psql("select 1")
         answered = _now()

@@ -1,0 +1,167 @@
+"""Clone mode: rewind onto a clone beside production first, prove it there, then cut over.
+
+The runbook's rule: never overwrite a live primary blind. The target state is built in a sibling of
+the data directory, on the same file system (so that a rename swaps it in atomically), while
+production keeps serving; the data checks run on the clone; only the cutover stops production, and
+it takes seconds whatever the size of the database or of the WAL replayed:
+
+    stop the clone (a restartpoint first: its restart replays almost nothing) -> stop production
+    -> rename <data_dir> to <data_dir>.pre-rewind-<run> -> rename the clone to <data_dir> -> start
+    -> (recovery pauses at the target again) -> promote
+
+The renames are journaled and idempotent (`swap`): whatever instant a cutover was killed at, the
+next try finds which of the two directories is where and finishes the swap, so the cluster ends
+with exactly one data directory in place, never none. The pre-rewind directory is kept, stopped.
+
+The clone is the restore executor (rewind.restore) on a sibling instance that is not disposable:
+nothing clone-only is written into its configuration files (archive_mode=off, the private socket,
+no TCP listener all go on its command line), so the directory is production's as it stands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rewind.errors import PreflightError, RewindError
+from rewind.inventory import Cluster
+from rewind.restore import Instance
+from rewind.state import file_key
+
+# The clone's socket, log and authentication files: a short path (a socket path is capped at 107
+# bytes), private to the OS user.
+RUN_ROOT = Path("/run/rewind-clones")
+FALLBACK_RUN_ROOT = Path("/tmp/rewind-clones")
+
+
+class CloneError(RewindError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClonePaths:
+    """Where one run's clone lives, and where production's directory goes at the cutover."""
+
+    data_dir: Path  # production's
+    clone_dir: Path  # beside it, same file system
+    pre_rewind_dir: Path  # production's directory after the cutover, kept stopped
+    run_dir: Path  # the clone's socket, log, pg_hba.conf
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: str(value) for name, value in self.__dict__.items()}
+
+
+def _run_key(run_id: str) -> str:
+    return file_key(run_id)[:48]
+
+
+def clone_paths(cluster: Cluster, run_id: str) -> ClonePaths:
+    data_dir = Path(cluster.postgres.data_dir)
+    key = _run_key(run_id)
+    root = RUN_ROOT if RUN_ROOT.parent.is_dir() and os.access(RUN_ROOT.parent, os.W_OK) else FALLBACK_RUN_ROOT
+    return ClonePaths(
+        data_dir=data_dir,
+        clone_dir=data_dir.with_name(f"{data_dir.name}.rewind-clone-{key}"),
+        pre_rewind_dir=data_dir.with_name(f"{data_dir.name}.pre-rewind-{key}"),
+        run_dir=root / f"{cluster.name}-{key}"[:60],
+    )
+
+
+def clone_instance(cluster: Cluster, paths: ClonePaths, *, port: int) -> Instance:
+    """The clone: production's definition on the clone directory, a private socket, its own port."""
+    return Instance.sibling(cluster, run_dir=paths.run_dir, port=port, data_dir=paths.clone_dir, disposable=False)
+
+
+def refuse_tablespaces(cluster: Cluster) -> None:
+    """A tablespace lives outside the data directory: a clone would need its own copy beside it and
+    a second swap. Refused, naming the way on."""
+    tablespaces = Path(cluster.postgres.data_dir) / "pg_tblspc"
+    try:
+        links = sorted(entry.name for entry in os.scandir(tablespaces))
+    except FileNotFoundError:
+        return
+    if links:
+        raise PreflightError(
+            f"clone mode: cluster {cluster.name} has tablespaces (pg_tblspc: {', '.join(links)}), which a clone cannot be "
+            "swapped in with: use mode in_place (pitr.mode in the inventory, or the params' mode)"
+        )
+
+
+def check_room(cluster: Cluster, paths: ClonePaths, *, backup_bytes: int, wal_bytes: int, margin: float = 1.10) -> None:
+    """The clone needs the backup's size plus the WAL it replays beside production, on the data
+    directory's file system; the current directory's space is not reused (it keeps serving)."""
+    probe = paths.data_dir.parent
+    free = shutil.disk_usage(probe).free
+    existing = _allocated(paths.clone_dir) if paths.clone_dir.exists() else 0  # a retry's clone is reused by --delta
+    needed = int((backup_bytes + wal_bytes) * margin)
+    if free + existing < needed:
+        raise PreflightError(
+            f"clone mode: not enough disk beside {paths.data_dir} for the clone: needs {needed / 2**30:.1f} GiB "
+            f"(backup {backup_bytes / 2**30:.1f} GiB + WAL {wal_bytes / 2**30:.1f} GiB, +10%), {free / 2**30:.1f} GiB free: "
+            "free space, or use mode in_place (pitr.mode in the inventory, or the params' mode)"
+        )
+
+
+def _allocated(directory: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def swap(paths: ClonePaths, *, log: Callable[[str], None] = print) -> str:
+    """Put the clone in production's place, production's directory aside; idempotent: each call
+    finds where the directories are and does only what is left. Production must be stopped.
+    Returns what it found (for the log)."""
+    data, clone, pre = paths.data_dir.exists(), paths.clone_dir.exists(), paths.pre_rewind_dir.exists()
+    if data and not clone and pre:
+        return "swapped already"
+    if data and clone and not pre:
+        os.rename(paths.data_dir, paths.pre_rewind_dir)
+        log(f"renamed {paths.data_dir} to {paths.pre_rewind_dir}")
+        data, pre = False, True
+    if not data and clone and pre:
+        os.rename(paths.clone_dir, paths.data_dir)
+        log(f"renamed {paths.clone_dir} to {paths.data_dir}")
+        _fsync_dir(paths.data_dir.parent)
+        return "swapped"
+    raise CloneError(
+        f"cutover: cannot tell where the directories are ({paths.data_dir}: {_exists(data)}, {paths.clone_dir}: {_exists(clone)}, "
+        f"{paths.pre_rewind_dir}: {_exists(pre)}): nothing was renamed; look at them, then clear this task"
+    )
+
+
+def finish_interrupted_swap(paths: ClonePaths, *, log: Callable[[str], None] = print) -> str:
+    """Only the one unambiguous half-swap: production's directory already aside and the clone not
+    yet in its place (no data directory at all). Anything else is left to the cutover."""
+    if not paths.data_dir.exists() and paths.clone_dir.exists() and paths.pre_rewind_dir.exists():
+        return swap(paths, log=log)
+    return "nothing to finish"
+
+
+def _exists(flag: bool) -> str:
+    return "present" if flag else "absent"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """The renames reach the disk before PostgreSQL starts on the new directory."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_clone(paths: ClonePaths) -> None:
+    """A clone that will not be swapped in (refused, failed before the cutover): its directory and
+    run directory go; production's is never touched here."""
+    if paths.clone_dir.exists() and paths.clone_dir != paths.data_dir:
+        shutil.rmtree(paths.clone_dir)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)

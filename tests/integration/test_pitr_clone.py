@@ -1,0 +1,131 @@
+"""Clone mode (rewind.pitr.clone) on the real stack: the rewind is built and checked beside
+production, which keeps serving until the cutover; the cutover swaps the directories in seconds and
+keeps the pre-rewind one; a cutover killed between its two renames converges when the run is cleared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewind.pitr.clone import clone_paths
+from rewind.pitr.journal import RunJournal
+from rewind.postgres import postmaster_pid, psql_argv
+from rewind.runner import CommandFailed
+from tests.integration.helpers import VOID_CHECK, assert_success, change_of, fresh_ledger, ledger, run_pitr, states, the_incident, write
+
+pytestmark = pytest.mark.integration
+
+
+class Probe:
+    """Reads and writes against production every 50 ms, each attempt's outcome kept with its instant."""
+
+    def __init__(self, stack) -> None:
+        self.stack = stack
+        self.failures: list[tuple[float, str]] = []
+        self.successes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        runner = self.stack.runner(line_logger=lambda _line: None)
+        argv = psql_argv(self.stack.cluster, "insert into clone_probe values (default) returning 1", database="postgres")
+        while not self._stop.is_set():
+            try:
+                runner.run(argv, timeout=10, log_stdout=False)
+                self.successes += 1
+            except CommandFailed as exc:
+                self.failures.append((time.time(), str(exc)))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Probe:
+        self.stack.psql("create table if not exists clone_probe (id bigserial primary key)")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def the_ledger_incident(stack) -> str:
+    fresh_ledger(stack)
+    write(stack, 1, 200)
+    stack.pgbackrest().backup("full", annotations={"airflow_run_id": "clone-base"})
+    time.sleep(1.2)
+    target = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    time.sleep(1.2)
+    the_incident(stack)  # every row void, then 50 more rows posted
+    assert ledger(stack) == (250, 200, 10_050)
+    return target
+
+
+def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds(demo_stack, pitr, servicenow, approve_all):
+    target = the_ledger_incident(demo_stack)
+    data_dir = Path(demo_stack.cluster.postgres.data_dir)
+    inode_before = data_dir.stat().st_ino
+    with Probe(demo_stack) as probe:
+        run = run_pitr(pitr, target_type="time", target=target, mode="clone", validation_sql=[VOID_CHECK])
+    assert_success(run)
+    assert ledger(demo_stack) == (200, 0, 200)
+
+    journal = RunJournal.load(demo_stack.cluster, run.run_id)
+    steps = journal.data["steps"]
+    assert steps["clone_restore_started"] < steps["clone_restored"] < steps["clone_started"] < steps["at_target"] < steps["checked"]
+    assert steps["checked"] < journal.data["stop_started_at"] < steps["stopped"] < steps["swapped"] < steps["started"] < steps["promoted"]
+    # production answered every query until the cutover began (the restore, the recovery and the
+    # checks all ran on the clone), and was back within seconds
+    cutover = epoch(journal.data["stop_started_at"])
+    assert probe.successes > 20
+    assert [f for f in probe.failures if f[0] < cutover] == [], probe.failures[:3]
+    downtime = epoch(steps["promoted"]) - cutover
+    assert downtime < 15, downtime
+
+    # the pre-rewind directory is kept, stopped, holding the abandoned branch; the clone is gone
+    paths = clone_paths(demo_stack.cluster, run.run_id)
+    assert data_dir.stat().st_ino != inode_before and paths.pre_rewind_dir.stat().st_ino == inode_before
+    assert not paths.clone_dir.exists() and not (paths.pre_rewind_dir / "postmaster.pid").exists()
+    # nothing clone-only was written into the directory that is production's now
+    assert demo_stack.psql("show archive_mode") == "on" and demo_stack.psql("show listen_addresses") != ""
+    assert "archive_mode = 'off'" not in (data_dir / "postgresql.auto.conf").read_text()  # what --archive-mode=off writes
+    change = change_of(servicenow, run)
+    assert (change["state"], change["close_code"]) == ("3", "successful")
+    assert (
+        "production was never stopped" not in change["close_notes"]
+        and "Timings: clone restore (production serving)" in change["close_notes"]
+    )
+    shutil.rmtree(paths.pre_rewind_dir)
+
+
+def test_a_cutover_killed_between_its_renames_converges_when_the_run_is_cleared(demo_stack, pitr, approve_all, monkeypatch):
+    from rewind_airflow.operators import pitr as pitr_operators
+
+    target = the_ledger_incident(demo_stack)
+    logical = dt.datetime.now(dt.timezone.utc)
+    real_swap = pitr_operators.swap
+
+    def killed_between_the_renames(paths, *, log):
+        Path(paths.data_dir).rename(paths.pre_rewind_dir)  # the first rename, then the worker dies
+        raise RuntimeError("worker killed mid-cutover")
+
+    monkeypatch.setattr(pitr_operators, "swap", killed_between_the_renames)
+    conf = {"target_type": "time", "target": target, "mode": "clone", "validation_sql": [VOID_CHECK]}
+    killed = run_pitr(pitr, **conf, logical_date=logical, run_after=logical)
+    assert states(killed)["stop_restore_promote"] == "failed"
+    paths = clone_paths(demo_stack.cluster, killed.run_id)
+    assert not paths.data_dir.exists() and paths.clone_dir.is_dir() and postmaster_pid(demo_stack.cluster) is None
+
+    monkeypatch.setattr(pitr_operators, "swap", real_swap)
+    again = run_pitr(pitr, **conf, logical_date=logical, run_after=logical)  # the on-call clears the run
+    assert_success(again)
+    assert ledger(demo_stack) == (200, 0, 200)
+    assert not paths.clone_dir.exists() and paths.pre_rewind_dir.is_dir()
+    shutil.rmtree(paths.pre_rewind_dir)
