@@ -1,7 +1,8 @@
 """Approval -> writable, and downtime, of a PITR through the real scheduler and triggerer, against
 the same steps done by hand on the same data; rounds alternate, all in one run.
 
-    .venv/bin/python bench/pitr_downtime.py [--rows 1000000] [--bad-rows 5000] [--rounds 3] [--poll S] [--airflow-env KEY=VALUE ...]
+    .venv/bin/python bench/pitr_downtime.py [--rows 1000000] [--bad-rows 5000] [--rounds 3] [--poll S] [--mode clone]
+        [--airflow-env KEY=VALUE ...]
 
 The stack: the demo cluster (PostgreSQL + pgBackRest + S3 over TLS) with a ledger of --rows rows,
 repository keys leased from the Vault simulator per task (as in the local stack and production),
@@ -23,6 +24,10 @@ Two figures, both from PostgreSQL's own log (log_timezone UTC):
       succeed. (A paused cluster first logs "ready to accept read-only connections": not writable.)
   downtime: from "received fast shutdown request" to that same line: the time nobody could write.
 The goals: approval -> writable within 5 s of the hand steps, downtime within 0.5 s of them.
+
+--mode clone: the DAG rounds rewind onto a clone first (rewind.pitr.clone); production serves
+through the restore, the replay and the checks, and the downtime is the cutover's. The by-hand
+rounds stay in place: the figure is the clone cutover's downtime against an in-place restore's.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def main() -> None:
     parser.add_argument("--bad-rows", type=int, default=5000, help="rows the bad update after each target voids, spread over the ledger")
     parser.add_argument("--poll", type=float, default=None, help="inventory pitr.approval_poll_s (default: the product's default)")
     parser.add_argument("--airflow-env", action="append", default=[], help="extra Airflow setting for every component, KEY=VALUE")
+    parser.add_argument("--mode", choices=["in_place", "clone"], default="in_place", help="the DAG rounds' PITR mode")
     args = parser.parse_args()
     home = setup()
 
@@ -174,7 +180,13 @@ def main() -> None:
         def dag_round(k: int) -> dict:
             target = make_target(k)
             offset = Instance.production(cluster).log_size()
-            conf = {"target_type": "time", "target": target, "validation_sql": [VOID_CHECK], "reason": f"bench round {k}: bad update"}
+            conf = {
+                "target_type": "time",
+                "target": target,
+                "validation_sql": [VOID_CHECK],
+                "reason": f"bench round {k}: bad update",
+                "mode": args.mode,
+            }
             response = airflow.trigger(DAG_ID, conf=conf)
             response.raise_for_status()
             run_id = response.json()["dag_run_id"]
@@ -241,7 +253,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {"dag": [], "hand": []}
         print(
             f"ledger {args.rows} rows (database {size}); {args.rounds} rounds; approval poll {poll:g} s "
-            f"(product default {PitrSettings().approval_poll_s:g} s); pgBackRest {'.'.join(map(str, pgbackrest.version()))}; "
+            f"(product default {PitrSettings().approval_poll_s:g} s); DAG mode {args.mode}; pgBackRest {'.'.join(map(str, pgbackrest.version()))}; "
             f"Airflow settings: {json.dumps(extra_env) if extra_env else 'defaults'}",
             flush=True,
         )

@@ -63,6 +63,10 @@ class ChangeNotUsable(RewindError):
     """The change does not allow this step (not approved, another cluster's, already used, ...)."""
 
     opens_incident = False
+    # The change process's answer, not an outage: the step fails at once with it. (The approval
+    # sensor is what waits for a change; a PITR step's retries are for Airflow and the database
+    # host coming back, and would otherwise turn a refusal into minutes of asking again.)
+    retryable = False
 
 
 class RequesterUnknown(RewindError):

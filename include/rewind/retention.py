@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,6 +53,9 @@ class Hold:
     change: str | None = None
     ends_at: str | None = None  # None: open (the run is active, or failed mid-rewind)
     reason: str = ""
+    # Clone mode: production's data directory as it was before the cutover, kept stopped on the
+    # database host; removed by the first expire after the hold has ended (release_kept_directories).
+    kept_dir: str | None = None
 
     def active(self, now: dt.datetime) -> bool:
         return self.ends_at is None or now < dt.datetime.fromisoformat(self.ends_at)
@@ -131,6 +135,34 @@ def set_hold_change(cluster: Cluster, run_id: str, change: str) -> None:
         _write(cluster, replace(hold, change=change))
 
 
+def set_hold_kept_dir(cluster: Cluster, run_id: str, kept_dir: str) -> None:
+    hold = get_hold(cluster, run_id)
+    if hold is not None:
+        _write(cluster, replace(hold, kept_dir=kept_dir))
+
+
+def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None, log: Callable[[str], None] = print) -> list[str]:
+    """Remove the pre-rewind directories whose hold has ended (each named in the log): the old
+    branch is kept as long as its backups and WAL are, and no longer."""
+    now = now or _now()
+    released = []
+    data_dir = Path(cluster.postgres.data_dir)
+    for hold in all_holds(cluster):
+        if not hold.kept_dir or hold.active(now):
+            continue
+        kept = Path(hold.kept_dir)
+        # only ever a sibling named as Rewind names it, never the data directory itself
+        if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
+            log(f"not removing {kept}, kept by {hold.describe()}: it is not a pre-rewind directory beside {data_dir}")
+            continue
+        if kept.exists():
+            shutil.rmtree(kept)
+            log(f"released {kept}: the pre-rewind directory of PITR run {hold.run_id}, its {hold.describe()} has ended")
+            released.append(str(kept))
+        _write(cluster, replace(hold, kept_dir=None))
+    return released
+
+
 def end_hold(cluster: Cluster, run_id: str, *, keep_days: float) -> Hold | None:
     """Start the hold's last period (the change closed, or a DBA cleared a failed rewind's guard)."""
     hold = get_hold(cluster, run_id)
@@ -186,6 +218,7 @@ def plan_expire(
 def expire_with_holds(pgbackrest: PgBackRest, *, log: Callable[[str], None] = print) -> dict:
     """Run expire so that no active hold loses anything; returns what happened for the task's XCom."""
     cluster = pgbackrest.cluster
+    released = release_kept_directories(cluster, log=log)
     holds = active_holds(cluster)
     before = pgbackrest.info()
     would_expire: list[str] = []
@@ -202,7 +235,14 @@ def expire_with_holds(pgbackrest: PgBackRest, *, log: Callable[[str], None] = pr
     expired = sorted({b.label for b in before.backup} - {b.label for b in after.backup})
     retained = [b.label for b in after.backups]
     log(f"expired {len(expired)} backup(s): {expired or 'none'}; retained: {retained}")
-    return {"expired": expired, "retained": retained, "held": plan.held, "options": plan.options, "holds": [hold.run_id for hold in holds]}
+    return {
+        "expired": expired,
+        "retained": retained,
+        "held": plan.held,
+        "options": plan.options,
+        "holds": [hold.run_id for hold in holds],
+        "released_directories": released,
+    }
 
 
 def held_backups(cluster: Cluster, info: StanzaInfo, now: dt.datetime | None = None) -> dict[str, list[str]]:

@@ -72,7 +72,8 @@ class CompletedPitr:
 def completed_pitr(standalone, demo_stack, servicenow) -> CompletedPitr:
     """One PITR of the demo cluster run to the end under the real scheduler and triggerer: a table
     voided after the target, triggered by the admin (the simulator's on-call DBA), waited for in the
-    triggerer, approved by the CAB approver, restored, checked, promoted, backed up, closed. Shared
+    triggerer, approved by the CAB approver, restored onto a clone and checked there while production
+    served, cut over, promoted, backed up, closed. Shared
     by the PITR test (which then clears it) and the audit page test (which reads it first)."""
     dag_id = "rewind_pitr__demo"
     standalone.wait_for_dag(dag_id)
@@ -90,6 +91,8 @@ def completed_pitr(standalone, demo_stack, servicenow) -> CompletedPitr:
         "target": target.strftime("%Y-%m-%d %H:%M:%S+00"),
         "validation_sql": [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0}],
         "reason": "e2e: migration voided the ledger",
+        # onto a clone first, cut over in seconds (rewind.pitr.clone); in place: the decide and Celery e2e tests
+        "mode": "clone",
     }
     response = standalone.trigger(dag_id, conf=conf, note="e2e PITR")
     assert response.status_code == 200, response.text

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from rewind.pitr.clone import clone_paths
+from rewind.pitr.journal import RunJournal
 from rewind.postgres import postmaster_pid
 from rewind.servicenow import Auth, ServiceNowClient
 from tests.e2e.conftest import task_log, wait_for_run_state, wait_for_task_state
@@ -23,6 +25,11 @@ def test_pitr_waits_deferred_for_approval_then_completes_with_change_and_note(co
     assert pitr.void_rows_while_waiting == "75"
     assert pitr.run["state"] == "success", pitr.states
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from ledger_entry") == "75 0"
+    # clone mode: built and checked beside production, then swapped in; the pre-rewind directory kept, stopped
+    journal = RunJournal.load(demo_stack.cluster, run_id)
+    assert journal.at("checked") < journal.at("stopped") < journal.at("swapped") < journal.at("promoted")
+    kept = clone_paths(demo_stack.cluster, run_id).pre_rewind_dir
+    assert (kept / "PG_VERSION").exists() and not (kept / "postmaster.pid").exists()
 
     sn = ServiceNowClient(servicenow.url, Auth("basic", servicenow.state.username, servicenow.state.password))
     closed = sn.get("change_request", change["sys_id"])

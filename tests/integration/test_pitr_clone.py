@@ -15,6 +15,7 @@ import pytest
 from rewind.pitr.clone import clone_paths
 from rewind.pitr.journal import RunJournal
 from rewind.postgres import postmaster_pid, psql_argv
+from rewind.retention import get_hold
 from rewind.runner import CommandFailed
 from tests.integration.helpers import VOID_CHECK, assert_success, change_of, fresh_ledger, ledger, run_pitr, states, the_incident, write
 
@@ -93,6 +94,7 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
     paths = clone_paths(demo_stack.cluster, run.run_id)
     assert data_dir.stat().st_ino != inode_before and paths.pre_rewind_dir.stat().st_ino == inode_before
     assert not paths.clone_dir.exists() and not (paths.pre_rewind_dir / "postmaster.pid").exists()
+    assert get_hold(demo_stack.cluster, run.run_id).kept_dir == str(paths.pre_rewind_dir)  # released with the hold
     # nothing clone-only was written into the directory that is production's now
     assert demo_stack.psql("show archive_mode") == "on" and demo_stack.psql("show listen_addresses") != ""
     assert "archive_mode = 'off'" not in (data_dir / "postgresql.auto.conf").read_text()  # what --archive-mode=off writes
@@ -129,3 +131,53 @@ def test_a_cutover_killed_between_its_renames_converges_when_the_run_is_cleared(
     assert ledger(demo_stack) == (200, 0, 200)
     assert not paths.clone_dir.exists() and paths.pre_rewind_dir.is_dir()
     shutil.rmtree(paths.pre_rewind_dir)
+
+
+def test_s3_gone_during_the_clone_restore_leaves_production_serving_and_removes_the_clone(demo_stack, pitr, approve_all):
+    """The repository becomes unreachable the moment the clone's restore begins: the step fails with
+    one line, the clone is removed, production never stopped and still holds every row, and the
+    restore guard is released (nothing blocks its backups)."""
+    from rewind.guard import read_guard
+
+    target = the_ledger_incident(demo_stack)
+    logical = dt.datetime.now(dt.timezone.utc)
+    run_id = f"manual__{logical.isoformat()}"
+    journal_path = RunJournal(demo_stack.cluster, run_id, {}).path
+    pid = postmaster_pid(demo_stack.cluster)
+
+    def s3_down_once_the_clone_restore_begins():
+        deadline = time.monotonic() + 120
+        while not (journal_path.exists() and "clone_restore_started" in journal_path.read_text()):
+            if time.monotonic() > deadline:
+                raise AssertionError("the clone's restore never began")
+            time.sleep(0.002)
+        demo_stack.s3.stop_tls()
+        demo_stack.use_pgbackrest_settings({"io_timeout_s": 1})
+
+    outage: dict = {}
+
+    def watch() -> None:
+        try:
+            s3_down_once_the_clone_restore_begins()
+        except BaseException as exc:
+            outage["error"] = exc
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run = run_pitr(
+            pitr, target_type="time", target=target, mode="clone", validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical
+        )
+    finally:
+        watcher.join(timeout=130)
+        demo_stack.use_pgbackrest_settings(None)
+        demo_stack.s3.start_tls()
+    assert "error" not in outage, outage
+    assert run.run_id == run_id and states(run)["stop_restore_promote"] == "failed", states(run)
+    assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (250, 200, 10_050)
+    paths = clone_paths(demo_stack.cluster, run_id)
+    assert not paths.clone_dir.exists() and not paths.pre_rewind_dir.exists()
+    journal = RunJournal.load(demo_stack.cluster, run_id)
+    assert journal.at("clone_restore_started") and not journal.at("stopped")
+    assert "production was never stopped" in journal.describe()
+    assert read_guard(demo_stack.cluster) is None

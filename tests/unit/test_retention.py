@@ -5,6 +5,7 @@ through a fake pgBackRest client that applies count retention."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -213,7 +214,14 @@ def test_held_backups_lists_what_each_active_hold_covers(ledger):
 def test_expire_without_holds_applies_the_configured_retention(count_cluster):
     pgbackrest = FakePgBackRest(count_cluster, BACKUPS)
     result = expire_with_holds(pgbackrest, log=lambda _line: None)
-    assert result == {"expired": [F1, F1_D, F2], "retained": [F3, F4, F4_I], "held": {}, "options": {}, "holds": []}
+    assert result == {
+        "expired": [F1, F1_D, F2],
+        "retained": [F3, F4, F4_I],
+        "held": {},
+        "options": {},
+        "holds": [],
+        "released_directories": [],
+    }
     assert pgbackrest.calls == [("expire", {})]  # no dry run needed
 
 
@@ -229,3 +237,34 @@ def test_expire_keeps_what_an_active_hold_covers(count_cluster):
     assert dry_run[-3:] == ["--dry-run", "--log-level-console=info", "expire"]
     assert expire == ("expire", {"retention_full_type": "count", "retention_full": 3, "retention_diff": 6})
     assert any(line.startswith("retention widened for this run") and f"held for PITR run run-a: {F2}" in line for line in lines)
+
+
+def test_a_kept_pre_rewind_directory_goes_with_its_hold_and_nothing_else_ever_does(count_cluster, tmp_path):
+    """Clone mode keeps production's directory from before the cutover as long as the hold keeps the
+    pre-rewind backups and WAL; the first expire after the hold ended removes it, and only a
+    directory named as Rewind names it beside the data directory."""
+    import datetime as dt
+
+    from rewind.retention import end_hold, get_hold, release_kept_directories, set_hold_kept_dir
+
+    data_dir = Path(count_cluster.postgres.data_dir)
+    kept = data_dir.with_name(f"{data_dir.name}.pre-rewind-run-a")
+    (kept / "base").mkdir(parents=True)
+    place_hold(count_cluster, run_id="run-a", info=stanza_info(BACKUPS), timeline=1)
+    set_hold_kept_dir(count_cluster, "run-a", str(kept))
+    lines: list[str] = []
+    assert release_kept_directories(count_cluster, log=lines.append) == [] and kept.is_dir()  # open hold
+    end_hold(count_cluster, "run-a", keep_days=1)
+    assert release_kept_directories(count_cluster, log=lines.append) == [] and kept.is_dir()  # its last day
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    assert release_kept_directories(count_cluster, now=later, log=lines.append) == [str(kept)]
+    assert not kept.exists() and get_hold(count_cluster, "run-a").kept_dir is None
+    assert lines[-1].startswith(f"released {kept}: the pre-rewind directory of PITR run run-a")
+    # a hold naming anything else (the data directory, a path elsewhere) never removes it
+    for elsewhere in (data_dir, tmp_path / "precious"):
+        elsewhere.mkdir(parents=True, exist_ok=True)
+        place_hold(count_cluster, run_id="run-b", info=stanza_info(BACKUPS), timeline=1)
+        set_hold_kept_dir(count_cluster, "run-b", str(elsewhere))
+        end_hold(count_cluster, "run-b", keep_days=0)
+        assert release_kept_directories(count_cluster, now=later, log=lines.append) == [] and elsewhere.is_dir()
+        assert "not removing" in lines[-1]

@@ -30,6 +30,7 @@ from rewind.errors import PreflightError, RewindError
 from rewind.inventory import Cluster
 from rewind.restore import Instance
 from rewind.state import file_key
+from rewind.wal import SEGMENT_SIZE, segment_parts
 
 # The clone's socket, log and authentication files: a short path (a socket path is capped at 107
 # bytes), private to the OS user.
@@ -88,6 +89,18 @@ def refuse_tablespaces(cluster: Cluster) -> None:
             f"clone mode: cluster {cluster.name} has tablespaces (pg_tblspc: {', '.join(links)}), which a clone cannot be "
             "swapped in with: use mode in_place (pitr.mode in the inventory, or the params' mode)"
         )
+
+
+def replay_bytes(plan) -> int:
+    """The WAL a plan (rewind.pitr.plan.RestorePlan) replays, at most: its segments' size."""
+    (_, first), (_, last) = segment_parts(plan.wal_first), segment_parts(plan.wal_last)
+    return (last - first + 1) * SEGMENT_SIZE
+
+
+def check_clone_possible(cluster: Cluster, paths: ClonePaths, plan) -> None:
+    """Everything that refuses clone mode for this plan, before anything is written."""
+    refuse_tablespaces(cluster)
+    check_room(cluster, paths, backup_bytes=plan.backup_size_bytes, wal_bytes=replay_bytes(plan))
 
 
 def check_room(cluster: Cluster, paths: ClonePaths, *, backup_bytes: int, wal_bytes: int, margin: float = 1.10) -> None:

@@ -40,11 +40,10 @@ from rewind.errors import PreflightError, RewindError
 from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
 from rewind.pitr.clone import (
     ClonePaths,
-    check_room,
+    check_clone_possible,
     clone_instance,
     clone_paths,
     finish_interrupted_swap,
-    refuse_tablespaces,
     remove_clone,
     swap,
 )
@@ -65,9 +64,8 @@ from rewind.pitr.results import (
 )
 from rewind.postgres import live_timeline, postmaster_pid, run_sql
 from rewind.restore import STATE_SQL, RecoveryTarget, RestoreExecutor
-from rewind.retention import end_hold, place_hold, set_hold_change
+from rewind.retention import end_hold, place_hold, set_hold_change, set_hold_kept_dir
 from rewind.scratch import free_port
-from rewind.wal import SEGMENT_SIZE, segment_parts
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import ChangeControlledOperator, Refused
@@ -246,6 +244,8 @@ class PitrPreflightOperator(PitrOperator):
             timeline_before=guard.timeline_before,
             log=self.log.info,
         )
+        if request.mode_for(cluster.pitr.mode) == "clone":  # refused now, before a change is even opened
+            check_clone_possible(cluster, clone_paths(cluster, context["run_id"]), plan)
         hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=plan.timeline, reason=request.reason)
         if hold:
             self.log.info("retention %s", hold.describe())
@@ -578,9 +578,7 @@ class StopRestorePromoteOperator(PitrOperator):
             return plan, live_timeline(self.runner, cluster) if is_running(cluster) else None
 
         change, (plan, timeline_before) = _with_gate(lambda: self.gate(journal, step="restore_clone", implementing=implementing), prepare)
-        refuse_tablespaces(cluster)
-        (_, first), (_, last) = segment_parts(plan.wal_first), segment_parts(plan.wal_last)
-        check_room(cluster, paths, backup_bytes=plan.backup_size_bytes, wal_bytes=(last - first + 1) * SEGMENT_SIZE)
+        check_clone_possible(cluster, paths, plan)
         journal.set(mode="clone", plan=plan.as_dict(), clone=paths.as_dict(), timeline_before=timeline_before)
         if not implementing:
             start_implementing(
@@ -696,6 +694,8 @@ class StopRestorePromoteOperator(PitrOperator):
             journal.record("stopped")
         if not journal.at("swapped"):
             self.log.info("cutover: %s", swap(paths, log=self.log.info))
+            # kept as long as the pre-rewind backups and WAL are: released by the first expire after the hold ends
+            set_hold_kept_dir(cluster, run_id, str(paths.pre_rewind_dir))
             journal.record("swapped")
             shutil.rmtree(paths.run_dir, ignore_errors=True)
         if not journal.at("started") or not production.instance.pid():
