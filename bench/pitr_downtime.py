@@ -2,7 +2,7 @@
 the same steps done by hand on the same data; rounds alternate, all in one run.
 
     .venv/bin/python bench/pitr_downtime.py [--rows 1000000] [--bad-rows 5000] [--rounds 3] [--poll S] [--mode clone]
-        [--airflow-env KEY=VALUE ...]
+        [--wal-mib 1024] [--airflow-env KEY=VALUE ...]
 
 The stack: the demo cluster (PostgreSQL + pgBackRest + S3 over TLS) with a ledger of --rows rows,
 repository keys leased from the Vault simulator per task (as in the local stack and production),
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=None, help="inventory pitr.approval_poll_s (default: the product's default)")
     parser.add_argument("--airflow-env", action="append", default=[], help="extra Airflow setting for every component, KEY=VALUE")
     parser.add_argument("--mode", choices=["in_place", "clone"], default="in_place", help="the DAG rounds' PITR mode")
+    parser.add_argument("--wal-mib", type=int, default=0, help="WAL written between each round's backup and its target (replayed)")
     args = parser.parse_args()
     home = setup()
 
@@ -130,6 +131,9 @@ def main() -> None:
             f"insert into ledger_entry select g, g % 5000, (g % 100000) / 100.0, 'posted', now() from generate_series(1, {args.rows}) g"
         )
         stack.psql("vacuum analyze ledger_entry")
+        if args.wal_mib:  # 100k rows of 1 kB, rewritten in place: WAL without growing the database much
+            stack.psql("create table wal_filler (id int primary key, pad text) with (fillfactor = 50)")
+            stack.psql("insert into wal_filler select g, repeat(md5(g::text), 32) from generate_series(1, 100000) g")
         size = stack.psql("select pg_size_pretty(pg_database_size('postgres'))")
         pgbackrest = stack.pgbackrest()  # the stack's own key: a DBA at a terminal
         pgbackrest.backup("full", annotations={})
@@ -168,8 +172,18 @@ def main() -> None:
         sn = ServiceNowClient(sim.url, Auth("basic", sim.state.username, sim.state.password))
         log_path = Path(cluster.postgres.log_file)
 
+        def replay_load() -> None:
+            """--wal-mib of WAL between the round's backup and its target: what recovery replays."""
+            if not args.wal_mib:
+                return
+            start = stack.psql("select pg_current_wal_lsn()")
+            while int(stack.psql(f"select (pg_current_wal_lsn() - '{start}'::pg_lsn)::bigint")) < args.wal_mib * 2**20:
+                stack.psql("update wal_filler set pad = md5(pad) || substr(pad, 33)")
+                stack.psql("checkpoint")  # full-page images again: WAL as a busy day writes it
+
         def make_target(round_: int) -> str:
             """A target between the ledger as it was and a bad update of --bad-rows rows spread over it."""
+            replay_load()
             time.sleep(1.1)
             target = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
             time.sleep(1.1)
@@ -253,7 +267,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {"dag": [], "hand": []}
         print(
             f"ledger {args.rows} rows (database {size}); {args.rounds} rounds; approval poll {poll:g} s "
-            f"(product default {PitrSettings().approval_poll_s:g} s); DAG mode {args.mode}; pgBackRest {'.'.join(map(str, pgbackrest.version()))}; "
+            f"(product default {PitrSettings().approval_poll_s:g} s); DAG mode {args.mode}; WAL before each target {args.wal_mib} MiB; pgBackRest {'.'.join(map(str, pgbackrest.version()))}; "
             f"Airflow settings: {json.dumps(extra_env) if extra_env else 'defaults'}",
             flush=True,
         )

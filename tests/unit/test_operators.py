@@ -156,9 +156,13 @@ def test_a_refusal_waiting_cannot_change_fails_at_once_and_a_transient_failure_k
         def execute_on_cluster(self, context):
             raise self.failure
 
+    from rewind.change_control import ChangeNotUsable
+
     for refusal in (
         TargetNotReachable("param target: 2026-11-01 02:00:00 UTC is before the oldest backup"),
         PitrParamError("param target: '02:13' is not a timestamp"),
+        # the change's answer: with a PITR step's twelve retries it was asked again for minutes
+        ChangeNotUsable("stop_postgres refused: CHG0030001 is not approved (approval: requested)"),
     ):
         step = Step(failure=refusal, task_id="preflight", cluster="ledger")
         step.__dict__["hook"] = SimpleNamespace(release=lambda: None)

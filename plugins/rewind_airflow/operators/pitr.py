@@ -686,6 +686,9 @@ class StopRestorePromoteOperator(PitrOperator):
             pid_before = production.instance.pid()
             if pid_before:
                 archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
+                # a checkpoint while production still serves: the shutdown checkpoint below, inside
+                # the downtime, then has almost nothing left to write
+                run_sql(runner, cluster, "checkpoint", timeout=600)
             if clone.instance.pid():
                 run_sql(runner, clone.cluster, "checkpoint", timeout=600)  # a restartpoint: the restart replays almost nothing
                 clone.stop(mode="fast")
