@@ -96,20 +96,11 @@ class ScratchCluster:
         )
         self.executor.restore(target)
 
-    def settings(self) -> dict[str, str]:
-        return self.instance.sibling_settings()
-
     def start(self, *, wait: bool = True, recovery: dict[str, str] | None = None) -> None:
         """Start the copy. wait=False returns at once: recovery may take far longer than any fixed
         wait. `recovery`: recovery settings for this start only (a restart still in recovery goes
         on to a new target; the restored configuration is left as it is)."""
         self._log_offset = self.executor.start(recovery=recovery, wait_ready=wait)
-
-    def is_running(self) -> bool:
-        return self.instance.pid() is not None
-
-    def log_lines(self) -> list[str]:
-        return self.instance.log_lines(0)
 
     def wait_until_promoted(self, *, timeout_s: float, poll_s: float = 0.25, log: Callable[[str], None] | None = None) -> None:
         """Until recovery has ended and the copy answers queries as a primary (its restore target
