@@ -165,15 +165,17 @@ class PitrOperator(ChangeControlledOperator):
         request's target, into the cluster's data directory (the restore executor, rewind.restore)."""
         self.hook.restore_executor().restore(RecoveryTarget.of(request, plan))
 
-    def data_checks(self, request: PitrRequest) -> list[CheckResult]:
-        """The request's checks as the check role, read-only (rewind.pitr.recovery.run_data_checks);
-        raises DataCheckFailed with every result when one fails."""
+    def data_checks(self, request: PitrRequest, *, cluster=None) -> list[CheckResult]:
+        """The request's checks as the check role, read-only (rewind.pitr.recovery.run_data_checks),
+        on the cluster (or `cluster`: the same definition pointed at a clone); raises
+        DataCheckFailed with every result when one fails."""
+        cluster = cluster or self.hook.cluster
         self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         return run_data_checks(
             self.runner,
-            self.hook.cluster,
+            cluster,
             list(request.validation_sql),
-            database=request.validation_database or self.hook.cluster.postgres.database,
+            database=request.validation_database or cluster.postgres.database,
             secrets=known_secret_values(),
             log=self.log.info,
         )
@@ -540,18 +542,22 @@ class StopRestorePromoteOperator(PitrOperator):
         return clone_paths(self.hook.cluster, context["run_id"])
 
     def clone_executor(self, context, journal: RunJournal) -> RestoreExecutor:
-        """The restore executor on this run's clone (its port chosen once, kept in the journal)."""
+        """The restore executor on this run's clone (its port chosen once, kept in the journal); one
+        per task try, so the start's credentials are read once."""
+        if getattr(self, "_clone_executor", None) is not None:
+            return self._clone_executor
         port = journal.data.get("clone_port")
         if port is None:
             port = free_port()
             journal.set(clone_port=port)
-        return RestoreExecutor(
+        self._clone_executor = RestoreExecutor(
             self.hook.get_conn(),
             clone_instance(self.hook.cluster, self.clone_paths(context), port=int(port)),
             runner=self.runner,
             postmaster_runner=self.hook.postmaster_runner(),
             log=self.log.info,
         )
+        return self._clone_executor
 
     def _clone_restore_clone(self, context, journal: RunJournal) -> RestoreResult:
         """Re-plan from the repository as it is now, then restore the plan's backup into the clone
@@ -634,17 +640,8 @@ class StopRestorePromoteOperator(PitrOperator):
         if journal.at("stopped"):
             return [CheckResult.model_validate(check) for check in journal.data.get("clone_checks") or []]
         executor = self.clone_executor(context, journal)
-        request = self.pitr_request
-        self.hook.postmaster_secrets()  # known to this process, so a check's answer is masked against them
         try:
-            results = run_data_checks(
-                self.runner,
-                executor.cluster,
-                list(request.validation_sql),
-                database=request.validation_database or executor.cluster.postgres.database,
-                secrets=known_secret_values(),
-                log=self.log.info,
-            )
+            results = self.data_checks(self.pitr_request, cluster=executor.cluster)
         except DataCheckFailed as exc:
             journal.set(clone_checks=[check.to_xcom() for check in exc.results])
             raise type(exc)(f"{exc}; production was not touched; the clone is kept in {executor.instance.data_dir}", exc.results) from None
