@@ -33,15 +33,21 @@ def is_running(cluster: Cluster) -> bool:
 def archive_current_wal(
     runner: CommandRunner, cluster: Cluster, *, timeout_s: float = 120, log: Callable[[str], None] = print
 ) -> str | None:
-    """Switch WAL and wait until the segment is archived, so every commit up to now is in the
-    repository before PostgreSQL stops. Returns the segment, or None when PostgreSQL is down
-    or a standby (nothing to switch)."""
+    """Commit a marker, switch WAL and wait until the segment is archived, so every commit up to
+    now is in the repository before PostgreSQL stops. Returns the segment, or None when
+    PostgreSQL is down or a standby (nothing to switch).
+
+    The marker (an empty transaction given an xid: a COMMIT record stamped now) is there because
+    recovery to a time stops at the first commit after it: on a quiet cluster, with no commit
+    after the target, recovery would end in "recovery ended before configured recovery target
+    was reached" instead of at the target (in place, with PostgreSQL already stopped)."""
     if not is_running(cluster):
         log("PostgreSQL is not running: only WAL already archived can be recovered")
         return None
     if run_sql(runner, cluster, "select pg_is_in_recovery()") == "t":
         log("PostgreSQL is in recovery: no WAL switch")
         return None
+    run_sql(runner, cluster, "select pg_current_xact_id()")  # the marker commit (autocommit)
     segment = run_sql(runner, cluster, "select pg_walfile_name(pg_switch_wal())")
     deadline = time.monotonic() + timeout_s
     query = f"select count(*) from pg_ls_archive_statusdir() where name = '{segment}.ready'"
