@@ -132,7 +132,7 @@ def doc_md(cluster: Cluster) -> str:
         | step | what it does | touches |
         |---|---|---|
         | `validate_params` | target matches its type, data checks are single statements, reason given; a given change is open, raised for this cluster (cmdb_ci) and not used by another PITR; no other PITR of this cluster is active (it is named) | nothing |
-        | `preflight` | repository reachable and decryptable, config not drifted, stanza ok; archives the current WAL; resolves the timeline to a number; target not in the future, found in the archived WAL; a backup on the timeline's history before it; every WAL segment between them archived; free disk; data-check role safe. From here the pre-rewind history is held from expiry | WAL switch only |
+        | `preflight` | repository reachable and decryptable, config not drifted, stanza ok; archives the current WAL; resolves the timeline to a number; target not in the future, found in the archived WAL; a backup on the timeline's history before it; every WAL segment between them archived; free disk; data-check role safe. From here the pre-rewind history is held from expiry | a marker commit (time targets stay reachable), WAL switch |
         | `ensure_change` | binds `change_number` to this run, else opens a normal change naming cluster, target, what happens at the target and the run | ServiceNow |
         | `wait_for_approval` | waits in the triggerer until approved **and** Scheduled/Implement **and** inside the window; rejection ends the run; no decision within {cluster.pitr.approval_timeout_h:g} h cancels the change | nothing |
         | `stop_restore_promote` | the downtime, in one task (no scheduler hand-off inside it), step by step: | |
@@ -217,9 +217,12 @@ for cluster in inventory.clusters.values():
             **sn,
         )
         full_backup = PitrFullBackupOperator(task_id="full_backup_new_timeline", cluster=cluster.name, pool=cluster.pool)
-        release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, **sn)
+        # An abort on the clone skips the full backup (no new timeline): the guard is released and
+        # the change closed all the same.
+        release_guard = ReleaseRestoreGuardOperator(task_id="release_restore_guard", cluster=cluster.name, trigger_rule="none_failed", **sn)
         close_change = CloseChangeOperator(
             task_id="close_change",
+            trigger_rule="none_failed",
             cluster=cluster.name,
             request=REQUEST,
             steps={

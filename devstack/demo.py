@@ -62,6 +62,10 @@ class DemoStack:
     host: DatabaseHost | None = None  # run PostgreSQL on this database host (else on 127.0.0.1)
     inventory_file: Path | None = None  # an inventory shared with other clusters (else its own)
     pitr_settings: dict | None = None  # the inventory's pitr section
+    # Where a PITR builds the target state when the params do not say (the inventory's pitr.mode):
+    # the tests' stacks rewind in place unless a test asks for clone; None: the product's default
+    # (clone), as the local stack shows a newcomer.
+    pitr_mode: str | None = "in_place"
     # False: a cluster as it is before Rewind's onboarding (no archiving, no config installed, no stanza)
     onboarded: bool = True
     alerts: dict | None = None  # the inventory's alerts section (pagers, ...); default: none, nobody is paged
@@ -167,7 +171,11 @@ class DemoStack:
                     "credentials": self.credentials or {"source": "env", "env_prefix": self.env_prefix},
                     "state_path": str(self.base / "rewind-state"),
                     "schedules": {"full": "0 2 * * 0", "diff": "0 2 * * 1-6", "incr": "0 * * * *", **(self.schedules or {})},
-                    **({"pitr": self.pitr_settings} if self.pitr_settings else {}),
+                    **(
+                        {"pitr": pitr}
+                        if (pitr := {**({"mode": self.pitr_mode} if self.pitr_mode else {}), **(self.pitr_settings or {})})
+                        else {}
+                    ),
                     **({"alerts": self.alerts} if self.alerts else {}),
                     **({"rehearsal": self.rehearsal} if self.rehearsal else {}),
                 }

@@ -147,6 +147,7 @@ def up(sso: bool = False) -> int:
         HOME / "stack",
         schedules={"health": "*/5 * * * *"},
         rehearsal={"change_template": REHEARSAL_TEMPLATE, "tables": ["public.ledger_entry"]},
+        pitr_mode=None,  # the product's default: rewind onto a clone first
     )
     stack.start()
     stack.psql(DEMO_DATA_SQL)
@@ -330,7 +331,9 @@ def _start_newcomer(demo: DemoStack) -> DemoStack:
     the shared inventory (the DAGs exist), its repository a bucket with the posture terraform/ gives
     (versioning, Object Lock, SSE-KMS, public access blocked), its S3 keys in the workers' environment."""
     print("starting a second cluster, not yet archiving (newcomer), and its repository bucket ...", flush=True)
-    newcomer = DemoStack(HOME / "newcomer", name="newcomer", onboarded=False, s3_as_code=True, inventory_file=demo.inventory_path)
+    newcomer = DemoStack(
+        HOME / "newcomer", name="newcomer", onboarded=False, s3_as_code=True, inventory_file=demo.inventory_path, pitr_mode=None
+    )
     newcomer.start()
     newcomer.psql(NEWCOMER_DATA_SQL)
     return newcomer

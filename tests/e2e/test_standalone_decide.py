@@ -1,13 +1,15 @@
 """Decide while paused, under the real scheduler, triggerer and API server: a PITR with
-target_action `decide` stops PostgreSQL paused read-only at its target and asks the DBA in Airflow's
+target_action `decide` pauses read-only at its target and asks the DBA in Airflow's
 human-in-the-loop "Required actions"; the answers go through the public REST API as each person.
 
-The 02:17 story: the on-call DBA's first guess of the target is after the runaway UPDATE, so the
-data check fails there. Promote is refused and asked again; a move to a target that is not a
+The 02:17 story, in clone mode: the clone is built beside production, which keeps serving while the
+DBA decides. The on-call DBA's first guess of the target is after the runaway UPDATE, so the data
+check fails on the clone. Promote is refused and asked again; a move to a target that is not a
 timestamp is refused before anything is touched; a move to the instant before the UPDATE restores
-again in the same run, the check passes, and Promote opens the cluster there. Only the DBA may
-answer (the auditor and the backup operator get 403). A second rewind, aborted, gives back every row
-the cluster had before it was stopped."""
+the clone again in the same run (production untouched), the check passes, and Promote cuts over and
+opens the cluster there. Only the DBA may answer (the auditor and the backup operator get 403). A
+second rewind, in place and aborted, gives back every row the cluster had before it was stopped; a
+third, on a clone and aborted, removes the clone and never stops production."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import time
 
 import pytest
 
+from rewind.pitr.clone import clone_instance, clone_paths
 from rewind.pitr.decision import ABORT, MOVE, PROMOTE
 from rewind.pitr.journal import RunJournal
-from rewind.postgres import postmaster_pid
+from rewind.postgres import postmaster_pid, psql_argv
 from rewind.servicenow import Auth, ServiceNowClient
 from tests.e2e.conftest import task_log, wait_for_task_state
 
@@ -112,10 +115,24 @@ def _followon(sn, run_id, timeout: float = 120) -> dict:
     raise AssertionError(f"no follow-on change for {run_id}")
 
 
-def _rewind(standalone, servicenow, target: str, reason: str) -> tuple[str, dict]:
+def _clone_psql(demo_stack, run_id: str, sql: str) -> str:
+    """A query on the run's clone, on its private socket, as the DBA compares it with production."""
+    port = int(RunJournal.load(demo_stack.cluster, run_id).data["clone_port"])
+    clone = clone_instance(demo_stack.cluster, clone_paths(demo_stack.cluster, run_id), port=port).cluster
+    return demo_stack.runner(line_logger=lambda _line: None).run(psql_argv(clone, sql), timeout=60, log_stdout=False).stdout.strip()
+
+
+def _rewind(standalone, servicenow, target: str, reason: str, *, mode: str) -> tuple[str, dict]:
     response = standalone.trigger(
         DAG_ID,
-        conf={"target_type": "time", "target": target, "target_action": "decide", "validation_sql": VOID_CHECK, "reason": reason},
+        conf={
+            "target_type": "time",
+            "target": target,
+            "target_action": "decide",
+            "validation_sql": VOID_CHECK,
+            "reason": reason,
+            "mode": mode,
+        },
     )
     assert response.status_code == 200, response.text
     run_id = response.json()["dag_run_id"]
@@ -138,35 +155,42 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     after_update = _instant()  # the on-call's first guess: too late
     demo_stack.psql("insert into trade values (51, 'booked')")
 
-    run_id, change = _rewind(standalone, servicenow, after_update, "e2e decide: runaway UPDATE voided every trade")
+    pid = postmaster_pid(demo_stack.cluster)
+    run_id, change = _rewind(standalone, servicenow, after_update, "e2e decide: runaway UPDATE voided every trade", mode="clone")
     _question(standalone, demo_stack, run_id, answered=0)
     dba, auditor, operator = (standalone.rest_as(name) for name in ("dba", "auditor", "operator"))
     note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
-    assert "is paused read-only at time" in note and "Data checks here: 0/1 passed" in note, note
-    assert note.rstrip().endswith("/tasks/decide_at_target/required_actions?map_index=-1"), note
-    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
-    assert demo_stack.psql("select count(*) from trade where status = 'void'") == "50"  # read-only, paused at the wrong target
+    assert "the clone of demo is paused read-only at time" in note and "Data checks here: 0/1 passed" in note, note
+    assert "Production serves, untouched; how to compare it with the clone side by side: the question's page." in note, note
+    body = standalone.rest.hitl_detail(DAG_ID, run_id, "decide_at_target")["body"]
+    assert "**Compare side by side**" in body and f"-p {RunJournal.load(demo_stack.cluster, run_id).data['clone_port']} " in body, body
+    assert note.split("\n")[1].endswith("/tasks/decide_at_target/required_actions?map_index=-1"), note  # under the question
+    assert _clone_psql(demo_stack, run_id, "select pg_is_in_recovery()") == "t"
+    assert _clone_psql(demo_stack, run_id, "select count(*) from trade where status = 'void'") == "50"  # paused at the wrong target
+    # production serves meanwhile, writable, untouched
+    assert demo_stack.psql("select pg_is_in_recovery()") == "f" and postmaster_pid(demo_stack.cluster) == pid
+    assert demo_stack.psql("select count(*) from trade") == "51"
 
     # Only the DBA role answers.
     for person in (auditor, operator):
         refused = _answer(person, run_id, PROMOTE)
         assert refused.status_code == 403, refused.text
     # Promote with a failed check: refused, asked again; nothing touched.
-    pid = postmaster_pid(demo_stack.cluster)
     assert _answer(dba, run_id, PROMOTE).status_code == 200
     _question(standalone, demo_stack, run_id, answered=1)
     # A move to something that is not a timestamp: refused before anything is touched.
     assert _answer(dba, run_id, MOVE, {"new_target": "02:13"}).status_code == 200
     _question(standalone, demo_stack, run_id, answered=2)
-    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select pg_is_in_recovery()") == "f"
     first, second = _decisions(demo_stack, run_id)
     assert first["answer"] == PROMOTE and "a data check failed" in first["refused"] and "dba" in first["by"]
     assert second["answer"] == MOVE and second["refused"].startswith("new_target: '02:13' is not a timestamp")
-    # The move to the instant before the UPDATE: restored again in this run, paused, checked, asked again.
+    # The move to the instant before the UPDATE: the clone only restored again in this run, paused,
+    # checked, asked again; production still serves, the same postmaster.
     assert _answer(dba, run_id, MOVE, {"new_target": before_update}).status_code == 200
     _question(standalone, demo_stack, run_id, answered=3)
-    assert postmaster_pid(demo_stack.cluster) != pid and demo_stack.psql("select pg_is_in_recovery()") == "t"
-    assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from trade") == "50 0"
+    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select pg_is_in_recovery()") == "f"
+    assert _clone_psql(demo_stack, run_id, "select count(*) || ' ' || count(*) filter (where status = 'void') from trade") == "50 0"
     note = standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"]
     assert "Data checks here: 1/1 passed" in note and "Decision 3: Move the target by" in note, note
     assert note.startswith("Question 2: "), note
@@ -174,19 +198,21 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     assert _answer(dba, run_id, PROMOTE, question=1).status_code == 200
     _question(standalone, demo_stack, run_id, answered=4)
     assert "this answer was given to question 1; the cluster is now at question 2" in _decisions(demo_stack, run_id)[-1]["refused"]
-    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert _clone_psql(demo_stack, run_id, "select pg_is_in_recovery()") == "t"
     # Promote at the moved target: the change approved the first one, so a follow-on change must be
     # approved first; the task waits in the triggerer, PostgreSQL still paused.
     assert _answer(dba, run_id, PROMOTE, question=2).status_code == 200
     followon = _followon(sn, run_id)
     wait_for_task_state(standalone, DAG_ID, run_id, "decide_at_target", "deferred")
-    assert demo_stack.psql("select pg_is_in_recovery()") == "t"
+    assert postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select pg_is_in_recovery()") == "f"  # serving meanwhile
     assert "re-approval asked in " + followon["number"] in " ".join(sn.work_notes("change_request", change["sys_id"]))
     servicenow.approve(followon["number"])
     run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
     assert run["state"] == "success", (standalone.task_states(DAG_ID, run_id), _events(standalone, run_id, "decide_at_target"))
-    assert demo_stack.psql("select pg_is_in_recovery()") == "f"
+    assert demo_stack.psql("select pg_is_in_recovery()") == "f" and postmaster_pid(demo_stack.cluster) != pid  # cut over
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || max(id) from trade") == "50 0 50"
+    paths = clone_paths(demo_stack.cluster, run_id)
+    assert paths.pre_rewind_dir.is_dir() and not paths.clone_dir.exists()  # production's old directory kept, stopped
 
     closed = sn.get("change_request", change["sys_id"])
     assert (closed["state"], closed["close_code"]) == ("3", "successful")
@@ -203,7 +229,7 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
         assert line in closed["close_notes"], (line, closed["close_notes"])
     work_notes = sn.work_notes("change_request", change["sys_id"])
     assert any("Move the target by" in n and "dba" in n and before_update[:19] in n for n in work_notes), work_notes
-    assert any("is paused again, read-only" in n for n in work_notes), work_notes
+    assert any("the clone of demo is paused again, read-only (production serving)" in n for n in work_notes), work_notes
     link = f"/dags/{DAG_ID}/runs/{run_id}/tasks/decide_at_target/required_actions"
     assert sum("a DBA decides in Airflow" in n and link in n for n in work_notes) == 1, work_notes  # where to answer, once
     moves = [d for d in _decisions(demo_stack, run_id) if d["answer"] == MOVE and not d.get("refused")]
@@ -220,7 +246,7 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     demo_stack.psql("update trade set status = 'settled' where id > 55")
     rows_before = demo_stack.psql("select string_agg(id || status, ',' order by id) from trade")
     timeline_before = demo_stack.psql("select timeline_id from pg_control_checkpoint()")
-    run_id, change = _rewind(standalone, servicenow, target, "e2e decide: a rewind the DBA aborts")
+    run_id, change = _rewind(standalone, servicenow, target, "e2e decide: a rewind the DBA aborts", mode="in_place")
     _question(standalone, demo_stack, run_id, answered=0)
     assert demo_stack.psql("select count(*) filter (where status = 'settled') from trade") == "0"  # paused before the update
     # The question marked success by hand instead of answered: the new timeline's backup refuses (the
@@ -246,3 +272,33 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     assert closed["close_code"] == "unsuccessful" and "aborted by the DBA" in closed["close_notes"], closed
     assert f"back to the latest archived WAL of timeline {timeline_before}" in closed["close_notes"]
     assert standalone.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["note"].startswith(f"{change['number']} closed unsuccessful")
+
+    # A third rewind, on a clone, aborted at the question: the clone is removed, production was never
+    # stopped; no new timeline, so no new full backup; the change closes unsuccessful.
+    target = _instant()
+    demo_stack.psql("insert into trade values (61, 'booked')")
+    pid, rows_before = postmaster_pid(demo_stack.cluster), demo_stack.psql("select string_agg(id || status, ',' order by id) from trade")
+    timeline_before = demo_stack.psql("select timeline_id from pg_control_checkpoint()")
+    run_id, change = _rewind(standalone, servicenow, target, "e2e decide: a clone the DBA aborts", mode="clone")
+    _question(standalone, demo_stack, run_id, answered=0)
+    assert _clone_psql(demo_stack, run_id, "select count(*) from trade where id = 61") == "0"  # the clone is at the target
+    assert clone_paths(demo_stack.cluster, run_id).clone_dir.is_dir()
+    assert _answer(dba, run_id, ABORT).status_code == 200
+    run = standalone.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", standalone.task_states(DAG_ID, run_id)
+    states = standalone.task_states(DAG_ID, run_id)
+    assert (states["full_backup_new_timeline"], states["release_restore_guard"], states["close_change"]) == (
+        "skipped",
+        "success",
+        "success",
+    )
+    assert (
+        postmaster_pid(demo_stack.cluster) == pid and demo_stack.psql("select timeline_id from pg_control_checkpoint()") == timeline_before
+    )
+    assert demo_stack.psql("select string_agg(id || status, ',' order by id) from trade") == rows_before
+    assert not clone_paths(demo_stack.cluster, run_id).clone_dir.exists()
+    closed = sn.get("change_request", change["sys_id"])
+    assert (
+        closed["close_code"] == "unsuccessful" and "aborted by the DBA on the clone: production was never stopped" in closed["close_notes"]
+    )
+    assert "No new full backup: there is no new timeline" in closed["close_notes"], closed["close_notes"]

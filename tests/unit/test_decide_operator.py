@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from rewind import guard
-from rewind.pitr.decision import ABORT, MOVE, PROMOTE
+from rewind.pitr.decision import ABORT, MOVE, PROMOTE, describe_decision
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
-from rewind.pitr.results import CheckResult, DecisionResult, RecoveryResult
+from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, RecoveryResult
 from rewind_airflow.operators import pitr_decide
 from rewind_airflow.operators.pitr_decide import DecideAtTargetOperator
 from tests.factories import local_cluster
@@ -35,8 +35,10 @@ class FakeRunner:
 class FakeExecutor:
     """The restore executor (rewind.restore.RestoreExecutor) on the cluster: records the restores."""
 
-    def __init__(self, restores: list[dict]) -> None:
+    def __init__(self, restores: list[dict], cluster=None) -> None:
         self.restores = restores
+        self.cluster = cluster
+        self.instance = SimpleNamespace(pid=lambda: None)  # stopped: nothing written since the run paused it
 
     def stop(self, *, mode: str = "fast") -> bool:
         return False
@@ -50,6 +52,7 @@ class FakeExecutor:
         return 123
 
     def wait(self, action: str, **_kwargs) -> RecoveryResult:
+        assert action in ("pause", "promote"), action  # as RestoreExecutor.wait refuses anything else
         return RecoveryResult(state="paused" if action == "pause" else "promoted", replay_lsn="0/9000100", stop_record=None, timeline=None)
 
     def promote(self) -> int:
@@ -61,7 +64,7 @@ def decide(tmp_path, monkeypatch):
     cluster = local_cluster(tmp_path)
     restores: list[dict] = []
     runner = FakeRunner()
-    executor = FakeExecutor(restores)
+    executor = FakeExecutor(restores, cluster)
     hook = SimpleNamespace(
         cluster=cluster,
         get_conn=lambda: SimpleNamespace(),
@@ -76,8 +79,6 @@ def decide(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pitr_operators, "run_data_checks", lambda *_a, **_k: [CheckResult.model_validate(c) for c in CHECKS])
     monkeypatch.setattr(pitr_operators, "known_secret_values", lambda: [])
-    monkeypatch.setattr(pitr_decide, "is_running", lambda _cluster: False)
-    monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: None)
     monkeypatch.setattr(guard, "held_by", lambda *_a, **_k: None)
 
     operator = DecideAtTargetOperator(
@@ -285,7 +286,7 @@ def test_a_move_or_abort_never_restores_over_a_cluster_changed_outside_the_run(d
 
     # running when checked and when stopped, gone after the stop
     pids = itertools.cycle([4242, 4242, None])
-    monkeypatch.setattr(pitr_decide, "postmaster_pid", lambda _cluster: next(pids))
+    decide.executor.instance = SimpleNamespace(pid=lambda: next(pids))
     paused_at = lambda: reload(decide).data["decide_recovery"]["replay_lsn"]  # noqa: E731
     monkeypatch.setattr(pitr_decide, "run_sql", lambda *_a, **_k: server.replace("<where the run paused it>", paused_at()))
     for option, form in ((MOVE, {"new_target_type": "xid", "new_target": "7421", "new_target_exclusive": True}), (ABORT, {})):
@@ -342,3 +343,45 @@ def test_a_move_within_the_approved_window_promotes_without_reapproval(decide, m
     decide.operator.answered({"run_id": RUN}, decide.journal, move)
     result = decide.operator.answered({"run_id": RUN}, reload(decide), answer(PROMOTE, 32, question=2))
     assert result["timeline"] == 2 and reload(decide).at("promoted")
+
+
+def test_on_a_clone_a_move_restores_the_clone_only_a_promote_cuts_over_and_an_abort_removes_the_clone(decide, monkeypatch, tmp_path):
+    """Clone mode before the cutover: what is paused at the target is the clone; production serves."""
+    journal = decide.journal
+    journal.data["steps"].pop("started")  # the clone was started, not production
+    journal.set(mode="clone", clone_port=54999)
+    journal.record("clone_started")
+    clone_restores: list[dict] = []
+    clone = FakeExecutor(clone_restores, decide.cluster)
+    monkeypatch.setattr(decide.operator, "clone_executor", lambda _context, _journal: clone)
+    production_promoted: list[int] = []
+    monkeypatch.setattr(decide.executor, "promote", lambda: production_promoted.append(1) or 3)
+    context = {"run_id": RUN}
+
+    move = answer(MOVE, 31, new_target_type="xid", new_target="7421", new_target_exclusive=True)
+    assert decide.operator.answered(context, reload(decide), move) == "asked"
+    assert not decide.restores and [r["restore_type"] for r in clone_restores] == ["xid"]  # production not touched
+    journal = reload(decide)
+    assert journal.data["clone_recovery"]["replay_lsn"] == "0/9000100" and journal.data["clone_checks"] == CHECKS
+    assert "the clone of ledger is paused again, read-only (production serving)" in decide.notes[-1]
+
+    cut_over: list[str] = []
+    monkeypatch.setattr(decide.operator, "cutover", lambda _context, j: cut_over.append(j.data["clone_recovery"]["replay_lsn"]))
+    journal.set(reapproved=[journal.data["request"]])  # the moved target approved
+    result = decide.operator.answered(context, journal, answer(PROMOTE, 32, question=2))
+    assert cut_over == ["0/9000100"] and production_promoted == [1] and result["timeline"] == 3
+
+    # an abort on another run's clone: the clone is stopped and removed, production never stopped
+    removed: list = []
+    monkeypatch.setattr(pitr_decide, "remove_clone", lambda paths: removed.append(paths.clone_dir.name))
+    journal = reload(decide)
+    journal.data["steps"].pop("promoted")  # as if that promote had not happened: the clone paused again
+    journal.set(decisions=[], question=1, request=None)
+    result = decide.operator.answered(context, reload(decide), answer(ABORT, 33))
+    assert result["aborted"] is True and removed and ".rewind-clone-" in removed[0]
+    [abort] = result["decisions"]
+    assert abort["on_clone"] is True and "to" not in abort and production_promoted == [1]
+    assert describe_decision(DecisionRecord.model_validate(abort)).endswith(
+        "the clone removed; production, never stopped, serves on timeline 1 as before"
+    )
+    assert reload(decide).data["clone_removed"]

@@ -63,10 +63,6 @@ def request(**params):
         ({"target_type": "tomorrow"}, "param target_type: Input should be 'time', 'xid', 'name', 'lsn', 'immediate' or 'latest'"),
         ({"target_type": "immediate", "approver": "me"}, "param approver: Extra inputs are not permitted"),
         ({"target_type": "latest", "mode": "clone"}, "param mode: clone needs a target to pause the clone at"),
-        (
-            {"target_type": "immediate", "target_action": "decide", "mode": "clone"},
-            "param mode: clone does not yet let the DBA decide on the clone; use target_action pause, or mode in_place",
-        ),
         ({"target_type": "immediate", "mode": "elsewhere"}, "param mode: Input should be 'inventory', 'in_place' or 'clone'"),
     ],
 )

@@ -154,7 +154,7 @@ def summary(
     recovery: RecoveryResult,
     checks: list[CheckResult],
     timeline: int | None,
-    backup: dict,
+    backup: dict | None,
     timings: dict[str, float],
     requested_by: str | None = None,
     approved_by: str | None = None,
@@ -164,9 +164,16 @@ def summary(
     `decisions`: the DBA's answers while paused (rewind.pitr.decision), in order."""
     passed = sum(1 for c in checks if c.passed)
     aborted = bool(decisions) and decisions[-1].answer == ABORT
+    on_clone = aborted and bool(decisions[-1].on_clone)
+    outcome = (
+        "aborted by the DBA on the clone: production was never stopped, the clone was removed, nothing lost."
+        if on_clone
+        else "aborted by the DBA: restored to the latest archived WAL, nothing lost."
+        if aborted
+        else "completed."
+    )
     lines = [
-        f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) "
-        + ("aborted by the DBA: restored to the latest archived WAL, nothing lost." if aborted else "completed."),
+        f"Rewind PITR of {cluster.name} (stanza {cluster.stanza}) {outcome}",
         f"Run: {run_id}  {run_url}",
         f"Reason: {free_text(request.reason)}",
         f"Requested by: {requested_by or 'unknown'}",
@@ -179,9 +186,15 @@ def summary(
     if plan.target_record:
         lines.append(f"Target record in WAL: {plan.target_record} at {plan.target_lsn}")
     lines.extend(f"Decision {number}: {describe_decision(decision)}" for number, decision in enumerate(decisions, 1))
-    lines.append(f"Recovery: {recovery.stop_record or recovery.state}; now on timeline {timeline}")
+    if on_clone:
+        lines.append(f"Production: never stopped, still on timeline {timeline}")
+    else:
+        lines.append(f"Recovery: {recovery.stop_record or recovery.state}; now on timeline {timeline}")
     lines.append(f"Data checks: {passed}/{len(checks)} passed")
-    lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
+    if backup:
+        lines.append(f"New full backup on timeline {backup.get('timeline')}: {backup.get('label')}")
+    else:
+        lines.append("No new full backup: there is no new timeline")
     lines.append(
         f"The pre-rewind history (its backups and WAL, and the recovery window it had) is held from expiry for {cluster.pitr.hold_days:g} days after this change closes."
     )

@@ -178,3 +178,13 @@ def remove_clone(paths: ClonePaths) -> None:
     if paths.clone_dir.exists() and paths.clone_dir != paths.data_dir:
         shutil.rmtree(paths.clone_dir)
     shutil.rmtree(paths.run_dir, ignore_errors=True)
+
+
+def compare_text(cluster: Cluster, paths: ClonePaths, *, port: int, database: str) -> str:
+    """How a DBA looks at the clone and production side by side, on the database host as the
+    cluster's OS user (the clone listens on its private socket only)."""
+    postgres = cluster.postgres
+    return (
+        f"**Compare side by side** on the database host, as `{postgres.os_user}`: the clone (read-only, paused at the target) "
+        f"`psql -h {paths.run_dir} -p {port} -d {database}`; production `psql -h {postgres.socket_dir} -p {postgres.port} -d {database}`."
+    )

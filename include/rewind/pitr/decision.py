@@ -140,6 +140,8 @@ def describe_decision(decision: DecisionRecord, *, short: bool = False) -> str:
     origin = "" if short else f" from {decision.from_}"
     if decision.answer == MOVE and decision.to:
         text += f":{origin} to {decision.to}"
+    elif decision.answer == ABORT and decision.on_clone:
+        text += f":{origin} the clone removed; production, never stopped, serves on timeline {decision.timeline_before} as before"
     elif decision.answer == ABORT:
         text += f":{origin} back to the latest archived WAL of timeline {decision.timeline_before}"
     elif decision.answer == PROMOTE and not short:
@@ -161,13 +163,18 @@ def state_text(
     decisions: list[DecisionRecord],
     problem: str | None = None,
     question: int = 1,
+    compare: str | None = None,
 ) -> str:
     """What the DBA reads before answering (the run note and the task log, refreshed at every
-    question): where the cluster is paused, what the checks found there, the answers so far."""
+    question): where the cluster is paused, what the checks found there, the answers so far.
+    `compare` (clone mode): how to look at the clone and production side by side."""
+    paused = f"the clone of {cluster_name} is paused read-only" if compare else f"{cluster_name} is paused read-only"
     lines = [
-        f"Question {question}: {change or 'The change'}: {cluster_name} is paused read-only at {request.describe()}. "
+        f"Question {question}: {change or 'The change'}: {paused} at {request.describe()}. "
         "Waiting for a DBA's decision (answer with this question number)."
     ]
+    if compare:
+        lines.append(compare)
     if problem:
         lines.append(f"Last answer not carried out: {problem}")
     # the newest answers first: Airflow bounds a run note, and the task log keeps every line
@@ -186,9 +193,26 @@ def state_text(
     return "\n".join(lines)
 
 
-def question_body(cluster_name: str, change: str | None) -> str:
+def question_body(cluster_name: str, change: str | None, *, compare: str | None = None) -> str:
     """The question's body (Markdown). Airflow keeps the first body of a task for every later
-    question of the same try, so it says where the current state is instead of repeating it."""
+    question of the same try, so it says where the current state is instead of repeating it.
+    `compare` (clone mode): how to look at the clone and production side by side, the same for the
+    whole run (the clone keeps its socket and port)."""
+    if compare:
+        return (
+            f"A **clone** of **{cluster_name}** is paused, **read-only**, at this run's target; **production still serves, "
+            "untouched**. Where the clone is paused and the data checks there are in this run's **note** and this task's log, "
+            f"refreshed at every question.\n\n{compare}\n\n"
+            f"- **{PROMOTE}**: cut over: production is stopped for seconds, the clone's directory takes its place, promoted "
+            "(refused while a data check there fails); production's directory is kept, stopped, for salvage and undo.\n"
+            f"- **{MOVE}**: fill in the new target below; it is checked first, then **the clone only** is restored again with "
+            "`--delta`, paused, checked, and you are asked again. Production is not touched.\n"
+            f"- **{ABORT}**: the clone is removed; production, never stopped, goes on as it is. Nothing is lost.\n\n"
+            "Every answer names the **question number** the run note shows: an answer to an earlier question is refused.\n\n"
+            f"{change or 'The change'} approves promoting at its target (and the window its requester asked for): "
+            "promoting anywhere else first asks for a follow-on change to be approved (production serves meanwhile). "
+            "Each answer is a work note on the change, with your name."
+        )
     return (
         f"PostgreSQL of **{cluster_name}** is paused, **read-only**, at this run's target: nothing has been written to it.\n\n"
         "**Where it is paused now, what recovery stopped at and the data checks there** are in this run's **note** "

@@ -207,11 +207,9 @@ class PitrRequest(BaseModel):
         return self
 
     def clone_mode_problem(self) -> str | None:
-        """What clone mode cannot do (yet), as `field: message`; None when it can."""
+        """What clone mode cannot do, as `field: message`; None when it can."""
         if self.target_type == "latest":
             return "mode: clone needs a target to pause the clone at (production writes on meanwhile); for latest use in_place"
-        if self.target_action == "decide":
-            return "mode: clone does not yet let the DBA decide on the clone; use target_action pause, or mode in_place"
         return None
 
     def refuse_in_clone_mode(self) -> None:

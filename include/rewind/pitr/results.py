@@ -110,6 +110,7 @@ class DecisionRecord(StepResult):
     restore_started: str | None = None  # a move or abort stopped the cluster and restores it
     started: str | None = None
     log_offset: int | None = None
+    on_clone: bool | None = None  # given in clone mode before the cutover: it acted on the clone only
 
     def answered(self) -> dict[str, Any]:
         """The answer as the run's decisions keep it once carried out: what was asked and done, not

@@ -183,6 +183,91 @@ class PitrOperator(ChangeControlledOperator):
     def note(self, journal: RunJournal, text: str) -> None:
         self.servicenow.add_change_note(journal.data["change_sys_id"], text[:MAX_NOTE_CHARS])
 
+    # ---- clone mode (rewind.pitr.clone) --------------------------------------------------------------
+    def clone_paths(self, context) -> ClonePaths:
+        return clone_paths(self.hook.cluster, context["run_id"])
+
+    def clone_executor(self, context, journal: RunJournal) -> RestoreExecutor:
+        """The restore executor on this run's clone (its port chosen once, kept in the journal); one
+        per task try, so the start's credentials are read once."""
+        if getattr(self, "_clone_executor", None) is not None:
+            return self._clone_executor
+        port = journal.data.get("clone_port")
+        if port is None:
+            port = free_port()
+            journal.set(clone_port=port)
+        self._clone_executor = RestoreExecutor(
+            self.hook.get_conn(),
+            clone_instance(self.hook.cluster, self.clone_paths(context), port=int(port)),
+            runner=self.runner,
+            postmaster_runner=self.hook.postmaster_runner(),
+            log=self.log.info,
+        )
+        return self._clone_executor
+
+    def cutover(self, context, journal: RunJournal) -> StopResult:
+        """The change re-read, the clone still paused where it was checked; then archive production's
+        current WAL, a restartpoint on the clone, stop the clone and production, swap the directories
+        (rewind.pitr.clone.swap, journaled), start production on the clone's, until it pauses at the
+        target again. A retry goes on from where the journal says; once swapped, it never stops again."""
+        cluster, run_id, runner = self.hook.cluster, context["run_id"], self.runner
+        paths = self.clone_paths(context)
+        production = self.hook.restore_executor()
+        plan = RestorePlan.model_validate(journal.data["plan"])
+        pid_before = None
+        if not journal.at("stopped"):
+            journal.refuse_if_rewound("cutover")
+            _require_claim(cluster, run_id)
+            if not journal.at("checked"):
+                raise PitrStepFailed("cutover refused: the data checks on the clone did not pass; production was not touched")
+            clone = self.clone_executor(context, journal)
+            self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+            def clone_still_at_target() -> None:
+                recorded = RecoveryResult.model_validate(journal.data["clone_recovery"]).replay_lsn
+                if clone.instance.pid() is None:
+                    return  # stopped by an earlier try, at a restartpoint: nothing replayed since
+                state = run_sql(runner, clone.cluster, STATE_SQL, timeout=30)
+                if state != f"t|paused|{recorded}":
+                    raise PitrStepFailed(
+                        f"cutover refused: the clone is no longer paused where it was checked ({state}, checked at {recorded})"
+                    )
+
+            change, _ = _with_gate(lambda: self.gate(journal, step="cutover", implementing=True), clone_still_at_target)
+            restore_guard.begin_rewind(cluster, run_id, change=change.number, timeline_before=journal.data.get("timeline_before"))
+            journal.set(stop_started_at=_now())
+            pid_before = production.instance.pid()
+            if pid_before:
+                archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
+                # a checkpoint while production still serves: the shutdown checkpoint below, inside
+                # the downtime, then has almost nothing left to write
+                run_sql(runner, cluster, "checkpoint", timeout=600)
+            if clone.instance.pid():
+                run_sql(runner, clone.cluster, "checkpoint", timeout=600)  # a restartpoint: the restart replays almost nothing
+                clone.stop(mode="fast")
+            production.stop(mode="fast")
+            archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
+            journal.record("stopped")
+        if not journal.at("swapped"):
+            self.log.info("cutover: %s", swap(paths, log=self.log.info))
+            # kept as long as the pre-rewind backups and WAL are: released by the first expire after the hold ends
+            set_hold_kept_dir(cluster, run_id, str(paths.pre_rewind_dir))
+            journal.record("swapped")
+            shutil.rmtree(paths.run_dir, ignore_errors=True)
+        if not journal.at("started") or not production.instance.pid():
+            restore_guard.held_by(cluster, run_id)
+            journal.set(log_offset=production.start())
+            journal.record("started")
+        production.wait("pause", since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s)
+        self.log.info("production runs on the rewound directory, paused at the target; %s is kept, stopped", paths.pre_rewind_dir)
+        return StopResult(
+            plan=plan,
+            pid_before=pid_before,
+            timeline_before=journal.data.get("timeline_before"),
+            started_at=journal.data.get("stop_started_at") or _now(),
+            finished_at=_now(),
+        )
+
 
 class PitrValidateParamsOperator(PitrOperator):
     """Params checked across fields; a given change checked (this cluster's, open, unused); the
@@ -357,6 +442,9 @@ class StopRestorePromoteOperator(PitrOperator):
                 continue
             if step == "promote" and request.dba_decides:
                 self.log.info("not promoting: the DBA decides at the target (decide_at_target), with the checks' results in hand")
+                continue
+            if step == "cutover" and request.dba_decides:
+                self.log.info("no cutover yet: the DBA decides on the clone (decide_at_target), production serving meanwhile")
                 continue
             self.log.info("---- %s ----", step)
             began = time.monotonic()
@@ -537,28 +625,7 @@ class StopRestorePromoteOperator(PitrOperator):
         self.log.info("PostgreSQL is promoted, on timeline %s", timeline)
         return PromoteResult(timeline=timeline, finished_at=_now())
 
-    # ---- clone mode ---------------------------------------------------------------------------------
-    def clone_paths(self, context) -> ClonePaths:
-        return clone_paths(self.hook.cluster, context["run_id"])
-
-    def clone_executor(self, context, journal: RunJournal) -> RestoreExecutor:
-        """The restore executor on this run's clone (its port chosen once, kept in the journal); one
-        per task try, so the start's credentials are read once."""
-        if getattr(self, "_clone_executor", None) is not None:
-            return self._clone_executor
-        port = journal.data.get("clone_port")
-        if port is None:
-            port = free_port()
-            journal.set(clone_port=port)
-        self._clone_executor = RestoreExecutor(
-            self.hook.get_conn(),
-            clone_instance(self.hook.cluster, self.clone_paths(context), port=int(port)),
-            runner=self.runner,
-            postmaster_runner=self.hook.postmaster_runner(),
-            log=self.log.info,
-        )
-        return self._clone_executor
-
+    # ---- clone mode (the clone: PitrOperator.clone_executor; the cutover: PitrOperator.cutover) ----------
     def _clone_restore_clone(self, context, journal: RunJournal) -> RestoreResult:
         """Re-plan from the repository as it is now, then restore the plan's backup into the clone
         beside the data directory, paused at the target; production is not touched and keeps
@@ -644,73 +711,16 @@ class StopRestorePromoteOperator(PitrOperator):
             results = self.data_checks(self.pitr_request, cluster=executor.cluster)
         except DataCheckFailed as exc:
             journal.set(clone_checks=[check.to_xcom() for check in exc.results])
+            if self.pitr_request.dba_decides:  # the DBA decides with this in hand (move the target or abort)
+                self.log.warning("%s: the DBA decides next, on the clone (decide_at_target)", exc)
+                return exc.results
             raise type(exc)(f"{exc}; production was not touched; the clone is kept in {executor.instance.data_dir}", exc.results) from None
         journal.set(clone_checks=[check.to_xcom() for check in results])
         journal.record("checked")
         return results
 
     def _clone_cutover(self, context, journal: RunJournal) -> StopResult:
-        """The change re-read, the clone still paused where it was checked; then archive production's
-        current WAL, a restartpoint on the clone, stop the clone and production, swap the directories
-        (rewind.pitr.clone.swap, journaled), start production on the clone's, until it pauses at the
-        target again. A retry goes on from where the journal says; once swapped, it never stops again."""
-        cluster, run_id, runner = self.hook.cluster, context["run_id"], self.runner
-        paths = self.clone_paths(context)
-        production = self.hook.restore_executor()
-        plan = RestorePlan.model_validate(journal.data["plan"])
-        pid_before = None
-        if not journal.at("stopped"):
-            journal.refuse_if_rewound("cutover")
-            _require_claim(cluster, run_id)
-            if not journal.at("checked"):
-                raise PitrStepFailed("cutover refused: the data checks on the clone did not pass; production was not touched")
-            clone = self.clone_executor(context, journal)
-            self.servicenow  # noqa: B018 (the client is built here, in this thread)
-
-            def clone_still_at_target() -> None:
-                recorded = RecoveryResult.model_validate(journal.data["clone_recovery"]).replay_lsn
-                if clone.instance.pid() is None:
-                    return  # stopped by an earlier try, at a restartpoint: nothing replayed since
-                state = run_sql(runner, clone.cluster, STATE_SQL, timeout=30)
-                if state != f"t|paused|{recorded}":
-                    raise PitrStepFailed(
-                        f"cutover refused: the clone is no longer paused where it was checked ({state}, checked at {recorded})"
-                    )
-
-            change, _ = _with_gate(lambda: self.gate(journal, step="cutover", implementing=True), clone_still_at_target)
-            restore_guard.begin_rewind(cluster, run_id, change=change.number, timeline_before=journal.data.get("timeline_before"))
-            journal.set(stop_started_at=_now())
-            pid_before = production.instance.pid()
-            if pid_before:
-                archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
-                # a checkpoint while production still serves: the shutdown checkpoint below, inside
-                # the downtime, then has almost nothing left to write
-                run_sql(runner, cluster, "checkpoint", timeout=600)
-            if clone.instance.pid():
-                run_sql(runner, clone.cluster, "checkpoint", timeout=600)  # a restartpoint: the restart replays almost nothing
-                clone.stop(mode="fast")
-            production.stop(mode="fast")
-            archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
-            journal.record("stopped")
-        if not journal.at("swapped"):
-            self.log.info("cutover: %s", swap(paths, log=self.log.info))
-            # kept as long as the pre-rewind backups and WAL are: released by the first expire after the hold ends
-            set_hold_kept_dir(cluster, run_id, str(paths.pre_rewind_dir))
-            journal.record("swapped")
-            shutil.rmtree(paths.run_dir, ignore_errors=True)
-        if not journal.at("started") or not production.instance.pid():
-            restore_guard.held_by(cluster, run_id)
-            journal.set(log_offset=production.start())
-            journal.record("started")
-        production.wait("pause", since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s)
-        self.log.info("production runs on the rewound directory, paused at the target; %s is kept, stopped", paths.pre_rewind_dir)
-        return StopResult(
-            plan=plan,
-            pid_before=pid_before,
-            timeline_before=journal.data.get("timeline_before"),
-            started_at=journal.data.get("stop_started_at") or _now(),
-            finished_at=_now(),
-        )
+        return self.cutover(context, journal)
 
 
 class PitrFullBackupOperator(PgBackRestBackupOperator):
@@ -723,6 +733,9 @@ class PitrFullBackupOperator(PgBackRestBackupOperator):
 
     def execute_on_cluster(self, context) -> dict:
         journal = RunJournal.load(self.hook.cluster, context["run_id"])
+        if journal.clone_mode and journal.data.get("clone_removed") and not journal.at("stopped"):
+            # the DBA aborted on the clone: production was never stopped, there is no new timeline
+            raise AirflowSkipException(f"no new timeline: the DBA aborted on the clone; {self.hook.cluster.name} was never stopped")
         if not journal.at("promoted"):
             # e.g. decide_at_target or stop_restore_promote marked success by hand: the cluster is
             # paused (or down), and its "new timeline" does not exist yet.
@@ -767,7 +780,8 @@ class CloseChangeOperator(PitrOperator):
         promoted = PromoteResult.model_validate(steps["promote"]) if steps.get("promote") else None
         decision = DecisionResult.model_validate(steps.get("decision") or {"asked": False})
         seconds = lambda a, b: (dt.datetime.fromisoformat(b) - dt.datetime.fromisoformat(a)).total_seconds()  # noqa: E731
-        stop_started = journal.data.get("stop_started_at") or stop.started_at
+        never_stopped = journal.clone_mode and not journal.at("stopped")  # the DBA aborted on the clone
+        stop_started = journal.data.get("stop_started_at") or (stop.started_at if stop else None)
         promoted_at = journal.at("promoted") or recovery.finished_at
         if journal.clone_mode:  # restored and recovered on the clone, production serving
             timings = {
@@ -779,8 +793,9 @@ class CloseChangeOperator(PitrOperator):
                 "restore": seconds(journal.at("restore_started"), journal.at("restored")),
                 "recovery": seconds(journal.at("started"), journal.at("at_target")),
             }
-        timings["downtime (stop to promoted)"] = seconds(stop_started, promoted_at)
-        timings["full backup"] = float(steps["backup"]["duration_s"])
+        if not never_stopped:
+            timings["downtime (stop to promoted)"] = seconds(stop_started, promoted_at)
+            timings["full backup"] = float(steps["backup"]["duration_s"])
         # target_action decide: the DBA's answers and where they left the cluster
         request, recovery, checks, timeline = left_at(
             self.pitr_request, recovery=recovery, checks=checks, promoted=promoted, decision=decision
@@ -795,7 +810,7 @@ class CloseChangeOperator(PitrOperator):
             recovery=recovery,
             checks=checks,
             timeline=timeline,
-            backup=steps["backup"],
+            backup=steps.get("backup"),
             timings=timings,
             requested_by=requested,
             approved_by=approved,
@@ -803,13 +818,14 @@ class CloseChangeOperator(PitrOperator):
         )
         # An abort restored the state before the stop: the change was not implemented as asked.
         close_code = "unsuccessful" if decision.aborted else "successful"
-        metrics.emit(
-            cluster.name,
-            {
-                "pitr.duration_seconds": seconds(stop_started, _now()),
-                "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
-            },
-        )
+        if not never_stopped:
+            metrics.emit(
+                cluster.name,
+                {
+                    "pitr.duration_seconds": seconds(stop_started, _now()),
+                    "pitr.downtime_seconds": timings["downtime (stop to promoted)"],
+                },
+            )
         close_change(self.servicenow, journal.data["change_sys_id"], close_code=close_code, close_notes=text)
         journal.record("closed")
         for run_id in (context["run_id"], *journal.data.get("predecessors", [])):

@@ -15,6 +15,7 @@ what was done.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from datetime import timedelta
@@ -27,6 +28,7 @@ from rewind import guard as restore_guard
 from rewind.change_control import ChangeNotUsable, close_change, open_change, require_gate, start_implementing
 from rewind.errors import PreflightError, RewindError
 from rewind.pitr.change import reapproval_correlation, reapproval_fields
+from rewind.pitr.clone import compare_text, remove_clone
 from rewind.pitr.decision import (
     ABORT,
     FORM_FIELDS,
@@ -45,11 +47,11 @@ from rewind.pitr.decision import (
 from rewind.pitr.journal import RunJournal
 from rewind.pitr.plan import RestorePlan
 from rewind.pitr.preflight import plan_while_paused
-from rewind.pitr.recovery import DataCheckFailed, is_running
+from rewind.pitr.recovery import DataCheckFailed
 from rewind.pitr.request import PitrRequest
 from rewind.pitr.results import CheckResult, DecisionRecord, DecisionResult, DowntimeResult, RecoveryResult
-from rewind.postgres import postmaster_pid, run_sql
-from rewind.restore import RecoveryTarget
+from rewind.postgres import run_sql
+from rewind.restore import RecoveryTarget, RestoreExecutor
 from rewind_airflow.operators.pitr import PitrOperator, PitrStepFailed, PitrStepFinal, airflow_base_url, run_url
 from rewind_airflow.run_note import airflow_rest_client, set_run_note
 from rewind_airflow.triggers.servicenow import ChangeApprovalTrigger
@@ -110,6 +112,15 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         return [PitrRequest.model_validate(self.request)] + [PitrRequest.model_validate(r) for r in journal.data.get("reapproved", [])]
 
     @staticmethod
+    def on_clone(journal: RunJournal) -> bool:
+        """Clone mode before its cutover: what is paused at the target is the clone; production serves."""
+        return journal.clone_mode and not journal.at("stopped")
+
+    def paused_executor(self, context, journal: RunJournal) -> RestoreExecutor:
+        """The restore executor on what is paused at the target: the clone, or the cluster itself."""
+        return self.clone_executor(context, journal) if self.on_clone(journal) else self.hook.restore_executor()
+
+    @staticmethod
     def recovery_here(journal: RunJournal) -> RecoveryResult | None:
         recovery = journal.data.get("decide_recovery")
         return RecoveryResult.model_validate(recovery) if recovery else None
@@ -145,7 +156,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             decisions = self.decisions(journal)
             self.log.info("already decided and carried out: %s", describe_decision(decisions[-1]) if decisions else "no answer recorded")
             return self.result(journal)
-        if not journal.at("started"):
+        if not (journal.at("clone_started") if self.on_clone(journal) else journal.at("started")):
             raise PitrStepFailed(
                 "nothing to decide: this run has not started PostgreSQL on restored data (stop_restore_promote did not run)"
             )
@@ -179,21 +190,38 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             decisions=self.decisions(journal),
             problem=problem,
             question=self.question(journal),
+            compare="Production serves, untouched; how to compare it with the clone side by side: the question's page."
+            if self.on_clone(journal)
+            else None,
         )
         link = self.generate_link_to_ui(task_instance=context["ti"], base_url=airflow_base_url())
         self.log.info("asking the DBA (%s):\n%s", link, text)
-        set_run_note(self, context, f"{text}\nAnswer: {link}")
+        question, _, details = text.partition("\n")  # where to answer right under the question: Airflow bounds a note
+        set_run_note(self, context, f"{question}\nAnswer: {link}\n{details}")
         if not journal.data.get("asked_at"):  # the first question: whoever follows the change learns where to answer
-            self.note(
-                journal,
-                f"Rewind PITR run {context['run_id']}: {cluster.name} is paused read-only at the target; a DBA decides in Airflow: {link}",
+            paused = (
+                f"a clone of {cluster.name} is paused read-only at the target, production serving"
+                if self.on_clone(journal)
+                else (f"{cluster.name} is paused read-only at the target")
             )
-        self.body = question_body(cluster.name, journal.change)
+            self.note(journal, f"Rewind PITR run {context['run_id']}: {paused}; a DBA decides in Airflow: {link}")
+        compare = self.compare(context, journal)
+        if compare:
+            self.log.info("%s", compare)
+        self.body = question_body(cluster.name, journal.change, compare=compare)
         # Airflow keeps a task's first question for every later one of the try: this default is
         # right for the first question only, which is the point (a page left open answers question 1)
         self.params["question"] = Param(**{**FORM_FIELDS["question"], "default": self.question(journal)})
         journal.set(asked_at=_now())
         HITLOperator.execute(self, context)  # writes the question, parks the task in awaiting_input
+
+    def compare(self, context, journal: RunJournal) -> str | None:
+        """Clone mode: how to look at the clone and production side by side."""
+        if not self.on_clone(journal):
+            return None
+        cluster = self.hook.cluster
+        database = self.current_request(journal).validation_database or cluster.postgres.database
+        return compare_text(cluster, self.clone_paths(context), port=int(journal.data["clone_port"]), database=database)
 
     # ---- the answer ------------------------------------------------------------------------------
     def execute_complete(self, context, event: dict[str, Any]) -> Any:
@@ -271,6 +299,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             question=self.question(journal),
             # an abort names the timeline it goes back to, in its record even when it is refused
             **({"timeline_before": journal.data.get("timeline_before") or journal.data["plan"]["timeline"]} if chosen == ABORT else {}),
+            **({"on_clone": True} if self.on_clone(journal) else {}),
         )
         self.log.info("answer: %s", describe_decision(decision))
         try:
@@ -304,6 +333,8 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             if not journal.at("checked") or not checks_passed(self.checks_here(journal)):
                 raise NotThisAnswer(f"{PROMOTE} refused: a data check failed at {current.describe()}; move the target or abort")
             return decision
+        if decision.answer == ABORT and decision.on_clone:
+            return decision  # production was never touched: nothing to plan
         # a move stays on the history being recovered; an abort goes back to the timeline the cluster ran on
         timeline = plan.timeline if decision.answer == MOVE else decision.timeline_before
         if decision.answer == MOVE:
@@ -340,6 +371,8 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
                 approval_group=journal.data.get("approval_group"),
             )
             start_implementing(self.servicenow, change, f"Rewind PITR run {context['run_id']}: promoting at {current.describe()}")
+        if journal.clone_mode:  # production stops for seconds: the clone's directory takes its place, paused at the target
+            self.cutover(context, journal)
         timeline = self.hook.restore_executor().promote()
         journal.record("promoted")
         self.finish(journal, decision, timeline=timeline)
@@ -445,7 +478,9 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         cluster, run_id = self.hook.cluster, context["run_id"]
         request, plan = decision.request, decision.plan
         recovery = self.restore(context, journal, request, plan)
-        checks = self.checks(request)
+        checks = self.checks(request, cluster=self.paused_executor(context, journal).cluster)
+        if self.on_clone(journal):  # what the cutover re-checks: the clone is still paused where it was checked
+            journal.set(clone_recovery=recovery.to_xcom(), clone_checks=[check.to_xcom() for check in checks])
         journal.forget("at_target", "checked")
         journal.record("at_target")
         if checks_passed(checks):
@@ -458,15 +493,22 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         )
         self.finish(journal, decision)
         journal.set(question=self.question(journal) + 1)  # a new target: answers to the previous question no longer apply
+        paused = (
+            f"the clone of {cluster.name} is paused again, read-only (production serving),"
+            if self.on_clone(journal)
+            else (f"{cluster.name} is paused again, read-only,")
+        )
         self.note(
             journal,
-            f"Rewind PITR run {run_id}: {cluster.name} is paused again, read-only, at {request.describe()} "
+            f"Rewind PITR run {run_id}: {paused} at {request.describe()} "
             f"(backup {plan.backup_set}); data checks {sum(1 for c in checks if c.passed)}/{len(checks)} passed. Waiting for the DBA.",
         )
 
     # ---- abort -----------------------------------------------------------------------------------
     def back_to_latest(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
         cluster = self.hook.cluster
+        if decision.on_clone:
+            return self.remove_clone(context, journal, decision)
         request, plan = decision.request, decision.plan
         recovery = self.restore(context, journal, request, plan)
         timeline = self.hook.restore_executor().promote()  # recovery promoted itself at the end of the WAL: this checkpoints
@@ -484,34 +526,51 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
         )
         return self.result(journal)
 
+    def remove_clone(self, context, journal: RunJournal, decision: DecisionRecord) -> dict:
+        """Abort in clone mode: production was never stopped; the clone is stopped and removed. The
+        run ends without a rewind: no new timeline, so no new full backup (that task skips)."""
+        self.gate(journal, step="abort: remove the clone", implementing=True)
+        clone = self.clone_executor(context, journal)
+        clone.stop(mode="fast")
+        paths = self.clone_paths(context)
+        remove_clone(paths)
+        journal.set(aborted=True, clone_removed=_now())
+        self.finish(journal, decision, timeline=decision.timeline_before)
+        self.log.info("aborted on the clone: %s removed; %s was never stopped", paths.clone_dir, self.hook.cluster.name)
+        return self.result(journal)
+
     # ---- the steps both share --------------------------------------------------------------------
     def restore(self, context, journal: RunJournal, request: PitrRequest, plan: RestorePlan) -> RecoveryResult:
         """Stop (the paused cluster), restore --delta with `plan`, start, wait for the target. A retry
         after this answer's start goes on waiting instead of stopping again."""
         cluster, run_id = self.hook.cluster, context["run_id"]
         pending = DecisionRecord.model_validate(journal.data["pending_decision"])
-        if not (pending.started and is_running(cluster)):
-            self.require_still_paused(journal, pending.answer)
+        executor = self.paused_executor(context, journal)  # the restart's credentials, before anything is stopped
+        target, action = RecoveryTarget.of(request, plan), request.action
+        if self.on_clone(journal):  # the clone pauses at every target: the cutover promotes
+            target, action = dataclasses.replace(target, action="pause"), "pause"
+        if not (pending.started and executor.instance.pid()):
+            self.require_still_paused(journal, pending.answer, executor)
             self.gate(journal, step=f"{pending.answer}: restore", implementing=True)
             restore_guard.held_by(cluster, run_id)
-            executor = self.hook.restore_executor()  # the restart's credentials, before anything is stopped
             executor.stop(mode="fast")
             pending = pending.model_copy(update={"restore_started": _now()})
             journal.set(pending_decision=pending.to_xcom())
-            executor.restore(RecoveryTarget.of(request, plan))
+            executor.restore(target)
             offset = executor.start()
             pending = pending.model_copy(update={"started": _now(), "log_offset": offset})
             journal.set(pending_decision=pending.to_xcom())
-        result = self.hook.restore_executor().wait(request.action, since_offset=pending.log_offset or 0, timeout_s=self.recovery_timeout_s)
+        result = executor.wait(action, since_offset=pending.log_offset or 0, timeout_s=self.recovery_timeout_s)
         self.log.info("recovery: %s", result.to_xcom())
         return result
 
-    def require_still_paused(self, journal: RunJournal, answer: str) -> None:
-        """A Move or an Abort stops and restores the cluster: only while it is still what this run
-        left it, in recovery, paused where the run paused it. Promoted by hand (or resumed), it
-        holds writes the restore would destroy: the task fails, touching nothing, and says so."""
-        cluster = self.hook.cluster
-        if not postmaster_pid(cluster):
+    def require_still_paused(self, journal: RunJournal, answer: str, executor: RestoreExecutor) -> None:
+        """A Move or an Abort stops and restores the cluster (or the clone): only while it is still
+        what this run left it, in recovery, paused where the run paused it. Promoted by hand (or
+        resumed), it holds writes the restore would destroy: the task fails, touching nothing, and
+        says so."""
+        cluster = executor.cluster
+        if not executor.instance.pid():
             return  # stopped: nothing can have been written since the run paused it
         state = run_sql(self.runner, cluster, "select pg_is_in_recovery()::text || ' ' || coalesce(pg_last_wal_replay_lsn()::text, '')")
         in_recovery, _, replay_lsn = state.partition(" ")
@@ -524,18 +583,19 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
             )
         else:
             return
+        what = f"the clone of {cluster.name}" if self.on_clone(journal) else cluster.name
         message = (
-            f"{answer} refused: {cluster.name} {problem}; a restore would destroy what it holds since. Nothing was stopped or restored; "
+            f"{answer} refused: {what} {problem}; a restore would destroy what it holds since. Nothing was stopped or restored; "
             f"the change {journal.change or '-'} stays open: see who did it, then decide by hand"
         )
         self.note(journal, f"Rewind PITR: {message}")
         journal.set(pending_decision=None)
         raise PitrStepFinal(ClusterChangedOutsideRun(message), "decide_at_target")
 
-    def checks(self, request: PitrRequest) -> list[CheckResult]:
+    def checks(self, request: PitrRequest, *, cluster=None) -> list[CheckResult]:
         """Every result, passed or not: the DBA decides with them in hand."""
         try:
-            return self.data_checks(request)
+            return self.data_checks(request, cluster=cluster)
         except DataCheckFailed as exc:
             return exc.results
 
