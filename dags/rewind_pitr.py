@@ -79,8 +79,9 @@ PARAMS = {
         type="string",
         enum=["inventory", "in_place", "clone"],
         title="Where the target is built",
-        description="inventory: the cluster's pitr.mode · in_place: stop PostgreSQL, restore over its data directory · "
-        "clone: restore and check beside production while it serves, then cut over in seconds",
+        description="inventory: the cluster's pitr.mode (clone unless it says in_place) · clone: restore and check beside "
+        "production while it serves, then cut over in seconds · in_place: stop PostgreSQL, restore over its data directory "
+        "(hosts without room beside it; target latest)",
     ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(

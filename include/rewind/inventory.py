@@ -315,10 +315,12 @@ class PitrSettings(_Model):
     # target_action decide: how long the question waits for a DBA; then the task fails and the cluster
     # stays paused, read-only, at the target (the failure is noted on the change and pages).
     decision_timeout_h: float = Field(8.0, gt=0, le=24 * 7)
-    # Where a rewind builds the target state (rewind.pitr.clone): in_place (default) stops PostgreSQL
-    # and restores over its data directory; clone restores beside it while it serves, checks the
-    # clone, then cuts over in seconds (needs the backup's size free beside the data directory).
-    mode: Literal["in_place", "clone"] = "in_place"
+    # Where a rewind builds the target state (rewind.pitr.clone): clone (default) restores beside
+    # production while it serves, checks the clone, then cuts over in seconds; preflight refuses it,
+    # naming in_place, where the host lacks the room (the backup's size plus the WAL to replay,
+    # beside the data directory) or the cluster has tablespaces. in_place stops PostgreSQL and
+    # restores over its data directory: for such hosts, and for target latest.
+    mode: Literal["in_place", "clone"] = "clone"
 
 
 class ChangeControl(_Model):

@@ -175,3 +175,22 @@ def test_a_bad_pager_in_defaults_is_reported_for_every_cluster_that_inherits_it(
     )
     assert list(loaded.clusters) == ["b"]
     assert "field alerts.pagers.0.channel: required for type slack" in loaded.errors["a"]
+
+
+def test_a_rewind_goes_onto_a_clone_first_unless_the_inventory_or_the_params_say_in_place():
+    from rewind.pitr.request import PitrParamError, parse_request
+
+    cluster = inv({"ledger": GOOD}).clusters["ledger"]
+    assert cluster.pitr.mode == "clone"
+    reason = {"reason": "the runaway migration at 02:14"}
+    timed = parse_request({"target_type": "time", "target": "2026-11-24 02:13:30+00", **reason})
+    assert timed.mode_for(cluster.pitr.mode) == "clone"
+    assert parse_request({**timed.model_dump(mode="json"), "mode": "in_place"}).mode_for(cluster.pitr.mode) == "in_place"
+    in_place = inv({"ledger": {**GOOD, "pitr": {"mode": "in_place"}}}).clusters["ledger"]
+    assert timed.mode_for(in_place.pitr.mode) == "in_place"
+    # latest has nothing to pause a clone at: refused in one line naming the way on, never switched silently
+    latest = parse_request({"target_type": "latest", **reason})
+    with pytest.raises(
+        PitrParamError, match=r"^param mode: clone needs a target .* for latest use in_place \(pitr.mode is clone in the inventory\)$"
+    ):
+        latest.refuse_in_clone_mode()
