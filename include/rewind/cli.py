@@ -155,7 +155,13 @@ def salvage_discarded(cluster, args) -> str:
     try:
         runner = CommandRunner(os_user=cluster.postgres.os_user, secrets=credentials.secrets(), line_logger=lambda _line: None)
         result = salvage(
-            PgBackRest(cluster, runner), runner, directory=directory, bad_xids=args.bad_xid, old_timeline=args.timeline, log=log
+            PgBackRest(cluster, runner),
+            runner,
+            directory=directory,
+            bad_xids=args.bad_xid,
+            old_timeline=args.timeline,
+            from_repository=args.from_repository,
+            log=log,
         )
     finally:
         credentials.release()
@@ -263,6 +269,11 @@ def _main(argv: list[str] | None) -> int:
         "--bad-xid", type=int, action="append", default=[], help="a transaction not to salvage (repeatable; the finder names it)"
     )
     salvage.add_argument("--timeline", type=int, help="the discarded timeline (default: the one the current timeline branched from)")
+    salvage.add_argument(
+        "--from-repository",
+        action="store_true",
+        help="replay the old timeline's end from the repository even where a clone-mode rewind kept its directory",
+    )
     salvage.add_argument("--json", action="store_true", help="the result as JSON (as the DAG's XCom)")
     salvage.add_argument("--verbose", action="store_true", help="progress on stderr")
     sub.add_parser("pools", help="print Airflow pools JSON")

@@ -155,6 +155,9 @@ def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None
         if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
             log(f"not removing {kept}, kept by {hold.describe()}: it is not a pre-rewind directory beside {data_dir}")
             continue
+        if (kept / "postmaster.pid").exists():  # a salvage reads it right now: the next expire releases it
+            log(f"not removing {kept} yet, kept by {hold.describe()}: PostgreSQL runs on it (a salvage reading it)")
+            continue
         if kept.exists():
             shutil.rmtree(kept)
             log(f"released {kept}: the pre-rewind directory of PITR run {hold.run_id}, its {hold.describe()} has ended")

@@ -308,12 +308,18 @@ class SalvageResult:
     skipped: list[str]
     directory: Path | None = None
     files: list[str] = field(default_factory=list)
+    kept_dir: Path | None = None  # the old timeline's latest state read from the pre-rewind directory clone mode kept
 
     def summary(self) -> str:
+        latest = (
+            f"the old timeline's latest state from the pre-rewind directory {self.kept_dir} (read as a standby, unchanged)"
+            if self.kept_dir
+            else "the old timeline's latest state replayed there"
+        )
         lines = [
             f"salvage of {self.scope.describe()}: {len(self.discarded)} transaction(s) discarded by the rewind, "
             f"{len(self.salvaged_xids)} salvaged, bad (excluded): {', '.join(map(str, self.bad_xids)) or 'none'}",
-            f"the state at the target and the old timeline's latest state, from backup {self.backup} in a scratch cluster (archiving off)",
+            f"the state at the target from backup {self.backup} in a scratch cluster (archiving off); {latest}",
         ]
         for t in self.tables:
             lines.append(f"  {t.table}: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
@@ -341,6 +347,7 @@ class SalvageResult:
             "salvaged_xids": self.salvaged_xids,
             "bad_xids": self.bad_xids,
             "directory": str(self.directory) if self.directory else None,
+            "kept_dir": str(self.kept_dir) if self.kept_dir else None,
             "files": self.files,
             "sql": [str(self.directory / f) for f in self.files if f.endswith(".sql")] if self.directory else [],
             "tables": {
@@ -563,27 +570,36 @@ def read_stages(
     rows_dir: Path,
     timeout_s: float,
     log: Callable[[str], None],
+    kept=None,
 ) -> StageRows:
     """Start the restored scratch paused at each stage in turn (recovery settings on its command
-    line only) and write each touched table's rows there to a sorted file."""
+    line only) and write each touched table's rows there to a sorted file. `kept` (a
+    KeptDirectoryReader): the old timeline's end is read there instead of replayed to."""
     read = StageRows()
     for number, stage in enumerate(stages):
+        at_end = stage.lsn is None
         if number:
             scratch.stop()
-            log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
-        at_end = stage.lsn is None
-        recovery = (
-            {"recovery_target_lsn": "''", "recovery_target_action": "promote"}
-            if at_end
-            else {"recovery_target_lsn": lsn_text(stage.lsn), "recovery_target_inclusive": "off", "recovery_target_action": "pause"}
-        )
-        scratch.start(wait=False, recovery=recovery)
-        (scratch.wait_until_promoted if at_end else scratch.wait_until_paused)(timeout_s=timeout_s, log=log)
+        if at_end and kept is not None:
+            log(f"reading {stage.name} from the pre-rewind directory {kept.data_dir}")
+            kept.start()
+            source = kept
+        else:
+            if number:
+                log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
+            recovery = (
+                {"recovery_target_lsn": "''", "recovery_target_action": "promote"}
+                if at_end
+                else {"recovery_target_lsn": lsn_text(stage.lsn), "recovery_target_inclusive": "off", "recovery_target_action": "pause"}
+            )
+            scratch.start(wait=False, recovery=recovery)
+            (scratch.wait_until_promoted if at_end else scratch.wait_until_paused)(timeout_s=timeout_s, log=log)
+            source = scratch
         databases = {
             int(oid): name  # JSON prints an oid as a string
             for oid, name in map(
                 json.loads,
-                filter(None, scratch.psql("select json_build_array(oid, datname) from pg_database where datallowconn").split("\n")),
+                filter(None, source.psql("select json_build_array(oid, datname) from pg_database where datallowconn").split("\n")),
             )
         }
         for db_oid, nodes in sorted(touched.items()):
@@ -593,8 +609,8 @@ def read_stages(
                     read.skipped.append(f"database oid {db_oid} (not in the old timeline's latest state)")
                 continue
 
-            def query(sql: str, database: str = database) -> str:
-                return scratch.psql(sql, database=database, timeout=600)
+            def query(sql: str, database: str = database, source=source) -> str:
+                return source.psql(sql, database=database, timeout=600)
 
             found = table_info(query, nodes)
             log(
@@ -615,12 +631,14 @@ def read_stages(
                     sql = end_rows_query(relation, key, legit=legit_ids, bad=bad_ids)
                     read.tables[(db_oid, table_oid)] = (database, schema, name, key, columns)
                     read.sequences[(db_oid, table_oid)] = sequences_of(
-                        lambda sql, database: scratch.psql(sql, database=database, timeout=600), relation, database
+                        lambda sql, database, source=source: source.psql(sql, database=database, timeout=600), relation, database
                     )
                 path = rows_dir / f"{number}.{db_oid}.{table_oid}"
-                scratch.copy_out(sql, path, database=database)
+                source.copy_out(sql, path, database=database)
                 read.files[(number, db_oid, table_oid)] = path
     scratch.stop()
+    if kept is not None:
+        kept.stop()
     return read
 
 
@@ -631,18 +649,25 @@ def salvage(
     directory: Path,
     bad_xids: Iterable[int] = (),
     old_timeline: int | None = None,
+    from_repository: bool = False,
     log: Callable[[str], None] = print,
 ) -> SalvageResult:
     """Read-only against production: reads the repository, restores into `directory`/pg (removed
     at the end, however it ends) and writes the files into `directory`. One scratch restore
     pauses at the target (the switch point), just before each bad transaction, and runs to the
     old timeline's end, each table's rows written to sorted files at each stop; one pass over
-    those files per table makes the salvage, in bounded memory whatever the tables' size."""
+    those files per table makes the salvage, in bounded memory whatever the tables' size.
+
+    When a clone-mode rewind kept the old timeline's directory (rewind.pitr.clone), its end is
+    read there (a standby start on a private socket, writing nothing) instead of replayed to:
+    exact to the last transaction committed before the cutover, and no replay of the WAL after
+    the last bad transaction. `from_repository`: replay to the end all the same."""
     import os
     import pwd
 
-    from rewind.postgres import live_timeline
-    from rewind.scratch import ScratchCluster, free_port
+    from rewind.pitr.clone import kept_directory_of
+    from rewind.postgres import control_timeline, live_timeline, postmaster_pid
+    from rewind.scratch import KeptDirectoryReader, ScratchCluster, free_port
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
 
     cluster = pgbackrest.cluster
@@ -669,6 +694,17 @@ def salvage(
                 touched.setdefault(relation.database, set()).add(relation.node)
     stages = stages_of(scope, transactions, bad)
 
+    kept = None
+    kept_dir = None if from_repository else kept_directory_of(cluster, scope.old_timeline)
+    if kept_dir is not None:
+        kept = KeptDirectoryReader(pgbackrest, directory / "kept", port=free_port(), data_dir=kept_dir, log=log)
+        timeline = control_timeline(runner, kept.cluster)
+        if postmaster_pid(kept.cluster) or timeline != scope.old_timeline:
+            why = "it is running" if postmaster_pid(kept.cluster) else f"its pg_control names timeline {timeline}"
+            log(f"not reading the pre-rewind directory {kept_dir} ({why}): the old timeline's end is replayed from the repository")
+            kept = None
+        else:
+            log(f"the old timeline's end: the pre-rewind directory {kept_dir}, kept by the clone-mode rewind (read, never changed)")
     scratch = ScratchCluster(pgbackrest, directory / "pg", port=free_port())
     try:
         first = stages[0]
@@ -694,6 +730,7 @@ def salvage(
             rows_dir=rows_dir,
             timeout_s=cluster.rehearsal.recovery_timeout_s,
             log=log,
+            kept=kept,
         )
         out = SalvageFiles(directory, scope, sorted(x.xid for x in legit), bad)
         result_tables = []
@@ -721,9 +758,21 @@ def salvage(
         finally:
             written = out.close()
     finally:
-        scratch.remove()
+        try:
+            scratch.remove()
+        finally:
+            if kept is not None:
+                kept.remove()  # stopped, its socket directory gone; the kept directory stays as it was
     result = SalvageResult(
-        scope, backup.label, sorted(transactions), sorted(x.xid for x in legit), bad, result_tables, read.skipped, directory
+        scope,
+        backup.label,
+        sorted(transactions),
+        sorted(x.xid for x in legit),
+        bad,
+        result_tables,
+        read.skipped,
+        directory,
+        kept_dir=kept.data_dir if kept is not None else None,
     )
     result.files = written
     return result

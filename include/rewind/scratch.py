@@ -10,6 +10,8 @@ overridden on its command line where the copy could reach beyond its directory o
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -47,13 +49,17 @@ class ScratchCluster:
         *,
         postmaster_runner: CommandRunner | None = None,
         log: Callable[[str], None] = print,
+        data_dir: Path | None = None,
     ) -> None:
         """`postmaster_runner`: what starts it, with what its restore_command needs (default the
-        pgBackRest client's runner)."""
+        pgBackRest client's runner). `data_dir`: an existing directory outside `directory` to run
+        on instead of a restore (KeptDirectoryReader); never removed here."""
         self.pgbackrest = pgbackrest
         self.directory = Path(directory)
         self.port = port
-        self.instance = Instance.sibling(pgbackrest.cluster, run_dir=self.directory, port=port)
+        self.instance = Instance.sibling(
+            pgbackrest.cluster, run_dir=self.directory, port=port, data_dir=data_dir, disposable=data_dir is None
+        )
         self.executor = RestoreExecutor(
             pgbackrest, self.instance, runner=pgbackrest.runner, postmaster_runner=postmaster_runner or pgbackrest.runner, log=log
         )
@@ -138,5 +144,51 @@ class ScratchCluster:
             raise ScratchError(f"the scratch copy: {exc}") from None
 
     def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class KeptDirectoryReader(ScratchCluster):
+    """A pre-rewind directory (clone mode's cutover keeps production's old one, stopped) read where it
+    is: started as a hot standby with nothing to fetch and nowhere to go (no restore_command, no
+    primary, no recovery target, the current timeline), on a private socket with archiving off. A
+    standby writes no WAL: the directory stays the old timeline's last state, usable for undo.
+    Its standby.signal is removed again when it stops."""
+
+    # whatever recovery settings an earlier restore left in its postgresql.auto.conf do not apply
+    READ_ONLY_RECOVERY = {
+        "restore_command": "''",
+        "primary_conninfo": "''",
+        "recovery_target": "''",
+        "recovery_target_time": "''",
+        "recovery_target_xid": "''",
+        "recovery_target_lsn": "''",
+        "recovery_target_name": "''",
+        "recovery_target_timeline": "current",
+        "hot_standby": "on",
+        "autovacuum": "off",
+    }
+
+    def start(self, *, wait: bool = True, recovery: dict[str, str] | None = None) -> None:
+        if recovery:
+            raise ValueError("a kept directory is only read: it goes to no recovery target")
+        self.directory.mkdir(parents=True, exist_ok=True)  # its socket, log and authentication files
+        os.chown(self.directory, pwd.getpwnam(self.cluster.postgres.os_user).pw_uid, -1)
+        self.directory.chmod(0o700)
+        signal = self.data_dir / "standby.signal"
+        user = pwd.getpwnam(self.cluster.postgres.os_user)
+        signal.touch()
+        os.chown(signal, user.pw_uid, user.pw_gid)
+        self._log_offset = self.executor.start(recovery=self.READ_ONLY_RECOVERY, wait_ready=True)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.instance.pid() is None:
+                (self.data_dir / "standby.signal").unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Stops it and removes its socket directory; the kept directory itself stays."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -11,19 +11,27 @@ rows salvage wants to update or delete. The salvage (the `rewind salvage` comman
 measured) applied to the rewound cluster gives back exactly the legitimate work, never changes a
 row written after the rewind, prints a REVIEW line for each it left alone, and stays within bounded
 memory (on main it compared with the rewound cluster's *current* state, proposing to overwrite or
-delete the new rows, and held every row in memory)."""
+delete the new rows, and held every row in memory).
+
+The rewind is in clone mode, which keeps production's old directory: salvage reads the old
+timeline's end there (a standby start, nothing written to it) instead of replaying to it, and gives
+the same result as the salvage replayed from the repository (`--from-repository`), run after it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from devstack.demo import PG_BIN
 from devstack.peak_memory import run_measured
+from rewind.pitr.clone import kept_directory_of
 from rewind.postgres import psql_argv
 from tests.integration.helpers import assert_success, run_pitr
 
@@ -59,10 +67,21 @@ def content(*, undo_bad: bool) -> str:
     )
 
 
-def salvage_in_own_process(stack, directory: Path, bad: list[str]) -> tuple[dict, float]:
+def kept_state(stack, kept: Path) -> tuple:
+    """What reading a kept directory must not change: its WAL (names and contents), where its last
+    checkpoint is, and no signal file left behind."""
+    wal = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted((kept / "pg_wal").glob("0*"))}
+    control = stack.runner().run([str(PG_BIN / "pg_controldata"), "-D", str(kept)], timeout=30, log_stdout=False).stdout
+    checkpoint = [
+        line for line in control.splitlines() if line.startswith(("Latest checkpoint location", "Latest checkpoint's REDO location"))
+    ]
+    return wal, checkpoint, (kept / "standby.signal").exists()
+
+
+def salvage_in_own_process(stack, directory: Path, bad: list[str], *options: str) -> tuple[dict, float]:
     """`rewind salvage` as a DBA runs it on the host, and its peak memory with its children's."""
     argv = [sys.executable, "-m", "rewind.cli", "--inventory", str(stack.inventory_path), "salvage", "--cluster", "demo"]
-    argv += ["--directory", str(directory), "--json", *(f"--bad-xid={x}" for x in bad)]
+    argv += ["--directory", str(directory), "--json", *(f"--bad-xid={x}" for x in bad), *options]
     measured = run_measured(argv, env={**os.environ, **stack.worker_env()}, output_dir=stack.base)
     assert measured.returncode == 0, measured.stderr[-3000:]
     return json.loads(measured.stdout), measured.peak_mib
@@ -98,7 +117,8 @@ def test_salvage_of_a_million_row_incident_is_exact_leaves_new_writes_alone_and_
     expected = sql(demo_stack, content(undo_bad=True))
     assert expected.endswith(f" {ROWS + LEGIT - 4}")  # 3 and 7 deleted; 5, 6 and the 20th insert not counted; one more insert
 
-    assert_success(run_pitr(pitr, target_type="xid", target=bad, target_exclusive=True))
+    timeline_before = int(sql(demo_stack, "select timeline_id from pg_control_checkpoint()"))
+    assert_success(run_pitr(pitr, target_type="xid", target=bad, target_exclusive=True, mode="clone"))
     assert sql(demo_stack, f"select count(*) || ' ' || count(*) filter (where \"a|b\" = 'void') from {RELATION}") == f"{ROWS} 0"
     # people write again before the salvage is applied
     sql(
@@ -110,13 +130,32 @@ def test_salvage_of_a_million_row_incident_is_exact_leaves_new_writes_alone_and_
 
     directory = demo_stack.base / "salvage-at-size"  # where the OS user reaches the scratch cluster
     shutil.rmtree(directory.parent / directory.name, ignore_errors=True)
+    kept = kept_directory_of(demo_stack.cluster, timeline_before)
+    assert kept is not None and kept.name.startswith("data.pre-rewind-")
+    kept_before = kept_state(demo_stack, kept)
+    began = time.monotonic()
     result, peak_mib = salvage_in_own_process(demo_stack, directory, [bad, bad_2])
+    from_kept_s = time.monotonic() - began
+    assert result["kept_dir"] == str(kept), result["kept_dir"]
+    assert kept_state(demo_stack, kept) == kept_before  # read, never changed: no WAL written, no signal file left
     table = result["tables"][NAME]
     assert (table["inserted"], table["updated"], table["deleted"]) == (LEGIT + 1, 2, 2)
     assert any("their version before the bad transaction is salvaged" in note for note in table["review"])
     assert len(result["salvaged_xids"]) >= LEGIT + 5
     assert peak_mib <= PEAK_RSS_MIB, f"salvage peaked at {peak_mib:.0f} MiB RSS"
     [script] = result["sql"]
+    # the same salvage with the old timeline's end replayed from the repository: the same result
+    began = time.monotonic()
+    replayed, _ = salvage_in_own_process(demo_stack, directory.with_name("salvage-at-size-replayed"), [bad, bad_2], "--from-repository")
+    replayed_s = time.monotonic() - began
+    assert replayed["kept_dir"] is None
+    assert (replayed["tables"], replayed["salvaged_xids"], replayed["files"]) == (
+        result["tables"],
+        result["salvaged_xids"],
+        result["files"],
+    )
+    assert Path(replayed["sql"][0]).read_text() == Path(script).read_text()
+    print(f"salvage at {ROWS:,} rows: {from_kept_s:.1f}s reading the kept directory, {replayed_s:.1f}s replaying from the repository")
     printed = sql(demo_stack, Path(script).read_text()).splitlines()
     # every row written after the rewind that salvage would have changed is left alone and named
     assert [line.split(":")[0] for line in printed] == [
@@ -132,3 +171,5 @@ def test_salvage_of_a_million_row_incident_is_exact_leaves_new_writes_alone_and_
     assert sql(demo_stack, content(undo_bad=False)) == expected  # and everything else is exactly the legitimate work
     sql(demo_stack, f"drop schema {SCHEMA} cascade")
     shutil.rmtree(directory)
+    shutil.rmtree(directory.with_name("salvage-at-size-replayed"))
+    shutil.rmtree(kept)  # its hold would release it at the first expire after it ends

@@ -84,3 +84,18 @@ def test_a_cleared_run_finishes_only_the_unambiguous_half_swap(tmp_path):
     paths.data_dir.rename(paths.pre_rewind_dir)  # killed between the renames
     assert finish_interrupted_swap(paths, log=print) == "swapped"
     assert (paths.data_dir / "PG_VERSION").read_text() == "clone\n"
+
+
+def test_the_kept_directory_of_a_timeline_is_the_one_its_rewinds_hold_names_while_it_is_there(tmp_path):
+    from rewind.pitr.clone import kept_directory_of
+    from rewind.retention import place_hold, set_hold_kept_dir
+    from tests.unit.test_retention import BACKUPS, stanza_info
+
+    cluster, paths = directories(tmp_path)
+    assert kept_directory_of(cluster, 1) is None  # no rewind kept anything
+    place_hold(cluster, run_id="in-place", info=stanza_info(BACKUPS), timeline=1)  # an in-place rewind keeps no directory
+    place_hold(cluster, run_id=RUN, info=stanza_info(BACKUPS), timeline=2)
+    set_hold_kept_dir(cluster, RUN, str(paths.pre_rewind_dir))
+    assert kept_directory_of(cluster, 2) is None  # named, but gone (released, removed by hand)
+    paths.pre_rewind_dir.mkdir()
+    assert (kept_directory_of(cluster, 2), kept_directory_of(cluster, 1)) == (paths.pre_rewind_dir, None)

@@ -257,6 +257,10 @@ def test_a_kept_pre_rewind_directory_goes_with_its_hold_and_nothing_else_ever_do
     end_hold(count_cluster, "run-a", keep_days=1)
     assert release_kept_directories(count_cluster, log=lines.append) == [] and kept.is_dir()  # its last day
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    (kept / "postmaster.pid").write_text("4242\n")  # a salvage reads it right now: left for the next expire
+    assert release_kept_directories(count_cluster, now=later, log=lines.append) == [] and kept.is_dir()
+    assert "PostgreSQL runs on it (a salvage reading it)" in lines[-1] and get_hold(count_cluster, "run-a").kept_dir == str(kept)
+    (kept / "postmaster.pid").unlink()
     assert release_kept_directories(count_cluster, now=later, log=lines.append) == [str(kept)]
     assert not kept.exists() and get_hold(count_cluster, "run-a").kept_dir is None
     assert lines[-1].startswith(f"released {kept}: the pre-rewind directory of PITR run run-a")

@@ -188,3 +188,14 @@ def compare_text(cluster: Cluster, paths: ClonePaths, *, port: int, database: st
         f"**Compare side by side** on the database host, as `{postgres.os_user}`: the clone (read-only, paused at the target) "
         f"`psql -h {paths.run_dir} -p {port} -d {database}`; production `psql -h {postgres.socket_dir} -p {postgres.port} -d {database}`."
     )
+
+
+def kept_directory_of(cluster: Cluster, timeline: int) -> Path | None:
+    """The pre-rewind directory a clone-mode rewind kept of `timeline` (its hold names it: the
+    timeline the cluster ran on before that rewind), while it is still there."""
+    from rewind.retention import all_holds  # retention reads holds only; nothing of this module
+
+    for hold in all_holds(cluster):
+        if hold.kept_dir and hold.timeline == timeline and Path(hold.kept_dir).is_dir():
+            return Path(hold.kept_dir)
+    return None
