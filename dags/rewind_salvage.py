@@ -34,6 +34,13 @@ PARAMS = {
         title="Old timeline",
         description="previous: the timeline the current one branched from (the last rewind); or its number",
     ),
+    "from_repository": Param(
+        False,
+        type="boolean",
+        title="Replay from the repository",
+        description="after a clone-mode rewind the old timeline's end is read from the directory it kept (faster, "
+        "unchanged by the read); on: replay it from the repository all the same",
+    ),
 }
 
 
@@ -53,7 +60,9 @@ def doc_md(cluster: Cluster) -> str:
         note and the XCom.
 
         **Changes nothing in production** (reads its repository and, read-only, the rewound
-        cluster); the DBA reviews the SQL and applies it. Needs the pre-rewind history in the
+        cluster); the DBA reviews the SQL and applies it. After a clone-mode rewind, the old
+        timeline's latest state is read from the pre-rewind directory it kept (started as a standby
+        on a private socket: nothing is written to it) instead of replayed from the repository. Needs the pre-rewind history in the
         repository (held by the PITR, README "Retention") and disk for a restore of one backup.
         Limits and REVIEW notes: README, "Salvage after a rewind". Runs on `{cluster.queue}`; DBA only.
         """
@@ -76,4 +85,5 @@ for cluster in inventory.clusters.values():
             cluster=cluster.name,
             bad_xids="{{ params.bad_xids }}",
             timeline="{{ params.timeline }}",
+            from_repository="{{ params.from_repository }}",
         )

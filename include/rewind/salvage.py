@@ -558,6 +558,7 @@ class StageRows:
     sequences: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
     nodes_of: dict[tuple[int, int], set[int]] = field(default_factory=dict)  # its relation files at each stop (TRUNCATE gives a new one)
     skipped: list[str] = field(default_factory=list)
+    end_from: Path | None = None  # the kept directory the old timeline's end was read from, if it was
 
 
 def read_stages(
@@ -580,11 +581,16 @@ def read_stages(
         at_end = stage.lsn is None
         if number:
             scratch.stop()
+        source = None
         if at_end and kept is not None:
             log(f"reading {stage.name} from the pre-rewind directory {kept.data_dir}")
-            kept.start()
-            source = kept
-        else:
+            try:
+                kept.start()
+                source, read.end_from = kept, kept.data_dir
+            except RewindError as exc:  # replayed from the repository instead: the same state, slower
+                log(f"the pre-rewind directory could not be read ({exc}): replaying {stage.name} from the repository")
+                kept.stop()
+        if source is None:
             if number:
                 log(f"replaying on to {stage.name}" + (f" ({lsn_text(stage.lsn)})" if stage.lsn else ""))
             recovery = (
@@ -665,7 +671,7 @@ def salvage(
     import os
     import pwd
 
-    from rewind.pitr.clone import kept_directory_of
+    from rewind.pitr.clone import kept_directory_of, reader_run_dir
     from rewind.postgres import control_timeline, live_timeline, postmaster_pid
     from rewind.scratch import KeptDirectoryReader, ScratchCluster, free_port
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
@@ -697,7 +703,8 @@ def salvage(
     kept = None
     kept_dir = None if from_repository else kept_directory_of(cluster, scope.old_timeline)
     if kept_dir is not None:
-        kept = KeptDirectoryReader(pgbackrest, directory / "kept", port=free_port(), data_dir=kept_dir, log=log)
+        port = free_port()
+        kept = KeptDirectoryReader(pgbackrest, reader_run_dir(cluster, port), port=port, data_dir=kept_dir, log=log)
         timeline = control_timeline(runner, kept.cluster)
         if postmaster_pid(kept.cluster) or timeline != scope.old_timeline:
             why = "it is running" if postmaster_pid(kept.cluster) else f"its pg_control names timeline {timeline}"
@@ -772,7 +779,7 @@ def salvage(
         result_tables,
         read.skipped,
         directory,
-        kept_dir=kept.data_dir if kept is not None else None,
+        kept_dir=read.end_from,
     )
     result.files = written
     return result

@@ -20,7 +20,7 @@ from rewind.errors import RewindError
 from rewind.pgbackrest.client import PgBackRest
 from rewind.postgres import psql_argv
 from rewind.restore import Instance, RecoveryError, RecoveryTarget, RestoreExecutor
-from rewind.runner import CommandRunner
+from rewind.runner import CommandFailed, CommandRunner
 
 
 class ScratchError(RewindError):
@@ -179,7 +179,11 @@ class KeptDirectoryReader(ScratchCluster):
         user = pwd.getpwnam(self.cluster.postgres.os_user)
         signal.touch()
         os.chown(signal, user.pw_uid, user.pw_gid)
-        self._log_offset = self.executor.start(recovery=self.READ_ONLY_RECOVERY, wait_ready=True)
+        try:
+            self._log_offset = self.executor.start(recovery=self.READ_ONLY_RECOVERY, wait_ready=True)
+        except CommandFailed as exc:
+            logged = self.instance.log_lines(0)[-5:] if self.log_path else []
+            raise ScratchError(f"{self.data_dir} did not start as a standby: {exc}; its log: {' | '.join(logged)}") from None
 
     def stop(self) -> None:
         try:

@@ -14,6 +14,7 @@ third, on a clone and aborted, removes the clone and never stops production."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 
 import pytest
@@ -151,7 +152,7 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     demo_stack.psql("create table trade (id bigint primary key, status text not null)")
     demo_stack.psql("insert into trade select g, 'booked' from generate_series(1, 50) g")
     before_update = _instant()
-    demo_stack.psql("update trade set status = 'void'")  # the runaway migration
+    runaway = demo_stack.psql("update trade set status = 'void'; select pg_current_xact_id()")  # the runaway migration
     after_update = _instant()  # the on-call's first guess: too late
     demo_stack.psql("insert into trade values (51, 'booked')")
 
@@ -213,6 +214,18 @@ def test_the_dba_moves_a_wrong_target_then_promotes_and_a_second_rewind_is_abort
     assert demo_stack.psql("select count(*) || ' ' || count(*) filter (where status = 'void') || ' ' || max(id) from trade") == "50 0 50"
     paths = clone_paths(demo_stack.cluster, run_id)
     assert paths.pre_rewind_dir.is_dir() and not paths.clone_dir.exists()  # production's old directory kept, stopped
+    # Salvage what the rewind discarded but the runaway UPDATE: trade 51, read from the kept directory.
+    standalone.wait_for_dag("rewind_salvage__demo")
+    salvage = standalone.trigger("rewind_salvage__demo", conf={"bad_xids": [int(runaway)]})
+    assert salvage.status_code == 200, salvage.text
+    salvage_run = standalone.wait_for_run("rewind_salvage__demo", salvage.json()["dag_run_id"], timeout=180)
+    assert salvage_run["state"] == "success", task_log(standalone, "rewind_salvage__demo", salvage_run["dag_run_id"], "salvage")[-3000:]
+    salvaged = standalone.api(
+        "GET", f"/dags/rewind_salvage__demo/dagRuns/{salvage_run['dag_run_id']}/taskInstances/salvage/xcomEntries/return_value"
+    ).json()["value"]
+    salvaged = json.loads(salvaged) if isinstance(salvaged, str) else salvaged
+    assert salvaged["kept_dir"] == str(paths.pre_rewind_dir), salvaged
+    assert salvaged["tables"]["public.trade"]["inserted"] == 1 and int(runaway) in salvaged["bad_xids"], salvaged
 
     closed = sn.get("change_request", change["sys_id"])
     assert (closed["state"], closed["close_code"]) == ("3", "successful")

@@ -59,16 +59,25 @@ def _run_key(run_id: str) -> str:
     return file_key(run_id)[:48]
 
 
+def _run_root() -> Path:
+    return RUN_ROOT if RUN_ROOT.parent.is_dir() and os.access(RUN_ROOT.parent, os.W_OK) else FALLBACK_RUN_ROOT
+
+
 def clone_paths(cluster: Cluster, run_id: str) -> ClonePaths:
     data_dir = Path(cluster.postgres.data_dir)
     key = _run_key(run_id)
-    root = RUN_ROOT if RUN_ROOT.parent.is_dir() and os.access(RUN_ROOT.parent, os.W_OK) else FALLBACK_RUN_ROOT
     return ClonePaths(
         data_dir=data_dir,
         clone_dir=data_dir.with_name(f"{data_dir.name}.rewind-clone-{key}"),
         pre_rewind_dir=data_dir.with_name(f"{data_dir.name}.pre-rewind-{key}"),
-        run_dir=root / f"{cluster.name}-{key}"[:60],
+        run_dir=_run_root() / f"{cluster.name}-{key}"[:60],
     )
+
+
+def reader_run_dir(cluster: Cluster, port: int) -> Path:
+    """The socket, log and authentication files of a kept directory being read (salvage): short,
+    whatever the caller's own directory is called (a socket path is capped at 107 bytes)."""
+    return _run_root() / f"{cluster.name[:40]}-kept-{port}"
 
 
 def clone_instance(cluster: Cluster, paths: ClonePaths, *, port: int) -> Instance:

@@ -20,12 +20,21 @@ class SalvageOperator(RewindClusterOperator):
     afterwards) and writes the files under <state_path>/salvage/<run>/, named in the log, the run
     note and the XCom."""
 
-    template_fields: Sequence[str] = ("cluster", "bad_xids", "timeline", "airflow_api_conn_id")
+    template_fields: Sequence[str] = ("cluster", "bad_xids", "timeline", "from_repository", "airflow_api_conn_id")
 
-    def __init__(self, *, bad_xids: Any = (), timeline: Any = "previous", airflow_api_conn_id: str = "airflow_api", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        bad_xids: Any = (),
+        timeline: Any = "previous",
+        from_repository: Any = False,
+        airflow_api_conn_id: str = "airflow_api",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.bad_xids = bad_xids
         self.timeline = timeline
+        self.from_repository = from_repository
         self.airflow_api_conn_id = airflow_api_conn_id
 
     def execute_on_cluster(self, context) -> dict[str, Any]:
@@ -46,6 +55,7 @@ class SalvageOperator(RewindClusterOperator):
             directory=directory,
             bad_xids=[int(x) for x in bad],
             old_timeline=None if timeline == "previous" else int(timeline),
+            from_repository=self.from_repository in (True, "True", "true"),
             log=self.log.info,
         )
         text = result.summary()
