@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from rewind.errors import RewindError
 from rewind.inventory import Cluster
 from rewind.pgbackrest.client import PgBackRest
 from rewind.pgbackrest.info import StanzaInfo
@@ -56,6 +57,7 @@ class Hold:
     # Clone mode: production's data directory as it was before the cutover, kept stopped on the
     # database host; removed by the first expire after the hold has ended (release_kept_directories).
     kept_dir: str | None = None
+    released: str | None = None  # how its kept directory went before the hold ended: when, by whom, why
 
     def active(self, now: dt.datetime) -> bool:
         return self.ends_at is None or now < dt.datetime.fromisoformat(self.ends_at)
@@ -164,6 +166,45 @@ def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None
             released.append(str(kept))
         _write(cluster, replace(hold, kept_dir=None))
     return released
+
+
+class KeptDirectoryRefused(RewindError):
+    """A release by hand that names no kept directory, or not the one it means: nothing removed."""
+
+    retryable = False
+
+
+def release_kept_directory(cluster: Cluster, run_id: str, *, confirm: str, by: str, reason: str, log: Callable[[str], None] = print) -> str:
+    """Remove the pre-rewind directory PITR run `run_id` kept, before its hold ends (the DBA needs
+    the disk): checked first, one line naming what to fix, nothing removed on a refusal. The hold
+    itself stays (its backups and WAL in the repository are the old branch still); its record says
+    when, by whom and why the directory went. Returns what was removed."""
+    hold = get_hold(cluster, run_id)
+    if hold is None:
+        known = ", ".join(h.run_id for h in all_holds(cluster) if h.kept_dir) or "none"
+        raise KeptDirectoryRefused(
+            f"param pitr_run_id: no hold of cluster {cluster.name} is PITR run {run_id!r} (runs with a kept directory: {known})"
+        )
+    if not hold.kept_dir:
+        why = f"released already ({hold.released})" if hold.released else "an in-place rewind keeps none"
+        raise KeptDirectoryRefused(f"param pitr_run_id: PITR run {run_id} kept no directory: {why}")
+    kept, data_dir = Path(hold.kept_dir), Path(cluster.postgres.data_dir)
+    if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
+        raise KeptDirectoryRefused(
+            f"{hold.describe()} names {kept}, which is not a pre-rewind directory beside {data_dir}: nothing removed"
+        )
+    if confirm != kept.name:
+        raise KeptDirectoryRefused(
+            f"param confirm: type the directory's name, {kept.name}, to release it (got {confirm!r}): nothing removed"
+        )
+    if (kept / "postmaster.pid").exists():
+        raise KeptDirectoryRefused(f"{kept}: PostgreSQL runs on it (a salvage reading it): release it when that has ended")
+    if kept.exists():
+        shutil.rmtree(kept)
+    released = f"{_now().isoformat(timespec='seconds')} by {by}: {reason}"
+    _write(cluster, replace(hold, kept_dir=None, released=released))
+    log(f"released {kept}, the pre-rewind directory of PITR run {run_id}, {released}; its backups and WAL stay held ({hold.describe()})")
+    return str(kept)
 
 
 def end_hold(cluster: Cluster, run_id: str, *, keep_days: float) -> Hold | None:

@@ -106,6 +106,7 @@ def test_every_dag_has_docs_tags_owner_retries_alerts_and_one_active_run(monkeyp
         "rewind_rehearsal",
         "rewind_find_target",
         "rewind_salvage",
+        "rewind_release_kept",
     }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md and len(dag.doc_md) > 200, dag_id
@@ -148,6 +149,7 @@ DBA_ONLY_WORKFLOWS = (
     "rewind_rehearsal__",
     "rewind_find_target__",
     "rewind_salvage__",
+    "rewind_release_kept__",
 )
 
 

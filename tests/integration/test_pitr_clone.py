@@ -17,6 +17,7 @@ from rewind.pitr.journal import RunJournal
 from rewind.postgres import postmaster_pid, psql_argv
 from rewind.retention import get_hold
 from rewind.runner import CommandFailed
+from tests.conftest import load_dags, run_once
 from tests.integration.helpers import VOID_CHECK, assert_success, change_of, fresh_ledger, ledger, run_pitr, states, the_incident, write
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,7 @@ def the_ledger_incident(stack) -> str:
     return target
 
 
-def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds(demo_stack, pitr, servicenow, approve_all):
+def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds(demo_stack, pitr, servicenow, approve_all, capfd):
     target = the_ledger_incident(demo_stack)
     data_dir = Path(demo_stack.cluster.postgres.data_dir)
     inode_before = data_dir.stat().st_ino
@@ -104,7 +105,18 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
         "production was never stopped" not in change["close_notes"]
         and "Timings: clone restore (production serving)" in change["close_notes"]
     )
-    shutil.rmtree(paths.pre_rewind_dir)
+
+    # A DBA who needs the disk releases the kept directory before its hold ends: the name typed out
+    release = load_dags("rewind_release_kept.py")["rewind_release_kept__demo"]
+    form = {"pitr_run_id": run.run_id, "reason": "the WAL volume needs the space"}
+    capfd.readouterr()
+    refused = run_once(release, run_conf={**form, "confirm": "data"})
+    assert states(refused)["release_kept_directory"] == "failed" and paths.pre_rewind_dir.is_dir()
+    assert f"param confirm: type the directory's name, {paths.pre_rewind_dir.name}, to release it" in "".join(capfd.readouterr())
+    assert_success(run_once(release, run_conf={**form, "confirm": paths.pre_rewind_dir.name}))
+    hold = get_hold(demo_stack.cluster, run.run_id)
+    assert not paths.pre_rewind_dir.exists() and hold.kept_dir is None and hold.released.endswith("the WAL volume needs the space")
+    assert hold.ends_at  # the hold itself goes on: the old branch's backups and WAL stay held
 
 
 def test_a_cutover_killed_between_its_renames_converges_when_the_run_is_cleared(demo_stack, pitr, approve_all, monkeypatch):

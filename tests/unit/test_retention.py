@@ -272,3 +272,37 @@ def test_a_kept_pre_rewind_directory_goes_with_its_hold_and_nothing_else_ever_do
         end_hold(count_cluster, "run-b", keep_days=0)
         assert release_kept_directories(count_cluster, now=later, log=lines.append) == [] and elsewhere.is_dir()
         assert "not removing" in lines[-1]
+
+
+def test_a_kept_directory_released_by_hand_is_checked_first_and_recorded(count_cluster, tmp_path):
+    """rewind_release_kept__<cluster>: one line naming what to fix, nothing removed, until the run,
+    its kept directory and the name typed out all match; then removed, the hold kept and told who and why."""
+    from rewind.retention import KeptDirectoryRefused, get_hold, release_kept_directory, set_hold_kept_dir
+
+    data_dir = Path(count_cluster.postgres.data_dir)
+    kept = data_dir.with_name(f"{data_dir.name}.pre-rewind-run-a")
+    (kept / "base").mkdir(parents=True)
+    place_hold(count_cluster, run_id="run-a", info=stanza_info(BACKUPS), timeline=1)
+    place_hold(count_cluster, run_id="in-place", info=stanza_info(BACKUPS), timeline=2)
+    set_hold_kept_dir(count_cluster, "run-a", str(kept))
+    release = lambda run_id, confirm: release_kept_directory(  # noqa: E731
+        count_cluster, run_id, confirm=confirm, by="Airflow user dba", reason="the disk is needed for the WAL"
+    )
+    for run_id, confirm, refused in (
+        ("run-x", kept.name, r"^param pitr_run_id: no hold of cluster ledger is PITR run 'run-x' \(runs with a kept directory: run-a\)$"),
+        ("in-place", kept.name, r"^param pitr_run_id: PITR run in-place kept no directory: an in-place rewind keeps none$"),
+        ("run-a", "data", rf"^param confirm: type the directory's name, {kept.name}, to release it \(got 'data'\): nothing removed$"),
+    ):
+        with pytest.raises(KeptDirectoryRefused, match=refused):
+            release(run_id, confirm)
+        assert kept.is_dir()
+    (kept / "postmaster.pid").write_text("4242\n")
+    with pytest.raises(KeptDirectoryRefused, match="PostgreSQL runs on it"):
+        release("run-a", kept.name)
+    (kept / "postmaster.pid").unlink()
+    assert release("run-a", kept.name) == str(kept) and not kept.exists()
+    hold = get_hold(count_cluster, "run-a")
+    assert hold.kept_dir is None and hold.released.endswith("by Airflow user dba: the disk is needed for the WAL")
+    assert hold.ends_at is None  # the backups and WAL stay held as long as they were
+    with pytest.raises(KeptDirectoryRefused, match=r"kept no directory: released already \(20"):
+        release("run-a", kept.name)
