@@ -77,11 +77,12 @@ PARAMS = {
     "mode": Param(
         "inventory",
         type="string",
-        enum=["inventory", "in_place", "clone"],
+        enum=["inventory", "in_place", "clone", "undo"],
         title="Where the target is built",
         description="inventory: the cluster's pitr.mode (clone unless it says in_place) · clone: restore and check beside "
         "production while it serves, then cut over in seconds · in_place: stop PostgreSQL, restore over its data directory "
-        "(hosts without room beside it; target latest)",
+        "(hosts without room beside it; target latest) · undo: back over the last clone-mode rewind in seconds, its kept "
+        "directory swapped back in (target_type latest, target_timeline the timeline that rewind left)",
     ),
     "target_timeline": Param("current", type="string", pattern="^(current|latest|[1-9][0-9]*)$", title="Timeline"),
     "backup_set": Param(

@@ -35,6 +35,11 @@ def archive_command(cluster: Cluster) -> str:
     return f"{cluster.pgbackrest.bin} --config={cluster.config_path} --stanza={cluster.stanza} archive-push %p"
 
 
+def restore_command(cluster: Cluster) -> str:
+    """What recovery runs for each WAL segment it needs, as pgBackRest's restore writes it."""
+    return f'{cluster.pgbackrest.bin} --config={cluster.config_path} --stanza={cluster.stanza} archive-get %f "%p"'
+
+
 @dataclass(frozen=True)
 class Setting:
     value: str

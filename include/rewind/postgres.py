@@ -151,15 +151,25 @@ def live_timeline(runner, cluster: Cluster) -> int:
     return int(run_sql(runner, cluster, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16)
 
 
-def control_timeline(runner, cluster: Cluster) -> int | None:
-    """The timeline in the cluster's pg_control (running or not), None when it cannot be read."""
+def _control_field(runner, cluster: Cluster, field: str) -> str | None:
     result = runner.run(
         [str(Path(cluster.postgres.bin_dir) / "pg_controldata"), "-D", cluster.postgres.data_dir], timeout=30, check=False, log_stdout=False
     )
     for line in result.stdout.splitlines():
-        if line.startswith("Latest checkpoint's TimeLineID:"):
-            return int(line.split(":", 1)[1])
+        if line.startswith(f"{field}:"):
+            return line.split(":", 1)[1].strip()
     return None
+
+
+def control_timeline(runner, cluster: Cluster) -> int | None:
+    """The timeline in the cluster's pg_control (running or not), None when it cannot be read."""
+    found = _control_field(runner, cluster, "Latest checkpoint's TimeLineID")
+    return int(found) if found else None
+
+
+def control_state(runner, cluster: Cluster) -> str | None:
+    """pg_control's "Database cluster state" (shut down, in production, ...), None when unreadable."""
+    return _control_field(runner, cluster, "Database cluster state")
 
 
 def postmaster_pid(cluster: Cluster) -> int | None:

@@ -168,6 +168,20 @@ def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None
     return released
 
 
+def hold_swapped_back(cluster: Cluster, kept_dir: str, *, by_run: str) -> None:
+    """An undo put the directory a hold kept back into production: that hold keeps it no more."""
+    for hold in all_holds(cluster):
+        if hold.kept_dir == kept_dir:
+            _write(
+                cluster,
+                replace(
+                    hold,
+                    kept_dir=None,
+                    released=f"{_now().isoformat(timespec='seconds')}: swapped back into production by undo run {by_run}",
+                ),
+            )
+
+
 class KeptDirectoryRefused(RewindError):
     """A release by hand that names no kept directory, or not the one it means: nothing removed."""
 

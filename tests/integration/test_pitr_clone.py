@@ -106,15 +106,39 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
         and "Timings: clone restore (production serving)" in change["close_notes"]
     )
 
+    # Undo, under its own change: the kept directory swapped back in, in seconds, recovered to its
+    # timeline's end and promoted onto a new timeline; what was written since the rewind is kept in
+    # turn, in the directory the undo put aside
+    rewound_timeline = int(demo_stack.psql("select timeline_id from pg_control_checkpoint()"))
+    left = get_hold(demo_stack.cluster, run.run_id).timeline
+    demo_stack.psql("insert into ledger_entry values (99999, 1, 'written after the rewind')")
+    undo = run_pitr(pitr, target_type="latest", target_timeline=str(left), mode="undo")
+    assert_success(undo)
+    assert ledger(demo_stack) == (250, 200, 10_050)  # every row the cluster had before the rewind, nothing else
+    assert int(demo_stack.psql("select timeline_id from pg_control_checkpoint()")) > rewound_timeline
+    assert not (data_dir / "recovery.signal").exists() and demo_stack.psql("show archive_mode") == "on"
+    steps = RunJournal.load(demo_stack.cluster, undo.run_id).data["steps"]
+    assert epoch(steps["promoted"]) - epoch(steps["stopped"]) < 15
+    undone = clone_paths(demo_stack.cluster, undo.run_id).pre_rewind_dir
+    assert not paths.pre_rewind_dir.exists() and undone.is_dir()  # the rewound branch, kept by the undo's hold
+    assert get_hold(demo_stack.cluster, undo.run_id).kept_dir == str(undone)
+    assert f"swapped back into production by undo run {undo.run_id}" in get_hold(demo_stack.cluster, run.run_id).released
+    closed = change_of(servicenow, undo)
+    assert (
+        closed["close_code"] == "successful"
+        and f"Undo: the directory a clone-mode rewind kept, {paths.pre_rewind_dir}, swapped back" in (closed["close_notes"])
+    )
+
     # A DBA who needs the disk releases the kept directory before its hold ends: the name typed out
     release = load_dags("rewind_release_kept.py")["rewind_release_kept__demo"]
-    form = {"pitr_run_id": run.run_id, "reason": "the WAL volume needs the space"}
+    form = {"pitr_run_id": undo.run_id, "reason": "the WAL volume needs the space"}
+    paths = clone_paths(demo_stack.cluster, undo.run_id)
     capfd.readouterr()
     refused = run_once(release, run_conf={**form, "confirm": "data"})
     assert states(refused)["release_kept_directory"] == "failed" and paths.pre_rewind_dir.is_dir()
     assert f"param confirm: type the directory's name, {paths.pre_rewind_dir.name}, to release it" in "".join(capfd.readouterr())
     assert_success(run_once(release, run_conf={**form, "confirm": paths.pre_rewind_dir.name}))
-    hold = get_hold(demo_stack.cluster, run.run_id)
+    hold = get_hold(demo_stack.cluster, undo.run_id)
     assert not paths.pre_rewind_dir.exists() and hold.kept_dir is None and hold.released.endswith("the WAL volume needs the space")
     assert hold.ends_at  # the hold itself goes on: the old branch's backups and WAL stay held
 

@@ -63,7 +63,16 @@ def request(**params):
         ({"target_type": "tomorrow"}, "param target_type: Input should be 'time', 'xid', 'name', 'lsn', 'immediate' or 'latest'"),
         ({"target_type": "immediate", "approver": "me"}, "param approver: Extra inputs are not permitted"),
         ({"target_type": "latest", "mode": "clone"}, "param mode: clone needs a target to pause the clone at"),
-        ({"target_type": "immediate", "mode": "elsewhere"}, "param mode: Input should be 'inventory', 'in_place' or 'clone'"),
+        ({"target_type": "immediate", "mode": "elsewhere"}, "param mode: Input should be 'inventory', 'in_place', 'clone' or 'undo'"),
+        (
+            {"target_type": "time", "target": "2026-11-24 02:13:30+00", "mode": "undo"},
+            "param mode: undo goes back to the end of the timeline a clone-mode rewind left: target_type latest and target_timeline "
+            "that timeline's number (`rewind holds` names it)",
+        ),
+        (
+            {"target_type": "latest", "target_timeline": "current", "mode": "undo"},
+            "param mode: undo goes back to the end of the timeline a clone-mode rewind left",
+        ),
     ],
 )
 def test_each_error_is_one_line_naming_the_param(params, message):

@@ -159,6 +159,7 @@ def summary(
     requested_by: str | None = None,
     approved_by: str | None = None,
     decisions: list[DecisionRecord] = (),
+    undo: str | None = None,
 ) -> str:
     """`request` and `plan`: the ones the cluster was left at (after the DBA's moves, if any);
     `decisions`: the DBA's answers while paused (rewind.pitr.decision), in order."""
@@ -183,6 +184,8 @@ def summary(
         f"Restored from backup {plan.backup_set} ({plan.backup_type}, ended {plan.backup_stopped_at}, stop LSN {plan.backup_stop_lsn}) "
         f"along timeline {plan.timeline}",
     ]
+    if undo:
+        lines.append(f"Undo: {undo}")
     if plan.target_record:
         lines.append(f"Target record in WAL: {plan.target_record} at {plan.target_lsn}")
     lines.extend(f"Decision {number}: {describe_decision(decision)}" for number, decision in enumerate(decisions, 1))

@@ -208,3 +208,78 @@ def kept_directory_of(cluster: Cluster, timeline: int) -> Path | None:
         if hold.kept_dir and hold.timeline == timeline and Path(hold.kept_dir).is_dir():
             return Path(hold.kept_dir)
     return None
+
+
+# ---- undo: the kept directory swapped back in ------------------------------------------------------
+def check_undo_possible(cluster: Cluster, runner, *, timeline: int, live_timeline: int | None, parent_of_live: int | None) -> Path:
+    """Undo goes back over the last rewind: to the end of `timeline`, the one a clone-mode rewind
+    left, whose directory it kept. Returns that directory; refuses, in one line naming the way on,
+    when there is none, it is not what its hold says, or the cluster is no longer on the timeline
+    that rewind made."""
+    from rewind.postgres import control_state, control_timeline, postmaster_pid
+
+    kept = kept_directory_of(cluster, timeline)
+    if kept is None:
+        raise PreflightError(
+            f"mode undo: no directory of timeline {timeline} is kept (a clone-mode rewind keeps production's until its hold ends "
+            f"or a DBA releases it): rewind with target_type latest, target_timeline {timeline} and mode in_place instead"
+        )
+    if live_timeline is not None and parent_of_live != timeline:
+        raise PreflightError(
+            f"mode undo: the cluster runs on timeline {live_timeline}, which did not branch from {timeline} (it branched from "
+            f"{parent_of_live}): undo goes back over the last rewind only; use mode in_place to reach timeline {timeline}"
+        )
+    kept_cluster = cluster.model_copy(update={"postgres": cluster.postgres.model_copy(update={"data_dir": str(kept)})})
+    if postmaster_pid(kept_cluster):
+        raise PreflightError(f"mode undo: PostgreSQL runs on {kept} (a salvage reading it): trigger again when it has ended")
+    found, state = control_timeline(runner, kept_cluster), control_state(runner, kept_cluster)
+    if found != timeline or state not in ("shut down", "shut down in recovery"):
+        raise PreflightError(
+            f"mode undo: {kept} is not the end of timeline {timeline} its hold says (pg_control: timeline {found}, {state}): "
+            f"nothing was touched; use mode in_place to reach timeline {timeline}"
+        )
+    return kept
+
+
+def undo_paths(cluster: Cluster, run_id: str, kept: Path) -> ClonePaths:
+    """The swap of an undo: the kept directory takes the data directory's place, which goes aside
+    as this run's pre-rewind directory (kept in turn, under this run's hold)."""
+    own = clone_paths(cluster, run_id)
+    return ClonePaths(data_dir=own.data_dir, clone_dir=kept, pre_rewind_dir=own.pre_rewind_dir, run_dir=own.run_dir)
+
+
+UNDO_MARK = "# Recovery settings written by Rewind undo"
+
+
+def write_undo_recovery(cluster: Cluster, data_dir: Path, *, timeline: int, run_id: str, restore_command: str) -> bool:
+    """What pgBackRest's restore writes, for a directory that was not restored: recovery.signal, and
+    in postgresql.auto.conf the repository's restore_command and the timeline to recover along
+    (to its end, then promote onto a new timeline, chosen past every one the repository knows).
+    Earlier recovery settings are commented out, as pgBackRest does. Idempotent: False when this
+    run wrote them already."""
+    import datetime as dt
+    import pwd
+
+    auto = data_dir / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    mark = f"{UNDO_MARK} (run {run_id})"
+    user = pwd.getpwnam(cluster.postgres.os_user)
+    signal = data_dir / "recovery.signal"
+    if mark not in text:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        lines = [
+            f"# Removed by Rewind undo on {now} # {line}"
+            if line.split("=", 1)[0].strip().startswith(("restore_command", "recovery_target"))
+            else line
+            for line in text.splitlines()
+        ]
+        escaped = restore_command.replace("'", "''")
+        lines += ["", f"{mark} on {now}", f"restore_command = '{escaped}'", f"recovery_target_timeline = '{timeline}'", ""]
+        partial = auto.with_name(f".{auto.name}.rewind-undo")
+        partial.write_text("\n".join(lines))
+        os.chown(partial, user.pw_uid, user.pw_gid)
+        partial.chmod(0o600)
+        os.replace(partial, auto)
+    signal.touch()
+    os.chown(signal, user.pw_uid, user.pw_gid)
+    return mark not in text

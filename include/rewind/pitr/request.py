@@ -118,8 +118,10 @@ class PitrRequest(BaseModel):
     approved_window_s: int = Field(default=0, ge=0, le=86400)
     # Where the target state is built (rewind.pitr.clone): in_place stops production and restores
     # over its data directory; clone builds and checks it beside production, which keeps serving,
-    # and cuts over in seconds. inventory: the cluster's pitr.mode.
-    mode: Literal["inventory", "in_place", "clone"] = "inventory"
+    # and cuts over in seconds. inventory: the cluster's pitr.mode. undo: back to the end of the
+    # timeline a clone-mode rewind left, by swapping the directory it kept back in (target latest,
+    # target_timeline that timeline's number).
+    mode: Literal["inventory", "in_place", "clone", "undo"] = "inventory"
     reason: str = Field(min_length=10, max_length=2000)
 
     @field_validator("target", "target_timeline", "reason", mode="before")
@@ -202,6 +204,11 @@ class PitrRequest(BaseModel):
             raise ValueError(f"approved_window_s: a window is only for target_type time (this one is {kind}); leave it 0")
         if kind == "latest" and self.target_action == "decide":
             raise ValueError("target_action: decide needs a target to pause at; latest recovers all WAL and promotes")
+        if self.mode == "undo" and (kind != "latest" or not self.target_timeline.isdigit()):
+            raise ValueError(
+                "mode: undo goes back to the end of the timeline a clone-mode rewind left: target_type latest and "
+                "target_timeline that timeline's number (`rewind holds` names it)"
+            )
         if self.mode == "clone" and self.clone_mode_problem():
             raise ValueError(self.clone_mode_problem())
         return self
@@ -232,7 +239,7 @@ class PitrRequest(BaseModel):
         return "pause" if self.target_action == "decide" else self.target_action
 
     def mode_for(self, inventory_mode: str) -> str:
-        """in_place or clone: the request's, else the inventory's for the cluster."""
+        """in_place, clone or undo: the request's, else the inventory's for the cluster."""
         return inventory_mode if self.mode == "inventory" else self.mode
 
     @property

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -37,15 +38,19 @@ from rewind.change_control import (
     start_implementing,
 )
 from rewind.errors import PreflightError, RewindError
+from rewind.lifecycle import restore_command
 from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
 from rewind.pitr.clone import (
     ClonePaths,
     check_clone_possible,
+    check_undo_possible,
     clone_instance,
     clone_paths,
     finish_interrupted_swap,
     remove_clone,
     swap,
+    undo_paths,
+    write_undo_recovery,
 )
 from rewind.pitr.journal import JOURNAL_XCOM_KEY, RunJournal, snapshot
 from rewind.pitr.plan import RestorePlan
@@ -62,10 +67,11 @@ from rewind.pitr.results import (
     StartResult,
     StopResult,
 )
-from rewind.postgres import live_timeline, postmaster_pid, run_sql
+from rewind.postgres import control_timeline, live_timeline, postmaster_pid, run_sql
 from rewind.restore import STATE_SQL, RecoveryTarget, RestoreExecutor
-from rewind.retention import end_hold, place_hold, set_hold_change, set_hold_kept_dir
+from rewind.retention import end_hold, hold_swapped_back, place_hold, set_hold_change, set_hold_kept_dir
 from rewind.scratch import free_port
+from rewind.wal import read_history
 from rewind_airflow.hooks.pgbackrest import known_secret_values
 from rewind_airflow.identity import requester_of
 from rewind_airflow.operators.base import ChangeControlledOperator, Refused
@@ -313,11 +319,12 @@ class PitrPreflightOperator(PitrOperator):
         cluster, request = self.hook.cluster, self.pitr_request
         guard = _require_claim(cluster, context["run_id"])
         journal = self.journal(context)
-        if journal.clone_mode and journal.at("stopped") and not journal.at("swapped"):
-            # this run's cutover was cut off between its renames, and the run was cleared: the data
-            # directory is put back in place (the clone's, production's already aside) before
-            # anything reads it; the cutover goes on from there
-            self.log.info("an interrupted cutover: %s", finish_interrupted_swap(clone_paths(cluster, context["run_id"]), log=self.log.info))
+        if journal.data.get("clone") and journal.at("stopped") and not journal.at("swapped"):
+            # this run's cutover (or undo's swap) was cut off between its renames, and the run was
+            # cleared: the data directory is put back in place (the clone's or the kept one,
+            # production's already aside) before anything reads it; the swap goes on from there
+            paths = ClonePaths(**{name: Path(value) for name, value in journal.data["clone"].items()})
+            self.log.info("an interrupted swap: %s", finish_interrupted_swap(paths, log=self.log.info))
         pgbackrest = self.hook.get_conn()
         if guard.timeline_before:
             self.log.info(
@@ -331,9 +338,22 @@ class PitrPreflightOperator(PitrOperator):
             timeline_before=guard.timeline_before,
             log=self.log.info,
         )
-        if request.mode_for(cluster.pitr.mode) == "clone":  # refused now, before a change is even opened
+        mode, abandoned = request.mode_for(cluster.pitr.mode), plan.timeline
+        if mode == "clone":  # refused now, before a change is even opened
             check_clone_possible(cluster, clone_paths(cluster, context["run_id"]), plan)
-        hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=plan.timeline, reason=request.reason)
+        if mode == "undo" and not journal.at("swapped"):
+            live = control_timeline(self.runner, cluster)
+            history = read_history(pgbackrest, live) if live else None
+            parents = [tli for tli, _end in history.entries[:-1]] if history else []
+            kept = check_undo_possible(
+                cluster, self.runner, timeline=plan.timeline, live_timeline=live, parent_of_live=parents[-1] if parents else None
+            )
+            self.log.info(
+                "undo: %s, kept by the rewind that left timeline %s, goes back in place of timeline %s", kept, plan.timeline, live
+            )
+            journal.set(undo_kept=str(kept))
+            abandoned = live or plan.timeline  # what this run's hold keeps: the timeline the undo abandons
+        hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=abandoned, reason=request.reason)
         if hold:
             self.log.info("retention %s", hold.describe())
         return plan.as_dict()
@@ -366,6 +386,9 @@ class EnsureChangeOperator(PitrOperator):
 WINDOW_STEPS = ("stop_postgres", "restore", "start_postgres", "wait_for_target", "validate_data", "promote")
 # Clone mode (rewind.pitr.clone): production serves until the cutover; the checks run on the clone.
 CLONE_STEPS = ("restore_clone", "start_clone", "wait_for_target", "validate_data", "cutover", "promote")
+# Undo (rewind.pitr.clone): the directory a clone-mode rewind kept goes back in place of the data
+# directory, recovers to its timeline's end and promotes onto a new timeline.
+UNDO_STEPS = ("stop_postgres", "swap_back", "start_postgres", "wait_for_target", "validate_data", "promote")
 # A failure here cannot be changed by trying again (recovery did not reach the target, a data check
 # failed): the task fails without its retry, and the failure is read.
 FINAL_STEPS = ("wait_for_target", "validate_data")
@@ -436,9 +459,11 @@ class StopRestorePromoteOperator(PitrOperator):
         mode = journal.data.get("mode") or request.mode_for(self.hook.cluster.pitr.mode)  # a retry keeps its run's
         if mode == "clone":
             request.refuse_in_clone_mode()
-        steps = CLONE_STEPS if mode == "clone" else WINDOW_STEPS
+        steps = CLONE_STEPS if mode == "clone" else UNDO_STEPS if mode == "undo" else WINDOW_STEPS
         for step in steps:
             if rewound and step in ("stop_postgres", "restore", "restore_clone"):
+                continue
+            if step == "swap_back" and journal.at("restored"):  # swapped, with its recovery settings, by an earlier try
                 continue
             if step == "promote" and request.dba_decides:
                 self.log.info("not promoting: the DBA decides at the target (decide_at_target), with the checks' results in hand")
@@ -463,7 +488,7 @@ class StopRestorePromoteOperator(PitrOperator):
         self.log.info("steps: %s", ", ".join(f"{step} {seconds:.2f}s" for step, seconds in timings.items()))
         return DowntimeResult(
             stop=results.get("stop_postgres") or results.get("cutover"),
-            restore=results.get("restore") or results.get("restore_clone"),
+            restore=results.get("restore") or results.get("restore_clone") or results.get("swap_back"),
             start=results.get("start_postgres") or results["start_clone"],
             recovery=results["wait_for_target"],
             checks=results["validate_data"],
@@ -562,6 +587,46 @@ class StopRestorePromoteOperator(PitrOperator):
         restore_guard.held_by(cluster, run_id)
         journal.record("restore_started")
         self.restore_plan(request, plan)
+        journal.record("restored")
+        return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
+
+    # ---- swap_back (undo) ---------------------------------------------------------------------------
+    def _swap_back(self, context, journal: RunJournal) -> RestoreResult:
+        """Undo's restore, in seconds whatever the size: only after this run stopped PostgreSQL, the
+        change re-read and the kept directory checked again; the data directory goes aside as this
+        run's pre-rewind directory (kept, under this run's hold) and the kept one takes its place
+        (rewind.pitr.clone.swap, journaled, converging from any half-swap), with recovery settings
+        to its timeline's end. A retry converges."""
+        started = _now()
+        cluster, run_id = self.hook.cluster, context["run_id"]
+        if not journal.at("stopped"):
+            raise PitrStepFailed(
+                f"swap_back refused: PostgreSQL of {cluster.name} was not stopped by this run (stop_postgres did not finish)"
+            )
+        plan = RestorePlan.model_validate(journal.data["plan"])
+        kept = Path(journal.data["undo_kept"])
+        paths = undo_paths(cluster, run_id, kept)
+        if not journal.at("swapped"):
+            if postmaster_pid(cluster):
+                raise PitrStepFailed(f"PostgreSQL of {cluster.name} is running: refusing to swap its directory")
+            self.servicenow  # noqa: B018 (the client is built here, in this thread)
+
+            def kept_still_the_end() -> None:
+                if kept.exists():  # else a half-swap of this run: swap() finishes it
+                    check_undo_possible(cluster, self.runner, timeline=plan.timeline, live_timeline=None, parent_of_live=None)
+
+            _with_gate(lambda: self.gate(journal, step="swap_back", implementing=True), kept_still_the_end)
+            restore_guard.held_by(cluster, run_id)
+            journal.set(clone=paths.as_dict())
+            journal.record("restore_started")
+            self.log.info("undo: %s", swap(paths, log=self.log.info))
+            set_hold_kept_dir(cluster, run_id, str(paths.pre_rewind_dir))  # the branch this undo abandons, kept in turn
+            hold_swapped_back(cluster, str(kept), by_run=run_id)
+            journal.record("swapped")
+        if write_undo_recovery(cluster, paths.data_dir, timeline=plan.timeline, run_id=run_id, restore_command=restore_command(cluster)):
+            self.log.info(
+                "recovery to the end of timeline %s written into %s (recovery.signal, postgresql.auto.conf)", plan.timeline, paths.data_dir
+            )
         journal.record("restored")
         return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
 
@@ -815,6 +880,13 @@ class CloseChangeOperator(PitrOperator):
             requested_by=requested,
             approved_by=approved,
             decisions=decision.decisions,
+            undo=(
+                f"the directory a clone-mode rewind kept, {journal.data['undo_kept']}, swapped back in (nothing restored) and "
+                f"recovered to the end of timeline {journal.data['plan']['timeline']}; the directory it replaced is kept as "
+                f"{journal.data['clone']['pre_rewind_dir']}"
+                if journal.data.get("undo_kept") and journal.data.get("clone")
+                else None
+            ),
         )
         # An abort restored the state before the stop: the change was not implemented as asked.
         close_code = "unsuccessful" if decision.aborted else "successful"
