@@ -1,15 +1,18 @@
 """The PITR DAG against the real stack and the ServiceNow simulator: the guide's incident, every
-target type, the change gate, bad params, and a restore killed midway."""
+target type (xid and lsn onto a clone first, the rest in place), the change gate, bad params, and
+a restore killed midway."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import threading
 import time
 
 import pytest
 
 from rewind.guard import read_guard
+from rewind.pitr.clone import clone_paths
 from rewind.postgres import postmaster_pid
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import (
@@ -73,9 +76,10 @@ def test_rewind_by_xid_exclusive_of_the_bad_transaction(demo_stack, pitr, approv
     write(demo_stack, 1, 120)
     xid = demo_stack.psql("begin; update ledger_entry set status = 'void'; select pg_current_xact_id(); commit;").split()[-1]
     write(demo_stack, 5_001, 10)
-    run = run_pitr(pitr, target_type="xid", target=xid, target_exclusive=True, validation_sql=[VOID_CHECK])
+    run = run_pitr(pitr, target_type="xid", target=xid, target_exclusive=True, validation_sql=[VOID_CHECK], mode="clone")
     assert_success(run)
     assert ledger(demo_stack) == (120, 0, 120)
+    shutil.rmtree(clone_paths(demo_stack.cluster, run.run_id).pre_rewind_dir)  # exact on a clone too; the kept directory goes
 
 
 def test_rewind_to_a_named_restore_point_with_pause_then_promote_under_an_emergency_change(demo_stack, pitr, servicenow, approve_all):
@@ -100,9 +104,10 @@ def test_rewind_to_an_lsn_under_a_given_change(demo_stack, pitr, servicenow):
     lsn = demo_stack.psql("select pg_current_wal_insert_lsn()")
     the_incident(demo_stack)
     change = given_change(servicenow)
-    run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"])
+    run = run_pitr(pitr, target_type="lsn", target=lsn, validation_sql=[VOID_CHECK], change_number=change["number"], mode="clone")
     assert_success(run)
     assert ledger(demo_stack) == (60, 0, 60)
+    shutil.rmtree(clone_paths(demo_stack.cluster, run.run_id).pre_rewind_dir)
     closed = client(servicenow).get("change_request", change["sys_id"])
     assert (closed["state"], closed["close_code"]) == ("3", "successful")
     assert "Target: lsn" in closed["close_notes"]

@@ -143,28 +143,75 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
     assert hold.ends_at  # the hold itself goes on: the old branch's backups and WAL stay held
 
 
-def test_a_cutover_killed_between_its_renames_converges_when_the_run_is_cleared(demo_stack, pitr, approve_all, monkeypatch):
+class WorkerKilled(Exception):
+    """What a worker killed right after an act leaves: the act done, nothing after it."""
+
+
+def test_a_cutover_killed_after_any_of_its_acts_converges_on_the_tasks_own_retries(demo_stack, pitr, approve_all, monkeypatch):
+    """The worker dies right after each act of the downtime task on the cluster in turn (the clone's
+    start, production's WAL archived, each stop, each rename, the hold, the start): every death is
+    followed by the task's own retry (as Airflow retries a task whose worker died; no delay here),
+    which goes on from the journal. At every death one data directory is in place, or the
+    unambiguous half-swap is (production's aside, the clone beside it); in the end the rewound
+    cluster is promoted with exactly the target's rows, in the same run."""
+    import os
+    import types
+
+    import rewind.pitr.clone as clone_module
+    from rewind.restore import RestoreExecutor
     from rewind_airflow.operators import pitr as pitr_operators
+    from tests.conftest import quick_dag_test_loop
+    from tests.integration.helpers import FORM_DEFAULTS
 
     target = the_ledger_incident(demo_stack)
-    logical = dt.datetime.now(dt.timezone.utc)
-    real_swap = pitr_operators.swap
+    data_dir = Path(demo_stack.cluster.postgres.data_dir)
+    before = set(data_dir.parent.iterdir())
+    deaths: list[str] = []
+    broken: list[str] = []  # the directory invariant, checked at each death (an assert there would only fail the try)
 
-    def killed_between_the_renames(paths, *, log):
-        Path(paths.data_dir).rename(paths.pre_rewind_dir)  # the first rename, then the worker dies
-        raise RuntimeError("worker killed mid-cutover")
+    def killing(name, act, where=lambda *_args: ""):
+        """The act, then the worker dies, the first time this act happens at this place."""
 
-    monkeypatch.setattr(pitr_operators, "swap", killed_between_the_renames)
+        def wrapped(*args, **kwargs):
+            result = act(*args, **kwargs)
+            point = f"{name} {where(*args)}".strip()
+            if point not in deaths:
+                deaths.append(point)
+                new = {path.name for path in set(data_dir.parent.iterdir()) - before}
+                data = data_dir.exists()
+                clone = any(".rewind-clone-" in name for name in new)
+                pre = any(".pre-rewind-" in name for name in new)
+                if not ((data and not (clone and pre)) or (not data and clone and pre)):
+                    broken.append(f"after {point}: data {data}, clone {clone}, pre-rewind {pre}")
+                raise WorkerKilled(f"worker killed right after {point}")
+            return result
+
+        return wrapped
+
+    of_instance = lambda executor, *_args: executor.instance.data_dir.name  # noqa: E731
+    monkeypatch.setattr(pitr_operators, "archive_current_wal", killing("archive WAL", pitr_operators.archive_current_wal))
+    monkeypatch.setattr(pitr_operators, "archive_left_behind", killing("archive left behind", pitr_operators.archive_left_behind))
+    monkeypatch.setattr(pitr_operators, "set_hold_kept_dir", killing("hold", pitr_operators.set_hold_kept_dir))
+    clone_os = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
+    clone_os.rename = killing("rename", os.rename, lambda source, *_args: Path(source).name)  # the swap's renames only
+    monkeypatch.setattr(clone_module, "os", clone_os)
+    monkeypatch.setattr(RestoreExecutor, "stop", killing("stop", RestoreExecutor.stop, of_instance))
+    monkeypatch.setattr(RestoreExecutor, "start", killing("start", RestoreExecutor.start, of_instance))
+    for task in pitr.tasks:
+        monkeypatch.setattr(task, "retries", 0)
+    downtime = pitr.get_task("stop_restore_promote")
+    monkeypatch.setattr(downtime, "retries", 20)
+    monkeypatch.setattr(downtime, "retry_delay", dt.timedelta(0))
     conf = {"target_type": "time", "target": target, "mode": "clone", "validation_sql": [VOID_CHECK]}
-    killed = run_pitr(pitr, **conf, logical_date=logical, run_after=logical)
-    assert states(killed)["stop_restore_promote"] == "failed"
-    paths = clone_paths(demo_stack.cluster, killed.run_id)
-    assert not paths.data_dir.exists() and paths.clone_dir.is_dir() and postmaster_pid(demo_stack.cluster) is None
-
-    monkeypatch.setattr(pitr_operators, "swap", real_swap)
-    again = run_pitr(pitr, **conf, logical_date=logical, run_after=logical)  # the on-call clears the run
-    assert_success(again)
+    with quick_dag_test_loop():
+        run = pitr.test(run_conf={**FORM_DEFAULTS, **conf})
+    assert_success(run)
+    assert broken == [], broken
+    # every act of the cutover was followed by a death once: both stops, both renames, the start
+    assert {death.split()[0] for death in deaths} >= {"archive", "stop", "rename", "hold", "start"}, deaths
+    assert (len([d for d in deaths if d.startswith("rename")]), len([d for d in deaths if d.startswith("stop")])) == (2, 2), deaths
     assert ledger(demo_stack) == (200, 0, 200)
+    paths = clone_paths(demo_stack.cluster, run.run_id)
     assert not paths.clone_dir.exists() and paths.pre_rewind_dir.is_dir()
     shutil.rmtree(paths.pre_rewind_dir)
 
