@@ -131,6 +131,13 @@ def doc_md(cluster: Cluster) -> str:
         **Who may run it:** only the DBA role may trigger or clear it (DAG access_control); auditors
         (Viewer) read every run, task log and run note, and trigger nothing.
 
+        **Where the target is built** (`mode`; this cluster's default: `{cluster.pitr.mode}`): `clone`
+        restores, recovers and checks a clone beside production while it serves
+        (`restore_clone -> start_clone -> wait_for_target -> validate_data`), then `cutover` stops
+        production for seconds and swaps the directories (the old one kept, stopped); with `decide`
+        the DBA decides on the clone. `in_place` is the table below. `undo` swaps back the directory
+        the last clone-mode rewind kept (`stop_postgres -> swap_back -> start_postgres -> ...`).
+
         | step | what it does | touches |
         |---|---|---|
         | `validate_params` | target matches its type, data checks are single statements, reason given; a given change is open, raised for this cluster (cmdb_ci) and not used by another PITR; no other PITR of this cluster is active (it is named) | nothing |
