@@ -71,7 +71,9 @@ def main() -> None:
         clone = data.with_name(f"{data.name}.rewind-clone-bench")
         owner = data.stat()
         reflink = reflink_supported(data.parent)
-        print(f"pgbench scale {args.scale} ({size}), production running; reflink on {data.parent}: {'yes' if reflink else 'no'}", flush=True)
+        print(
+            f"pgbench scale {args.scale} ({size}), production running; reflink on {data.parent}: {'yes' if reflink else 'no'}", flush=True
+        )
 
         def restore(*, delta: bool) -> float:
             argv = pgbackrest.commands.restore(backup_set=label, delta=delta, pg_path=str(clone), archive_mode="off")
@@ -98,9 +100,13 @@ def main() -> None:
         reference = None
         timings: dict[str, list[float]] = {"empty": [], "copy+delta": []}
         for number in range(args.rounds):
-            for name, seed in (("empty", empty), ("copy+delta", copy_then_delta)) if number % 2 == 0 else (
-                ("copy+delta", copy_then_delta),
-                ("empty", empty),
+            for name, seed in (
+                (("empty", empty), ("copy+delta", copy_then_delta))
+                if number % 2 == 0
+                else (
+                    ("copy+delta", copy_then_delta),
+                    ("empty", empty),
+                )
             ):
                 parts = seed()
                 digest = tree_digest(clone)

@@ -180,6 +180,7 @@ class RestoreExecutor:
     postmaster_runner: CommandRunner
     log: Callable[[str], None] = print
     _started_at: float = field(default=0.0, init=False)
+    _started_wall: float = field(default=0.0, init=False)  # the same instant, for journalctl --since
 
     @property
     def cluster(self) -> Cluster:
@@ -231,7 +232,7 @@ class RestoreExecutor:
         command line (a sibling only: a restart still in recovery goes on to a new target)."""
         instance = self.instance
         offset = instance.log_size()
-        self._started_at = time.monotonic()
+        self._started_at, self._started_wall = time.monotonic(), time.time()
         if not instance.is_sibling:
             if recovery:
                 raise ValueError("recovery settings on the command line are for a sibling instance only")
@@ -291,6 +292,13 @@ class RestoreExecutor:
                     f"{instance.data_dir} is stopped, not promoted"
                 )
             if instance.pid() is None and time.monotonic() - started > START_GRACE_S:
+                if instance.log_path is None:  # a systemd unit without a log file: its journal says why it exited
+                    lines = self.unit_journal_lines()
+                    if any(NOT_REACHED in line for line in lines):
+                        raise RecoveryTargetNotReached(
+                            f"PostgreSQL reported '{NOT_REACHED}' (journal of {self.cluster.postgres.unit_name()}): the target is "
+                            f"beyond the archived WAL; the instance in {instance.data_dir} is stopped, not promoted"
+                        )
                 fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
                 where = f"see {instance.log_path}" if instance.log_path else "see its log"
                 raise RecoveryError(f"PostgreSQL of {instance.data_dir} exited during recovery: {fatal[-1].strip() if fatal else where}")
@@ -316,6 +324,21 @@ class RestoreExecutor:
             if time.monotonic() > deadline:
                 raise RecoveryError(f"recovery did not reach the target within {timeout_s:.0f}s: check PostgreSQL's log")
             time.sleep(poll_s)
+
+    def unit_journal_lines(self) -> list[str]:
+        """What the cluster's systemd unit logged since this start (`journalctl -u`, as the user that
+        starts it: reading the journal needs root or the systemd-journal group); none when there is
+        no unit or no journal."""
+        if self.cluster.postgres.control != "systemd":
+            return []
+        # a retry's executor did not start it: the unit's last lines, which end with that start's exit
+        since = ["--since", f"@{int(self._started_wall) - 1}"] if self._started_wall else ["-n", "200"]
+        argv = ["journalctl", "-u", self.cluster.postgres.unit_name(), *since, "-o", "cat", "--no-pager"]
+        try:
+            result = self.postmaster_runner.run(argv, timeout=30, check=False, log_stdout=False)
+        except (OSError, CommandFailed):
+            return []
+        return result.stdout.splitlines()
 
     # ---- promote ----------------------------------------------------------------------------------
     def promote(self, *, timeout_s: int = 300) -> int:

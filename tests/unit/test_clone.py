@@ -119,9 +119,10 @@ def test_undo_goes_back_over_the_last_clone_mode_rewind_only_and_says_the_way_on
     from tests.unit.test_retention import BACKUPS, stanza_info
 
     cluster, paths = directories(tmp_path)
-    check = lambda runner, **where: check_undo_possible(
-        cluster, runner, **{"timeline": 2, "live_timeline": 3, "parent_of_live": 2, **where}
-    )  # noqa: E731
+
+    def check(runner, **where):
+        return check_undo_possible(cluster, runner, **{"timeline": 2, "live_timeline": 3, "parent_of_live": 2, **where})
+
     with pytest.raises(
         PreflightError, match=r"^mode undo: no directory of timeline 2 is kept .*target_timeline 2 and mode in_place instead$"
     ):

@@ -152,3 +152,27 @@ def test_stop_of_an_instance_that_is_down_does_nothing(tmp_path):
         SimpleNamespace(), Instance.production(local_cluster(tmp_path)), runner=runner, postmaster_runner=ScriptedRunner([])
     )
     assert executor.stop() is False and runner.argvs == []
+
+
+@pytest.mark.parametrize(
+    "journal, raised, message",
+    [
+        (f"LOG:  starting point-in-time recovery\nFATAL:  {NOT_REACHED}\n", RecoveryTargetNotReached, r"\(journal of postgresql@15-main\)"),
+        ("FATAL:  could not locate required checkpoint record\n", RecoveryError, "exited during recovery: FATAL:  could not locate"),
+    ],
+)
+def test_a_systemd_unit_without_a_log_file_is_read_from_its_journal_when_recovery_exits(tmp_path, journal, raised, message):
+    """control systemd, no postgres.log_file (the inventory's default): PostgreSQL's own lines are
+    in the unit's journal. Recovery that ended before the target is named as such, not as a bare exit."""
+    import time as clock
+
+    cluster = local_cluster(tmp_path, postgres={"control": "systemd"})
+    instance = Instance.production(cluster)
+    assert instance.log_path is None
+    journald = ScriptedRunner([journal])
+    executor = RestoreExecutor(RecordingPgBackRest(), instance, runner=ScriptedRunner([]), postmaster_runner=journald)
+    executor._started_at, executor._started_wall = 1.0, clock.time()  # started, exited, no grace left
+    with pytest.raises(raised, match=message):
+        executor.wait("pause", since_offset=0, timeout_s=5)
+    [argv] = journald.argvs
+    assert argv[:3] == ["journalctl", "-u", "postgresql@15-main"] and argv[3] == "--since" and argv[-3:] == ["-o", "cat", "--no-pager"]
