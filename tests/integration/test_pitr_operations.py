@@ -559,19 +559,3 @@ def test_a_cluster_found_stopped_with_wal_never_archived_has_it_archived_before_
     for name in unarchived:
         demo_stack.pgbackrest().archive_get(name, str(fetched / name))
         assert (fetched / name).stat().st_size == 16 * 1024 * 1024
-
-
-def test_a_time_target_after_the_last_commit_is_reached_not_a_failure_with_postgresql_down(demo_stack, pitr, approve_all):
-    """Recovery to a time stops at the first commit after it; a quiet cluster may have none in the
-    archived WAL, and recovery then ends in "recovery ended before configured recovery target was
-    reached" (found by the decide e2e, a target taken after the last write: in place, PostgreSQL was
-    left stopped). Every archive of the current WAL before a rewind now commits a marker first."""
-    fresh_ledger(demo_stack)
-    write(demo_stack, 1, 100)
-    demo_stack.pgbackrest().backup("full", annotations={"airflow_run_id": "quiet-target-base"})
-    time.sleep(1.2)
-    target = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")  # nothing is written after it
-    time.sleep(1.2)
-    assert_success(run_pitr(pitr, target_type="time", target=target, mode="in_place"))
-    assert ledger(demo_stack) == (100, 0, 100)
-    assert demo_stack.psql("select pg_is_in_recovery()") == "f"
