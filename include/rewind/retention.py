@@ -148,17 +148,13 @@ def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None
     branch is kept as long as its backups and WAL are, and no longer."""
     now = now or _now()
     released = []
-    data_dir = Path(cluster.postgres.data_dir)
     for hold in all_holds(cluster):
         if not hold.kept_dir or hold.active(now):
             continue
         kept = Path(hold.kept_dir)
-        # only ever a sibling named as Rewind names it, never the data directory itself
-        if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
-            log(f"not removing {kept}, kept by {hold.describe()}: it is not a pre-rewind directory beside {data_dir}")
-            continue
-        if (kept / "postmaster.pid").exists():  # a salvage reads it right now: the next expire releases it
-            log(f"not removing {kept} yet, kept by {hold.describe()}: PostgreSQL runs on it (a salvage reading it)")
+        why_not = _not_removable(cluster, kept)
+        if why_not:  # a salvage reading it is released by the next expire
+            log(f"not removing {kept}, kept by {hold.describe()}: {why_not}")
             continue
         if kept.exists():
             shutil.rmtree(kept)
@@ -166,6 +162,17 @@ def release_kept_directories(cluster: Cluster, *, now: dt.datetime | None = None
             released.append(str(kept))
         _write(cluster, replace(hold, kept_dir=None))
     return released
+
+
+def _not_removable(cluster: Cluster, kept: Path) -> str | None:
+    """Why a kept directory must not be removed now, None when it may: only ever a sibling named
+    as Rewind names it (never the data directory itself), and nothing running on it."""
+    data_dir = Path(cluster.postgres.data_dir)
+    if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
+        return f"it is not a pre-rewind directory beside {data_dir}"
+    if (kept / "postmaster.pid").exists():
+        return "PostgreSQL runs on it (a salvage reading it)"
+    return None
 
 
 def hold_swapped_back(cluster: Cluster, kept_dir: str, *, by_run: str) -> None:
@@ -202,17 +209,14 @@ def release_kept_directory(cluster: Cluster, run_id: str, *, confirm: str, by: s
     if not hold.kept_dir:
         why = f"released already ({hold.released})" if hold.released else "an in-place rewind keeps none"
         raise KeptDirectoryRefused(f"param pitr_run_id: PITR run {run_id} kept no directory: {why}")
-    kept, data_dir = Path(hold.kept_dir), Path(cluster.postgres.data_dir)
-    if kept.parent != data_dir.parent or not kept.name.startswith(f"{data_dir.name}.pre-rewind-") or kept == data_dir:
-        raise KeptDirectoryRefused(
-            f"{hold.describe()} names {kept}, which is not a pre-rewind directory beside {data_dir}: nothing removed"
-        )
+    kept = Path(hold.kept_dir)
+    why_not = _not_removable(cluster, kept)
+    if why_not:
+        raise KeptDirectoryRefused(f"{hold.describe()} names {kept}: {why_not}; nothing removed")
     if confirm != kept.name:
         raise KeptDirectoryRefused(
             f"param confirm: type the directory's name, {kept.name}, to release it (got {confirm!r}): nothing removed"
         )
-    if (kept / "postmaster.pid").exists():
-        raise KeptDirectoryRefused(f"{kept}: PostgreSQL runs on it (a salvage reading it): release it when that has ended")
     if kept.exists():
         shutil.rmtree(kept)
     released = f"{_now().isoformat(timespec='seconds')} by {by}: {reason}"

@@ -671,8 +671,8 @@ def salvage(
     import os
     import pwd
 
-    from rewind.pitr.clone import kept_directory_of, reader_run_dir
-    from rewind.postgres import control_timeline, live_timeline, postmaster_pid
+    from rewind.pitr.clone import kept_directory_of, kept_directory_problem, reader_run_dir
+    from rewind.postgres import live_timeline
     from rewind.scratch import KeptDirectoryReader, ScratchCluster, free_port
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
 
@@ -705,10 +705,9 @@ def salvage(
     if kept_dir is not None:
         port = free_port()
         kept = KeptDirectoryReader(pgbackrest, reader_run_dir(cluster, port), port=port, data_dir=kept_dir, log=log)
-        timeline = control_timeline(runner, kept.cluster)
-        if postmaster_pid(kept.cluster) or timeline != scope.old_timeline:
-            why = "it is running" if postmaster_pid(kept.cluster) else f"its pg_control names timeline {timeline}"
-            log(f"not reading the pre-rewind directory {kept_dir} ({why}): the old timeline's end is replayed from the repository")
+        problem = kept_directory_problem(cluster, runner, kept_dir, timeline=scope.old_timeline)
+        if problem:
+            log(f"not reading the pre-rewind directory ({problem}): the old timeline's end is replayed from the repository")
             kept = None
         else:
             log(f"the old timeline's end: the pre-rewind directory {kept_dir}, kept by the clone-mode rewind (read, never changed)")

@@ -216,8 +216,6 @@ def check_undo_possible(cluster: Cluster, runner, *, timeline: int, live_timelin
     left, whose directory it kept. Returns that directory; refuses, in one line naming the way on,
     when there is none, it is not what its hold says, or the cluster is no longer on the timeline
     that rewind made."""
-    from rewind.postgres import control_state, control_timeline, postmaster_pid
-
     kept = kept_directory_of(cluster, timeline)
     if kept is None:
         raise PreflightError(
@@ -229,16 +227,25 @@ def check_undo_possible(cluster: Cluster, runner, *, timeline: int, live_timelin
             f"mode undo: the cluster runs on timeline {live_timeline}, which did not branch from {timeline} (it branched from "
             f"{parent_of_live}): undo goes back over the last rewind only; use mode in_place to reach timeline {timeline}"
         )
+    problem = kept_directory_problem(cluster, runner, kept, timeline=timeline)
+    if problem:
+        raise PreflightError(f"mode undo: {problem}: nothing was touched; use mode in_place to reach timeline {timeline}")
+    return kept
+
+
+def kept_directory_problem(cluster: Cluster, runner, kept: Path, *, timeline: int) -> str | None:
+    """Why `kept` is not (now) the end of `timeline` as the cutover left it, None when it is:
+    something runs on it (a salvage reading it), or its pg_control names another timeline or no
+    clean stop. What salvage reads and what undo swaps back in."""
+    from rewind.postgres import control_state, control_timeline, postmaster_pid
+
     kept_cluster = cluster.model_copy(update={"postgres": cluster.postgres.model_copy(update={"data_dir": str(kept)})})
     if postmaster_pid(kept_cluster):
-        raise PreflightError(f"mode undo: PostgreSQL runs on {kept} (a salvage reading it): trigger again when it has ended")
+        return f"PostgreSQL runs on {kept} (a salvage reading it)"
     found, state = control_timeline(runner, kept_cluster), control_state(runner, kept_cluster)
     if found != timeline or state not in ("shut down", "shut down in recovery"):
-        raise PreflightError(
-            f"mode undo: {kept} is not the end of timeline {timeline} its hold says (pg_control: timeline {found}, {state}): "
-            f"nothing was touched; use mode in_place to reach timeline {timeline}"
-        )
-    return kept
+        return f"{kept} is not the end of timeline {timeline} its hold says (pg_control: timeline {found}, {state})"
+    return None
 
 
 def undo_paths(cluster: Cluster, run_id: str, kept: Path) -> ClonePaths:
