@@ -41,3 +41,15 @@ def test_a_tier_past_its_bound_fails_its_next_test_naming_the_tier(monkeypatch):
         conftest.pytest_runtest_setup(item)
     monkeypatch.setitem(conftest._tier_started, "slowtier", time.monotonic())
     conftest.pytest_runtest_setup(item)  # inside its bound: nothing happens
+
+
+def test_the_whole_suite_command_runs_every_tier():
+    """scripts/test.sh without arguments names its tiers (two pytest processes side by side): a new
+    tier directory that neither names would silently not run."""
+    script = (REPO / "scripts" / "test.sh").read_text()
+    named = set()
+    for line in script.splitlines():
+        if "-m pytest tests/" in line:
+            named |= {word.removeprefix("tests/") for word in line.split() if word.startswith("tests/")}
+    tiers = {path.name for path in (REPO / "tests").iterdir() if path.is_dir() and any(path.glob("test_*.py"))}
+    assert named == tiers == set(conftest.TIER_BOUND_S), (named, tiers)
