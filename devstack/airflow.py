@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -383,26 +384,25 @@ class AirflowStandalone:
         for worker in self.workers:
             self._wait_worker_ready(worker, offsets[worker.queue], deadline)
 
-    def _start_components(self) -> None:
-        log = open(self.home / "standalone.log", "ab")
+    def _start_components(self, *, api_server: bool = True) -> None:
         if self.auth_manager == "fab" or self.celery:
             # `airflow standalone` always switches to the simple auth manager (and the LocalExecutor),
             # so with FAB or Celery the components run as a deployment runs them: API server,
             # scheduler, DAG processor, triggerer.
-            env = {**self.environment(), "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR if self.celery else "LocalExecutor"}
-            self._components = [
-                subprocess.Popen(
-                    [airflow_bin(), component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.home)
-                )
-                for component in self.components
-            ]
-            command = [airflow_bin(), "api-server"]
+            self._components = [self._spawn_component(component) for component in self.components]
+            if api_server:
+                self._proc = self._spawn_component("api-server")
         else:
-            env, command = self.environment(), [airflow_bin(), "standalone"]
-        self._proc = subprocess.Popen(
-            command,
+            self._proc = self._spawn_component("standalone")
+
+    def _spawn_component(self, component: str) -> subprocess.Popen:
+        env = self.environment()
+        if self.auth_manager == "fab" or self.celery:
+            env["AIRFLOW__CORE__EXECUTOR"] = CELERY_EXECUTOR if self.celery else "LocalExecutor"
+        return subprocess.Popen(
+            [airflow_bin(), component],
             env=env,
-            stdout=log,
+            stdout=open(self.home / "standalone.log", "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=str(self.home),
@@ -570,9 +570,24 @@ class AirflowStandalone:
         self._components, self._proc = [], None
         return killed
 
-    def restart(self, *, timeout: float = 180) -> None:
-        """Start every component and worker again at once, as after a crash (no migration, no users)."""
-        self._start_everything(timeout)
+    def restart(self, *, api_server_after: Callable[[], object] | None = None, timeout: float = 180) -> None:
+        """Start every component and worker again, as after a crash (no migration, no users): all at
+        once, or with `api_server_after` the API server last, once that returns (the workers, the
+        scheduler, DAG processor and triggerer up and working meanwhile: tasks are scheduled and
+        sent to workers whose task runners cannot reach the API server)."""
+        if api_server_after is None:
+            self._start_everything(timeout)
+            return
+        if not (self.auth_manager == "fab" or self.celery):
+            raise ValueError("the API server starts on its own only when the components run separately (FAB or Celery)")
+        offsets = {worker.queue: self._spawn_worker(worker) for worker in self.workers}
+        self._start_components(api_server=False)
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            self._wait_worker_ready(worker, offsets[worker.queue], deadline)
+        api_server_after()
+        self._proc = self._spawn_component("api-server")
+        self._wait_healthy(timeout)
 
     def stop(self) -> None:
         # Workers first: nothing of theirs may outlive the stack (their task processes and commands

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2
+
 from devstack.demo import PG_BIN
 from devstack.net import free_port, wait_for_port
 from rewind.runner import CommandRunner
@@ -95,6 +97,19 @@ class MetadataDatabase:
             extra_env={"REWIND_METADB_PASSWORD": self.password},
         )
         path.unlink()
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        """Read Airflow's own record directly (what a test watches while the API server is down)."""
+        with (
+            psycopg2.connect(
+                host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.database, connect_timeout=10
+            ) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        connection.close()
+        return rows
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():

@@ -1,6 +1,6 @@
 """The production shape under work and crashes (conftest: two database hosts, each its own network
 namespace, PostgreSQL cluster and Celery worker on its queue; the Airflow components with the
-CeleryExecutor, Redis and a PostgreSQL metadata database). Two tests, each several of the issue's
+CeleryExecutor, Redis and a PostgreSQL metadata database). Three tests, each several of the issue's
 points on one run, so the stack's slow parts (full backups, a PITR) are paid once:
 
 1. Both clusters' full backups, and crm's worker SIGKILLed mid-backup (its process group and
@@ -12,13 +12,20 @@ points on one run, so the stack's slow parts (full backups, a PITR) are paid onc
    on the restarted worker took the run's one backup without waiting on any lock.
 
 2. A PITR of ledger (host A) with every Airflow process (API server, scheduler, DAG processor,
-   triggerer, both workers and what they run) killed while its restore runs, all restarted 10 s
-   later; crm's (host B) backups triggered one after the other meanwhile. The restarted scheduler
-   takes over the dead one's tasks (orphaned_tasks_check_interval), fails the restore for its
-   missing heartbeat, and the retry (the PITR's retry_delay) restores again under the same change
-   within a minute of the restart; the rewind ends exactly at its target. Every PITR step ran on
-   ledger's host; crm's backups ran on crm's host and succeeded while ledger was stopped, restored
-   and rewound (ledger's restore guard is not crm's), and crm's PostgreSQL was never touched.
+   triggerer, both workers and what they run) killed while its restore runs, restarted 10 s later
+   in the worst order: everything but the API server, which is held back until a retry of the
+   downtime task has run without it and failed. The restarted scheduler takes over the dead one's
+   tasks (orphaned_tasks_check_interval), fails the restore for its missing heartbeat; the tries
+   that cannot reach the API server fail; the next one (the PITR's retries, sized for an outage of
+   Airflow itself) restores again under the same change within a minute of the API server's
+   return; the rewind ends exactly at its target. crm's (host B) backups are triggered one after
+   the other meanwhile. Every PITR step ran on ledger's host; crm's backups ran on crm's host and
+   succeeded while ledger was stopped, restored and rewound (ledger's restore guard is not crm's),
+   and crm's PostgreSQL was never touched.
+
+3. The same crash in clone mode, during the clone's restore, everything restarted at once:
+   production never stopped by it and serving, the retry resumes the clone within a minute, the
+   cutover puts the rewound directory in place (the restart in the other order is test 2's).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 
 import pytest
 
+from rewind.pitr.clone import clone_paths
 from rewind.postgres import postmaster_pid
 from rewind.servicenow import Auth, ServiceNowClient
 from tests.e2e_celery.conftest import (
@@ -132,6 +140,21 @@ def prepare_mistake(stack) -> dict:
     }
 
 
+def wait_for_a_failed_retry(shape, dag_id: str, run_id: str, task_id: str = "stop_restore_promote", timeout: float = 300) -> int:
+    """Until a retry of the task (a try after the crash's) has failed, read from the metadata
+    database (the API server is down); returns that try's number."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        [seen] = shape.metadata_db.query(
+            "select try_number, state from task_instance where dag_id = %s and run_id = %s and task_id = %s", dag_id, run_id, task_id
+        )
+        if seen[0] >= 2 and seen[1] == "up_for_retry":
+            return seen[0]
+        time.sleep(1)
+    raise AssertionError(f"no retry of {task_id} failed without the API server within {timeout:.0f} s: (try, state) {seen}")
+
+
 def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_crm_keeps_backing_up(shape):
     ledger, crm = shape.clusters["ledger"], shape.clusters["crm"]
     pitr, incr = "rewind_pitr__ledger", "rewind_backup_incr__crm"
@@ -145,8 +168,12 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
     killed = shape.airflow.crash()
     assert restore_pid in killed and pgbackrest_pids("ledger", "restore") == []
     time.sleep(10)
-    restarted_at = dt.datetime.now(dt.timezone.utc)
-    shape.airflow.restart()
+    # Restarted in the order that failed before PITR steps had their retries sized for it: the
+    # workers, scheduler, DAG processor and triggerer first, the API server held back until a try
+    # of the downtime task has run and failed without it (read from the metadata database).
+    failed_without_api_server = []
+    shape.airflow.restart(api_server_after=lambda: failed_without_api_server.append(wait_for_a_failed_retry(shape, pitr, run_id)))
+    api_server_up_at = dt.datetime.now(dt.timezone.utc)
 
     crm_runs = []
     while shape.airflow.api("GET", f"/dags/{pitr}/dagRuns/{run_id}").json()["state"] not in ("success", "failed"):
@@ -154,14 +181,18 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
         shape.wait_for_run(incr, crm_runs[-1])
     shape.wait_for_run(pitr, run_id, timeout=400)
 
-    # resumed within a minute of the restart: the second try of the downtime task (stop_restore_promote,
-    # whose restore step the crash cut; it does not stop again and restores with --delta), on ledger's host
+    # resumed within a minute of the API server's return: a later try of the downtime task
+    # (stop_restore_promote, whose restore step the crash cut; it does not stop again and restores
+    # with --delta), on ledger's host; the crash's try and the ones without the API server failed
     restores = shape.tries(pitr, run_id, "stop_restore_promote")
-    assert len(restores) == 2 and restores[-1]["state"] == "success", restores
-    resumed_after = utc(restores[1]["start_date"]) - restarted_at
-    completed_after = utc(shape.airflow.api("GET", f"/dags/{pitr}/dagRuns/{run_id}").json()["end_date"]) - restarted_at
+    [failed_try] = failed_without_api_server
+    assert restores[-1]["state"] == "success" and restores[-1]["try_number"] > failed_try >= 2, (failed_try, restores)
+    assert all(r["state"] == "failed" for r in restores[:-1]), restores
+    resumed_after = utc(restores[-1]["start_date"]) - api_server_up_at
+    completed_after = utc(shape.airflow.api("GET", f"/dags/{pitr}/dagRuns/{run_id}").json()["end_date"]) - api_server_up_at
     print(
-        f"restore resumed {resumed_after.total_seconds():.0f} s, rewind completed {completed_after.total_seconds():.0f} s after the restart"
+        f"{failed_try - 1} tr{'y' if failed_try == 2 else 'ies'} failed without the API server; restore resumed "
+        f"{resumed_after.total_seconds():.0f} s, rewind completed {completed_after.total_seconds():.0f} s after it was back"
     )
     assert resumed_after < dt.timedelta(seconds=60), resumed_after
     assert_placed_on_its_host(shape, "ledger", pitr, run_id)
@@ -190,3 +221,48 @@ def test_a_rewind_of_ledger_resumes_after_every_airflow_process_is_killed_while_
             during.append(crm_run)
     assert during, f"no crm backup ran while ledger was being rewound {rewind_window}: {crm_runs}"
     assert postmaster_pid(crm.cluster) == crm_postmaster
+
+
+def test_a_clone_mode_rewind_of_ledger_killed_during_the_clone_restore_resumes_and_production_serves_until_the_cutover(shape):
+    """3. The same crash in clone mode (the default): every Airflow process killed while the clone's
+    restore runs beside production, all restarted 10 s later. Production was never stopped by the
+    crash and serves reads and writes meanwhile; the retry restores into the same clone directory
+    (--delta) under the same change within a minute of the restart; the cutover puts the rewound
+    directory in place and keeps production's, stopped, beside it."""
+    ledger = shape.clusters["ledger"]
+    pitr = "rewind_pitr__ledger"
+    conf = {**prepare_mistake(ledger), "mode": "clone"}
+    production = postmaster_pid(ledger.cluster)
+
+    run_id = shape.trigger(pitr, conf)
+    paths = clone_paths(ledger.cluster, run_id)
+    restore_pid = wait_for_command("ledger", "restore")
+    deadline = time.monotonic() + 2  # preferably once the restore has begun writing the clone (its retry reuses it)
+    while not paths.clone_dir.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed = shape.airflow.crash()
+    assert restore_pid in killed and pgbackrest_pids("ledger", "restore") == []
+    print(f"crashed with the clone's directory {'half-restored' if paths.clone_dir.is_dir() else 'not written yet'}")
+    # production untouched by the crash: the same postmaster, serving reads and writes
+    assert postmaster_pid(ledger.cluster) == production
+    ledger.psql(
+        "create table if not exists written_while_airflow_was_down (at timestamptz); insert into written_while_airflow_was_down values (now())"
+    )
+    time.sleep(10)
+    restarted_at = dt.datetime.now(dt.timezone.utc)
+    shape.airflow.restart()
+    shape.wait_for_run(pitr, run_id, timeout=400)
+
+    restores = shape.tries(pitr, run_id, "stop_restore_promote")
+    assert restores[-1]["state"] == "success" and all(r["state"] == "failed" for r in restores[:-1]), restores
+    resumed_after = utc(restores[-1]["start_date"]) - restarted_at
+    print(f"the clone's restore resumed {resumed_after.total_seconds():.0f} s after the restart")
+    assert resumed_after < dt.timedelta(seconds=60), resumed_after
+    assert_placed_on_its_host(shape, "ledger", pitr, run_id)
+
+    # rewound exactly, on a new postmaster (the cutover), production's directory kept beside it
+    assert ledger.psql("select count(*) || ' ' || count(*) filter (where status = 'void') from ledger_entry") == "75 0"
+    assert postmaster_pid(ledger.cluster) != production
+    assert not paths.clone_dir.exists() and (paths.pre_rewind_dir / "PG_VERSION").is_file()
+    log = shape.task_log(pitr, run_id, "stop_restore_promote")
+    assert "---- cutover ----" in log and "---- restore ----" not in log, log[-3000:]
