@@ -32,7 +32,8 @@ PARAMS = {
         type="string",
         pattern="^(previous|[1-9][0-9]*)$",
         title="Old timeline",
-        description="previous: the timeline the current one branched from (the last rewind); or its number",
+        description="previous: the timeline the current one branched from (the last rewind); or its number: an older "
+        "ancestor, or the timeline an undo set aside (the writes made between a rewind and its undo)",
     ),
     "from_repository": Param(
         False,
@@ -62,8 +63,11 @@ def doc_md(cluster: Cluster) -> str:
         **Changes nothing in production** (reads its repository and, read-only, the rewound
         cluster); the DBA reviews the SQL and applies it. After a clone-mode rewind, the old
         timeline's latest state is read from the pre-rewind directory it kept (started as a standby
-        on a private socket: nothing is written to it) instead of replayed from the repository. Needs the pre-rewind history in the
-        repository (held by the PITR, README "Retention") and disk for a restore of one backup.
+        on a private socket: nothing is written to it) instead of replayed from the repository.
+        After an undo, `timeline` set to the timeline the undo set aside salvages the writes made
+        between the rewind and the undo the same way (from the directory the undo kept). Needs the
+        pre-rewind history in the repository (held by the PITR, README "Retention") and disk for a
+        restore of one backup.
         Limits and REVIEW notes: README, "Salvage after a rewind". Runs on `{cluster.queue}`; DBA only.
         """
     )

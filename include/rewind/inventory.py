@@ -321,6 +321,11 @@ class PitrSettings(_Model):
     # beside the data directory) or the cluster has tablespaces. in_place stops PostgreSQL and
     # restores over its data directory: for such hosts, and for target latest.
     mode: Literal["in_place", "clone"] = "clone"
+    # Clone mode: the share of the data directory's file system the clone may never take, left to
+    # production (its WAL, temporary files, growth). Preflight counts it; while the clone restores,
+    # a file system that falls below it (the estimate was short, or something else is filling it)
+    # stops the restore and removes the clone before production can run out of space.
+    clone_free_reserve_pct: float = Field(5.0, ge=0, le=50)
 
 
 class ChangeControl(_Model):

@@ -61,18 +61,36 @@ class Scope:
         return f"timeline {self.old_timeline} after {lsn_text(self.switch_lsn)} (where timeline {self.current_timeline}'s history left it)"
 
 
-def scope_of(history: TimelineHistory, old_timeline: int | None) -> Scope:
-    """The discarded part of `old_timeline` (default: the one the current timeline branched from)."""
+def scope_of(history: TimelineHistory, old_timeline: int | None, *, history_of: Callable[[int], TimelineHistory] | None = None) -> Scope:
+    """The discarded part of `old_timeline` (default: the one the current timeline branched from).
+
+    A rewind discards its ancestor's WAL after the switch point. An undo (rewind.pitr.clone)
+    discards a timeline that is not an ancestor: the one the rewind made, branched off this
+    history's path where the rewind's target was; all of its own WAL is what the undo set aside
+    (`history_of` reads a timeline's history, to find where it branched)."""
     ancestors = [tli for tli, _end in history.entries[:-1]]
-    if not ancestors:
+    if old_timeline is None and not ancestors:
         raise SalvageError(f"timeline {history.timeline} has no ancestor: this cluster was never rewound, there is nothing to salvage")
     old = old_timeline or ancestors[-1]
     switch = history.switch_lsn(old)
-    if old not in ancestors or switch is None:
-        raise SalvageError(
-            f"param timeline: {old} is not an ancestor of the current timeline {history.timeline} (ancestors: {', '.join(map(str, ancestors))})"
-        )
-    return Scope(old, switch, history.timeline)
+    if old in ancestors and switch is not None:
+        return Scope(old, switch, history.timeline)
+    if history_of is not None and old != history.timeline:
+        try:
+            entries = history_of(old).entries
+        except RewindError:  # no such timeline in the repository: named by the refusal below
+            entries = ()
+        if len(entries) >= 2:
+            parent, start = entries[-2]
+            left_parent_at = history.switch_lsn(parent)
+            if start is not None and (
+                parent == history.timeline or (parent in ancestors and left_parent_at is not None and start <= left_parent_at)
+            ):
+                return Scope(old, start, history.timeline)
+    raise SalvageError(
+        f"param timeline: {old} is neither an ancestor of the current timeline {history.timeline} "
+        f"(ancestors: {', '.join(map(str, ancestors)) or 'none'}) nor a timeline an undo set aside (branched off its history)"
+    )
 
 
 def discarded_transactions(dumps: Iterable[tuple[int, Iterable[str]]], scope: Scope) -> dict[int, Transaction]:
@@ -679,7 +697,7 @@ def salvage(
     cluster = pgbackrest.cluster
     bad = sorted(set(bad_xids))
     history = read_history(pgbackrest, live_timeline(runner, cluster))
-    scope = scope_of(history, old_timeline)
+    scope = scope_of(history, old_timeline, history_of=lambda timeline: read_history(pgbackrest, timeline))
     log(f"salvaging {scope.describe()}")
     info = pgbackrest.info()
     archive = info.current_archive()

@@ -5,7 +5,11 @@ keeps the pre-rewind one; a cutover killed between its two renames converges whe
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -105,6 +109,7 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
         "production was never stopped" not in change["close_notes"]
         and "Timings: clone restore (production serving)" in change["close_notes"]
     )
+    assert change["implementation_plan"].startswith("1. Restore the backup into a clone beside the data directory")  # what was approved
 
     # Undo, under its own change: the kept directory swapped back in, in seconds, recovered to its
     # timeline's end and promoted onto a new timeline; what was written since the rewind is kept in
@@ -128,6 +133,22 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
         closed["close_code"] == "successful"
         and f"Undo: the directory a clone-mode rewind kept, {paths.pre_rewind_dir}, swapped back" in (closed["close_notes"])
     )
+    # offered before the approval and again at the close: the writes the undo sets aside, and how to salvage them
+    offered = f"rewind_salvage__demo with timeline {rewound_timeline} offers them"
+    assert offered in closed["implementation_plan"] and offered in closed["close_notes"], closed["implementation_plan"]
+
+    # What the undo set aside (the row written after the rewind) is salvage's: the timeline the
+    # undo left, read from the directory the undo kept, as SQL that puts it back
+    salvage = run_once(load_dags("rewind_salvage.py")["rewind_salvage__demo"], run_conf={"timeline": str(rewound_timeline)})
+    assert_success(salvage)
+    [salvaged] = [ti for ti in salvage.get_task_instances() if ti.task_id == "salvage"]
+    result = salvaged.xcom_pull(task_ids="salvage", key="return_value")
+    assert (result["old_timeline"], result["kept_dir"]) == (rewound_timeline, str(undone)), result
+    assert result["tables"]["public.ledger_entry"] == {"inserted": 1, "updated": 0, "deleted": 0, "review": []}, result
+    assert demo_stack.psql("select count(*) from ledger_entry where id = 99999") == "0"
+    demo_stack.psql((Path(result["directory"]) / "salvage.postgres.sql").read_text())
+    assert demo_stack.psql("select status from ledger_entry where id = 99999") == "written after the rewind"
+    assert ledger(demo_stack) == (251, 200, 99_999)
 
     # A DBA who needs the disk releases the kept directory before its hold ends: the name typed out
     release = load_dags("rewind_release_kept.py")["rewind_release_kept__demo"]
@@ -264,3 +285,98 @@ def test_s3_gone_during_the_clone_restore_leaves_production_serving_and_removes_
     assert journal.at("clone_restore_started") and not journal.at("stopped")
     assert "production was never stopped" in journal.describe()
     assert read_guard(demo_stack.cluster) is None
+
+
+@pytest.fixture
+def small_disk(airflow_db, servicenow):
+    """A cluster of its own whose data directory's file system is small (a 640 MiB tmpfs mounted on
+    its PostgreSQL home), production's reserve 10% of it, and its PITR DAG."""
+    from devstack.demo import DemoStack
+    from tests.integration.conftest import pitr_dag
+
+    base = Path(tempfile.mkdtemp(prefix="rewind-stack-", dir="/tmp"))
+    home = base / "pg"
+    home.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640m,mode=0755", "tmpfs", str(home)], check=True, timeout=30)
+    stack = DemoStack(base, name="smalldisk", pitr_settings={"clone_free_reserve_pct": 10})
+    saved = dict(os.environ)
+    servicenow.state.auto_approve = True
+    try:
+        stack.start()
+        os.environ["REWIND_INVENTORY"] = str(stack.inventory_path)
+        os.environ["AIRFLOW_CONN_REWIND_PG_SMALLDISK"] = stack.postgres_connection()
+        os.environ.update(stack.worker_env())
+        yield stack, pitr_dag("smalldisk")
+    finally:
+        servicenow.state.auto_approve = False
+        os.environ.clear()
+        os.environ.update(saved)
+        stack.stop()
+        subprocess.run(["umount", str(home)], check=False, timeout=30)
+        stack.remove()
+
+
+def test_a_disk_filling_during_the_clone_restore_stops_it_removes_the_clone_and_leaves_production_its_room(small_disk, capfd):
+    """Something fills the data directory's file system the moment the clone's restore begins: the
+    restore is stopped (production's reserve reached, or the disk full), the clone removed, the step
+    fails at once with one line naming the file system and the reserve; production never stopped,
+    holds every row and still takes writes."""
+    stack, dag = small_disk
+    stack.psql("create table bulk (id bigint primary key, payload text)")
+    stack.psql("insert into bulk select g, repeat(md5(g::text), 30) from generate_series(1, 80000) g")  # ~80 MiB
+    target = the_ledger_incident(stack)
+    logical = dt.datetime.now(dt.timezone.utc)
+    run_id = f"manual__{logical.isoformat()}"
+    paths = clone_paths(stack.cluster, run_id)
+    reserve = shutil.disk_usage(paths.data_dir.parent).total // 10
+    pid = postmaster_pid(stack.cluster)
+    filler = paths.data_dir.parent / "runaway.log"
+
+    def fill_once_the_clone_restore_begins() -> None:
+        deadline = time.monotonic() + 120
+        while not paths.clone_dir.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError("the clone's restore never began")
+            time.sleep(0.002)
+        # leaves half the reserve free (production's WAL segments are recycled, not grown); the
+        # restore writes meanwhile, so what is free is measured again until the allocation fits
+        with open(filler, "wb") as runaway:
+            for _attempt in range(50):
+                try:
+                    os.posix_fallocate(runaway.fileno(), 0, max(shutil.disk_usage(paths.data_dir.parent).free - reserve // 2, 1))
+                    return
+                except OSError:
+                    continue
+        raise AssertionError("could not fill the file system")
+
+    filled: dict = {}
+
+    def fill() -> None:
+        try:
+            fill_once_the_clone_restore_begins()
+        except BaseException as exc:
+            filled["error"] = exc
+
+    filling = threading.Thread(target=fill, daemon=True)
+    filling.start()
+    capfd.readouterr()
+    try:
+        run = run_pitr(
+            dag, target_type="time", target=target, mode="clone", validation_sql=[VOID_CHECK], logical_date=logical, run_after=logical
+        )
+    finally:
+        filling.join(timeout=130)
+    out = "".join(capfd.readouterr())
+    assert "error" not in filled, filled
+    assert run.run_id == run_id and states(run)["stop_restore_promote"] == "failed", states(run)
+    assert re.search(
+        rf"clone mode: the file system of {re.escape(str(paths.data_dir))} (fell to [0-9.]+ GiB free|ran out of space) while the "
+        r"clone restored, under the [0-9.]+ GiB kept for production \(pitr.clone_free_reserve_pct\): the restore was stopped and "
+        r"the clone removed, production was not touched; free space and trigger again, or use mode in_place",
+        out,
+    ), out[-3000:]
+    assert not paths.clone_dir.exists() and not paths.pre_rewind_dir.exists()
+    assert postmaster_pid(stack.cluster) == pid and ledger(stack) == (250, 200, 10_050)
+    write(stack, 20_001, 10)  # production still takes writes, on the room it kept
+    assert ledger(stack) == (260, 200, 20_010)
+    filler.unlink()

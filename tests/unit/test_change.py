@@ -61,7 +61,7 @@ def request(**params):
 
 def test_change_fields_describe_the_rewind_and_bind_the_run(ledger):
     checks = [{"sql": "select count(*) from ledger_entry where status = 'void'", "expect": 0}]
-    fields = change_fields(ledger, request(validation_sql=checks), dag_id=DAG, run_id=RUN, run_url=URL)
+    fields = change_fields(ledger, request(validation_sql=checks, mode="in_place"), dag_id=DAG, run_id=RUN, run_url=URL)
     assert fields["short_description"] == (
         "Rewind PITR: restore ledger (stanza ledger) to time 2026-11-24 02:13:30.000000+00 (inclusive, action pause, timeline current)"
     )
@@ -71,9 +71,38 @@ def test_change_fields_describe_the_rewind_and_bind_the_run(ledger):
     assert "s3://backups/pg/ledger" in fields["description"]
     assert "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass." in fields["implementation_plan"]
     assert fields["test_plan"] == "Data checks (before promotion): select count(*) from ledger_entry where status = 'void'"
-    promote = change_fields(ledger, request(target_action="promote"), dag_id=DAG, run_id=RUN, run_url=URL)
+    promote = change_fields(ledger, request(target_action="promote", mode="in_place"), dag_id=DAG, run_id=RUN, run_url=URL)
     assert "4. PostgreSQL promotes itself at the target.\n5. Run the data checks." in promote["implementation_plan"]
     assert promote["test_plan"] == "Data checks (after promotion): none given"
+
+
+def test_the_approved_plan_is_the_one_the_run_carries_out_in_its_mode(ledger):
+    """The approver approves what will run: a clone and a cutover (the inventory's default mode), an
+    undo's swap and what it sets aside, or the in-place restore; never the in-place steps for a clone."""
+    assert ledger.pitr.mode == "clone"
+    clone = change_fields(ledger, request(target_action="decide"), dag_id=DAG, run_id=RUN, run_url=URL)
+    plan = clone["implementation_plan"]
+    assert plan.startswith("1. Restore the backup into a clone beside the data directory") and "stop PostgreSQL" not in plan
+    assert "production is not touched and keeps serving" in plan and "move the target (the clone alone is restored again" in plan
+    assert ".pre-rewind-<run> (kept, stopped, held" in plan and plan.endswith("6. Close this change with the run summary.")
+    assert "a PITR with mode undo swaps it back in seconds" in clone["backout_plan"]
+
+    undo = change_fields(
+        ledger,
+        request(target_type="latest", target="", target_timeline="3", mode="undo"),
+        dag_id=DAG,
+        run_id=RUN,
+        run_url=URL,
+        undo_abandons=4,
+    )
+    plan = undo["implementation_plan"]
+    assert "2. Swap back: the directory the clone-mode rewind kept (the end of timeline 3) goes back" in plan
+    assert "The writes made since the rewind (timeline 4) are set aside with it, not lost: rewind_salvage__ledger with timeline 4" in plan
+    assert "3. Start PostgreSQL and recover to the end of timeline 3." in plan and "restore --delta" not in plan
+
+    in_place = change_fields(ledger, request(mode="in_place"), dag_id=DAG, run_id=RUN, run_url=URL)
+    assert in_place["implementation_plan"].startswith("1. Archive current WAL and stop PostgreSQL.\n2. pgbackrest restore --delta")
+    assert in_place["backout_plan"].startswith("Before promotion: stop PostgreSQL and restore again")
 
 
 # ---- a change named in the form --------------------------------------------------------------------------

@@ -163,3 +163,29 @@ def test_undo_writes_what_a_restore_would_recovery_to_its_timelines_end_once(tmp
     assert "# Removed by Rewind undo on " in text and (paths.data_dir / "recovery.signal").exists()
     assert not write_undo_recovery(cluster, paths.data_dir, timeline=2, run_id=RUN, restore_command=command)  # a retry
     assert auto.read_text() == text
+
+
+def test_the_clone_restore_is_stopped_once_when_free_space_falls_below_production_reserve(tmp_path, monkeypatch):
+    import time
+    from collections import namedtuple
+
+    from rewind.pitr.clone import CloneOutOfRoom, free_space_watch, out_of_room
+
+    usage = namedtuple("usage", "total used free")
+    free = iter([900, 700, 400, 90, 50, 10])
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(1000, 0, next(free, 10)))
+    stops: list[str] = []
+    with free_space_watch(tmp_path, 100, lambda: stops.append("killed"), poll_s=0.01) as fell:
+        deadline = time.monotonic() + 5
+        while not fell and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the watch stops at the first fall: one kill
+    assert (stops, fell) == (["killed"], {"free": 90})
+    with free_space_watch(tmp_path, 5, lambda: stops.append("again"), poll_s=0.01) as fell:
+        time.sleep(0.05)  # above the reserve throughout: nothing stopped
+    assert (stops, fell) == (["killed"], {})
+
+    cluster = local_cluster(tmp_path)
+    error = out_of_room(cluster, clone_paths(cluster, RUN), reserve=2**30, free=2**29)
+    assert isinstance(error, CloneOutOfRoom) and not error.retryable and "\n" not in str(error)
+    assert str(error).startswith(f"clone mode: the file system of {cluster.postgres.data_dir} fell to 0.50 GiB free while the clone")

@@ -33,10 +33,37 @@ def test_scope_is_the_old_timeline_after_the_switch_point():
     history = TimelineHistory.parse(3, HISTORY_3)
     assert scope_of(history, None) == Scope(2, lsn_value("0/15289B8"), 3)  # default: the last rewind
     assert scope_of(history, 1).switch_lsn == lsn_value("0/3000000")
-    with pytest.raises(SalvageError, match="param timeline: 4 is not an ancestor of the current timeline 3"):
+    with pytest.raises(SalvageError, match="param timeline: 4 is neither an ancestor of the current timeline 3"):
         scope_of(history, 4)
     with pytest.raises(SalvageError, match="never rewound"):
         scope_of(TimelineHistory.parse(1, None), None)
+
+
+def test_the_timeline_an_undo_set_aside_is_all_of_its_own_wal():
+    """Timeline 1 rewound at 0/3000000 made 2; the undo put 1's directory back, recovered to 1's end
+    (0/5000000) and promoted 3. Timeline 2 is not an ancestor of 3: its discarded part is all of it."""
+    histories = {
+        2: TimelineHistory.parse(2, "1\t0/3000000\tbefore 2026-12-04 02:13:30+00\n"),
+        4: TimelineHistory.parse(4, "1\t0/6000000\tafter 3 left 1\n"),
+        5: TimelineHistory.parse(5, "3\t0/7000000\toff the current timeline\n"),
+    }
+
+    def history_of(timeline: int) -> TimelineHistory:
+        if timeline not in histories:
+            raise SalvageError(f"no {timeline:08X}.history in the repository")
+        return histories[timeline]
+
+    current = TimelineHistory.parse(3, "1\t0/5000000\tno recovery target specified\n")
+    assert scope_of(current, 2, history_of=history_of) == Scope(2, lsn_value("0/3000000"), 3)
+    assert scope_of(current, 5, history_of=history_of) == Scope(5, lsn_value("0/7000000"), 3)
+    assert scope_of(current, 1, history_of=history_of) == Scope(1, lsn_value("0/5000000"), 3)  # an ancestor, as before
+    # branched off 1 after the current timeline left it: part of 1 would be discarded too, not all its own
+    with pytest.raises(SalvageError, match="param timeline: 4 is neither an ancestor"):
+        scope_of(current, 4, history_of=history_of)
+    with pytest.raises(SalvageError, match="param timeline: 9 is neither an ancestor"):
+        scope_of(current, 9, history_of=history_of)
+    with pytest.raises(SalvageError, match="param timeline: 2 is neither an ancestor"):
+        scope_of(current, 2)  # without the repository's histories, only ancestors
 
 
 def test_discarded_transactions_are_those_committed_on_the_old_timeline_at_or_after_the_switch():

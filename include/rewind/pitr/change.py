@@ -24,6 +24,7 @@ def change_fields(
     run_url: str,
     requester: Person | None = None,
     approval_group: str | None = None,
+    undo_abandons: int | None = None,
 ) -> dict:
     target = request.describe()
     who = {"requested_by": requester.sys_id} if requester else {}
@@ -41,30 +42,83 @@ def change_fields(
             + f"Airflow run: {run_id}\n{run_url}"
         ),
         "justification": request.reason,
-        "implementation_plan": (
-            "1. Archive current WAL and stop PostgreSQL.\n2. pgbackrest restore --delta to the target, on the timeline the plan names.\n"
-            "3. Start PostgreSQL and wait until recovery reaches the target.\n"
-            + (
-                "4. Run the data checks on the paused, read-only cluster.\n5. A DBA decides in Airflow: promote (only if "
-                "they passed), move the target (restore again with --delta, pause, check, decide again; each move is a work "
-                "note here) or abort (restore to the latest archived WAL, nothing lost).\n"
-                if request.dba_decides
-                else "4. Run the data checks on the paused, read-only cluster.\n5. Promote only if they pass.\n"
-                if request.action == "pause"
-                else "4. PostgreSQL promotes itself at the target.\n5. Run the data checks.\n"
-            )
-            + "6. Take a full backup on the new timeline.\n7. Close this change with the run summary."
-        ),
-        "backout_plan": (
-            "Before promotion: stop PostgreSQL and restore again with another target (the repository is unchanged). "
-            "After promotion the old timeline stays in the repository (Rewind holds it from expiry): a new PITR with "
-            "target_timeline set to it returns there."
-        ),
+        "implementation_plan": implementation_plan(cluster, request, undo_abandons=undo_abandons),
+        "backout_plan": backout_plan(cluster, request),
         "test_plan": f"Data checks ({'before' if request.action == 'pause' else 'after'} promotion): "
         + ("; ".join(c.sql for c in request.validation_sql) or "none given"),
         "cmdb_ci": cluster.name,
         "correlation_id": correlation_id(dag_id, run_id),
     }
+
+
+def implementation_plan(cluster: Cluster, request: PitrRequest, *, undo_abandons: int | None = None) -> str:
+    """What the approver approves, step by step, as the run will do it in the request's mode."""
+    mode = request.mode_for(cluster.pitr.mode)
+    if mode == "clone":
+        steps = [
+            f"Restore the backup into a clone beside the data directory ({cluster.postgres.data_dir}.rewind-clone-<run>), on the "
+            "same file system; production is not touched and keeps serving.",
+            "Start the clone on a private socket (no TCP listener, archiving off) and wait until its recovery pauses at the target.",
+            "Run the data checks on the clone, production still serving"
+            + (
+                "; a DBA decides in Airflow: promote (the cutover below), move the target (the clone alone is restored "
+                "again; each move is a work note here) or abort (the clone is removed; production was never stopped)."
+                if request.dba_decides
+                else "; cut over only if they pass."
+            ),
+            "Cutover, seconds of downtime: archive production's current WAL, stop the clone and production, rename production's "
+            f"directory to {cluster.postgres.data_dir}.pre-rewind-<run> (kept, stopped, held {cluster.pitr.hold_days:g} days), "
+            "rename the clone into its place, start, promote.",
+        ]
+    elif mode == "undo":
+        abandoned = f"timeline {undo_abandons}" if undo_abandons else "the current timeline"
+        steps = [
+            "Archive current WAL and stop PostgreSQL.",
+            f"Swap back: the directory the clone-mode rewind kept (the end of timeline {request.target_timeline}) goes back "
+            f"in place of the data directory, nothing restored; the current directory is kept as "
+            f"{cluster.postgres.data_dir}.pre-rewind-<run> (stopped, held {cluster.pitr.hold_days:g} days). The writes made "
+            f"since the rewind ({abandoned}) are set aside with it, not lost: rewind_salvage__{cluster.name} with timeline "
+            f"{undo_abandons or '<that timeline>'} offers them as SQL to re-apply after the undo.",
+            f"Start PostgreSQL and recover to the end of timeline {request.target_timeline}.",
+            "Run the data checks on the paused, read-only cluster; continue only if they pass.",
+            "Promote onto a new timeline.",
+        ]
+    else:
+        steps = [
+            "Archive current WAL and stop PostgreSQL.",
+            "pgbackrest restore --delta to the target, on the timeline the plan names.",
+            "Start PostgreSQL and wait until recovery reaches the target.",
+        ]
+        if request.dba_decides:
+            steps += [
+                "Run the data checks on the paused, read-only cluster.",
+                "A DBA decides in Airflow: promote (only if they passed), move the target (restore again with --delta, pause, "
+                "check, decide again; each move is a work note here) or abort (restore to the latest archived WAL, nothing lost).",
+            ]
+        elif request.action == "pause":
+            steps += ["Run the data checks on the paused, read-only cluster.", "Promote only if they pass."]
+        else:
+            steps += ["PostgreSQL promotes itself at the target.", "Run the data checks."]
+    steps += ["Take a full backup on the new timeline.", "Close this change with the run summary."]
+    return "".join(f"{number}. {step}\n" for number, step in enumerate(steps, 1)).rstrip("\n")
+
+
+def backout_plan(cluster: Cluster, request: PitrRequest) -> str:
+    mode = request.mode_for(cluster.pitr.mode)
+    held = (
+        "the old timeline stays in the repository (Rewind holds it from expiry): a new PITR with target_timeline set to it returns there."
+    )
+    if mode == "clone":
+        return (
+            "Before the cutover: nothing to back out, production was never stopped; the clone is removed. After the "
+            f"cutover: the pre-rewind directory is kept, stopped, for {cluster.pitr.hold_days:g} days: a PITR with mode undo "
+            "swaps it back in seconds; and " + held
+        )
+    if mode == "undo":
+        return (
+            "After the swap the directory it replaced is kept, stopped: another undo (its timeline) swaps it back in seconds; and " + held
+        )
+    return "Before promotion: stop PostgreSQL and restore again with another target (the repository is unchanged). After promotion " + held
 
 
 def check_given_change(client: ServiceNowClient, cluster: Cluster, number: str, *, dag_id: str, run_id: str) -> ChangeStatus:
@@ -103,6 +157,7 @@ def ensure_change(
     run_url: str,
     requester: Person | None = None,
     approval_group: str | None = None,
+    undo_abandons: int | None = None,
 ) -> dict:
     """Bind the given change to this run (correlation_id), or find this run's change (a retry), or
     create one of the request's model and ask for its approval. Returns {number, sys_id, created}."""
@@ -123,7 +178,14 @@ def ensure_change(
         correlation=ours,
         model=request.change_type,
         fields=lambda: change_fields(
-            cluster, request, dag_id=dag_id, run_id=run_id, run_url=run_url, requester=requester, approval_group=approval_group
+            cluster,
+            request,
+            dag_id=dag_id,
+            run_id=run_id,
+            run_url=run_url,
+            requester=requester,
+            approval_group=approval_group,
+            undo_abandons=undo_abandons,
         ),
     )
 

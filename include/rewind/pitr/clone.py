@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,17 +116,65 @@ def check_clone_possible(cluster: Cluster, paths: ClonePaths, plan) -> None:
 
 def check_room(cluster: Cluster, paths: ClonePaths, *, backup_bytes: int, wal_bytes: int, margin: float = 1.10) -> None:
     """The clone needs the backup's size plus the WAL it replays beside production, on the data
-    directory's file system; the current directory's space is not reused (it keeps serving)."""
-    probe = paths.data_dir.parent
-    free = shutil.disk_usage(probe).free
+    directory's file system, above the reserve left to production; the current directory's space
+    is not reused (it keeps serving)."""
+    free = shutil.disk_usage(paths.data_dir.parent).free
     existing = _allocated(paths.clone_dir) if paths.clone_dir.exists() else 0  # a retry's clone is reused by --delta
     needed = int((backup_bytes + wal_bytes) * margin)
-    if free + existing < needed:
+    reserve = reserve_bytes(cluster, paths)
+    if free + existing < needed + reserve:
         raise PreflightError(
             f"clone mode: not enough disk beside {paths.data_dir} for the clone: needs {needed / 2**30:.1f} GiB "
-            f"(backup {backup_bytes / 2**30:.1f} GiB + WAL {wal_bytes / 2**30:.1f} GiB, +10%), {free / 2**30:.1f} GiB free: "
+            f"(backup {backup_bytes / 2**30:.1f} GiB + WAL {wal_bytes / 2**30:.1f} GiB, +10%) above the "
+            f"{reserve / 2**30:.1f} GiB kept for production (pitr.clone_free_reserve_pct), {free / 2**30:.1f} GiB free: "
             "free space, or use mode in_place (pitr.mode in the inventory, or the params' mode)"
         )
+
+
+def reserve_bytes(cluster: Cluster, paths: ClonePaths) -> int:
+    """What the clone leaves free on the data directory's file system for production."""
+    return int(shutil.disk_usage(paths.data_dir.parent).total * cluster.pitr.clone_free_reserve_pct / 100)
+
+
+class CloneOutOfRoom(CloneError):
+    """The file system fell below production's reserve while the clone restored: the restore was
+    stopped and the clone removed. Not retried: each try would fill it again."""
+
+    retryable = False
+
+
+@contextmanager
+def free_space_watch(path: Path, reserve: int, stop: Callable[[], None], *, poll_s: float = 0.2) -> Iterator[dict]:
+    """While the body runs, `path`'s file system is watched: below `reserve` bytes free, `stop()`
+    is called once (the restore's process group killed) and the yielded dict gets the free bytes
+    seen ("free"), so the caller can name why its command died."""
+    fell: dict = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            free = shutil.disk_usage(path).free
+            if free < reserve:
+                fell["free"] = free
+                stop()
+                return
+
+    watcher = threading.Thread(target=watch, name="clone-free-space-watch", daemon=True)
+    watcher.start()
+    try:
+        yield fell
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+
+
+def out_of_room(cluster: Cluster, paths: ClonePaths, *, reserve: int, free: int | None) -> CloneOutOfRoom:
+    seen = f"fell to {free / 2**30:.2f} GiB free" if free is not None else "ran out of space"
+    return CloneOutOfRoom(
+        f"clone mode: the file system of {paths.data_dir} {seen} while the clone restored, under the {reserve / 2**30:.2f} GiB "
+        "kept for production (pitr.clone_free_reserve_pct): the restore was stopped and the clone removed, production was not "
+        "touched; free space and trigger again, or use mode in_place"
+    )
 
 
 def _allocated(directory: Path) -> int:

@@ -47,7 +47,10 @@ from rewind.pitr.clone import (
     clone_instance,
     clone_paths,
     finish_interrupted_swap,
+    free_space_watch,
+    out_of_room,
     remove_clone,
+    reserve_bytes,
     swap,
     undo_paths,
     write_undo_recovery,
@@ -351,8 +354,15 @@ class PitrPreflightOperator(PitrOperator):
             self.log.info(
                 "undo: %s, kept by the rewind that left timeline %s, goes back in place of timeline %s", kept, plan.timeline, live
             )
-            journal.set(undo_kept=str(kept))
             abandoned = live or plan.timeline  # what this run's hold keeps: the timeline the undo abandons
+            journal.set(undo_kept=str(kept), undo_abandons=abandoned)
+            self.log.info(
+                "the writes made on timeline %s since the rewind are set aside with the directory the undo replaces, not lost: "
+                "rewind_salvage__%s with timeline %s offers them as SQL after the undo",
+                abandoned,
+                cluster.name,
+                abandoned,
+            )
         hold = place_hold(cluster, run_id=context["run_id"], info=pgbackrest.info(), timeline=abandoned, reason=request.reason)
         if hold:
             self.log.info("retention %s", hold.describe())
@@ -374,6 +384,7 @@ class EnsureChangeOperator(PitrOperator):
             run_url=run_url(context),
             requester=Person(**{**requester, "amr": tuple(requester.get("amr", ()))}) if requester else None,
             approval_group=journal.data.get("approval_group"),
+            undo_abandons=journal.data.get("undo_abandons"),
         )
         journal.set(change=change["number"], change_sys_id=change["sys_id"])
         restore_guard.set_change(cluster, context["run_id"], change["number"])
@@ -727,11 +738,18 @@ class StopRestorePromoteOperator(PitrOperator):
             )
         journal.record("clone_restore_started")
         target = dataclasses.replace(RecoveryTarget.of(request, plan), action="pause")  # the cutover promotes
+        executor = self.clone_executor(context, journal)
+        reserve, fell = reserve_bytes(cluster, paths), {}
         try:
-            self.clone_executor(context, journal).restore(target)
-        except BaseException:
+            # The clone shares production's file system: below production's reserve the restore is
+            # stopped before production itself could run out of space (WAL it cannot write).
+            with free_space_watch(paths.data_dir.parent, reserve, executor.pgbackrest.runner.terminate) as fell:
+                executor.restore(target)
+        except BaseException as exc:
             remove_clone(paths)
             self.log.info("the clone %s was removed; production was not touched", paths.clone_dir)
+            if fell or "No space left on device" in str(exc):
+                raise out_of_room(cluster, paths, reserve=reserve, free=fell.get("free")) from None
             raise
         journal.record("clone_restored")
         return RestoreResult(backup_set=plan.backup_set, timeline=plan.timeline, started_at=started, finished_at=_now())
@@ -883,7 +901,9 @@ class CloseChangeOperator(PitrOperator):
             undo=(
                 f"the directory a clone-mode rewind kept, {journal.data['undo_kept']}, swapped back in (nothing restored) and "
                 f"recovered to the end of timeline {journal.data['plan']['timeline']}; the directory it replaced is kept as "
-                f"{journal.data['clone']['pre_rewind_dir']}"
+                f"{journal.data['clone']['pre_rewind_dir']}, with the writes made on timeline {journal.data.get('undo_abandons')} "
+                f"since the rewind: rewind_salvage__{cluster.name} with timeline {journal.data.get('undo_abandons')} offers them "
+                "as SQL to re-apply"
                 if journal.data.get("undo_kept") and journal.data.get("clone")
                 else None
             ),
