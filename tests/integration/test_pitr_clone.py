@@ -86,7 +86,8 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
     journal = RunJournal.load(demo_stack.cluster, run.run_id)
     steps = journal.data["steps"]
     assert steps["clone_restore_started"] < steps["clone_restored"] < steps["clone_started"] < steps["at_target"] < steps["checked"]
-    assert steps["checked"] < journal.data["stop_started_at"] < steps["stopped"] < steps["swapped"] < steps["started"] < steps["promoted"]
+    assert steps["checked"] < journal.data["stop_started_at"] < steps["stopped"] < steps["clone_promoted"] < steps["swapped"]
+    assert steps["swapped"] < steps["started"] < steps["promoted"]
     # production answered every query until the cutover began (the restore, the recovery and the
     # checks all ran on the clone), and was back within seconds
     cutover = epoch(journal.data["stop_started_at"])
@@ -170,7 +171,8 @@ class WorkerKilled(Exception):
 
 def test_a_cutover_killed_after_any_of_its_acts_converges_on_the_tasks_own_retries(demo_stack, pitr, approve_all, monkeypatch):
     """The worker dies right after each act of the downtime task on the cluster in turn (the clone's
-    start, production's WAL archived, each stop, each rename, the hold, the start): every death is
+    start, production's WAL archived, each stop, the clone's promotion, each rename, the hold, the
+    start, the promotion step): every death is
     followed by the task's own retry (as Airflow retries a task whose worker died; no delay here),
     which goes on from the journal. At every death one data directory is in place, or the
     unambiguous half-swap is (production's aside, the clone beside it); in the end the rewound
@@ -218,6 +220,7 @@ def test_a_cutover_killed_after_any_of_its_acts_converges_on_the_tasks_own_retri
     monkeypatch.setattr(clone_module, "os", clone_os)
     monkeypatch.setattr(RestoreExecutor, "stop", killing("stop", RestoreExecutor.stop, of_instance))
     monkeypatch.setattr(RestoreExecutor, "start", killing("start", RestoreExecutor.start, of_instance))
+    monkeypatch.setattr(RestoreExecutor, "promote", killing("promote", RestoreExecutor.promote, of_instance))
     for task in pitr.tasks:
         monkeypatch.setattr(task, "retries", 0)
     downtime = pitr.get_task("stop_restore_promote")
@@ -228,9 +231,11 @@ def test_a_cutover_killed_after_any_of_its_acts_converges_on_the_tasks_own_retri
         run = pitr.test(run_conf={**FORM_DEFAULTS, **conf})
     assert_success(run)
     assert broken == [], broken
-    # every act of the cutover was followed by a death once: both stops, both renames, the start
-    assert {death.split()[0] for death in deaths} >= {"archive", "stop", "rename", "hold", "start"}, deaths
+    # every act of the cutover was followed by a death once: both stops, the clone's promotion, both
+    # renames, the start, production's promotion step
+    assert {death.split()[0] for death in deaths} >= {"archive", "stop", "promote", "rename", "hold", "start"}, deaths
     assert (len([d for d in deaths if d.startswith("rename")]), len([d for d in deaths if d.startswith("stop")])) == (2, 2), deaths
+    assert len([d for d in deaths if d.startswith("promote")]) == 2, deaths
     assert ledger(demo_stack) == (200, 0, 200)
     paths = clone_paths(demo_stack.cluster, run.run_id)
     assert not paths.clone_dir.exists() and paths.pre_rewind_dir.is_dir()

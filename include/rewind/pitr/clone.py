@@ -5,9 +5,10 @@ the data directory, on the same file system (so that a rename swaps it in atomic
 production keeps serving; the data checks run on the clone; only the cutover stops production, and
 it takes seconds whatever the size of the database or of the WAL replayed:
 
-    stop the clone (a restartpoint first: its restart replays almost nothing) -> stop production
-    -> rename <data_dir> to <data_dir>.pre-rewind-<run> -> rename the clone to <data_dir> -> start
-    -> (recovery pauses at the target again) -> promote
+    checkpoints on the clone and production (both still up) -> archive production's WAL -> stop
+    production -> promote the clone on its private socket (paused at the target: nothing to
+    replay) -> stop it -> rename <data_dir> to <data_dir>.pre-rewind-<run> -> rename the clone to
+    <data_dir> -> start (a primary at once)
 
 The renames are journaled and idempotent (`swap`): whatever instant a cutover was killed at, the
 next try finds which of the two directories is where and finishes the swap, so the cluster ends
@@ -229,6 +230,19 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def mark_history_for_archiving(clone_dir: Path, timeline: int) -> None:
+    """The clone was promoted with archiving off, so PostgreSQL did not mark the new timeline's
+    history file for the archiver: marked here, production (archiving on) pushes it once it starts,
+    as it would have had it promoted itself. Idempotent."""
+    status = clone_dir / "pg_wal" / "archive_status"
+    name = f"{timeline:08X}.history"
+    if (clone_dir / "pg_wal" / name).is_file() and not (status / f"{name}.done").exists():
+        ready = status / f"{name}.ready"
+        ready.touch()
+        owner = (clone_dir / "pg_wal").stat()
+        os.chown(ready, owner.st_uid, owner.st_gid)
 
 
 def remove_clone(paths: ClonePaths) -> None:

@@ -21,12 +21,14 @@ from rewind.state import file_key, read_json, state_dir, write_json
 
 # The milestones, in order. `started` is the point after which the rewind has happened. Clone mode
 # (rewind.pitr.clone) records the clone's first (production untouched), then at_target and checked
-# on the clone; its cutover records stopped, swapped (the clone's directory in production's place:
-# the point of no return) and started.
+# on the clone; its cutover records stopped, clone_promoted (production down, the clone promoted on
+# its private socket), swapped (the clone's directory in production's place: the point of no
+# return) and started.
 CLONE_STEPS = ("clone_restore_started", "clone_restored", "clone_started")
 STEPS = (
     *CLONE_STEPS,
     "stopped",
+    "clone_promoted",
     "restore_started",
     "restored",
     "swapped",
@@ -140,6 +142,8 @@ class RunJournal:
             done.append(f"data directory restored at {steps['restored']}")
         elif "restore_started" in steps:
             done.append(f"restore started at {steps['restore_started']} and not finished")
+        if "clone_promoted" in steps:
+            done.append(f"the clone promoted on its private socket at {steps['clone_promoted']}")
         if "swapped" in steps:
             pre = (self.data.get("clone") or {}).get("pre_rewind_dir", "aside")
             done.append(f"the clone's directory swapped in at {steps['swapped']} (the pre-rewind directory is kept in {pre})")

@@ -48,6 +48,7 @@ from rewind.pitr.clone import (
     clone_paths,
     finish_interrupted_swap,
     free_space_watch,
+    mark_history_for_archiving,
     out_of_room,
     remove_clone,
     reserve_bytes,
@@ -215,10 +216,15 @@ class PitrOperator(ChangeControlledOperator):
         return self._clone_executor
 
     def cutover(self, context, journal: RunJournal) -> StopResult:
-        """The change re-read, the clone still paused where it was checked; then archive production's
-        current WAL, a restartpoint on the clone, stop the clone and production, swap the directories
-        (rewind.pitr.clone.swap, journaled), start production on the clone's, until it pauses at the
-        target again. A retry goes on from where the journal says; once swapped, it never stops again."""
+        """The change re-read, the clone still paused where it was checked; a restartpoint on the
+        clone and a checkpoint on production while it serves; production's current WAL archived and
+        production stopped; then the clone promoted on its private socket (it was paused at the
+        target: nothing to replay), stopped, the directories swapped (rewind.pitr.clone.swap,
+        journaled) and production started on the clone's, a primary at once: no replay in the
+        downtime, whatever the size of the database or of the WAL the clone replayed. A clone found
+        not running and not promoted (a host restarted) is swapped in as it is: it recovers to the
+        target and pauses again, and the promote step promotes it. A retry goes on from where the
+        journal says; once swapped, it never stops again."""
         cluster, run_id, runner = self.hook.cluster, context["run_id"], self.runner
         paths = self.clone_paths(context)
         production = self.hook.restore_executor()
@@ -244,20 +250,29 @@ class PitrOperator(ChangeControlledOperator):
 
             change, _ = _with_gate(lambda: self.gate(journal, step="cutover", implementing=True), clone_still_at_target)
             restore_guard.begin_rewind(cluster, run_id, change=change.number, timeline_before=journal.data.get("timeline_before"))
-            journal.set(stop_started_at=_now())
+            # Checkpoints while production still serves: the clone's (a restartpoint) and production's
+            # flush what they hold, so the promotion's and the shutdowns' inside the downtime write little.
+            if clone.instance.pid():
+                run_sql(runner, clone.cluster, "checkpoint", timeout=600)
             pid_before = production.instance.pid()
             if pid_before:
-                archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
-                # a checkpoint while production still serves: the shutdown checkpoint below, inside
-                # the downtime, then has almost nothing left to write
                 run_sql(runner, cluster, "checkpoint", timeout=600)
-            if clone.instance.pid():
-                run_sql(runner, clone.cluster, "checkpoint", timeout=600)  # a restartpoint: the restart replays almost nothing
-                clone.stop(mode="fast")
+            journal.set(stop_started_at=_now())
+            if pid_before:
+                archive_current_wal(runner, cluster, log=self.log.info)  # every commit up to now in the repository
             production.stop(mode="fast")
             archive_left_behind(self.hook.get_conn(), cluster, log=self.log.info)
             journal.record("stopped")
         if not journal.at("swapped"):
+            clone = self.clone_executor(context, journal)
+            if not journal.at("clone_promoted") and clone.instance.pid():
+                # Production is down: the clone, paused at the target, becomes the new timeline's
+                # primary on its private socket, and its restart below replays nothing.
+                timeline = clone.promote()
+                mark_history_for_archiving(paths.clone_dir, timeline)
+                journal.record("clone_promoted")
+                self.log.info("the clone is promoted, on timeline %s", timeline)
+            clone.stop(mode="fast")
             self.log.info("cutover: %s", swap(paths, log=self.log.info))
             # kept as long as the pre-rewind backups and WAL are: released by the first expire after the hold ends
             set_hold_kept_dir(cluster, run_id, str(paths.pre_rewind_dir))
@@ -267,8 +282,15 @@ class PitrOperator(ChangeControlledOperator):
             restore_guard.held_by(cluster, run_id)
             journal.set(log_offset=production.start())
             journal.record("started")
-        production.wait("pause", since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s)
-        self.log.info("production runs on the rewound directory, paused at the target; %s is kept, stopped", paths.pre_rewind_dir)
+        promoted = bool(journal.at("clone_promoted"))
+        production.wait(
+            "promote" if promoted else "pause", since_offset=journal.data.get("log_offset", 0), timeout_s=self.recovery_timeout_s
+        )
+        self.log.info(
+            "production runs on the rewound directory, %s; %s is kept, stopped",
+            "promoted" if promoted else "paused at the target",
+            paths.pre_rewind_dir,
+        )
         return StopResult(
             plan=plan,
             pid_before=pid_before,

@@ -371,7 +371,7 @@ class DecideAtTargetOperator(PitrOperator, HITLOperator):
                 approval_group=journal.data.get("approval_group"),
             )
             start_implementing(self.servicenow, change, f"Rewind PITR run {context['run_id']}: promoting at {current.describe()}")
-        if journal.clone_mode:  # production stops for seconds: the clone's directory takes its place, paused at the target
+        if journal.clone_mode:  # production stops for seconds: the clone, promoted, takes its place
             self.cutover(context, journal)
         timeline = self.hook.restore_executor().promote()
         journal.record("promoted")
