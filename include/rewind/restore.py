@@ -37,6 +37,28 @@ from rewind.postgres import live_timeline, log_file, postmaster_pid, run_sql, st
 from rewind.runner import CommandFailed, CommandRunner
 
 NOT_REACHED = "recovery ended before configured recovery target was reached"
+# Where siblings whose own directory has a name too long for a socket put it (and where clones and
+# kept-directory readers keep their run files): short, private to the OS user.
+RUN_ROOT = Path("/run/rewind-clones")
+FALLBACK_RUN_ROOT = Path("/tmp/rewind-clones")
+SOCKET_PATH_MAX = 107  # bytes, the kernel's limit for a Unix socket's path (sun_path less its NUL)
+
+
+def run_root() -> Path:
+    return RUN_ROOT if RUN_ROOT.parent.is_dir() and os.access(RUN_ROOT.parent, os.W_OK) else FALLBACK_RUN_ROOT
+
+
+def socket_dir_for(run_dir: Path) -> Path:
+    """The sibling's socket directory: its run directory, unless `<run_dir>/.s.PGSQL.<port>` could
+    pass the socket path limit (a long cluster name, state path or run id): then a short one of its
+    own under run_root(), named by the run directory."""
+    if len(os.fsencode(run_dir / ".s.PGSQL.65535")) <= SOCKET_PATH_MAX:
+        return run_dir
+    import hashlib
+
+    return run_root() / f"socket-{hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:24]}"
+
+
 STATE_SQL = (
     "select case when pg_is_in_recovery() "
     "then 't|' || pg_get_wal_replay_pause_state() || '|' || coalesce(pg_last_wal_replay_lsn()::text, '-') "
@@ -104,7 +126,12 @@ class Instance:
         """Beside `cluster`: data in `data_dir` (default run_dir/data), socket and log in `run_dir`,
         controlled with pg_ctl as the cluster's OS user."""
         postgres = cluster.postgres.model_copy(
-            update={"data_dir": str(data_dir or run_dir / "data"), "port": port, "socket_dir": str(run_dir), "control": "pg_ctl"}
+            update={
+                "data_dir": str(data_dir or run_dir / "data"),
+                "port": port,
+                "socket_dir": str(socket_dir_for(run_dir)),
+                "control": "pg_ctl",
+            }
         )
         return cls(
             cluster=cluster.model_copy(update={"postgres": postgres}),
@@ -116,6 +143,10 @@ class Instance:
     @property
     def data_dir(self) -> Path:
         return Path(self.cluster.postgres.data_dir)
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(self.cluster.postgres.socket_dir)
 
     @property
     def port(self) -> int:
@@ -134,7 +165,7 @@ class Instance:
         shell reads them: '' is an empty value)."""
         return {
             "listen_addresses": "''",
-            "unix_socket_directories": str(self.run_dir),
+            "unix_socket_directories": str(self.socket_dir),
             "archive_mode": "off",
             "ssl": "off",
             "logging_collector": "off",
@@ -256,6 +287,10 @@ class RestoreExecutor:
         (production keeps it outside, e.g. Debian's /etc). Returns the settings that name them."""
         user = pwd.getpwnam(self.cluster.postgres.os_user)
         run_dir, data_dir = self.instance.run_dir, self.instance.data_dir
+        if self.instance.socket_dir != run_dir:
+            self.instance.socket_dir.mkdir(parents=True, exist_ok=True)
+            os.chown(self.instance.socket_dir, user.pw_uid, user.pw_gid)
+            self.instance.socket_dir.chmod(0o700)
         role = self.cluster.postgres.check_role
         files = {
             run_dir / "pg_hba.conf": (

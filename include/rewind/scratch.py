@@ -74,6 +74,11 @@ class ScratchCluster:
         return self.instance.log_path
 
     @property
+    def socket_dir(self) -> Path:
+        """Where its socket is (`psql -h`): its directory, or a short one when that name is too long."""
+        return self.instance.socket_dir
+
+    @property
     def bin_dir(self) -> Path:
         return self.instance.bin_dir
 
@@ -146,6 +151,7 @@ class ScratchCluster:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)  # its own only when the directory's name was too long for a socket
 
 
 class KeptDirectoryReader(ScratchCluster):
@@ -196,3 +202,4 @@ class KeptDirectoryReader(ScratchCluster):
         """Stops it and removes its socket directory; the kept directory itself stays."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -98,7 +98,11 @@ def test_restoring_the_latest_backup_gives_back_the_data(demo_stack, rotation):
     incr = info.find_annotated("airflow_run_id", runs["incr"].run_id)
     directory = Path(tempfile.mkdtemp(prefix="rewind-scratch-", dir="/tmp"))
     directory.chmod(0o755)  # the postgres user must traverse it
-    scratch = ScratchCluster(demo_stack.pgbackrest(), directory / "pg", port=free_port())
+    # as long as a salvage's under a long cluster name and state path: too long for a socket path
+    # (107 bytes) in the scratch's own directory, so it gets a short one (PostgreSQL fails to start otherwise)
+    long_dir = directory / "salvage-of-a-cluster-named-at-length-ledger-eu-west-primary-01" / "manual__2026-12-04T02_13_30.000000_00_00"
+    scratch = ScratchCluster(demo_stack.pgbackrest(), long_dir / "pg", port=free_port())
+    assert len(str(long_dir / "pg" / ".s.PGSQL.65535")) > 107 and scratch.socket_dir != long_dir / "pg"
     try:
         scratch.restore(backup_set=incr.label, restore_type="immediate")
         scratch.start()
@@ -109,6 +113,7 @@ def test_restoring_the_latest_backup_gives_back_the_data(demo_stack, rotation):
     finally:
         scratch.remove()
         shutil.rmtree(directory, ignore_errors=True)
+    assert not scratch.socket_dir.exists()
 
 
 def test_a_retry_of_the_same_run_does_not_take_a_second_backup(demo_stack, rotation):

@@ -176,3 +176,32 @@ def test_a_systemd_unit_without_a_log_file_is_read_from_its_journal_when_recover
         executor.wait("pause", since_offset=0, timeout_s=5)
     [argv] = journald.argvs
     assert argv[:3] == ["journalctl", "-u", "postgresql@15-main"] and argv[3] == "--since" and argv[-3:] == ["-o", "cat", "--no-pager"]
+
+
+def test_a_sibling_whose_directory_is_too_long_for_a_socket_gets_a_short_socket_directory(tmp_path):
+    """A long cluster name, state path or run id: `<dir>/.s.PGSQL.<port>` over 107 bytes, which
+    PostgreSQL cannot bind. The socket goes to a short directory of its own, named by the run
+    directory (so a later task finds it again), made at the start; psql and pg_dump follow it."""
+    import shutil
+
+    from rewind.restore import socket_dir_for
+
+    cluster = local_cluster(tmp_path)
+    short = tmp_path / "sibling"
+    assert socket_dir_for(short) == short and Instance.sibling(cluster, run_dir=short, port=54999).socket_dir == short
+    long_dir = tmp_path / ("salvage-of-a-cluster-with-a-long-name-" + "x" * 40) / "manual__2026-12-04T02_13_30.000000_00_00" / "pg"
+    sibling = Instance.sibling(cluster, run_dir=long_dir, port=54999)
+    socket = sibling.socket_dir / ".s.PGSQL.65535"
+    assert len(os.fsencode(long_dir / ".s.PGSQL.65535")) > 107 >= len(os.fsencode(socket))
+    assert sibling.socket_dir == socket_dir_for(long_dir) != long_dir  # the same for every task that names the directory
+    assert sibling.cluster.postgres.socket_dir == str(sibling.socket_dir)  # what psql -h uses
+    sibling.data_dir.mkdir(parents=True)
+    sibling.run_dir.mkdir(parents=True, exist_ok=True)
+    starter = ScriptedRunner([])
+    try:
+        RestoreExecutor(RecordingPgBackRest(), sibling, runner=ScriptedRunner([]), postmaster_runner=starter).start()
+        [argv] = starter.argvs
+        assert f"-c unix_socket_directories={sibling.socket_dir}" in argv[argv.index("-o") + 1]
+        assert sibling.socket_dir.is_dir() and oct(sibling.socket_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        shutil.rmtree(sibling.socket_dir, ignore_errors=True)

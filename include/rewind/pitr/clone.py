@@ -31,14 +31,12 @@ from pathlib import Path
 
 from rewind.errors import PreflightError, RewindError
 from rewind.inventory import Cluster
-from rewind.restore import Instance
+from rewind.restore import Instance, run_root
 from rewind.state import file_key
 from rewind.wal import SEGMENT_SIZE, segment_parts
 
-# The clone's socket, log and authentication files: a short path (a socket path is capped at 107
-# bytes), private to the OS user.
-RUN_ROOT = Path("/run/rewind-clones")
-FALLBACK_RUN_ROOT = Path("/tmp/rewind-clones")
+# The clone's socket, log and authentication files go under rewind.restore.run_root(): a short
+# path (a socket path is capped at 107 bytes), private to the OS user.
 
 
 class CloneError(RewindError):
@@ -62,10 +60,6 @@ def _run_key(run_id: str) -> str:
     return file_key(run_id)[:48]
 
 
-def _run_root() -> Path:
-    return RUN_ROOT if RUN_ROOT.parent.is_dir() and os.access(RUN_ROOT.parent, os.W_OK) else FALLBACK_RUN_ROOT
-
-
 def clone_paths(cluster: Cluster, run_id: str) -> ClonePaths:
     data_dir = Path(cluster.postgres.data_dir)
     key = _run_key(run_id)
@@ -73,14 +67,14 @@ def clone_paths(cluster: Cluster, run_id: str) -> ClonePaths:
         data_dir=data_dir,
         clone_dir=data_dir.with_name(f"{data_dir.name}.rewind-clone-{key}"),
         pre_rewind_dir=data_dir.with_name(f"{data_dir.name}.pre-rewind-{key}"),
-        run_dir=_run_root() / f"{cluster.name}-{key}"[:60],
+        run_dir=run_root() / f"{cluster.name}-{key}"[:60],
     )
 
 
 def reader_run_dir(cluster: Cluster, port: int) -> Path:
     """The socket, log and authentication files of a kept directory being read (salvage): short,
     whatever the caller's own directory is called (a socket path is capped at 107 bytes)."""
-    return _run_root() / f"{cluster.name[:40]}-kept-{port}"
+    return run_root() / f"{cluster.name[:40]}-kept-{port}"
 
 
 def clone_instance(cluster: Cluster, paths: ClonePaths, *, port: int) -> Instance:

@@ -52,7 +52,7 @@ def conninfo(database: str) -> str:
 
 
 def _connection(scratch: ScratchCluster) -> list[str]:
-    return ["-h", str(scratch.directory), "-p", str(scratch.port)]
+    return ["-h", str(scratch.socket_dir), "-p", str(scratch.port)]
 
 
 def amcheck_argv(scratch: ScratchCluster) -> list[str]:
