@@ -28,6 +28,14 @@ The goals: approval -> writable within 5 s of the hand steps, downtime within 0.
 --mode clone: the DAG rounds rewind onto a clone first (rewind.pitr.clone); production serves
 through the restore, the replay and the checks, and the downtime is the cutover's. The by-hand
 rounds stay in place: the figure is the clone cutover's downtime against an in-place restore's.
+
+--probe: through every DAG round a probe reads a ledger row and inserts a row into production
+every 50 ms (psql as the OS user, a new session each time, as an application reconnecting would);
+each attempt's outcome is kept with its instant and counted against PostgreSQL's log: before the
+shutdown (in clone mode: the clone's restore, replay, checks, and the DBA deciding), inside the
+downtime, after. --decide-hold S: the DAG rounds ask the DBA (target_action decide) and Promote
+through the REST API S seconds after the question appears, the probe running meanwhile; the hold
+is left out of approval -> writable.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +97,8 @@ def main() -> None:
     parser.add_argument("--airflow-env", action="append", default=[], help="extra Airflow setting for every component, KEY=VALUE")
     parser.add_argument("--mode", choices=["in_place", "clone"], default="in_place", help="the DAG rounds' PITR mode")
     parser.add_argument("--wal-mib", type=int, default=0, help="WAL written between each round's backup and its target (replayed)")
+    parser.add_argument("--probe", action="store_true", help="reads and writes against production through every DAG round")
+    parser.add_argument("--decide-hold", type=float, default=0, help="target_action decide: Promote this many seconds after asked")
     args = parser.parse_args()
     home = setup()
 
@@ -100,7 +111,7 @@ def main() -> None:
     from rewind.inventory import PitrSettings, load_inventory
     from rewind.pitr.recovery import archive_current_wal, run_data_checks
     from rewind.pitr.request import DataCheck
-    from rewind.postgres import control_timeline, start_nowait_argv, stop_argv
+    from rewind.postgres import control_timeline, psql_argv, start_nowait_argv, stop_argv
     from rewind.restore import Instance, RestoreExecutor
     from rewind.servicenow import Auth, ServiceNowClient
 
@@ -134,6 +145,7 @@ def main() -> None:
         if args.wal_mib:  # 100k rows of 1 kB, rewritten in place: WAL without growing the database much
             stack.psql("create table wal_filler (id int primary key, pad text) with (fillfactor = 50)")
             stack.psql("insert into wal_filler select g, repeat(md5(g::text), 32) from generate_series(1, 100000) g")
+        stack.psql("create table bench_probe (id bigserial primary key, at timestamptz not null default now())")
         size = stack.psql("select pg_size_pretty(pg_database_size('postgres'))")
         pgbackrest = stack.pgbackrest()  # the stack's own key: a DBA at a terminal
         pgbackrest.backup("full", annotations={})
@@ -191,6 +203,63 @@ def main() -> None:
             stack.psql(f"update ledger_entry set status = 'void' where id % {every} = {round_ % every}")
             return target
 
+        class Probe:
+            """Reads and writes against production every 50 ms; every attempt's outcome and instant."""
+
+            def __init__(self) -> None:
+                self.attempts: list[tuple[float, bool]] = []
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._run, daemon=True)
+
+            def _run(self) -> None:
+                probe_runner = stack.runner(line_logger=lambda _line: None)
+                sql = "select status from ledger_entry where id = 1; insert into bench_probe default values"
+                while not self._stop.is_set():
+                    at = time.time()
+                    try:
+                        probe_runner.run(psql_argv(cluster, sql), timeout=10, log_stdout=False)
+                        self.attempts.append((at, True))
+                    except Exception:
+                        self.attempts.append((at, False))
+                    self._stop.wait(0.05)
+
+            def __enter__(self) -> Probe:
+                self._thread.start()
+                return self
+
+            def __exit__(self, *_exc) -> None:
+                self._stop.set()
+                self._thread.join(timeout=30)
+
+            def counts(self, shutdown: float, ready: float) -> dict:
+                before = [ok for at, ok in self.attempts if at < shutdown]
+                during = [ok for at, ok in self.attempts if shutdown <= at < ready]
+                after = [ok for at, ok in self.attempts if at >= ready]
+                return {
+                    "before": len(before),
+                    "failed_before": before.count(False),
+                    "during": len(during),
+                    "failed_during": during.count(False),
+                    "after": len(after),
+                    "failed_after": after.count(False),
+                }
+
+        def answer_promote(run_id: str) -> float:
+            """Once the question is asked: hold --decide-hold s (the DBA comparing), then Promote. Returns the hold."""
+            path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target/-1/hitlDetails"
+            deadline = time.monotonic() + 1200
+            while airflow.api("GET", path).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"decide_at_target never asked: {airflow.task_states(DAG_ID, run_id)}")
+                time.sleep(0.25)
+            asked = time.monotonic()
+            time.sleep(args.decide_hold)
+            form = {"new_target_type": "time", "new_target": "", "new_target_exclusive": False, "question": 1}
+            answered = airflow.api("PATCH", path, json={"chosen_options": ["Promote"], "params_input": form})
+            if answered.status_code != 200:
+                raise RuntimeError(f"Promote refused: {answered.status_code} {answered.text[:500]}")
+            return time.monotonic() - asked
+
         def dag_round(k: int) -> dict:
             target = make_target(k)
             offset = Instance.production(cluster).log_size()
@@ -200,7 +269,21 @@ def main() -> None:
                 "validation_sql": [VOID_CHECK],
                 "reason": f"bench round {k}: bad update",
                 "mode": args.mode,
+                **({"target_action": "decide"} if args.decide_hold else {}),
             }
+            probe = Probe() if args.probe else None
+            if probe:
+                probe.__enter__()
+            try:
+                result = dag_round_probed(k, target, offset, conf)
+            finally:
+                if probe:
+                    probe.__exit__()
+            if probe:
+                result["probe"] = probe.counts(result["shutdown"], result["ready"])
+            return result
+
+        def dag_round_probed(k: int, target: str, offset: int, conf: dict) -> dict:
             response = airflow.trigger(DAG_ID, conf=conf)
             response.raise_for_status()
             run_id = response.json()["dag_run_id"]
@@ -213,6 +296,7 @@ def main() -> None:
             time.sleep(1 + poll * (k + 0.5) / args.rounds)  # the approver's moment, spread over the poll
             approved_at = time.time()
             sim.approve(change["number"])
+            held = answer_promote(run_id) if args.decide_hold else 0.0
             run = airflow.wait_for_run(DAG_ID, run_id, timeout=1200)
             if run["state"] != "success":
                 raise RuntimeError(f"PITR run {run_id} {run['state']}: {airflow.task_states(DAG_ID, run_id)}")
@@ -224,7 +308,8 @@ def main() -> None:
                 ((ti["task_id"], parse_ts(ti["start_date"]), parse_ts(ti["end_date"])) for ti in tis if ti["start_date"]),
                 key=lambda step: step[1],
             )
-            return {"approved": approved_at, "shutdown": shutdown, "ready": ready, "steps": steps, "timings": timings}
+            # the DBA's hold is not the product's time: approval -> writable leaves it out
+            return {"approved": approved_at + held, "held": held, "shutdown": shutdown, "ready": ready, "steps": steps, "timings": timings}
 
         def hand_round(k: int) -> dict:
             target = make_target(k)
@@ -287,6 +372,14 @@ def main() -> None:
                     )
                 if result.get("timings"):
                     line += "   | steps " + ", ".join(f"{step} {seconds:.2f}" for step, seconds in result["timings"].items())
+                if result.get("held"):
+                    line += f"   | the DBA decided after {result['held']:.1f} s (left out)"
+                if result.get("probe"):
+                    c = result["probe"]
+                    line += (
+                        f"   | probe: {c['before']} before the shutdown, {c['failed_before']} failed; {c['during']} in the downtime, "
+                        f"{c['failed_during']} failed; {c['after']} after, {c['failed_after']} failed"
+                    )
                 print(line, flush=True)
 
         def figures(kind: str, key: str) -> list[float]:
@@ -300,6 +393,16 @@ def main() -> None:
                 f"{title}: DAG median {dag_m:.2f} s {[round(v, 2) for v in dag_values]}; by hand median {hand_m:.2f} s "
                 f"{[round(v, 2) for v in hand_values]}; DAG - hand {dag_m - hand_m:+.2f} s (goal <= {goal:g} s); "
                 f"ratio DAG/hand {dag_m / hand_m:.2f}",
+                flush=True,
+            )
+        if args.probe:
+            probes = [r["probe"] for r in results["dag"]]
+            print(
+                f"production availability through the DAG rounds ({args.mode}"
+                f"{f', the DBA deciding for {args.decide_hold:g} s' if args.decide_hold else ''}): "
+                f"{sum(c['before'] for c in probes)} probe queries before the shutdown, {sum(c['failed_before'] for c in probes)} failed; "
+                f"{sum(c['failed_during'] for c in probes)} of {sum(c['during'] for c in probes)} failed inside the downtime; "
+                f"{sum(c['failed_after'] for c in probes)} of {sum(c['after'] for c in probes)} failed after",
                 flush=True,
             )
     finally:
