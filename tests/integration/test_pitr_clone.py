@@ -385,3 +385,44 @@ def test_a_disk_filling_during_the_clone_restore_stops_it_removes_the_clone_and_
     write(stack, 20_001, 10)  # production still takes writes, on the room it kept
     assert ledger(stack) == (260, 200, 20_010)
     filler.unlink()
+
+
+def test_a_clone_that_cannot_reach_its_target_is_kept_and_named_and_production_never_stops(demo_stack, pitr, approve_all, capfd):
+    """The WAL after the backup is unreadable in the repository (its objects overwritten behind
+    pgBackRest's back): preflight and the re-plan see every segment listed, and the clone's recovery
+    runs out before the target. The step fails with one line naming the clone kept for inspection
+    (wait_for_target is a final step: no retry can change it); production never stopped and holds
+    every row."""
+    from rewind.pitr.recovery import archive_current_wal
+
+    target = the_ledger_incident(demo_stack)
+    runner = demo_stack.runner(line_logger=lambda _line: None)
+    archive_current_wal(runner, demo_stack.cluster, log=lambda _m: None)  # the incident's segment in the repository too
+    stop = demo_stack.pgbackrest().info().latest().archive.stop
+    s3, bucket = demo_stack.s3.client("s3"), demo_stack.s3.bucket
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="rewind/demo/archive/demo/").get("Contents", [])
+    after = [
+        o["Key"]
+        for o in listed
+        if re.fullmatch(r"[0-9A-F]{24}", o["Key"].rsplit("/", 1)[-1][:24]) and o["Key"].rsplit("/", 1)[-1][:24] > stop
+    ]
+    assert after, (stop, [o["Key"] for o in listed][-5:])
+    saved = {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in after}
+    pid = postmaster_pid(demo_stack.cluster)
+    capfd.readouterr()
+    try:
+        for key in after:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * len(saved[key]))
+        run = run_pitr(pitr, target_type="time", target=target, mode="clone", validation_sql=[VOID_CHECK])
+    finally:
+        for key, body in saved.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+    out = "".join(capfd.readouterr())
+    assert states(run)["stop_restore_promote"] == "failed", states(run)
+    paths = clone_paths(demo_stack.cluster, run.run_id)
+    assert f"production was not touched; the clone is kept for inspection in {paths.clone_dir}" in out, out[-3000:]
+    assert postmaster_pid(demo_stack.cluster) == pid and ledger(demo_stack) == (250, 200, 10_050)
+    assert (paths.clone_dir / "PG_VERSION").is_file() and not paths.pre_rewind_dir.exists()  # kept, as named
+    assert not RunJournal.load(demo_stack.cluster, run.run_id).at("stopped")
+    shutil.rmtree(paths.clone_dir)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)
