@@ -46,7 +46,6 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -105,13 +104,14 @@ def main() -> None:
     from devstack.airflow import AirflowStandalone
     from devstack.demo import DemoStack
     from devstack.net import free_port
+    from devstack.probe import Probe
     from devstack.servicenow_sim import ServiceNowSimulator
     from devstack.vault_sim import VaultSimulator, VaultState, configure_cluster, inventory_credentials
     from rewind.cli import pools_json
     from rewind.inventory import PitrSettings, load_inventory
     from rewind.pitr.recovery import archive_current_wal, run_data_checks
     from rewind.pitr.request import DataCheck
-    from rewind.postgres import control_timeline, psql_argv, start_nowait_argv, stop_argv
+    from rewind.postgres import control_timeline, start_nowait_argv, stop_argv
     from rewind.restore import Instance, RestoreExecutor
     from rewind.servicenow import Auth, ServiceNowClient
 
@@ -203,47 +203,6 @@ def main() -> None:
             stack.psql(f"update ledger_entry set status = 'void' where id % {every} = {round_ % every}")
             return target
 
-        class Probe:
-            """Reads and writes against production every 50 ms; every attempt's outcome and instant."""
-
-            def __init__(self) -> None:
-                self.attempts: list[tuple[float, bool]] = []
-                self._stop = threading.Event()
-                self._thread = threading.Thread(target=self._run, daemon=True)
-
-            def _run(self) -> None:
-                probe_runner = stack.runner(line_logger=lambda _line: None)
-                sql = "select status from ledger_entry where id = 1; insert into bench_probe default values"
-                while not self._stop.is_set():
-                    at = time.time()
-                    try:
-                        probe_runner.run(psql_argv(cluster, sql), timeout=10, log_stdout=False)
-                        self.attempts.append((at, True))
-                    except Exception:
-                        self.attempts.append((at, False))
-                    self._stop.wait(0.05)
-
-            def __enter__(self) -> Probe:
-                self._thread.start()
-                return self
-
-            def __exit__(self, *_exc) -> None:
-                self._stop.set()
-                self._thread.join(timeout=30)
-
-            def counts(self, shutdown: float, ready: float) -> dict:
-                before = [ok for at, ok in self.attempts if at < shutdown]
-                during = [ok for at, ok in self.attempts if shutdown <= at < ready]
-                after = [ok for at, ok in self.attempts if at >= ready]
-                return {
-                    "before": len(before),
-                    "failed_before": before.count(False),
-                    "during": len(during),
-                    "failed_during": during.count(False),
-                    "after": len(after),
-                    "failed_after": after.count(False),
-                }
-
         def answer_promote(run_id: str) -> float:
             """Once the question is asked: hold --decide-hold s (the DBA comparing), then Promote. Returns the hold."""
             path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/decide_at_target/-1/hitlDetails"
@@ -271,7 +230,9 @@ def main() -> None:
                 "mode": args.mode,
                 **({"target_action": "decide"} if args.decide_hold else {}),
             }
-            probe = Probe() if args.probe else None
+            probe = (
+                Probe(stack, "select status from ledger_entry where id = 1; insert into bench_probe default values") if args.probe else None
+            )
             if probe:
                 probe.__enter__()
             try:

@@ -16,46 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from devstack.probe import Probe
 from rewind.pitr.clone import clone_paths
 from rewind.pitr.journal import RunJournal
-from rewind.postgres import postmaster_pid, psql_argv
+from rewind.postgres import postmaster_pid
 from rewind.retention import get_hold
-from rewind.runner import CommandFailed
 from tests.conftest import load_dags, run_once
 from tests.integration.helpers import VOID_CHECK, assert_success, change_of, fresh_ledger, ledger, run_pitr, states, the_incident, write
 
 pytestmark = pytest.mark.integration
-
-
-class Probe:
-    """Reads and writes against production every 50 ms, each attempt's outcome kept with its instant."""
-
-    def __init__(self, stack) -> None:
-        self.stack = stack
-        self.failures: list[tuple[float, str]] = []
-        self.successes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        runner = self.stack.runner(line_logger=lambda _line: None)
-        argv = psql_argv(self.stack.cluster, "insert into clone_probe values (default) returning 1", database="postgres")
-        while not self._stop.is_set():
-            try:
-                runner.run(argv, timeout=10, log_stdout=False)
-                self.successes += 1
-            except CommandFailed as exc:
-                self.failures.append((time.time(), str(exc)))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> Probe:
-        self.stack.psql("create table if not exists clone_probe (id bigserial primary key)")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def epoch(iso: str) -> float:
@@ -78,7 +47,8 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
     target = the_ledger_incident(demo_stack)
     data_dir = Path(demo_stack.cluster.postgres.data_dir)
     inode_before = data_dir.stat().st_ino
-    with Probe(demo_stack) as probe:
+    demo_stack.psql("create table if not exists clone_probe (id bigserial primary key)")
+    with Probe(demo_stack, "insert into clone_probe values (default) returning 1") as probe:
         run = run_pitr(pitr, target_type="time", target=target, mode="clone", validation_sql=[VOID_CHECK])
     assert_success(run)
     assert ledger(demo_stack) == (200, 0, 200)
@@ -92,7 +62,7 @@ def test_a_clone_mode_rewind_keeps_production_serving_until_a_cutover_of_seconds
     # checks all ran on the clone), and was back within seconds
     cutover = epoch(journal.data["stop_started_at"])
     assert probe.successes > 20
-    assert [f for f in probe.failures if f[0] < cutover] == [], probe.failures[:3]
+    assert probe.failures(before=cutover) == [], probe.failures()[:3]
     downtime = epoch(steps["promoted"]) - cutover
     assert downtime < 15, downtime
 
