@@ -41,6 +41,7 @@ from rewind.errors import PreflightError, RewindError
 from rewind.lifecycle import restore_command
 from rewind.pitr.change import check_given_change, ensure_change, left_at, run_note, summary
 from rewind.pitr.clone import (
+    CloneOutOfRoom,
     ClonePaths,
     check_clone_possible,
     check_undo_possible,
@@ -767,9 +768,13 @@ class StopRestorePromoteOperator(PitrOperator):
             # stopped before production itself could run out of space (WAL it cannot write).
             with free_space_watch(paths.data_dir.parent, reserve, executor.pgbackrest.runner.terminate) as fell:
                 executor.restore(target)
+            if fell:  # below the reserve before pgBackRest had started: nothing to kill, refused all the same
+                raise out_of_room(cluster, paths, reserve=reserve, free=fell["free"])
         except BaseException as exc:
             remove_clone(paths)
             self.log.info("the clone %s was removed; production was not touched", paths.clone_dir)
+            if isinstance(exc, CloneOutOfRoom):
+                raise
             if fell or "No space left on device" in str(exc):
                 raise out_of_room(cluster, paths, reserve=reserve, free=fell.get("free")) from None
             raise
