@@ -689,7 +689,7 @@ def salvage(
     import os
     import pwd
 
-    from rewind.pitr.clone import kept_directory_of, kept_directory_problem, reader_run_dir
+    from rewind.pitr.clone import kept_directory_of, kept_directory_problem
     from rewind.postgres import live_timeline
     from rewind.scratch import KeptDirectoryReader, ScratchCluster, free_port
     from rewind.wal import ScanStats, read_archive, read_history, waldump_archive
@@ -722,7 +722,9 @@ def salvage(
     kept_dir = None if from_repository else kept_directory_of(cluster, scope.old_timeline)
     if kept_dir is not None:
         port = free_port()
-        kept = KeptDirectoryReader(pgbackrest, reader_run_dir(cluster, port), port=port, data_dir=kept_dir, log=log)
+        # its run files beside the scratch's; a socket path too long there gets a short directory
+        # of its own (rewind.restore.socket_dir_for), as every sibling's does
+        kept = KeptDirectoryReader(pgbackrest, directory / "kept", port=port, data_dir=kept_dir, log=log)
         problem = kept_directory_problem(cluster, runner, kept_dir, timeline=scope.old_timeline)
         if problem:
             log(f"not reading the pre-rewind directory ({problem}): the old timeline's end is replayed from the repository")

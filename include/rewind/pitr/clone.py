@@ -71,12 +71,6 @@ def clone_paths(cluster: Cluster, run_id: str) -> ClonePaths:
     )
 
 
-def reader_run_dir(cluster: Cluster, port: int) -> Path:
-    """The socket, log and authentication files of a kept directory being read (salvage): short,
-    whatever the caller's own directory is called (a socket path is capped at 107 bytes)."""
-    return run_root() / f"{cluster.name[:40]}-kept-{port}"
-
-
 def clone_instance(cluster: Cluster, paths: ClonePaths, *, port: int) -> Instance:
     """The clone: production's definition on the clone directory, a private socket, its own port."""
     return Instance.sibling(cluster, run_dir=paths.run_dir, port=port, data_dir=paths.clone_dir, disposable=False)
